@@ -1,0 +1,86 @@
+//! Refusals and errors a plugin can handle.
+
+use std::fmt;
+
+/// Why the host refused a request. Every refusal is a value; the host never
+/// traps a plugin for asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The plugin's grants do not cover the request.
+    NotGranted(String),
+    /// A policy forbids effects here (`assert-none`). The run will fail even
+    /// if the plugin handles this.
+    Forbidden(String),
+    /// A limit of the run was reached. The run will fail even if the plugin
+    /// handles this.
+    Limit(String),
+    /// The request is malformed (an invalid effect name or pattern).
+    Invalid(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotGranted(m) => write!(f, "not granted: {m}"),
+            Refusal::Forbidden(m) => write!(f, "forbidden: {m}"),
+            Refusal::Limit(m) => write!(f, "limit: {m}"),
+            Refusal::Invalid(m) => write!(f, "invalid: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Anything an escrow call can fail with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The host refused the request.
+    Refused(Refusal),
+    /// The payload could not be encoded as JSON.
+    Encode(serde_json::Error),
+    /// An answer from the host could not be decoded.
+    Decode(serde_json::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Refused(refusal) => write!(f, "refused: {refusal}"),
+            Error::Encode(e) => write!(f, "cannot encode the payload as JSON: {e}"),
+            Error::Decode(e) => write!(f, "cannot decode the host's answer: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Refused(refusal) => Some(refusal),
+            Error::Encode(e) | Error::Decode(e) => Some(e),
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Error::Refused(refusal)
+    }
+}
+
+/// Lets `?` turn an escrow error into a plugin's `String` error.
+impl From<Error> for String {
+    fn from(error: Error) -> Self {
+        error.to_string()
+    }
+}
+
+impl Error {
+    /// The refusal, if the host refused the request.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Error::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `escrow:host/scopes`: nested scopes (savepoints) inside a run.
+//!
+//! Scopes form a stack. The guest's handle to a scope carries the scope's id
+//! as its representation; the component model already checks that a guest
+//! only passes handles it owns, so no host table is needed.
+
+use std::borrow::Cow;
+
+use wasmtime::component::Resource;
+
+use crate::bindings::escrow::host::scopes::{Host, HostScope, Scope, ScopePolicy};
+use crate::ctx::{EscrowCtx, Frame, Rule, State};
+use crate::limits::{Limit, MAX_SCOPE_BLOCK_PATTERNS};
+use crate::outcome::{Failure, Refusal};
+use crate::policy::{AssertNone, Block, DropAll, Policy};
+
+impl Host for EscrowCtx {}
+
+impl HostScope for EscrowCtx {
+    fn open(&mut self, policy: ScopePolicy) -> Result<Resource<Scope>, Refusal> {
+        let max = self.limits.max_scope_depth;
+        if self.frames.len() >= max {
+            self.violate(Failure::Limit(Limit::ScopeDepth));
+            return Err(Refusal::Limit(format!("{}: scopes nest at most {max} deep", Limit::ScopeDepth)));
+        }
+        let policy: Option<Box<dyn Policy>> = match policy {
+            ScopePolicy::Inherit => None,
+            ScopePolicy::Drop => Some(Box::new(DropAll)),
+            ScopePolicy::AssertNone => Some(Box::new(AssertNone)),
+            ScopePolicy::Block(patterns) => {
+                if patterns.len() > MAX_SCOPE_BLOCK_PATTERNS {
+                    return Err(Refusal::Invalid(format!(
+                        "{} block patterns; at most {MAX_SCOPE_BLOCK_PATTERNS}",
+                        patterns.len()
+                    )));
+                }
+                let block = Block::new(patterns).map_err(|e| Refusal::Invalid(e.to_string()))?;
+                Some(Box::new(block))
+            }
+        };
+        let id = self.next_frame;
+        self.next_frame += 1;
+        self.frames.push(Frame {
+            id,
+            start: self.records.len(),
+            policy,
+        });
+        Ok(Resource::new_own(id))
+    }
+
+    fn commit(&mut self, this: Resource<Scope>) {
+        self.close_scope(this.rep(), true, "");
+    }
+
+    fn rollback(&mut self, this: Resource<Scope>) {
+        self.close_scope(this.rep(), false, "rolled back");
+    }
+
+    fn drop(&mut self, rep: Resource<Scope>) -> wasmtime::Result<()> {
+        self.close_scope(rep.rep(), false, "was dropped without commit or rollback");
+        Ok(())
+    }
+}
+
+impl EscrowCtx {
+    /// Ends scope `id` if it is still open. Scopes opened inside it that are
+    /// still open are rolled back first. A committed scope's intents simply
+    /// stay where they are: they now belong to the enclosing scope, whose
+    /// range of records covers them. A rolled-back scope's held intents are
+    /// discarded, with `why` as the rule.
+    pub(crate) fn close_scope(&mut self, id: u32, commit: bool, why: &str) {
+        let Some(position) = self.frames.iter().rposition(|f| f.id == id) else {
+            // Already ended by an enclosing scope.
+            return;
+        };
+        while self.frames.len() > position + 1 {
+            let inner = self.frames.pop().expect("frames above `position`");
+            let rule = format!("scope {} was still open when scope {id} ended", inner.id);
+            self.discard_from(inner.start, rule);
+        }
+        let frame = self.frames.pop().expect("the frame at `position`");
+        if !commit {
+            self.discard_from(frame.start, format!("scope {id} {why}"));
+        }
+    }
+
+    pub(crate) fn discard_from(&mut self, start: usize, rule: String) {
+        let rule: Cow<'static, str> = Cow::Owned(rule);
+        for record in &mut self.records[start..] {
+            if matches!(record.state, State::Held(_)) {
+                record.state = State::Discarded;
+                record.rule = Rule::Text(rule.clone());
+            }
+        }
+    }
+}

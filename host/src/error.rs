@@ -1,0 +1,68 @@
+//! The library's error type: what can go wrong on the host's side.
+//!
+//! A guest that fails (returns `err`, traps, exceeds a limit) is not an
+//! [`Error`]: that run has an [`Outcome`](crate::Outcome) whose result says
+//! why. An `Error` means the host could not load a plugin or start a run.
+
+use std::path::PathBuf;
+
+/// What went wrong loading a plugin or starting a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The plugin file could not be read.
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not WebAssembly at all.
+    #[error("{0} is not a WebAssembly file (it does not start with `\\0asm`)")]
+    NotWasm(String),
+    /// The bytes are a core module, not a component.
+    #[error(
+        "{0} is a core WebAssembly module, not a component: build the plugin with \
+         `cargo build --target wasm32-wasip2` (a `cdylib` crate using escrow-guest)"
+    )]
+    CoreModule(String),
+    /// The component is malformed or uses features the host does not enable.
+    #[error("{what} is not a valid component: {error:#}")]
+    Compile {
+        /// Which plugin.
+        what: String,
+        /// What the compiler said.
+        error: wasmtime::Error,
+    },
+    /// The component imports something the host does not provide, or lacks
+    /// the export the host calls.
+    #[error("{what} cannot run here: {error:#}")]
+    Link {
+        /// Which plugin.
+        what: String,
+        /// What the linker said.
+        error: wasmtime::Error,
+    },
+    /// A granted directory could not be opened.
+    #[error("cannot grant directory `{}`: {error:#}", path.display())]
+    Grant {
+        /// The host directory.
+        path: PathBuf,
+        /// Why it could not be opened.
+        error: wasmtime::Error,
+    },
+    /// The run asked for more than the host was built to allow.
+    #[error("{0}")]
+    Limits(String),
+    /// The run could not be started (the host is out of resources).
+    #[error("cannot start the run: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// A blocking call was made from inside an async runtime.
+    #[error("`run_blocking` was called from inside an async runtime; use `run(..).await` there")]
+    BlockingInAsync,
+    /// The host could not be built.
+    #[error("cannot build the host: {0:#}")]
+    Engine(wasmtime::Error),
+}

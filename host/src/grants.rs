@@ -1,0 +1,117 @@
+//! Grants: what a plugin may request. Deny by default.
+//!
+//! Grants say what a plugin *may* do; they never say how the host does it
+//! (that is the embedder's choice of sinks and backends). An empty
+//! [`Grants`] lets a plugin compute and nothing else: every effect request is
+//! refused `not-granted`, and it gets no filesystem, network, environment
+//! variables or arguments.
+
+use std::path::PathBuf;
+
+use crate::patterns::{EffectPatterns, NameError};
+
+/// What a plugin may request during a run.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    effects: EffectPatterns,
+    dirs: Vec<DirGrant>,
+    env: Vec<(String, String)>,
+}
+
+/// A host directory the guest may see, preopened through cap-std: nothing
+/// outside it can be named from inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it (`/data`).
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
+}
+
+impl Grants {
+    /// No grants at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Allows requesting effects whose names match `patterns` (`email.*`).
+    /// Replaces any effect patterns granted before.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`NameError`] for a malformed pattern.
+    pub fn effects<I, S>(mut self, patterns: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.effects = EffectPatterns::new(patterns)?;
+        Ok(self)
+    }
+
+    /// Shows the host directory `host` to the guest at `guest`, read-only
+    /// unless `writable`.
+    pub fn dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>, writable: bool) -> Self {
+        self.dirs.push(DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+            writable,
+        });
+        self
+    }
+
+    /// Sets the environment variable `key` to `value` for the guest.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The granted effect pattern that covers `effect`, if any.
+    pub fn effect_grant(&self, effect: &str) -> Option<&str> {
+        self.effects.first_match(effect)
+    }
+
+    /// The index, in [`Grants::effect_patterns`], of the pattern that covers
+    /// `effect`.
+    pub(crate) fn effect_grant_index(&self, effect: &str) -> Option<usize> {
+        self.effects.position(effect)
+    }
+
+    /// The granted effect patterns.
+    pub fn effect_patterns(&self) -> &[String] {
+        self.effects.patterns()
+    }
+
+    /// The granted directories.
+    pub fn dirs(&self) -> &[DirGrant] {
+        &self.dirs
+    }
+
+    /// The granted environment variables.
+    pub fn env_vars(&self) -> &[(String, String)] {
+        &self.env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_granted_by_default() {
+        let grants = Grants::new();
+        assert_eq!(grants.effect_grant("email.send"), None);
+        assert!(grants.dirs().is_empty());
+        assert!(grants.env_vars().is_empty());
+    }
+
+    #[test]
+    fn an_effect_is_granted_by_the_first_pattern_that_matches() {
+        let grants = Grants::new().effects(["orders.*", "email.send"]).unwrap();
+        assert_eq!(grants.effect_grant("orders.save"), Some("orders.*"));
+        assert_eq!(grants.effect_grant("email.send"), Some("email.send"));
+        assert_eq!(grants.effect_grant("email.sendx"), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! The host: one wasmtime engine, one linker, the sinks, and the shared state
+//! every run of every plugin uses.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::Error;
+use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
+use crate::outcome::Intent;
+use crate::plugin::Plugin;
+use crate::run::RunState;
+use crate::sinks::Sinks;
+
+/// How often the host's clock ticks for deadlines. A run is stopped at most
+/// about one tick after its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Default number of runs a host executes at once. With the pooling
+/// allocator each one holds a preallocated instance slot; further runs wait
+/// for a slot.
+pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 64;
+
+/// Bytes of each pooled slot's memory and stack pages kept resident between
+/// runs instead of returned to the kernel: reusing them saves the page faults
+/// that dominate a short run.
+const KEEP_RESIDENT_BYTES: usize = 256 << 10;
+
+/// An escrow host: compiles plugins and runs them, each run in a fresh
+/// instance, and delivers committed intents to its sinks.
+///
+/// `Host` is cheap to clone and share across threads: clones share the
+/// engine, the sinks and the pool of instances.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use escrow_host::{Grants, Host, RunOptions, sinks::JsonLines};
+///
+/// let host = Host::builder().route("*", JsonLines::stdout())?.build()?;
+/// let plugin = host.load_file("checkout.wasm")?;
+/// let outcome = plugin
+///     .run(RunOptions::new().input(br#"{"order": 7}"#).grants(Grants::new().effects(["*"])?))
+///     .await?;
+/// println!("{}", outcome.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<RunState>,
+    sinks: Sinks,
+    max_memory_bytes: usize,
+    slots: Semaphore,
+    blocking: OnceLock<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("sinks", &self.inner.sinks)
+            .field("max_memory_bytes", &self.inner.max_memory_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Host`].
+#[derive(Debug)]
+pub struct HostBuilder {
+    sinks: Sinks,
+    max_concurrent_runs: u32,
+    max_memory_bytes: usize,
+    pooling: bool,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        Self {
+            sinks: Sinks::new(),
+            max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            pooling: true,
+        }
+    }
+}
+
+impl HostBuilder {
+    /// Sends committed intents whose effect matches `pattern` to `sink`.
+    /// Routes are tried in the order they were added.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`NameError`](crate::patterns::NameError) for a malformed
+    /// pattern.
+    pub fn route(mut self, pattern: &str, sink: impl crate::sinks::Sink) -> Result<Self, crate::patterns::NameError> {
+        self.sinks.route(pattern, sink)?;
+        Ok(self)
+    }
+
+    /// Replaces the sinks.
+    pub fn sinks(mut self, sinks: Sinks) -> Self {
+        self.sinks = sinks;
+        self
+    }
+
+    /// How many runs may execute at once (default
+    /// [`DEFAULT_MAX_CONCURRENT_RUNS`]); more wait for a free slot.
+    pub fn max_concurrent_runs(mut self, runs: u32) -> Self {
+        self.max_concurrent_runs = runs.max(1);
+        self
+    }
+
+    /// The most linear memory any run may be allowed (default
+    /// [`DEFAULT_MAX_MEMORY_BYTES`]). Each run's own cap,
+    /// [`Limits::max_memory_bytes`](crate::Limits::max_memory_bytes), may be
+    /// lower but not higher.
+    pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
+        self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Whether to preallocate instance slots (the pooling allocator, the
+    /// default). Without it every run allocates its memory afresh: slower,
+    /// but it reserves no address space up front.
+    pub fn pooling(mut self, pooling: bool) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// Builds the host and starts its deadline clock.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the engine cannot be created with this configuration.
+    pub fn build(self) -> Result<Host, Error> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // escrow runs each call to completion; the component-model-async
+        // machinery would only add per-store and per-call cost.
+        config.concurrency_support(false);
+        if self.pooling {
+            let runs = self.max_concurrent_runs;
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(runs)
+                // A Rust guest is a few core instances, memories and tables.
+                .total_core_instances(runs * 8)
+                .total_memories(runs * 2)
+                .total_tables(runs * 4)
+                .total_stacks(runs)
+                .max_memory_size(self.max_memory_bytes)
+                .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+                .table_keep_resident(KEEP_RESIDENT_BYTES)
+                .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            // With slots reused and kept resident, copying the initial data is
+            // cheaper than mapping it copy-on-write afresh for every run.
+            config.memory_init_cow(false);
+        }
+        let engine = Engine::new(&config).map_err(Error::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        crate::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow).map_err(Error::Engine)?;
+        spawn_epoch_clock(&engine);
+        Ok(Host {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                sinks: self.sinks,
+                max_memory_bytes: self.max_memory_bytes,
+                slots: Semaphore::new(self.max_concurrent_runs as usize),
+                blocking: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
+fn spawn_epoch_clock(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("escrow-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch clock thread");
+}
+
+impl Host {
+    /// A host with the default configuration and no sinks.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the engine cannot be created.
+    pub fn new() -> Result<Self, Error> {
+        Self::builder().build()
+    }
+
+    /// Starts configuring a host.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The wasmtime engine, for embedders that build their own linker and
+    /// store (a world of their own that includes escrow's imports).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The host's sinks.
+    pub fn sinks(&self) -> &Sinks {
+        &self.inner.sinks
+    }
+
+    /// Delivers the committed intents of a finished run to the host's sinks,
+    /// in order. See [`Sinks::dispatch`].
+    pub async fn dispatch(&self, intents: &mut [Intent]) {
+        self.inner.sinks.dispatch(intents).await;
+    }
+
+    /// Compiles a plugin from the bytes of a component.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the bytes are not a component, do not compile, import
+    /// something the host does not provide, or do not export
+    /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
+        self.load_named("the plugin", bytes)
+    }
+
+    /// Reads and compiles the component at `path`. See [`Host::load`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::load`], and if the file cannot be read.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_named(&format!("`{}`", path.display()), &bytes)
+    }
+
+    fn load_named(&self, what: &str, bytes: &[u8]) -> Result<Plugin, Error> {
+        let component = compile(&self.inner.engine, what, bytes)?;
+        let link = |error| Error::Link {
+            what: what.to_owned(),
+            error,
+        };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = crate::bindings::PluginPre::new(pre).map_err(link)?;
+        Ok(Plugin::new(self.clone(), component, pre))
+    }
+
+    pub(crate) fn max_memory_bytes(&self) -> usize {
+        self.inner.max_memory_bytes
+    }
+
+    pub(crate) fn slots(&self) -> &Semaphore {
+        &self.inner.slots
+    }
+
+    pub(crate) fn blocking_runtime(&self) -> &tokio::runtime::Runtime {
+        self.inner.blocking.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("building a current-thread runtime")
+        })
+    }
+}
+
+/// Compiles `bytes` as a component, telling apart the usual mistakes.
+pub(crate) fn compile(engine: &Engine, what: &str, bytes: &[u8]) -> Result<Component, Error> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Err(Error::NotWasm(what.to_owned()));
+    }
+    if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
+        return Err(Error::CoreModule(what.to_owned()));
+    }
+    Component::new(engine, bytes).map_err(|error| Error::Compile {
+        what: what.to_owned(),
+        error,
+    })
+}

@@ -1,0 +1,78 @@
+//! escrow: a WebAssembly component host that holds a plugin's side effects in
+//! escrow until its run succeeds.
+//!
+//! A *plugin* is a Wasm component. It cannot touch the world: each effect it
+//! wants is a request through an escrow WIT import (`wit/escrow.wit`). The
+//! host checks the request against the plugin's [`Grants`] (deny by
+//! default) and records it as an *intent* in the run's *scope*. When the run
+//! ends, the scope's [`Policy`] has decided every intent's fate: committed
+//! intents are delivered to [`sinks`] in the order they were recorded, but
+//! only if the guest's export returned `ok` and nothing trapped; dropped and
+//! blocked intents are kept for inspection; after a failure every intent is
+//! discarded. The [`Outcome`] of a run lists all of it.
+//!
+//! ```text
+//! guest request ─▶ capability (grant, limits, policy) ─▶ scope ─▶ Outcome ─▶ sinks
+//! ```
+//!
+//! Data flows one way: capabilities record and never dispatch; sinks never
+//! see a run that failed.
+//!
+//! # Running a plugin
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use escrow_host::{Grants, Host, RunOptions, policy, sinks::Handler};
+//!
+//! let host = Host::builder()
+//!     .route("email.*", Handler(|intent: &escrow_host::Intent| {
+//!         println!("send {}", String::from_utf8_lossy(&intent.payload));
+//!         Ok::<_, escrow_host::sinks::SinkError>(())
+//!     }))?
+//!     .build()?;
+//! let plugin = host.load_file("checkout.wasm")?;
+//! let outcome = plugin
+//!     .run(RunOptions::new()
+//!         .input(br#"{"order": 7}"#)
+//!         .grants(Grants::new().effects(["email.*", "payments.charge"])?)
+//!         .policy(policy::Commit))
+//!     .await?;
+//! for intent in &outcome.intents {
+//!     println!("#{} {} {}", intent.seq, intent.effect, intent.fate.name());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Worlds of your own
+//!
+//! An embedder's world may `include escrow:host/imports@0.1.0;` and export
+//! its own functions. Generate its bindings with
+//! `with: { "escrow:host": escrow_host::bindings::escrow::host }`, keep an
+//! [`EscrowCtx`] in the store, link escrow with [`add_to_linker`], bound the
+//! call with [`set_deadline`], then [`EscrowCtx::finish`] the run and
+//! [`Host::dispatch`] its intents.
+
+pub mod bindings;
+mod capabilities;
+mod ctx;
+mod error;
+pub mod grants;
+mod host;
+pub mod limits;
+mod outcome;
+pub mod patterns;
+mod plugin;
+pub mod policy;
+mod run;
+pub mod sinks;
+
+pub use capabilities::add_to_linker;
+pub use ctx::EscrowCtx;
+pub use error::Error;
+pub use grants::Grants;
+pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
+pub use limits::Limits;
+pub use outcome::{Delivery, Failure, Fate, Intent, Outcome, Refusal, Status, Timings};
+pub use plugin::Plugin;
+pub use policy::Policy;
+pub use run::{MAX_TABLE_ELEMENTS, RunOptions, set_deadline};

@@ -1,0 +1,112 @@
+//! Per-run limits: every bound on what a guest can make the host do.
+//!
+//! Each limit is a named constant with its default here, so the security
+//! decisions are reviewable in one place. Exceeding any of them fails the run
+//! cleanly: the guest is told (a `limit` refusal) or stopped (a trap), and
+//! nothing it recorded is dispatched.
+
+use std::time::Duration;
+
+/// Default wall-clock deadline of a run. A guest still running after it is
+/// stopped, so a plugin in an infinite loop costs at most this much time.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Default cap on a run's linear memory (64 MiB), enforced on every
+/// `memory.grow`: a plugin cannot exhaust the host's memory.
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 64 << 20;
+
+/// Default maximum number of effect requests per run (refused ones count): a
+/// loop that enqueues forever fails the run instead of growing the host's
+/// record without bound.
+pub const DEFAULT_MAX_INTENTS: usize = 1_000;
+
+/// Default maximum size of one intent's payload (1 MiB).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Default maximum of all payload bytes a run may record (16 MiB). Payloads
+/// are copied out of the guest, so without this bound a run could hold
+/// `max_intents * max_payload_bytes` of host memory.
+pub const DEFAULT_MAX_TOTAL_PAYLOAD_BYTES: usize = 16 << 20;
+
+/// Default maximum depth of nested scopes (the run's own scope not counted).
+pub const DEFAULT_MAX_SCOPE_DEPTH: usize = 32;
+
+/// Longest effect name the host accepts, in bytes. Effect names are
+/// identifiers (`payments.charge`), not data; a longer one is `invalid`.
+pub const MAX_EFFECT_NAME_BYTES: usize = 128;
+
+/// Most patterns a guest may pass when it opens a `block` scope.
+pub const MAX_SCOPE_BLOCK_PATTERNS: usize = 64;
+
+/// Bytes of the guest's stderr kept for the outcome (a panic message, say).
+/// Writes past this are refused to the guest and lost.
+pub const MAX_GUEST_STDERR_BYTES: usize = 64 << 10;
+
+/// The limits of one run. Start from [`Limits::default`], which uses the
+/// `DEFAULT_*` constants of this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline, enforced by epoch interruption.
+    pub deadline: Duration,
+    /// Cap on linear memory, in bytes.
+    pub max_memory_bytes: usize,
+    /// Maximum number of effect requests per run.
+    pub max_intents: usize,
+    /// Maximum size of one payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Maximum of all payload bytes recorded by the run.
+    pub max_total_payload_bytes: usize,
+    /// Maximum depth of nested scopes.
+    pub max_scope_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: DEFAULT_DEADLINE,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_intents: DEFAULT_MAX_INTENTS,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_total_payload_bytes: DEFAULT_MAX_TOTAL_PAYLOAD_BYTES,
+            max_scope_depth: DEFAULT_MAX_SCOPE_DEPTH,
+        }
+    }
+}
+
+/// Which limit a run exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limit {
+    /// [`Limits::deadline`].
+    Deadline,
+    /// [`Limits::max_memory_bytes`].
+    Memory,
+    /// [`Limits::max_intents`].
+    Intents,
+    /// [`Limits::max_payload_bytes`].
+    PayloadSize,
+    /// [`Limits::max_total_payload_bytes`].
+    TotalPayload,
+    /// [`Limits::max_scope_depth`].
+    ScopeDepth,
+}
+
+impl Limit {
+    /// The limit's name as used in configuration and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Deadline => "deadline",
+            Limit::Memory => "max_memory_bytes",
+            Limit::Intents => "max_intents",
+            Limit::PayloadSize => "max_payload_bytes",
+            Limit::TotalPayload => "max_total_payload_bytes",
+            Limit::ScopeDepth => "max_scope_depth",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

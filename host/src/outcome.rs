@@ -1,0 +1,196 @@
+//! What a run returns to the embedder: the guest's result, every intent with
+//! its fate and the rule that decided it, dispatch results and timings.
+
+use std::fmt;
+use std::time::Duration;
+
+pub use crate::bindings::escrow::host::types::Refusal;
+use crate::limits::Limit;
+
+/// What a run returned.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The guest's output if the run succeeded, otherwise why it failed.
+    pub result: Result<Vec<u8>, Failure>,
+    /// Every effect the run requested, in request order, with its fate.
+    pub intents: Vec<Intent>,
+    /// What the guest wrote to stderr (a panic message, say), at most
+    /// [`MAX_GUEST_STDERR_BYTES`](crate::limits::MAX_GUEST_STDERR_BYTES).
+    pub guest_stderr: Vec<u8>,
+    /// Where the run's time went.
+    pub timings: Timings,
+}
+
+impl Outcome {
+    /// How the run ended, in one word.
+    pub fn status(&self) -> Status {
+        if self.result.is_err() {
+            return Status::Failed;
+        }
+        let withheld = |i: &Intent| matches!(i.fate, Fate::Dropped);
+        let released = |i: &Intent| matches!(i.fate, Fate::Committed | Fate::Dispatched(_));
+        if self.intents.iter().any(withheld) && !self.intents.iter().any(released) {
+            Status::Dropped
+        } else {
+            Status::Committed
+        }
+    }
+
+    /// The intents that were handed to a sink, in dispatch order.
+    pub fn dispatched(&self) -> impl Iterator<Item = &Intent> {
+        self.intents
+            .iter()
+            .filter(|i| matches!(i.fate, Fate::Dispatched(_)))
+    }
+
+    /// The intents a sink failed to deliver, or that had no sink.
+    pub fn undelivered(&self) -> impl Iterator<Item = &Intent> {
+        self.dispatched()
+            .filter(|i| !matches!(i.fate, Fate::Dispatched(Delivery::Delivered)))
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// The run succeeded; its committed intents were dispatched.
+    Committed,
+    /// The run succeeded and its policy dropped what it requested: nothing was
+    /// dispatched.
+    Dropped,
+    /// The run failed; every intent was discarded.
+    Failed,
+}
+
+impl Status {
+    /// `committed`, `dropped` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Committed => "committed",
+            Status::Dropped => "dropped",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One effect request of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The request's sequence number within the run, from 1.
+    pub seq: u64,
+    /// The effect's name.
+    pub effect: String,
+    /// The payload exactly as the guest passed it.
+    pub payload: Vec<u8>,
+    /// What became of it.
+    pub fate: Fate,
+    /// The rule that decided the fate: the grant that allowed it, the policy
+    /// that withheld it, or why it was discarded.
+    pub rule: String,
+}
+
+/// What became of an intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Committed and waiting to be dispatched. Only seen by an embedder that
+    /// settles a run without dispatching it; [`Plugin::run`](crate::Plugin::run)
+    /// dispatches every committed intent.
+    Committed,
+    /// Handed to a sink after the run succeeded, with the sink's answer.
+    Dispatched(Delivery),
+    /// Kept for inspection and never dispatched (policy `drop`).
+    Dropped,
+    /// Kept visible and never dispatched (policy `block`).
+    Blocked,
+    /// Refused when requested; the guest got this refusal.
+    Refused(Refusal),
+    /// Thrown away because the run failed or its nested scope rolled back.
+    Discarded,
+}
+
+impl Fate {
+    /// The fate's name: `committed`, `dispatched`, `dropped`, `blocked`,
+    /// `refused` or `discarded`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fate::Committed => "committed",
+            Fate::Dispatched(_) => "dispatched",
+            Fate::Dropped => "dropped",
+            Fate::Blocked => "blocked",
+            Fate::Refused(_) => "refused",
+            Fate::Discarded => "discarded",
+        }
+    }
+}
+
+/// A sink's answer for one dispatched intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sink accepted the intent.
+    Delivered,
+    /// The sink failed; the message says why.
+    Failed(String),
+    /// No sink route matches the effect.
+    NoSink,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The export returned `err` with this message.
+    GuestError(String),
+    /// The guest trapped (a panic, an `unreachable`, a bad memory access).
+    Trap(String),
+    /// The run exceeded one of its limits.
+    Limit(Limit),
+    /// The guest requested an effect where a policy forbids effects; the run
+    /// fails even if the guest handled the refusal.
+    Forbidden {
+        /// The effect requested.
+        effect: String,
+        /// The rule that forbade it.
+        rule: String,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::GuestError(message) => write!(f, "the plugin returned an error: {message}"),
+            Failure::Trap(message) => write!(f, "the plugin trapped: {message}"),
+            Failure::Limit(limit) => write!(f, "the run exceeded its {limit} limit"),
+            Failure::Forbidden { effect, rule } => {
+                write!(f, "the plugin requested `{effect}` where {rule} forbids effects")
+            }
+        }
+    }
+}
+
+impl Refusal {
+    /// The variant's WIT name: `not-granted`, `forbidden`, `limit` or `invalid`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotGranted(_) => "not-granted",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::Limit(_) => "limit",
+            Refusal::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Where a run's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Creating the store and instantiating the component.
+    pub instantiate: Duration,
+    /// The export call, host calls included.
+    pub call: Duration,
+    /// Delivering committed intents to sinks.
+    pub dispatch: Duration,
+}

@@ -1,0 +1,41 @@
+//! A plugin: a compiled component, ready to be instantiated for each run.
+
+use wasmtime::component::Component;
+
+use crate::bindings::PluginPre;
+use crate::host::Host;
+use crate::run::RunState;
+
+/// A compiled plugin, loaded once and run many times.
+///
+/// Loading compiles the component and resolves its imports against the
+/// host's linker; each [`run`](Plugin::run) then only instantiates it in a
+/// fresh store. `Plugin` is cheap to clone and share across threads.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) host: Host,
+    component: Component,
+    pub(crate) pre: PluginPre<RunState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(host: Host, component: Component, pre: PluginPre<RunState>) -> Self {
+        Self { host, component, pre }
+    }
+
+    /// The compiled component, for inspecting its imports and exports.
+    pub fn component(&self) -> &Component {
+        &self.component
+    }
+
+    /// The host this plugin runs on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+}

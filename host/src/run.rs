@@ -1,0 +1,258 @@
+//! One run: a fresh store and instance, the limits, the call, the settling of
+//! every intent and the dispatch of the committed ones.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::ctx::EscrowCtx;
+use crate::error::Error;
+use crate::grants::Grants;
+use crate::limits::{Limit, Limits, MAX_GUEST_STDERR_BYTES};
+use crate::outcome::{Failure, Outcome, Timings};
+use crate::plugin::Plugin;
+use crate::policy::{Commit, Policy};
+
+/// Most table elements a run may grow a table to. Tables hold function
+/// references; real guests stay far below this.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// How to run a plugin once: its input, grants, policy and limits.
+///
+/// The defaults are deny-by-default: no grants, policy [`Commit`], the
+/// default [`Limits`], empty input.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    input: Vec<u8>,
+    grants: Arc<Grants>,
+    policy: Arc<dyn Policy>,
+    limits: Limits,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            input: Vec::new(),
+            grants: Arc::new(Grants::new()),
+            policy: Arc::new(Commit),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl RunOptions {
+    /// The defaults: no grants, policy `commit`, default limits, no input.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bytes passed to the plugin's `run` export.
+    pub fn input(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.input = input.into();
+        self
+    }
+
+    /// What the plugin may request. Pass an `Arc<Grants>` to share one set
+    /// between many runs.
+    pub fn grants(mut self, grants: impl Into<Arc<Grants>>) -> Self {
+        self.grants = grants.into();
+        self
+    }
+
+    /// The policy of the run's scope.
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The policy of the run's scope, shared with other runs.
+    pub fn shared_policy(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The run's limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// The data of a run's store.
+pub(crate) struct RunState {
+    pub(crate) escrow: EscrowCtx,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The error a run stops with when it exceeds a limit the host enforces by
+/// trapping (memory, deadline).
+#[derive(Debug, thiserror::Error)]
+#[error("the run exceeded its {0} limit")]
+pub(crate) struct LimitExceeded(pub(crate) Limit);
+
+/// Caps linear memory at the run's limit; exceeding it stops the run.
+struct MemoryCap(usize);
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.0 {
+            return Err(LimitExceeded(Limit::Memory).into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Stops the guest in `store` once `deadline` has passed, by trapping with
+/// the deadline limit, and yields to the async executor on every epoch tick
+/// until then so that a busy guest does not hold a thread.
+///
+/// The host's engine ticks every [`EPOCH_TICK`](crate::EPOCH_TICK);
+/// embedders that build their own store must call this before calling into
+/// the guest.
+pub fn set_deadline<T: 'static>(store: &mut Store<T>, deadline: Duration) {
+    let deadline = Instant::now() + deadline;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(LimitExceeded(Limit::Deadline).into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+impl Plugin {
+    /// Runs the plugin once, in a fresh instance, and dispatches its
+    /// committed intents if it succeeded.
+    ///
+    /// Waits for a free instance slot when the host already runs its
+    /// maximum of concurrent runs.
+    ///
+    /// # Errors
+    ///
+    /// Only for host-side problems: a granted directory that cannot be
+    /// opened, limits above what the host allows, an instance that cannot be
+    /// created. A guest that fails gives an `Ok` [`Outcome`] whose result says
+    /// why.
+    pub async fn run(&self, options: RunOptions) -> Result<Outcome, Error> {
+        let host_max = self.host.max_memory_bytes();
+        if options.limits.max_memory_bytes > host_max {
+            return Err(Error::Limits(format!(
+                "the run's memory limit ({} bytes) is above the host's ({host_max} bytes)",
+                options.limits.max_memory_bytes
+            )));
+        }
+        let _slot = self.host.slots().acquire().await.expect("the slot semaphore is never closed");
+
+        let started = Instant::now();
+        let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR_BYTES);
+        let wasi = wasi_ctx(&options.grants, stderr.clone())?;
+        let limits = options.limits;
+        let deadline = limits.deadline;
+        let state = RunState {
+            memory: MemoryCap(limits.max_memory_bytes),
+            escrow: EscrowCtx::new(options.grants, options.policy, limits),
+            wasi,
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.memory);
+        set_deadline(&mut store, deadline);
+
+        let guest = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => {
+                let instantiated = Instant::now();
+                let returned = instance.call_run(&mut store, &options.input).await;
+                (instantiated, guest_result(returned))
+            }
+            Err(error) => match error.downcast_ref::<LimitExceeded>() {
+                Some(LimitExceeded(limit)) => (Instant::now(), Err(Failure::Limit(*limit))),
+                None => return Err(Error::Instantiate(error)),
+            },
+        };
+        let (instantiated, guest) = guest;
+        let called = Instant::now();
+        let (result, mut intents) = store.into_data().escrow.finish(guest);
+        if result.is_ok() {
+            self.host.dispatch(&mut intents).await;
+        }
+        let dispatched = Instant::now();
+        Ok(Outcome {
+            result,
+            intents,
+            guest_stderr: stderr.contents().to_vec(),
+            timings: Timings {
+                instantiate: instantiated - started,
+                call: called - instantiated,
+                dispatch: dispatched - called,
+            },
+        })
+    }
+
+    /// [`Plugin::run`] for callers that are not async: blocks the calling
+    /// thread until the run is over.
+    ///
+    /// # Errors
+    ///
+    /// As [`Plugin::run`], and [`Error::BlockingInAsync`] when called from
+    /// inside an async runtime (where blocking would stall it).
+    pub fn run_blocking(&self, options: RunOptions) -> Result<Outcome, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInAsync);
+        }
+        self.host.blocking_runtime().block_on(self.run(options))
+    }
+}
+
+/// The guest's WASI context: nothing but what the grants allow, and a
+/// bounded buffer for its stderr.
+fn wasi_ctx(grants: &Grants, stderr: MemoryOutputPipe) -> Result<WasiCtx, Error> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stderr(stderr);
+    for dir in grants.dirs() {
+        let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        wasi.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|error| Error::Grant {
+                path: dir.host.clone(),
+                error,
+            })?;
+    }
+    for (key, value) in grants.env_vars() {
+        wasi.env(key, value);
+    }
+    Ok(wasi.build())
+}
+
+/// What the guest's call amounts to.
+fn guest_result(returned: wasmtime::Result<Result<Vec<u8>, String>>) -> Result<Vec<u8>, Failure> {
+    match returned {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(message)) => Err(Failure::GuestError(message)),
+        Err(error) => Err(match error.downcast_ref::<LimitExceeded>() {
+            Some(LimitExceeded(limit)) => Failure::Limit(*limit),
+            None => Failure::Trap(match error.downcast_ref::<wasmtime::Trap>() {
+                Some(trap) => trap.to_string(),
+                None => format!("{error:#}"),
+            }),
+        }),
+    }
+}

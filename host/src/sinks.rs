@@ -1,0 +1,127 @@
+//! Sinks: where committed intents go.
+//!
+//! A sink sees an intent only after the run that recorded it succeeded and
+//! its scope's policy committed it; sinks never see a failed run. Intents are
+//! delivered one at a time, in the order the guest recorded them, and a sink
+//! failing on one intent does not stop the others.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::outcome::{Delivery, Fate, Intent};
+use crate::patterns::{EffectPatterns, NameError};
+
+mod handler;
+mod json_lines;
+
+pub use handler::{AsyncHandler, Handler};
+pub use json_lines::JsonLines;
+
+/// Why a sink could not deliver an intent.
+#[derive(Debug)]
+pub struct SinkError(Box<dyn StdError + Send + Sync>);
+
+impl SinkError {
+    /// Wraps any error (or a `String` / `&str` message).
+    pub fn new(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for SinkError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<std::io::Error> for SinkError {
+    fn from(error: std::io::Error) -> Self {
+        Self::new(error)
+    }
+}
+
+/// Delivers committed intents somewhere: a handler in this process, a file,
+/// a queue.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Delivers one committed intent (its fate is [`Fate::Committed`] while it
+    /// is delivered).
+    ///
+    /// # Errors
+    ///
+    /// A [`SinkError`] is recorded as [`Delivery::Failed`] for this intent;
+    /// the next intents are still delivered.
+    async fn deliver(&self, intent: &Intent) -> Result<(), SinkError>;
+}
+
+/// Routes committed intents to sinks by effect pattern; the first route
+/// whose pattern matches an effect takes it.
+#[derive(Clone, Default)]
+pub struct Sinks {
+    routes: Vec<(EffectPatterns, Arc<dyn Sink>)>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sinks")
+            .field("routes", &self.routes.iter().map(|(p, _)| p.patterns()).collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// How long one delivery may take by default before it counts as failed.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Sinks {
+    /// No routes; every committed intent is reported [`Delivery::NoSink`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends effects matching `pattern` (`email.*`, or `*` for all) to `sink`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`NameError`] for a malformed pattern.
+    pub fn route(&mut self, pattern: &str, sink: impl Sink) -> Result<&mut Self, NameError> {
+        self.routes.push((EffectPatterns::new([pattern])?, Arc::new(sink)));
+        Ok(self)
+    }
+
+    /// Sets how long one delivery may take before it counts as failed
+    /// (default [`DEFAULT_DELIVERY_TIMEOUT`]).
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Delivers every [`Fate::Committed`] intent of `intents`, in order, and
+    /// turns its fate into [`Fate::Dispatched`] with the sink's answer.
+    pub async fn dispatch(&self, intents: &mut [Intent]) {
+        let timeout = self.timeout.unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+        for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
+            let delivery = match self.routes.iter().find(|(p, _)| p.is_match(&intent.effect)) {
+                None => Delivery::NoSink,
+                Some((_, sink)) => match tokio::time::timeout(timeout, sink.deliver(intent)).await {
+                    Ok(Ok(())) => Delivery::Delivered,
+                    Ok(Err(error)) => Delivery::Failed(error.to_string()),
+                    Err(_) => Delivery::Failed(format!("the sink did not answer within {timeout:?}")),
+                },
+            };
+            if let Delivery::Failed(error) = &delivery {
+                tracing::warn!(seq = intent.seq, effect = %intent.effect, %error, "delivery failed");
+            }
+            intent.fate = Fate::Dispatched(delivery);
+        }
+    }
+}
