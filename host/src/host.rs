@@ -239,7 +239,8 @@ impl Host {
     /// something the host does not provide, or do not export
     /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
-        self.load_named("the plugin", bytes)
+        let what = "the plugin";
+        self.link_named(what, compile(&self.inner.engine, what, bytes)?)
     }
 
     /// Reads and compiles the component at `path`. See [`Host::load`].
@@ -249,15 +250,37 @@ impl Host {
     /// As [`Host::load`], and if the file cannot be read.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
         let path = path.as_ref();
+        let component = self.compile_file(path)?;
+        self.link_named(&format!("`{}`", path.display()), component)
+    }
+
+    /// Reads and compiles the component at `path` without linking it, to
+    /// inspect its imports and exports.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the file cannot be read or is not a valid component.
+    pub fn compile_file(&self, path: impl AsRef<Path>) -> Result<Component, Error> {
+        let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
             path: path.to_owned(),
             source,
         })?;
-        self.load_named(&format!("`{}`", path.display()), &bytes)
+        compile(&self.inner.engine, &format!("`{}`", path.display()), &bytes)
     }
 
-    fn load_named(&self, what: &str, bytes: &[u8]) -> Result<Plugin, Error> {
-        let component = compile(&self.inner.engine, what, bytes)?;
+    /// Resolves a compiled component's imports against the host and checks
+    /// its `run` export, making it a [`Plugin`].
+    ///
+    /// # Errors
+    ///
+    /// Fails if the component imports something the host does not provide or
+    /// lacks the `run` export.
+    pub fn link(&self, component: Component) -> Result<Plugin, Error> {
+        self.link_named("the plugin", component)
+    }
+
+    fn link_named(&self, what: &str, component: Component) -> Result<Plugin, Error> {
         let link = |error| Error::Link {
             what: what.to_owned(),
             error,

@@ -54,6 +54,7 @@
 
 pub mod bindings;
 mod capabilities;
+pub mod config;
 mod ctx;
 mod error;
 pub mod grants;

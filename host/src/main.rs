@@ -1,1 +1,7 @@
-fn main() {}
+//! `escrow`: run WebAssembly plugins with their side effects held in escrow.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

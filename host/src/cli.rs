@@ -1,0 +1,52 @@
+//! The `escrow` command line: a thin clap front over the library, one file
+//! per subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod report;
+mod run;
+
+/// Exit code of a run that failed (the guest returned `err`, trapped, or
+/// exceeded a limit).
+pub(crate) const EXIT_RUN_FAILED: u8 = 1;
+/// Exit code of a bad invocation: arguments, input, config or component.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code of a run that committed but whose intents were not all
+/// delivered.
+pub(crate) const EXIT_UNDELIVERED: u8 = 3;
+
+/// Run WebAssembly plugins with their side effects held in escrow.
+#[derive(Debug, Parser)]
+#[command(name = "escrow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Inspect(inspect::InspectArgs),
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ESCROW_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Inspect(args) => inspect::main(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("escrow: error: {error:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `escrow inspect`: what a component imports and exports, which escrow
+//! capabilities it can request, and whether it would run here, before
+//! running anything.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use escrow_host::Host;
+use escrow_host::config::Config;
+use wasmtime::component::types::{ComponentItem, Type};
+
+use super::EXIT_USAGE;
+
+/// Show a plugin's imports, exports and escrow capabilities, and check them
+/// against the host and the grants.
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The plugin: a component built for wasm32-wasip2.
+    plugin: PathBuf,
+    /// Check against the grants of this file (escrow.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let grants = config.grants().map_err(anyhow::Error::msg)?;
+    let host = Host::builder().pooling(false).build()?;
+    let component = host.compile_file(&args.plugin)?;
+    let ty = component.component_type();
+    let engine = host.engine();
+
+    let mut out = String::new();
+    writeln!(out, "{}", args.plugin.display())?;
+    writeln!(out, "exports:")?;
+    for (name, item) in ty.exports(engine) {
+        writeln!(out, "  {name}{}", item_desc(&item.ty))?;
+    }
+    writeln!(out, "imports:")?;
+    let mut capabilities = Vec::new();
+    for (name, _) in ty.imports(engine) {
+        let note = match capability(name) {
+            Some(cap) => {
+                capabilities.push(cap);
+                format!("escrow: {cap}")
+            }
+            None if name.starts_with("wasi:") => format!("WASI: {}", wasi_note(name, &config)),
+            None => "not provided by escrow".to_owned(),
+        };
+        writeln!(out, "  {name:<40} {note}")?;
+    }
+
+    writeln!(out, "grants:")?;
+    let effects = grants.effect_patterns();
+    if capabilities.contains(&"deferred effects") {
+        if effects.is_empty() {
+            writeln!(out, "  effects: none — every effect this plugin requests will be refused `not-granted`")?;
+        } else {
+            writeln!(out, "  effects: {} (effect names are chosen at run time; others are refused)", effects.join(", "))?;
+        }
+    } else {
+        writeln!(out, "  effects: the plugin does not import escrow:host/intents, so it cannot request deferred effects")?;
+    }
+
+    let verdict = host.link(component);
+    match &verdict {
+        Ok(_) => writeln!(out, "runs on this host: yes")?,
+        Err(error) => writeln!(out, "runs on this host: no — {error}")?,
+    }
+    print!("{out}");
+    Ok(if verdict.is_ok() { 0 } else { EXIT_USAGE })
+}
+
+/// The escrow capability an import name stands for.
+fn capability(import: &str) -> Option<&'static str> {
+    let interface = import.strip_prefix("escrow:host/")?;
+    let interface = interface.split('@').next().unwrap_or(interface);
+    Some(match interface {
+        "intents" => "deferred effects",
+        "scopes" => "nested scopes",
+        "types" => "shared types",
+        _ => return None,
+    })
+}
+
+/// What the sandbox gives a WASI import.
+fn wasi_note(import: &str, config: &Config) -> String {
+    let interface = import.split('@').next().unwrap_or(import);
+    match interface {
+        "wasi:filesystem/preopens" | "wasi:filesystem/types" => match config.grants.dirs.len() {
+            0 => "filesystem, nothing granted (no directories)".to_owned(),
+            n => format!("filesystem, {n} granted director{}", if n == 1 { "y" } else { "ies" }),
+        },
+        "wasi:cli/environment" => match config.grants.env.len() {
+            0 => "environment, nothing granted (no variables, no arguments)".to_owned(),
+            n => format!("environment, {n} granted variable{}", if n == 1 { "" } else { "s" }),
+        },
+        "wasi:cli/stderr" => "stderr, captured into the outcome".to_owned(),
+        "wasi:cli/stdout" | "wasi:cli/stdin" => "standard stream, closed".to_owned(),
+        i if i.starts_with("wasi:sockets/") => "network, denied".to_owned(),
+        _ => "provided".to_owned(),
+    }
+}
+
+fn item_desc(item: &ComponentItem) -> String {
+    match item {
+        ComponentItem::ComponentFunc(func) => {
+            let params: Vec<String> = func.params().map(|(name, ty)| format!("{name}: {}", type_desc(&ty))).collect();
+            let results: Vec<String> = func.results().map(|ty| type_desc(&ty)).collect();
+            let arrow = if results.is_empty() { String::new() } else { format!(" -> {}", results.join(", ")) };
+            format!(": func({}){arrow}", params.join(", "))
+        }
+        ComponentItem::ComponentInstance(_) => " (instance)".to_owned(),
+        _ => String::new(),
+    }
+}
+
+fn type_desc(ty: &Type) -> String {
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::U8 => "u8".into(),
+        Type::U16 => "u16".into(),
+        Type::U32 => "u32".into(),
+        Type::U64 => "u64".into(),
+        Type::S8 => "s8".into(),
+        Type::S16 => "s16".into(),
+        Type::S32 => "s32".into(),
+        Type::S64 => "s64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(list) => format!("list<{}>", type_desc(&list.ty())),
+        Type::Option(option) => format!("option<{}>", type_desc(&option.ty())),
+        Type::Result(result) => {
+            let side = |t: Option<Type>| t.map_or("_".to_owned(), |t| type_desc(&t));
+            format!("result<{}, {}>", side(result.ok()), side(result.err()))
+        }
+        other => format!("{other:?}").split(['(', ' ']).next().unwrap_or("type").to_lowercase(),
+    }
+}

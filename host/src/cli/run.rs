@@ -1,0 +1,124 @@
+//! `escrow run`: run one plugin and deliver its committed intents.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use escrow_host::config::{self, Config, PolicyName, SinkSpec};
+use escrow_host::sinks::{Handler, JsonLines, SinkError};
+use escrow_host::{Host, Intent, RunOptions, Status};
+
+use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
+
+/// Run a plugin once and deliver its committed intents.
+///
+/// Committed intents are written to stdout as JSON lines (or to --sink), and
+/// a summary of every intent and its fate to stderr. Exit code: 0 when the
+/// run succeeded, 1 when it failed, 2 for a bad invocation, 3 when it
+/// committed but not every intent was delivered.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The plugin: a component built for wasm32-wasip2.
+    plugin: PathBuf,
+    /// The input, as JSON.
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input (JSON) from this file.
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// What happens to the intents: commit, drop or assert-none.
+    #[arg(long, value_name = "POLICY")]
+    policy: Option<PolicyName>,
+    /// Keep intents whose effect matches PATTERN visible, never dispatch them.
+    #[arg(long, value_name = "PATTERN")]
+    block: Vec<String>,
+    /// Let the plugin request effects matching PATTERN (`email.*`).
+    #[arg(long, value_name = "PATTERN")]
+    grant: Vec<String>,
+    /// Grants, policy, limits and sink from this file (escrow.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Stop the plugin after this many milliseconds.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+    /// Where committed intents go: stdout or file:PATH.
+    #[arg(long, value_name = "SINK")]
+    sink: Option<SinkSpec>,
+    /// Print one JSON report of the run on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let input = read_input(&args)?;
+
+    let mut grants = config.grants.effects.clone();
+    grants.extend(args.grant.iter().cloned());
+    let grants = config
+        .grants()
+        .and_then(|g| g.effects(grants).map_err(|e| format!("--grant: {e}")))
+        .map_err(anyhow::Error::msg)?;
+    let policy_name = args.policy.unwrap_or(config.policy);
+    let mut block = config.block.clone();
+    block.extend(args.block.iter().cloned());
+    let policy = config::build_policy(policy_name, &block).map_err(anyhow::Error::msg)?;
+    let mut limits = config.limits();
+    if let Some(ms) = args.timeout_ms {
+        limits.deadline = Duration::from_millis(ms);
+    }
+
+    // With --json the report is the output: committed intents are listed in
+    // it unless a sink is named.
+    let sink = args.sink.clone().or(config.sink());
+    let mut host = Host::builder().max_concurrent_runs(1).max_memory_bytes(limits.max_memory_bytes);
+    host = match (sink, args.json) {
+        (Some(SinkSpec::Stdout), true) => bail!("--json prints the report on stdout; send intents to --sink file:PATH"),
+        (Some(SinkSpec::Stdout), false) | (None, false) => host.route("*", JsonLines::stdout())?,
+        (Some(SinkSpec::File(path)), _) => host.route(
+            "*",
+            JsonLines::append_to(&path).with_context(|| format!("cannot open sink file `{}`", path.display()))?,
+        )?,
+        (None, true) => host.route("*", Handler(|_: &Intent| Ok::<_, SinkError>(())))?,
+    };
+    let host = host.build()?;
+    let plugin = host.load_file(&args.plugin)?;
+
+    let options = RunOptions::new()
+        .input(input)
+        .grants(grants)
+        .shared_policy(Arc::clone(&policy))
+        .limits(limits);
+    let outcome = plugin.run_blocking(options)?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report::json(&outcome))?);
+    } else {
+        eprint!("{}", report::human(&outcome));
+    }
+    Ok(match outcome.status() {
+        Status::Failed => EXIT_RUN_FAILED,
+        _ if outcome.undelivered().next().is_some() => EXIT_UNDELIVERED,
+        _ => 0,
+    })
+}
+
+fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
+    let (bytes, what) = match (&args.input, &args.input_file) {
+        (Some(text), _) => (text.clone().into_bytes(), "--input".to_owned()),
+        (None, Some(path)) => (
+            std::fs::read(path).with_context(|| format!("cannot read --input-file `{}`", path.display()))?,
+            format!("--input-file `{}`", path.display()),
+        ),
+        (None, None) => return Ok(Vec::new()),
+    };
+    if let Err(error) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        bail!("{what} is not valid JSON: {error}");
+    }
+    Ok(bytes)
+}

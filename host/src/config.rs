@@ -1,0 +1,357 @@
+//! `escrow.toml`: grants, policy, limits and sink for `escrow run`, in one
+//! file an operator can review.
+//!
+//! ```toml
+//! policy = "commit"               # commit | drop | assert-none
+//! block = ["email.*"]             # with commit: keep these, never dispatch
+//! sink = "stdout"                 # stdout | file:PATH
+//!
+//! [grants]
+//! effects = ["payments.*", "orders.save", "email.send"]
+//! env = { REGION = "eu-west" }
+//! dirs = [{ host = "data", guest = "/data", writable = false }]
+//!
+//! [limits]
+//! timeout_ms = 10000
+//! max_memory_bytes = 67108864
+//! max_intents = 1000
+//! max_payload_bytes = 1048576
+//! max_total_payload_bytes = 16777216
+//! max_scope_depth = 32
+//! ```
+//!
+//! Every key is optional; unknown keys are errors. Relative paths (`dirs`,
+//! a `file:` sink) are relative to the directory of the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::grants::Grants;
+use crate::limits::Limits;
+use crate::patterns::NameError;
+use crate::policy::{self, Policy};
+
+/// A problem with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config `{}`: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config `{}` is invalid: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A value is out of its allowed range or malformed.
+    #[error("config `{}`: {message}", path.display())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The policy named in a config file or on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// [`policy::Commit`] (or [`policy::Block`] with block patterns).
+    #[default]
+    Commit,
+    /// [`policy::DropAll`].
+    Drop,
+    /// [`policy::AssertNone`].
+    AssertNone,
+}
+
+impl std::str::FromStr for PolicyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "commit" => Ok(Self::Commit),
+            "drop" => Ok(Self::Drop),
+            "assert-none" => Ok(Self::AssertNone),
+            other => Err(format!("unknown policy `{other}`; use commit, drop or assert-none")),
+        }
+    }
+}
+
+/// Where committed intents go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SinkSpec {
+    /// JSON lines on standard output.
+    #[default]
+    Stdout,
+    /// JSON lines appended to a file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for SinkSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            _ if s == "stdout" => Ok(Self::Stdout),
+            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => Err(format!("unknown sink `{s}`; use stdout or file:PATH")),
+        }
+    }
+}
+
+/// A parsed `escrow.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The run's policy.
+    #[serde(default)]
+    pub policy: PolicyName,
+    /// Effect patterns to block (with policy commit).
+    #[serde(default)]
+    pub block: Vec<String>,
+    /// Where committed intents go: `stdout` or `file:PATH`.
+    #[serde(default)]
+    pub sink: Option<String>,
+    /// What the plugin may request.
+    #[serde(default)]
+    pub grants: GrantsConfig,
+    /// The run's limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The directory relative paths are resolved against.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+/// `[grants]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Effect patterns the plugin may request.
+    #[serde(default)]
+    pub effects: Vec<String>,
+    /// Environment variables the guest sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Directories the guest sees.
+    #[serde(default)]
+    pub dirs: Vec<DirConfig>,
+}
+
+/// One entry of `grants.dirs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirConfig {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Whether the guest may write in it.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// `[limits]`; each missing key keeps its default from [`crate::limits`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Wall-clock deadline in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Linear memory cap in bytes.
+    pub max_memory_bytes: Option<usize>,
+    /// Effect requests per run.
+    pub max_intents: Option<usize>,
+    /// Bytes per payload.
+    pub max_payload_bytes: Option<usize>,
+    /// Payload bytes per run.
+    pub max_total_payload_bytes: Option<usize>,
+    /// Nesting depth of scopes.
+    pub max_scope_depth: Option<usize>,
+}
+
+impl Config {
+    /// Reads and parses the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or is not a valid config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &location(&text, e.span()),
+        })?;
+        config.base = path.parent().map(Path::to_owned).unwrap_or_default();
+        config.check().map_err(|message| ConfigError::Value {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.grants()?;
+        self.run_policy()?;
+        if let Some(sink) = &self.sink {
+            sink.parse::<SinkSpec>()?;
+        }
+        if self.limits.timeout_ms == Some(0) {
+            return Err("limits.timeout_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The grants, with relative directories resolved.
+    ///
+    /// # Errors
+    ///
+    /// A malformed effect pattern.
+    pub fn grants(&self) -> Result<Grants, String> {
+        let mut grants = Grants::new()
+            .effects(self.grants.effects.iter().cloned())
+            .map_err(|e: NameError| format!("grants.effects: {e}"))?;
+        for dir in &self.grants.dirs {
+            grants = grants.dir(self.base.join(&dir.host), dir.guest.clone(), dir.writable);
+        }
+        for (key, value) in &self.grants.env {
+            grants = grants.env(key, value);
+        }
+        Ok(grants)
+    }
+
+    /// The policy named by `policy` and `block`.
+    ///
+    /// # Errors
+    ///
+    /// Block patterns with a policy other than commit, or a malformed pattern.
+    pub fn run_policy(&self) -> Result<Arc<dyn Policy>, String> {
+        build_policy(self.policy, &self.block)
+    }
+
+    /// The limits, defaults filled in.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        let l = &self.limits;
+        Limits {
+            deadline: l.timeout_ms.map_or(defaults.deadline, Duration::from_millis),
+            max_memory_bytes: l.max_memory_bytes.unwrap_or(defaults.max_memory_bytes),
+            max_intents: l.max_intents.unwrap_or(defaults.max_intents),
+            max_payload_bytes: l.max_payload_bytes.unwrap_or(defaults.max_payload_bytes),
+            max_total_payload_bytes: l.max_total_payload_bytes.unwrap_or(defaults.max_total_payload_bytes),
+            max_scope_depth: l.max_scope_depth.unwrap_or(defaults.max_scope_depth),
+        }
+    }
+
+    /// The sink, with a relative file path resolved.
+    pub fn sink(&self) -> Option<SinkSpec> {
+        let sink = self.sink.as_ref()?.parse().ok()?;
+        Some(match sink {
+            SinkSpec::File(path) => SinkSpec::File(self.base.join(path)),
+            other => other,
+        })
+    }
+}
+
+/// The policy for a policy name and block patterns.
+///
+/// # Errors
+///
+/// Block patterns with a policy other than commit, or a malformed pattern.
+pub fn build_policy(name: PolicyName, block: &[String]) -> Result<Arc<dyn Policy>, String> {
+    match (name, block.is_empty()) {
+        (PolicyName::Commit, true) => Ok(Arc::new(policy::Commit)),
+        (PolicyName::Commit, false) => Ok(Arc::new(
+            policy::Block::new(block.iter().cloned()).map_err(|e| format!("block: {e}"))?,
+        )),
+        (PolicyName::Drop, true) => Ok(Arc::new(policy::DropAll)),
+        (PolicyName::AssertNone, true) => Ok(Arc::new(policy::AssertNone)),
+        (_, false) => Err("block patterns apply only with policy commit".into()),
+    }
+}
+
+/// ` (line L, column C)` for a byte span of `text`.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return String::new() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(" (line {line}, column {column})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("escrow.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn an_empty_config_grants_nothing_and_keeps_the_default_limits() {
+        let config = parse("").unwrap();
+        assert!(config.grants().unwrap().effect_patterns().is_empty());
+        assert_eq!(config.limits(), Limits::default());
+        assert_eq!(config.policy, PolicyName::Commit);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_line() {
+        let error = parse("policy = \"commit\"\n[limits]\ntimeout = 5\n").unwrap_err().to_string();
+        assert!(error.contains("unknown field `timeout`"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_policy_is_refused() {
+        let error = parse("policy = \"yolo\"").unwrap_err().to_string();
+        assert!(error.contains("unknown variant `yolo`"), "{error}");
+    }
+
+    #[test]
+    fn a_malformed_grant_pattern_is_refused() {
+        let error = parse("[grants]\neffects = [\"email.{a,b}\"]").unwrap_err().to_string();
+        assert!(error.contains("grants.effects"), "{error}");
+    }
+
+    #[test]
+    fn block_with_drop_is_refused() {
+        let error = parse("policy = \"drop\"\nblock = [\"a\"]").unwrap_err().to_string();
+        assert!(error.contains("only with policy commit"), "{error}");
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_directory() {
+        let config = parse("sink = \"file:out.jsonl\"\n[grants]\ndirs = [{ host = \"data\", guest = \"/data\" }]").unwrap();
+        assert_eq!(config.sink(), Some(SinkSpec::File(config.base.join("out.jsonl"))));
+        assert_eq!(config.grants().unwrap().dirs()[0].host, config.base.join("data"));
+    }
+
+    #[test]
+    fn limits_override_the_defaults_key_by_key() {
+        let config = parse("[limits]\ntimeout_ms = 250\nmax_intents = 3").unwrap();
+        let limits = config.limits();
+        assert_eq!(limits.deadline, Duration::from_millis(250));
+        assert_eq!(limits.max_intents, 3);
+        assert_eq!(limits.max_payload_bytes, Limits::default().max_payload_bytes);
+    }
+}
