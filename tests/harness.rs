@@ -1,1 +1,133 @@
-//! harness
+//! The shared harness of escrow's integration tests: one host per test
+//! binary, each fixture compiled once, helpers to run scripts and read
+//! outcomes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use escrow_host::sinks::{Sink, SinkError, Sinks};
+use escrow_host::{Fate, Grants, Host, Intent, Outcome, Plugin, RunOptions};
+use serde_json::Value;
+
+pub use escrow_fixtures as fixtures;
+
+/// The host every test shares: compiling a fixture once per test binary
+/// keeps the suite fast.
+pub fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::builder().max_concurrent_runs(32).build().expect("building the test host"))
+}
+
+/// The fixture at `path`, compiled once.
+pub fn plugin(path: &'static str) -> Plugin {
+    static PLUGINS: OnceLock<Mutex<HashMap<&'static str, Plugin>>> = OnceLock::new();
+    let plugins = PLUGINS.get_or_init(Default::default);
+    if let Some(plugin) = plugins.lock().unwrap().get(path) {
+        return plugin.clone();
+    }
+    let plugin = host().load_file(path).unwrap_or_else(|e| panic!("loading {path}: {e}"));
+    plugins.lock().unwrap().entry(path).or_insert(plugin).clone()
+}
+
+/// The `scripted` fixture.
+pub fn scripted() -> Plugin {
+    plugin(fixtures::SCRIPTED)
+}
+
+/// Grants for every effect.
+pub fn all_effects() -> Grants {
+    Grants::new().effects(["*"]).unwrap()
+}
+
+/// Runs the scripted fixture with `steps` under `options`, delivering to
+/// `recorder`.
+pub async fn run_script(steps: Value, options: RunOptions, recorder: &Recorder) -> Outcome {
+    let input = serde_json::to_vec(&serde_json::json!({ "steps": steps })).unwrap();
+    scripted()
+        .with_sinks(recorder.sinks())
+        .run(options.input(input))
+        .await
+        .expect("the run starts")
+}
+
+/// The per-step results the scripted guest answered.
+pub fn results(outcome: &Outcome) -> Vec<Value> {
+    let output = outcome.result.as_ref().expect("the run succeeded");
+    let output: Value = serde_json::from_slice(output).expect("the guest answers JSON");
+    output["results"].as_array().expect("a list of results").clone()
+}
+
+/// `(effect, fate name)` of every intent, in request order.
+pub fn fates(outcome: &Outcome) -> Vec<(&str, &'static str)> {
+    outcome
+        .intents
+        .iter()
+        .map(|i| (i.effect.as_str(), i.fate.name()))
+        .collect()
+}
+
+/// Whether an intent was dispatched and delivered.
+pub fn delivered(intent: &Intent) -> bool {
+    intent.fate == Fate::Dispatched(escrow_host::Delivery::Delivered)
+}
+
+/// One delivery a [`Recorder`] saw.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The intent's sequence number.
+    pub seq: u64,
+    /// The effect.
+    pub effect: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// When it was delivered.
+    pub at: Instant,
+}
+
+/// A sink that records what it is given, and fails on effects named
+/// `*.fail`.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    seen: Arc<Mutex<Vec<Delivered>>>,
+}
+
+impl Recorder {
+    /// A fresh recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sinks that route every effect here.
+    pub fn sinks(&self) -> Sinks {
+        let mut sinks = Sinks::new();
+        sinks.route("*", self.clone()).unwrap();
+        sinks
+    }
+
+    /// Everything delivered so far, in order.
+    pub fn seen(&self) -> Vec<Delivered> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The effects delivered so far, in order.
+    pub fn effects(&self) -> Vec<String> {
+        self.seen().into_iter().map(|d| d.effect).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Recorder {
+    async fn deliver(&self, intent: &Intent) -> Result<(), SinkError> {
+        if intent.effect.ends_with(".fail") {
+            return Err(SinkError::new(format!("{} is down", intent.effect)));
+        }
+        self.seen.lock().unwrap().push(Delivered {
+            seq: intent.seq,
+            effect: intent.effect.clone(),
+            payload: intent.payload.clone(),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@ use wasmtime::component::Component;
 use crate::bindings::PluginPre;
 use crate::host::Host;
 use crate::run::RunState;
+use crate::sinks::Sinks;
 
 /// A compiled plugin, loaded once and run many times.
 ///
@@ -14,6 +15,7 @@ use crate::run::RunState;
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) host: Host,
+    pub(crate) sinks: Sinks,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -26,7 +28,22 @@ impl std::fmt::Debug for Plugin {
 
 impl Plugin {
     pub(crate) fn new(host: Host, component: Component, pre: PluginPre<RunState>) -> Self {
-        Self { host, component, pre }
+        let sinks = host.sinks().clone();
+        Self {
+            host,
+            sinks,
+            component,
+            pre,
+        }
+    }
+
+    /// This plugin, delivering its committed intents to `sinks` instead of
+    /// the host's. The compiled component is shared, not copied.
+    pub fn with_sinks(&self, sinks: Sinks) -> Self {
+        Self {
+            sinks,
+            ..self.clone()
+        }
     }
 
     /// The compiled component, for inspecting its imports and exports.

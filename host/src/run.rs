@@ -193,7 +193,7 @@ impl Plugin {
         let called = Instant::now();
         let (result, mut intents) = store.into_data().escrow.finish(guest);
         if result.is_ok() {
-            self.host.dispatch(&mut intents).await;
+            self.sinks.dispatch(&mut intents).await;
         }
         let dispatched = Instant::now();
         Ok(Outcome {

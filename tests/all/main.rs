@@ -1,1 +1,23 @@
-fn main(){}
+//! escrow's integration tests: real guest components, built for
+//! `wasm32-wasip2` by `escrow-fixtures`, against the real host.
+//!
+//! One binary, one module per area, one shared harness (`harness.rs`).
+
+mod commit;
+mod fixtures;
+mod grants;
+mod isolation;
+mod limits;
+mod loading;
+mod policies;
+mod scopes;
+mod sinks;
+
+/// Every fixture has a module of tests named after it in `fixtures.rs`.
+macro_rules! assert_fixture_has_tests {
+    ($name:ident) => {
+        #[allow(unused_imports, reason = "the import is the check")]
+        use fixtures::$name as _;
+    };
+}
+escrow_tests::fixtures::foreach_fixture!(assert_fixture_has_tests);

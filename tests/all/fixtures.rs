@@ -1,0 +1,201 @@
+//! One module per fixture, named after it; `main.rs` checks that each
+//! fixture has one.
+
+pub mod scripted {
+    use escrow_host::{RunOptions, Status};
+    use escrow_tests::{Recorder, results, run_script};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn answers_each_step_in_order() {
+        let steps = json!([{ "env": "NOPE" }, "pending", { "stderr": "hello" }]);
+        let outcome = run_script(steps, RunOptions::new(), &Recorder::new()).await;
+
+        assert_eq!(outcome.status(), Status::Committed);
+        let results = results(&outcome);
+        assert_eq!(results.len(), 3);
+        assert_eq!(results[1], json!([]));
+        assert_eq!(outcome.guest_stderr, b"hello\n");
+    }
+
+    #[tokio::test]
+    async fn reports_an_unknown_step_as_its_error() {
+        let outcome = run_script(json!(["dance"]), RunOptions::new(), &Recorder::new()).await;
+        assert_eq!(
+            outcome.result,
+            Err(escrow_host::Failure::GuestError("unknown step `dance`".into()))
+        );
+    }
+}
+
+pub mod custom_world {
+    //! An embedder's own world that includes escrow's imports: linked with
+    //! `escrow_host::add_to_linker`, bounded with `set_deadline`, settled with
+    //! `EscrowCtx::finish` and dispatched by the host.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use escrow_host::{EscrowCtx, Fate, Grants, Limits, Refusal, policy};
+    use escrow_tests::{Recorder, delivered, fixtures, host};
+    use wasmtime::Store;
+    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    wasmtime::component::bindgen!({
+        path: ["../wit", "fixtures/guests/custom-world/wit"],
+        world: "escrow-test:shop/shop",
+        exports: { default: async },
+        with: { "escrow:host": escrow_host::bindings::escrow::host },
+    });
+
+    struct State {
+        escrow: EscrowCtx,
+        wasi: WasiCtx,
+        table: ResourceTable,
+        in_stock: bool,
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl escrow_test::shop::inventory::Host for State {
+        fn reserve(&mut self, _item: String) -> bool {
+            self.in_stock
+        }
+    }
+
+    async fn place_order(grants: Grants, in_stock: bool) -> (Result<u64, String>, Vec<escrow_host::Intent>) {
+        let engine = host().engine();
+        let mut linker = Linker::<State>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        escrow_host::add_to_linker(&mut linker, |state| &mut state.escrow).unwrap();
+        escrow_test::shop::inventory::add_to_linker::<_, HasSelf<State>>(&mut linker, |state| state).unwrap();
+        let component = Component::from_file(engine, fixtures::CUSTOM_WORLD).unwrap();
+        let pre = ShopPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+
+        let escrow = EscrowCtx::new(Arc::new(grants), Arc::new(policy::Commit), Limits::default());
+        let state = State {
+            escrow,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            in_stock,
+        };
+        let mut store = Store::new(engine, state);
+        escrow_host::set_deadline(&mut store, Duration::from_secs(5));
+        let shop = pre.instantiate_async(&mut store).await.unwrap();
+        let placed = shop.call_place_order(&mut store, 7, "tea").await.unwrap();
+        let guest = placed.clone().map(|seq| seq.to_le_bytes().to_vec()).map_err(escrow_host::Failure::GuestError);
+        let (result, intents) = store.into_data().escrow.finish(guest);
+        assert_eq!(result.is_ok(), placed.is_ok());
+        (placed, intents)
+    }
+
+    #[tokio::test]
+    async fn an_embedders_own_world_records_through_escrow_and_dispatches_through_the_host() {
+        let recorder = Recorder::new();
+        let (placed, mut intents) = place_order(Grants::new().effects(["orders.*"]).unwrap(), true).await;
+        assert_eq!(placed, Ok(1));
+        assert_eq!(intents[0].fate, Fate::Committed);
+
+        recorder.sinks().dispatch(&mut intents).await;
+        assert!(delivered(&intents[0]));
+        assert_eq!(recorder.seen()[0].payload, br#"{"id":7,"item":"tea"}"#);
+    }
+
+    #[tokio::test]
+    async fn an_embedders_own_world_is_refused_what_its_grants_do_not_cover() {
+        let (placed, intents) = place_order(Grants::new(), true).await;
+        assert!(placed.unwrap_err().contains("NotGranted"));
+        assert!(matches!(intents[0].fate, Fate::Refused(Refusal::NotGranted(_))));
+    }
+
+    #[tokio::test]
+    async fn an_embedders_own_world_discards_intents_when_its_export_fails() {
+        let (placed, intents) = place_order(Grants::new().effects(["*"]).unwrap(), false).await;
+        assert_eq!(placed, Err("tea is out of stock".into()));
+        assert!(intents.is_empty());
+    }
+}
+
+pub mod bench {
+    use escrow_host::{Fate, RunOptions};
+    use escrow_tests::{all_effects, fixtures, plugin};
+
+    #[tokio::test]
+    async fn records_as_many_intents_as_its_input_says() {
+        let outcome = plugin(fixtures::BENCH)
+            .run(RunOptions::new().grants(all_effects()).input("5"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.intents.len(), 5);
+        assert!(outcome.intents.iter().all(|i| i.effect == "bench.noop" && i.payload == [7; 16]));
+        assert!(outcome.intents.iter().all(|i| matches!(i.fate, Fate::Dispatched(_))));
+    }
+}
+
+pub mod bench_baseline {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use escrow_host::Refusal;
+    use escrow_tests::{fixtures, host};
+    use wasmtime::Store;
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    struct State {
+        wasi: WasiCtx,
+        table: ResourceTable,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_the_bare_import_as_often_as_its_input_says() {
+        let engine = host().engine();
+        let mut linker = Linker::<State>::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        linker
+            .instance("escrow-bench:baseline/bare")
+            .unwrap()
+            .func_wrap(
+                "call",
+                |store: wasmtime::StoreContextMut<'_, State>, (_effect, _payload): (String, Vec<u8>)| {
+                    store.data().calls.fetch_add(1, Ordering::Relaxed);
+                    Ok((Result::<u64, Refusal>::Ok(0),))
+                },
+            )
+            .unwrap();
+        let component = Component::from_file(engine, fixtures::BENCH_BASELINE).unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            calls: Arc::clone(&calls),
+        };
+        let mut store = Store::new(engine, state);
+        escrow_host::set_deadline(&mut store, std::time::Duration::from_secs(5));
+        let instance = linker.instantiate_async(&mut store, &component).await.unwrap();
+        let run = instance
+            .get_typed_func::<(Vec<u8>,), (Result<Vec<u8>, String>,)>(&mut store, "run")
+            .unwrap();
+        let (result,) = run.call_async(&mut store, (b"9".to_vec(),)).await.unwrap();
+        assert_eq!(result, Ok(Vec::new()));
+        assert_eq!(calls.load(Ordering::Relaxed), 9);
+    }
+}

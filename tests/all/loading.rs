@@ -1,0 +1,64 @@
+//! Loading plugins: clear errors for what cannot run, and the blocking
+//! convenience for callers without an async runtime.
+
+use escrow_host::{Error, RunOptions, Status};
+use escrow_tests::{all_effects, fixtures, host};
+
+#[test]
+fn a_missing_plugin_file_is_a_read_error_naming_the_file() {
+    let error = host().load_file("/nonexistent/plugin.wasm").unwrap_err();
+    assert!(matches!(error, Error::Read { .. }), "{error}");
+    assert!(error.to_string().contains("/nonexistent/plugin.wasm"), "{error}");
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_refused_as_not_webassembly() {
+    let error = host().load(b"#!/bin/sh\necho hi\n").unwrap_err();
+    assert!(matches!(error, Error::NotWasm(_)), "{error}");
+}
+
+#[test]
+fn a_core_module_is_refused_with_the_way_to_build_a_component() {
+    let error = host().load(b"\0asm\x01\0\0\0").unwrap_err();
+    assert!(matches!(error, Error::CoreModule(_)), "{error}");
+    assert!(error.to_string().contains("wasm32-wasip2"), "{error}");
+}
+
+#[test]
+fn a_truncated_component_is_reported_as_invalid() {
+    let bytes = fixtures::bytes(fixtures::SCRIPTED);
+    let error = host().load(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(error, Error::Compile { .. }), "{error}");
+}
+
+#[test]
+fn a_component_importing_what_escrow_does_not_provide_cannot_be_loaded() {
+    let error = host().load_file(fixtures::BENCH_BASELINE).unwrap_err();
+    assert!(matches!(error, Error::Link { .. }), "{error}");
+    assert!(error.to_string().contains("escrow-bench:baseline/bare"), "{error}");
+}
+
+#[test]
+fn a_component_without_the_run_export_cannot_be_loaded() {
+    // The smallest valid component: no imports, no exports.
+    let error = host().load(b"\0asm\x0d\0\x01\0").unwrap_err();
+    assert!(matches!(error, Error::Link { .. }), "{error}");
+    assert!(error.to_string().contains("run"), "{error}");
+}
+
+#[test]
+fn run_blocking_runs_a_plugin_without_an_async_runtime() {
+    let plugin = escrow_tests::scripted();
+    let input = br#"{"steps": [{"defer": "a.one", "payload": 1}]}"#;
+    let outcome = plugin
+        .run_blocking(RunOptions::new().grants(all_effects()).input(input.to_vec()))
+        .unwrap();
+    assert_eq!(outcome.status(), Status::Committed);
+    assert_eq!(outcome.intents.len(), 1);
+}
+
+#[tokio::test]
+async fn run_blocking_inside_an_async_runtime_is_an_error_not_a_deadlock() {
+    let error = escrow_tests::scripted().run_blocking(RunOptions::new()).unwrap_err();
+    assert!(matches!(error, Error::BlockingInAsync), "{error}");
+}
