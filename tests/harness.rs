@@ -16,7 +16,12 @@ pub use escrow_fixtures as fixtures;
 /// keeps the suite fast.
 pub fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
-    HOST.get_or_init(|| Host::builder().max_concurrent_runs(32).build().expect("building the test host"))
+    HOST.get_or_init(|| {
+        Host::builder()
+            .max_concurrent_runs(32)
+            .build()
+            .expect("building the test host")
+    })
 }
 
 /// The fixture at `path`, compiled once.
@@ -26,8 +31,15 @@ pub fn plugin(path: &'static str) -> Plugin {
     if let Some(plugin) = plugins.lock().unwrap().get(path) {
         return plugin.clone();
     }
-    let plugin = host().load_file(path).unwrap_or_else(|e| panic!("loading {path}: {e}"));
-    plugins.lock().unwrap().entry(path).or_insert(plugin).clone()
+    let plugin = host()
+        .load_file(path)
+        .unwrap_or_else(|e| panic!("loading {path}: {e}"));
+    plugins
+        .lock()
+        .unwrap()
+        .entry(path)
+        .or_insert(plugin)
+        .clone()
 }
 
 /// The `scripted` fixture.
@@ -55,7 +67,10 @@ pub async fn run_script(steps: Value, options: RunOptions, recorder: &Recorder) 
 pub fn results(outcome: &Outcome) -> Vec<Value> {
     let output = outcome.result.as_ref().expect("the run succeeded");
     let output: Value = serde_json::from_slice(output).expect("the guest answers JSON");
-    output["results"].as_array().expect("a list of results").clone()
+    output["results"]
+        .as_array()
+        .expect("a list of results")
+        .clone()
 }
 
 /// `(effect, fate name)` of every intent, in request order.

@@ -72,14 +72,22 @@ pub mod __private {
     pub use crate::sys::bindings::{Guest, export};
 
     /// Decodes the input, calls the plugin, encodes its output.
-    pub fn call_json<I, O, E>(input: &[u8], plugin: impl FnOnce(I) -> Result<O, E>) -> Result<Vec<u8>, String>
+    pub fn call_json<I, O, E>(
+        input: &[u8],
+        plugin: impl FnOnce(I) -> Result<O, E>,
+    ) -> Result<Vec<u8>, String>
     where
         I: DeserializeOwned,
         O: Serialize,
         E: std::fmt::Display,
     {
-        let input = if input.is_empty() { b"null".as_slice() } else { input };
-        let input = serde_json::from_slice(input).map_err(|e| format!("the input is not valid for this plugin: {e}"))?;
+        let input = if input.is_empty() {
+            b"null".as_slice()
+        } else {
+            input
+        };
+        let input = serde_json::from_slice(input)
+            .map_err(|e| format!("the input is not valid for this plugin: {e}"))?;
         let output = plugin(input).map_err(|e| e.to_string())?;
         serde_json::to_vec(&output).map_err(|e| format!("cannot encode the plugin's output: {e}"))
     }

@@ -88,7 +88,10 @@ pub fn scope<T, E: From<Error>>(body: impl FnOnce() -> Result<T, E>) -> Result<T
 /// # Errors
 ///
 /// `body`'s error, or the refusal to open the scope.
-pub fn scope_with<T, E: From<Error>>(policy: ScopePolicy, body: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+pub fn scope_with<T, E: From<Error>>(
+    policy: ScopePolicy,
+    body: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     let scope = Scope::open(policy).map_err(|r| E::from(Error::Refused(r)))?;
     let result = body();
     match &result {

@@ -9,6 +9,6 @@ mod wasm;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use native::*;
 #[cfg(target_arch = "wasm32")]
-pub(crate) use wasm::*;
-#[cfg(target_arch = "wasm32")]
 pub use wasm::bindings;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use wasm::*;

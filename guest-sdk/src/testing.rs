@@ -36,7 +36,9 @@ impl Sandbox {
     /// Grants effects matching `pattern` (`email.*`). Once any pattern is
     /// granted, effects that match none are refused `not-granted`.
     pub fn grant(mut self, pattern: impl Into<String>) -> Self {
-        self.grants.get_or_insert_with(Vec::new).push(pattern.into());
+        self.grants
+            .get_or_insert_with(Vec::new)
+            .push(pattern.into());
         self
     }
 

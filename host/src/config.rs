@@ -86,7 +86,9 @@ impl std::str::FromStr for PolicyName {
             "commit" => Ok(Self::Commit),
             "drop" => Ok(Self::Drop),
             "assert-none" => Ok(Self::AssertNone),
-            other => Err(format!("unknown policy `{other}`; use commit, drop or assert-none")),
+            other => Err(format!(
+                "unknown policy `{other}`; use commit, drop or assert-none"
+            )),
         }
     }
 }
@@ -250,11 +252,15 @@ impl Config {
         let defaults = Limits::default();
         let l = &self.limits;
         Limits {
-            deadline: l.timeout_ms.map_or(defaults.deadline, Duration::from_millis),
+            deadline: l
+                .timeout_ms
+                .map_or(defaults.deadline, Duration::from_millis),
             max_memory_bytes: l.max_memory_bytes.unwrap_or(defaults.max_memory_bytes),
             max_intents: l.max_intents.unwrap_or(defaults.max_intents),
             max_payload_bytes: l.max_payload_bytes.unwrap_or(defaults.max_payload_bytes),
-            max_total_payload_bytes: l.max_total_payload_bytes.unwrap_or(defaults.max_total_payload_bytes),
+            max_total_payload_bytes: l
+                .max_total_payload_bytes
+                .unwrap_or(defaults.max_total_payload_bytes),
             max_scope_depth: l.max_scope_depth.unwrap_or(defaults.max_scope_depth),
         }
     }
@@ -288,7 +294,9 @@ pub fn build_policy(name: PolicyName, block: &[String]) -> Result<Arc<dyn Policy
 
 /// ` (line L, column C)` for a byte span of `text`.
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return String::new() };
+    let Some(span) = span else {
+        return String::new();
+    };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -316,7 +324,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported_with_their_line() {
-        let error = parse("policy = \"commit\"\n[limits]\ntimeout = 5\n").unwrap_err().to_string();
+        let error = parse("policy = \"commit\"\n[limits]\ntimeout = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown field `timeout`"), "{error}");
         assert!(error.contains("line 3"), "{error}");
     }
@@ -329,21 +339,34 @@ mod tests {
 
     #[test]
     fn a_malformed_grant_pattern_is_refused() {
-        let error = parse("[grants]\neffects = [\"email.{a,b}\"]").unwrap_err().to_string();
+        let error = parse("[grants]\neffects = [\"email.{a,b}\"]")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("grants.effects"), "{error}");
     }
 
     #[test]
     fn block_with_drop_is_refused() {
-        let error = parse("policy = \"drop\"\nblock = [\"a\"]").unwrap_err().to_string();
+        let error = parse("policy = \"drop\"\nblock = [\"a\"]")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("only with policy commit"), "{error}");
     }
 
     #[test]
     fn relative_paths_are_resolved_against_the_config_directory() {
-        let config = parse("sink = \"file:out.jsonl\"\n[grants]\ndirs = [{ host = \"data\", guest = \"/data\" }]").unwrap();
-        assert_eq!(config.sink(), Some(SinkSpec::File(config.base.join("out.jsonl"))));
-        assert_eq!(config.grants().unwrap().dirs()[0].host, config.base.join("data"));
+        let config = parse(
+            "sink = \"file:out.jsonl\"\n[grants]\ndirs = [{ host = \"data\", guest = \"/data\" }]",
+        )
+        .unwrap();
+        assert_eq!(
+            config.sink(),
+            Some(SinkSpec::File(config.base.join("out.jsonl")))
+        );
+        assert_eq!(
+            config.grants().unwrap().dirs()[0].host,
+            config.base.join("data")
+        );
     }
 
     #[test]
@@ -352,6 +375,9 @@ mod tests {
         let limits = config.limits();
         assert_eq!(limits.deadline, Duration::from_millis(250));
         assert_eq!(limits.max_intents, 3);
-        assert_eq!(limits.max_payload_bytes, Limits::default().max_payload_bytes);
+        assert_eq!(
+            limits.max_payload_bytes,
+            Limits::default().max_payload_bytes
+        );
     }
 }

@@ -119,7 +119,10 @@ impl EscrowCtx {
     /// (ready for [`Host::dispatch`](crate::Host::dispatch)), and scopes the
     /// guest left open are rolled back. On failure every held intent is
     /// [`Fate::Discarded`]. Refused requests stay [`Fate::Refused`].
-    pub fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> (Result<Vec<u8>, Failure>, Vec<Intent>) {
+    pub fn finish(
+        mut self,
+        guest: Result<Vec<u8>, Failure>,
+    ) -> (Result<Vec<u8>, Failure>, Vec<Intent>) {
         let result = match self.violation.take() {
             Some(failure) => Err(failure),
             None => guest,
@@ -144,7 +147,9 @@ impl EscrowCtx {
                         },
                         rule_text(&grants, record.rule),
                     ),
-                    State::Refused(refusal) => (Fate::Refused(refusal), rule_text(&grants, record.rule)),
+                    State::Refused(refusal) => {
+                        (Fate::Refused(refusal), rule_text(&grants, record.rule))
+                    }
                     State::Discarded => (Fate::Discarded, rule_text(&grants, record.rule)),
                 };
                 Intent {

@@ -53,7 +53,12 @@ impl Grants {
 
     /// Shows the host directory `host` to the guest at `guest`, read-only
     /// unless `writable`.
-    pub fn dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>, writable: bool) -> Self {
+    pub fn dir(
+        mut self,
+        host: impl Into<PathBuf>,
+        guest: impl Into<String>,
+        writable: bool,
+    ) -> Self {
         self.dirs.push(DirGrant {
             host: host.into(),
             guest: guest.into(),

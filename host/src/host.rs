@@ -101,7 +101,11 @@ impl HostBuilder {
     ///
     /// Returns a [`NameError`](crate::patterns::NameError) for a malformed
     /// pattern.
-    pub fn route(mut self, pattern: &str, sink: impl crate::sinks::Sink) -> Result<Self, crate::patterns::NameError> {
+    pub fn route(
+        mut self,
+        pattern: &str,
+        sink: impl crate::sinks::Sink,
+    ) -> Result<Self, crate::patterns::NameError> {
         self.sinks.route(pattern, sink)?;
         Ok(self)
     }
@@ -169,7 +173,8 @@ impl HostBuilder {
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
-        crate::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow).map_err(Error::Engine)?;
+        crate::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow)
+            .map_err(Error::Engine)?;
         spawn_epoch_clock(&engine);
         Ok(Host {
             inner: Arc::new(Inner {
@@ -285,7 +290,11 @@ impl Host {
             what: what.to_owned(),
             error,
         };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(link)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(link)?;
         let pre = crate::bindings::PluginPre::new(pre).map_err(link)?;
         Ok(Plugin::new(self.clone(), component, pre))
     }

@@ -166,7 +166,10 @@ impl fmt::Display for Failure {
             Failure::Trap(message) => write!(f, "the plugin trapped: {message}"),
             Failure::Limit(limit) => write!(f, "the run exceeded its {limit} limit"),
             Failure::Forbidden { effect, rule } => {
-                write!(f, "the plugin requested `{effect}` where {rule} forbids effects")
+                write!(
+                    f,
+                    "the plugin requested `{effect}` where {rule} forbids effects"
+                )
             }
         }
     }

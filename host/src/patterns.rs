@@ -47,8 +47,9 @@ fn check(name: &str, pattern: bool) -> Result<(), NameError> {
     if name.len() > MAX_EFFECT_NAME_BYTES {
         return Err(NameError::TooLong(name.len()));
     }
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*');
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*')
+    };
     match name.chars().find(|c| !allowed(*c)) {
         Some(ch) => Err(NameError::BadChar {
             name: name.to_owned(),

@@ -109,14 +109,24 @@ pub(crate) struct LimitExceeded(pub(crate) Limit);
 struct MemoryCap(usize);
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.0 {
             return Err(LimitExceeded(Limit::Memory).into());
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -161,7 +171,12 @@ impl Plugin {
                 options.limits.max_memory_bytes
             )));
         }
-        let _slot = self.host.slots().acquire().await.expect("the slot semaphore is never closed");
+        let _slot = self
+            .host
+            .slots()
+            .acquire()
+            .await
+            .expect("the slot semaphore is never closed");
 
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR_BYTES);
@@ -229,7 +244,11 @@ fn wasi_ctx(grants: &Grants, stderr: MemoryOutputPipe) -> Result<WasiCtx, Error>
     let mut wasi = WasiCtxBuilder::new();
     wasi.stderr(stderr);
     for dir in grants.dirs() {
-        let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
         wasi.preopened_dir(&dir.host, &dir.guest, perms)
             .map_err(|error| Error::Grant {
                 path: dir.host.clone(),

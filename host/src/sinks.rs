@@ -73,7 +73,14 @@ pub struct Sinks {
 impl fmt::Debug for Sinks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sinks")
-            .field("routes", &self.routes.iter().map(|(p, _)| p.patterns()).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|(p, _)| p.patterns())
+                    .collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -94,7 +101,8 @@ impl Sinks {
     ///
     /// Returns [`NameError`] for a malformed pattern.
     pub fn route(&mut self, pattern: &str, sink: impl Sink) -> Result<&mut Self, NameError> {
-        self.routes.push((EffectPatterns::new([pattern])?, Arc::new(sink)));
+        self.routes
+            .push((EffectPatterns::new([pattern])?, Arc::new(sink)));
         Ok(self)
     }
 
@@ -112,11 +120,15 @@ impl Sinks {
         for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
             let delivery = match self.routes.iter().find(|(p, _)| p.is_match(&intent.effect)) {
                 None => Delivery::NoSink,
-                Some((_, sink)) => match tokio::time::timeout(timeout, sink.deliver(intent)).await {
-                    Ok(Ok(())) => Delivery::Delivered,
-                    Ok(Err(error)) => Delivery::Failed(error.to_string()),
-                    Err(_) => Delivery::Failed(format!("the sink did not answer within {timeout:?}")),
-                },
+                Some((_, sink)) => {
+                    match tokio::time::timeout(timeout, sink.deliver(intent)).await {
+                        Ok(Ok(())) => Delivery::Delivered,
+                        Ok(Err(error)) => Delivery::Failed(error.to_string()),
+                        Err(_) => {
+                            Delivery::Failed(format!("the sink did not answer within {timeout:?}"))
+                        }
+                    }
+                }
             };
             if let Delivery::Failed(error) = &delivery {
                 tracing::warn!(seq = intent.seq, effect = %intent.effect, %error, "delivery failed");

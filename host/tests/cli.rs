@@ -16,7 +16,10 @@ fn escrow(args: &[&str]) -> Output {
 }
 
 fn example_config(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("escrow.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .join("escrow.toml");
     path.to_str().unwrap().to_owned()
 }
 
@@ -37,25 +40,52 @@ fn fates(report: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["effect"].as_str().unwrap().to_owned(), i["fate"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["effect"].as_str().unwrap().to_owned(),
+                i["fate"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn run_prints_the_committed_intents_as_json_lines_and_exits_zero() {
-    let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout")]);
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+    ]);
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let lines: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let effects: Vec<&str> = lines.iter().map(|l| l["effect"].as_str().unwrap()).collect();
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let effects: Vec<&str> = lines
+        .iter()
+        .map(|l| l["effect"].as_str().unwrap())
+        .collect();
     assert_eq!(effects, ["payments.charge", "orders.save", "email.send"]);
     assert_eq!(lines[0]["payload"]["amount"], 1999);
-    assert!(stderr(&output).contains("escrow: run committed"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("escrow: run committed"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn run_of_a_failing_checkout_prints_no_intents_and_exits_one() {
-    let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--input", r#"{"fail": true}"#]);
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--input",
+        r#"{"fail": true}"#,
+    ]);
 
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stdout(&output), "", "nothing is dispatched");
@@ -67,30 +97,60 @@ fn run_of_a_failing_checkout_prints_no_intents_and_exits_one() {
 
 #[test]
 fn run_json_reports_status_result_and_every_intent_with_its_fate() {
-    let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--input", r#"{"id": 7}"#, "--json"]);
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--input",
+        r#"{"id": 7}"#,
+        "--json",
+    ]);
 
     assert_eq!(output.status.code(), Some(0));
     let report = json_report(&output);
     assert_eq!(report["status"], "committed");
-    assert_eq!(report["result"], serde_json::json!({ "order": 7, "intents": 3 }));
+    assert_eq!(
+        report["result"],
+        serde_json::json!({ "order": 7, "intents": 3 })
+    );
     let intent = &report["intents"][0];
     assert_eq!(intent["seq"], 1);
     assert_eq!(intent["effect"], "payments.charge");
-    assert_eq!(intent["payload"], serde_json::json!({ "order": 7, "amount": 1999 }));
+    assert_eq!(
+        intent["payload"],
+        serde_json::json!({ "order": 7, "amount": 1999 })
+    );
     assert_eq!(intent["fate"], "dispatched");
     assert_eq!(intent["delivery"], "delivered");
 }
 
 #[test]
 fn run_json_of_a_failed_run_reports_the_error_and_discarded_intents() {
-    let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--input", r#"{"fail": true}"#, "--json"]);
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--input",
+        r#"{"fail": true}"#,
+        "--json",
+    ]);
 
     assert_eq!(output.status.code(), Some(1));
     let report = json_report(&output);
     assert_eq!(report["status"], "failed");
-    assert!(report["error"].as_str().unwrap().contains("saving order 42 failed"));
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("saving order 42 failed")
+    );
     assert!(report.get("result").is_none());
-    assert_eq!(fates(&report), [("payments.charge".to_owned(), "discarded".to_owned())]);
+    assert_eq!(
+        fates(&report),
+        [("payments.charge".to_owned(), "discarded".to_owned())]
+    );
 }
 
 #[test]
@@ -98,28 +158,53 @@ fn the_orders_example_shows_the_four_fates_under_the_four_policies() {
     let config = example_config("orders");
     let input = r#"{"sku": "tea-42", "quantity": 2, "email": "ada@example.com"}"#;
     let run = |extra: &[&str]| {
-        let mut args = vec!["run", fixtures::ORDERS, "--config", &config, "--input", input, "--json"];
+        let mut args = vec![
+            "run",
+            fixtures::ORDERS,
+            "--config",
+            &config,
+            "--input",
+            input,
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let output = escrow(&args);
         (output.status.code(), json_report(&output))
     };
-    let names = |report: &Value| fates(report).into_iter().map(|(_, fate)| fate).collect::<Vec<_>>();
+    let names = |report: &Value| {
+        fates(report)
+            .into_iter()
+            .map(|(_, fate)| fate)
+            .collect::<Vec<_>>()
+    };
 
     let (code, commit) = run(&["--policy", "commit"]);
-    assert_eq!((code, commit["status"].as_str()), (Some(0), Some("committed")));
+    assert_eq!(
+        (code, commit["status"].as_str()),
+        (Some(0), Some("committed"))
+    );
     assert_eq!(names(&commit), ["dispatched", "dispatched", "dispatched"]);
 
     let (code, dropped) = run(&["--policy", "drop"]);
-    assert_eq!((code, dropped["status"].as_str()), (Some(0), Some("dropped")));
+    assert_eq!(
+        (code, dropped["status"].as_str()),
+        (Some(0), Some("dropped"))
+    );
     assert_eq!(names(&dropped), ["dropped", "dropped", "dropped"]);
 
     let (code, assert_none) = run(&["--policy", "assert-none"]);
-    assert_eq!((code, assert_none["status"].as_str()), (Some(1), Some("failed")));
+    assert_eq!(
+        (code, assert_none["status"].as_str()),
+        (Some(1), Some("failed"))
+    );
     assert_eq!(names(&assert_none), ["refused", "refused", "refused"]);
     assert_eq!(assert_none["intents"][0]["refusal"], "forbidden");
 
     let (code, blocked) = run(&["--block", "email.*"]);
-    assert_eq!((code, blocked["status"].as_str()), (Some(0), Some("committed")));
+    assert_eq!(
+        (code, blocked["status"].as_str()),
+        (Some(0), Some("committed"))
+    );
     assert_eq!(names(&blocked), ["dispatched", "dispatched", "blocked"]);
 }
 
@@ -127,7 +212,13 @@ fn the_orders_example_shows_the_four_fates_under_the_four_policies() {
 fn run_without_grants_refuses_every_effect() {
     let output = escrow(&["run", fixtures::CHECKOUT, "--json"]);
     let report = json_report(&output);
-    assert!(report["intents"].as_array().unwrap().iter().all(|i| i["refusal"] == "not-granted"));
+    assert!(
+        report["intents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["refusal"] == "not-granted")
+    );
 }
 
 #[test]
@@ -146,7 +237,10 @@ fn grant_on_the_command_line_adds_to_the_grants_of_the_config() {
     ]);
     let report = json_report(&output);
     assert_eq!(
-        fates(&report).into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+        fates(&report)
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect::<Vec<_>>(),
         ["dispatched", "dispatched", "refused"]
     );
 }
@@ -157,7 +251,14 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
     let file = dir.path().join("out.jsonl");
     let sink = format!("file:{}", file.display());
     for _ in 0..2 {
-        let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--sink", &sink]);
+        let output = escrow(&[
+            "run",
+            fixtures::CHECKOUT,
+            "--config",
+            &example_config("checkout"),
+            "--sink",
+            &sink,
+        ]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         assert_eq!(stdout(&output), "");
     }
@@ -166,14 +267,32 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
 
 #[test]
 fn a_sink_that_cannot_write_makes_the_run_exit_three() {
-    let output = escrow(&["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--sink", "file:/dev/full"]);
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--sink",
+        "file:/dev/full",
+    ]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(stderr(&output).contains("delivery failed"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("delivery failed"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn timeout_ms_stops_a_plugin_that_never_returns() {
-    let output = escrow(&["run", fixtures::SCRIPTED, "--input", r#"{"steps": ["spin"]}"#, "--timeout-ms", "100"]);
+    let output = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--input",
+        r#"{"steps": ["spin"]}"#,
+        "--timeout-ms",
+        "100",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("deadline"), "{}", stderr(&output));
 }
@@ -190,7 +309,10 @@ fn one_line_error(args: &[&str]) -> String {
 #[test]
 fn a_missing_plugin_file_is_one_line_naming_it() {
     let error = one_line_error(&["run", "/nonexistent/plugin.wasm"]);
-    assert!(error.contains("cannot read `/nonexistent/plugin.wasm`"), "{error}");
+    assert!(
+        error.contains("cannot read `/nonexistent/plugin.wasm`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -204,7 +326,12 @@ fn a_bad_config_is_one_line_naming_the_file_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("escrow.toml");
     std::fs::write(&config, "[grants]\neffect = [\"x\"]\n").unwrap();
-    let error = one_line_error(&["run", fixtures::CHECKOUT, "--config", config.to_str().unwrap()]);
+    let error = one_line_error(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert!(error.contains("escrow.toml"), "{error}");
     assert!(error.contains("unknown field `effect`"), "{error}");
     assert!(error.contains("line 2"), "{error}");
@@ -224,26 +351,45 @@ fn a_core_module_is_one_line_saying_how_to_build_a_component() {
 fn an_unknown_policy_is_a_usage_error() {
     let output = escrow(&["run", fixtures::CHECKOUT, "--policy", "yolo"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("unknown policy `yolo`"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("unknown policy `yolo`"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn inspect_lists_the_escrow_capabilities_and_the_grants_that_cover_them() {
-    let output = escrow(&["inspect", fixtures::CHECKOUT, "--config", &example_config("checkout")]);
+    let output = escrow(&[
+        "inspect",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+    ]);
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
-    assert!(text.contains("run: func(input: list<u8>) -> result<list<u8>, string>"), "{text}");
+    assert!(
+        text.contains("run: func(input: list<u8>) -> result<list<u8>, string>"),
+        "{text}"
+    );
     assert!(text.contains("escrow:host/intents@0.1.0"), "{text}");
     assert!(text.contains("escrow: deferred effects"), "{text}");
-    assert!(text.contains("effects: payments.charge, orders.save, email.send"), "{text}");
+    assert!(
+        text.contains("effects: payments.charge, orders.save, email.send"),
+        "{text}"
+    );
     assert!(text.contains("runs on this host: yes"), "{text}");
 }
 
 #[test]
 fn inspect_without_grants_warns_that_every_effect_will_be_refused() {
     let output = escrow(&["inspect", fixtures::CHECKOUT]);
-    assert!(stdout(&output).contains("every effect this plugin requests will be refused"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("every effect this plugin requests will be refused"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]

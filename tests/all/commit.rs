@@ -24,7 +24,10 @@ async fn a_run_that_returns_ok_dispatches_its_intents_in_enqueue_order() {
 
     assert_eq!(outcome.status(), Status::Committed);
     assert!(outcome.intents.iter().all(delivered));
-    assert_eq!(recorder.effects(), ["payments.charge", "orders.save", "email.send"]);
+    assert_eq!(
+        recorder.effects(),
+        ["payments.charge", "orders.save", "email.send"]
+    );
     let seqs: Vec<u64> = recorder.seen().iter().map(|d| d.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
     assert_eq!(recorder.seen()[0].payload, br#"{"amount":5}"#);
@@ -42,7 +45,10 @@ async fn many_intents_are_dispatched_in_exactly_the_order_they_were_recorded() {
     assert_eq!(outcome.status(), Status::Committed);
     let seen = recorder.seen();
     assert_eq!(seen.len(), 100);
-    assert!(seen.windows(2).all(|w| w[0].seq + 1 == w[1].seq), "sequence numbers are consecutive");
+    assert!(
+        seen.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+        "sequence numbers are consecutive"
+    );
     assert!(seen.iter().step_by(2).all(|d| d.effect == "a.first"));
 }
 
@@ -57,7 +63,10 @@ async fn a_run_that_returns_err_discards_every_intent_and_dispatches_nothing() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Failed);
-    assert_eq!(outcome.result, Err(Failure::GuestError("the orders table is read-only".into())));
+    assert_eq!(
+        outcome.result,
+        Err(Failure::GuestError("the orders table is read-only".into()))
+    );
     assert_eq!(fates(&outcome), [("payments.charge", "discarded")]);
     assert_eq!(outcome.intents[0].rule, "the run failed");
     assert!(recorder.seen().is_empty());
@@ -70,7 +79,11 @@ async fn a_run_that_panics_discards_every_intent_and_keeps_the_panic_message() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Failed);
-    assert!(matches!(outcome.result, Err(Failure::Trap(_))), "{:?}", outcome.result);
+    assert!(
+        matches!(outcome.result, Err(Failure::Trap(_))),
+        "{:?}",
+        outcome.result
+    );
     assert_eq!(fates(&outcome), [("payments.charge", "discarded")]);
     let stderr = String::from_utf8_lossy(&outcome.guest_stderr);
     assert!(stderr.contains("the script asked for a panic"), "{stderr}");
@@ -103,7 +116,11 @@ async fn a_run_stopped_at_its_deadline_discards_every_intent() {
     let outcome = run_script(steps, granted().limits(limits), &recorder).await;
 
     assert_eq!(outcome.result, Err(Failure::Limit(Limit::Deadline)));
-    assert!(started.elapsed() < Duration::from_secs(5), "stopped promptly: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped promptly: {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(outcome.intents[0].fate, Fate::Discarded);
     assert!(recorder.seen().is_empty());
@@ -120,7 +137,10 @@ async fn intents_are_dispatched_only_after_the_guest_has_returned() {
 
     assert_eq!(outcome.status(), Status::Committed);
     let delivered_after = recorder.seen()[0].at.duration_since(started);
-    assert!(delivered_after >= Duration::from_millis(150), "delivered after {delivered_after:?}");
+    assert!(
+        delivered_after >= Duration::from_millis(150),
+        "delivered after {delivered_after:?}"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,9 @@ pub mod scripted {
         let outcome = run_script(json!(["dance"]), RunOptions::new(), &Recorder::new()).await;
         assert_eq!(
             outcome.result,
-            Err(escrow_host::Failure::GuestError("unknown step `dance`".into()))
+            Err(escrow_host::Failure::GuestError(
+                "unknown step `dance`".into()
+            ))
         );
     }
 }
@@ -71,16 +73,26 @@ pub mod custom_world {
         }
     }
 
-    async fn place_order(grants: Grants, in_stock: bool) -> (Result<u64, String>, Vec<escrow_host::Intent>) {
+    async fn place_order(
+        grants: Grants,
+        in_stock: bool,
+    ) -> (Result<u64, String>, Vec<escrow_host::Intent>) {
         let engine = host().engine();
         let mut linker = Linker::<State>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         escrow_host::add_to_linker(&mut linker, |state| &mut state.escrow).unwrap();
-        escrow_test::shop::inventory::add_to_linker::<_, HasSelf<State>>(&mut linker, |state| state).unwrap();
+        escrow_test::shop::inventory::add_to_linker::<_, HasSelf<State>>(&mut linker, |state| {
+            state
+        })
+        .unwrap();
         let component = Component::from_file(engine, fixtures::CUSTOM_WORLD).unwrap();
         let pre = ShopPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
 
-        let escrow = EscrowCtx::new(Arc::new(grants), Arc::new(policy::Commit), Limits::default());
+        let escrow = EscrowCtx::new(
+            Arc::new(grants),
+            Arc::new(policy::Commit),
+            Limits::default(),
+        );
         let state = State {
             escrow,
             wasi: WasiCtx::builder().build(),
@@ -91,7 +103,10 @@ pub mod custom_world {
         escrow_host::set_deadline(&mut store, Duration::from_secs(5));
         let shop = pre.instantiate_async(&mut store).await.unwrap();
         let placed = shop.call_place_order(&mut store, 7, "tea").await.unwrap();
-        let guest = placed.clone().map(|seq| seq.to_le_bytes().to_vec()).map_err(escrow_host::Failure::GuestError);
+        let guest = placed
+            .clone()
+            .map(|seq| seq.to_le_bytes().to_vec())
+            .map_err(escrow_host::Failure::GuestError);
         let (result, intents) = store.into_data().escrow.finish(guest);
         assert_eq!(result.is_ok(), placed.is_ok());
         (placed, intents)
@@ -100,7 +115,8 @@ pub mod custom_world {
     #[tokio::test]
     async fn an_embedders_own_world_records_through_escrow_and_dispatches_through_the_host() {
         let recorder = Recorder::new();
-        let (placed, mut intents) = place_order(Grants::new().effects(["orders.*"]).unwrap(), true).await;
+        let (placed, mut intents) =
+            place_order(Grants::new().effects(["orders.*"]).unwrap(), true).await;
         assert_eq!(placed, Ok(1));
         assert_eq!(intents[0].fate, Fate::Committed);
 
@@ -113,7 +129,10 @@ pub mod custom_world {
     async fn an_embedders_own_world_is_refused_what_its_grants_do_not_cover() {
         let (placed, intents) = place_order(Grants::new(), true).await;
         assert!(placed.unwrap_err().contains("NotGranted"));
-        assert!(matches!(intents[0].fate, Fate::Refused(Refusal::NotGranted(_))));
+        assert!(matches!(
+            intents[0].fate,
+            Fate::Refused(Refusal::NotGranted(_))
+        ));
     }
 
     #[tokio::test]
@@ -135,8 +154,18 @@ pub mod bench {
             .await
             .unwrap();
         assert_eq!(outcome.intents.len(), 5);
-        assert!(outcome.intents.iter().all(|i| i.effect == "bench.noop" && i.payload == [7; 16]));
-        assert!(outcome.intents.iter().all(|i| matches!(i.fate, Fate::Dispatched(_))));
+        assert!(
+            outcome
+                .intents
+                .iter()
+                .all(|i| i.effect == "bench.noop" && i.payload == [7; 16])
+        );
+        assert!(
+            outcome
+                .intents
+                .iter()
+                .all(|i| matches!(i.fate, Fate::Dispatched(_)))
+        );
     }
 }
 
@@ -175,7 +204,8 @@ pub mod bench_baseline {
             .unwrap()
             .func_wrap(
                 "call",
-                |store: wasmtime::StoreContextMut<'_, State>, (_effect, _payload): (String, Vec<u8>)| {
+                |store: wasmtime::StoreContextMut<'_, State>,
+                 (_effect, _payload): (String, Vec<u8>)| {
                     store.data().calls.fetch_add(1, Ordering::Relaxed);
                     Ok((Result::<u64, Refusal>::Ok(0),))
                 },
@@ -190,7 +220,10 @@ pub mod bench_baseline {
         };
         let mut store = Store::new(engine, state);
         escrow_host::set_deadline(&mut store, std::time::Duration::from_secs(5));
-        let instance = linker.instantiate_async(&mut store, &component).await.unwrap();
+        let instance = linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .unwrap();
         let run = instance
             .get_typed_func::<(Vec<u8>,), (Result<Vec<u8>, String>,)>(&mut store, "run")
             .unwrap();

@@ -31,10 +31,17 @@ async fn an_effect_without_a_grant_is_refused_not_granted_under_every_policy() {
             intent.fate
         );
         assert_eq!(intent.rule, "no grant covers it", "{name}");
-        assert_eq!(intent.payload, b"5", "{name}: the refused request is recorded whole");
+        assert_eq!(
+            intent.payload, b"5",
+            "{name}: the refused request is recorded whole"
+        );
         assert!(recorder.seen().is_empty(), "{name}");
         if name != "assert-none" {
-            assert_eq!(results(&outcome)[0]["refused"]["kind"], "not-granted", "{name}");
+            assert_eq!(
+                results(&outcome)[0]["refused"]["kind"],
+                "not-granted",
+                "{name}"
+            );
         }
     }
 }
@@ -44,7 +51,11 @@ async fn nothing_is_granted_by_default() {
     let steps = json!([{ "defer": "email.send", "payload": 1 }]);
     let outcome = run_script(steps, RunOptions::new(), &Recorder::new()).await;
 
-    assert_eq!(outcome.status(), Status::Committed, "a refusal the guest handles does not fail the run");
+    assert_eq!(
+        outcome.status(),
+        Status::Committed,
+        "a refusal the guest handles does not fail the run"
+    );
     assert_eq!(fates(&outcome), [("email.send", "refused")]);
 }
 
@@ -61,7 +72,11 @@ async fn a_grant_pattern_covers_its_family_of_effects_and_no_other() {
 
     assert_eq!(
         fates(&outcome),
-        [("email.send", "dispatched"), ("email.batch.send", "dispatched"), ("emails.send", "refused")]
+        [
+            ("email.send", "dispatched"),
+            ("email.batch.send", "dispatched"),
+            ("emails.send", "refused")
+        ]
     );
     assert_eq!(outcome.intents[0].rule, "granted by email.*");
 }
@@ -106,7 +121,10 @@ async fn a_writable_directory_grant_lets_the_guest_write_inside_it_and_nowhere_e
 
     let results = results(&outcome);
     assert_eq!(results[0], json!({ "ok": "written" }));
-    assert_eq!(std::fs::read_to_string(dir.join("new.txt")).unwrap(), "written by the guest");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("new.txt")).unwrap(),
+        "written by the guest"
+    );
     assert!(results[1].get("error").is_some(), "{}", results[1]);
     assert!(results[2].get("error").is_some(), "{}", results[2]);
     assert!(!parent.path().join("escaped.txt").exists());
@@ -121,7 +139,11 @@ async fn the_guest_sees_only_the_environment_variables_it_was_granted() {
     let grants = Grants::new().env("REGION", "eu-west");
     let outcome = run_script(steps, RunOptions::new().grants(grants), &Recorder::new()).await;
     let results = results(&outcome);
-    assert!(results[0].get("error").is_some(), "PATH is not inherited: {}", results[0]);
+    assert!(
+        results[0].get("error").is_some(),
+        "PATH is not inherited: {}",
+        results[0]
+    );
     assert_eq!(results[1], json!({ "ok": "eu-west" }));
 }
 
@@ -132,5 +154,8 @@ async fn a_granted_directory_that_does_not_exist_is_a_host_error() {
         .run(RunOptions::new().grants(grants).input(r#"{"steps":[]}"#))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("/nonexistent/escrow/dir"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/escrow/dir"),
+        "{error}"
+    );
 }

@@ -17,7 +17,8 @@ async fn concurrent_runs_never_see_each_others_intents() {
                 { "repeat": 20, "steps": [{ "defer": effect, "payload": run }] },
                 "pending",
             ]);
-            let outcome = run_script(steps, RunOptions::new().grants(all_effects()), &recorder).await;
+            let outcome =
+                run_script(steps, RunOptions::new().grants(all_effects()), &recorder).await;
             (run, effect, outcome, recorder)
         })
     });
@@ -25,10 +26,16 @@ async fn concurrent_runs_never_see_each_others_intents() {
         let (run, effect, outcome, recorder) = run.await.unwrap();
         assert_eq!(outcome.status(), Status::Committed);
         assert_eq!(outcome.intents.len(), 20, "run {run}");
-        assert!(outcome.intents.iter().all(|i| i.effect == effect), "run {run}");
+        assert!(
+            outcome.intents.iter().all(|i| i.effect == effect),
+            "run {run}"
+        );
         let pending = results(&outcome)[1].as_array().unwrap().clone();
         assert_eq!(pending.len(), 20, "run {run}");
-        assert!(pending.iter().all(|i| i["effect"] == effect.as_str()), "run {run}");
+        assert!(
+            pending.iter().all(|i| i["effect"] == effect.as_str()),
+            "run {run}"
+        );
         assert_eq!(recorder.seen().len(), 20, "run {run}");
     }
 }
@@ -42,7 +49,11 @@ async fn every_run_starts_from_a_fresh_instance() {
 
     for outcome in [first, second] {
         let results = results(&outcome);
-        assert_eq!(results[0], json!([]), "nothing is left over from an earlier run");
+        assert_eq!(
+            results[0],
+            json!([]),
+            "nothing is left over from an earlier run"
+        );
         assert_eq!(results[1], json!({ "seq": 1 }));
     }
 }
@@ -64,5 +75,9 @@ async fn runs_beyond_the_concurrency_limit_wait_for_a_free_slot() {
         assert_eq!(run.await.unwrap().unwrap().status(), Status::Committed);
     }
     // Six runs of 100 ms, two at a time: at least three rounds.
-    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -19,11 +19,17 @@ async fn requests_past_the_intent_limit_are_refused_and_the_run_fails() {
         max_intents: 3,
         ..Limits::default()
     };
-    let steps: Vec<_> = (0..5).map(|i| json!({ "defer": format!("e.n{i}"), "payload": i })).collect();
+    let steps: Vec<_> = (0..5)
+        .map(|i| json!({ "defer": format!("e.n{i}"), "payload": i }))
+        .collect();
     let outcome = run_script(json!(steps), with(limits), &recorder).await;
 
     assert_eq!(outcome.result, Err(Failure::Limit(Limit::Intents)));
-    assert_eq!(outcome.intents.len(), 3, "requests past the limit are not recorded");
+    assert_eq!(
+        outcome.intents.len(),
+        3,
+        "requests past the limit are not recorded"
+    );
     assert!(outcome.intents.iter().all(|i| i.fate == Fate::Discarded));
     assert!(recorder.seen().is_empty());
 }
@@ -42,8 +48,14 @@ async fn a_payload_above_the_size_limit_is_refused_and_the_run_fails() {
     let outcome = run_script(steps, with(limits), &recorder).await;
 
     assert_eq!(outcome.result, Err(Failure::Limit(Limit::PayloadSize)));
-    assert_eq!(fates(&outcome), [("a.small", "discarded"), ("b.large", "refused")]);
-    assert!(outcome.intents[1].payload.is_empty(), "an oversized payload is not kept");
+    assert_eq!(
+        fates(&outcome),
+        [("a.small", "discarded"), ("b.large", "refused")]
+    );
+    assert!(
+        outcome.intents[1].payload.is_empty(),
+        "an oversized payload is not kept"
+    );
     assert!(recorder.seen().is_empty());
 }
 
@@ -113,7 +125,10 @@ async fn an_infinite_loop_is_stopped_shortly_after_the_deadline() {
     let took = started.elapsed();
 
     assert_eq!(outcome.result, Err(Failure::Limit(Limit::Deadline)));
-    assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +148,11 @@ async fn a_malformed_effect_name_is_refused_invalid_and_the_run_goes_on() {
     for result in &results[..3] {
         assert_eq!(result["refused"]["kind"], "invalid", "{result}");
     }
-    assert_eq!(outcome.intents[2].effect.len(), MAX_EFFECT_NAME_BYTES, "a long name is kept truncated");
+    assert_eq!(
+        outcome.intents[2].effect.len(),
+        MAX_EFFECT_NAME_BYTES,
+        "a long name is kept truncated"
+    );
     assert_eq!(recorder.effects(), ["email.send"]);
 }
 
@@ -143,6 +162,9 @@ async fn a_run_cannot_be_given_more_memory_than_the_host_allows() {
         max_memory_bytes: usize::MAX,
         ..Limits::default()
     };
-    let error = escrow_tests::scripted().run(with(limits)).await.unwrap_err();
+    let error = escrow_tests::scripted()
+        .run(with(limits))
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::Limits(_)), "{error}");
 }

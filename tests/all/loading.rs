@@ -8,7 +8,10 @@ use escrow_tests::{all_effects, fixtures, host};
 fn a_missing_plugin_file_is_a_read_error_naming_the_file() {
     let error = host().load_file("/nonexistent/plugin.wasm").unwrap_err();
     assert!(matches!(error, Error::Read { .. }), "{error}");
-    assert!(error.to_string().contains("/nonexistent/plugin.wasm"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/plugin.wasm"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn a_truncated_component_is_reported_as_invalid() {
 fn a_component_importing_what_escrow_does_not_provide_cannot_be_loaded() {
     let error = host().load_file(fixtures::BENCH_BASELINE).unwrap_err();
     assert!(matches!(error, Error::Link { .. }), "{error}");
-    assert!(error.to_string().contains("escrow-bench:baseline/bare"), "{error}");
+    assert!(
+        error.to_string().contains("escrow-bench:baseline/bare"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -51,7 +57,11 @@ fn run_blocking_runs_a_plugin_without_an_async_runtime() {
     let plugin = escrow_tests::scripted();
     let input = br#"{"steps": [{"defer": "a.one", "payload": 1}]}"#;
     let outcome = plugin
-        .run_blocking(RunOptions::new().grants(all_effects()).input(input.to_vec()))
+        .run_blocking(
+            RunOptions::new()
+                .grants(all_effects())
+                .input(input.to_vec()),
+        )
         .unwrap();
     assert_eq!(outcome.status(), Status::Committed);
     assert_eq!(outcome.intents.len(), 1);
@@ -59,6 +69,8 @@ fn run_blocking_runs_a_plugin_without_an_async_runtime() {
 
 #[tokio::test]
 async fn run_blocking_inside_an_async_runtime_is_an_error_not_a_deadlock() {
-    let error = escrow_tests::scripted().run_blocking(RunOptions::new()).unwrap_err();
+    let error = escrow_tests::scripted()
+        .run_blocking(RunOptions::new())
+        .unwrap_err();
     assert!(matches!(error, Error::BlockingInAsync), "{error}");
 }

@@ -22,8 +22,14 @@ async fn drop_records_every_intent_and_dispatches_none() {
     let outcome = run_script(steps, granted().policy(DropAll), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Dropped);
-    assert_eq!(fates(&outcome), [("payments.charge", "dropped"), ("email.send", "dropped")]);
-    assert_eq!(outcome.intents[1].payload, br#""hi""#, "dropped intents keep their payload for inspection");
+    assert_eq!(
+        fates(&outcome),
+        [("payments.charge", "dropped"), ("email.send", "dropped")]
+    );
+    assert_eq!(
+        outcome.intents[1].payload, br#""hi""#,
+        "dropped intents keep their payload for inspection"
+    );
     assert_eq!(outcome.intents[0].rule, "policy drop");
     assert!(recorder.seen().is_empty());
 }
@@ -57,11 +63,17 @@ async fn assert_none_refuses_the_first_enqueue_and_fails_the_run_even_if_the_gue
         })
     );
     let Fate::Refused(Refusal::Forbidden(message)) = &outcome.intents[0].fate else {
-        panic!("expected a forbidden refusal, got {:?}", outcome.intents[0].fate);
+        panic!(
+            "expected a forbidden refusal, got {:?}",
+            outcome.intents[0].fate
+        );
     };
     assert!(message.contains("payments.charge"), "{message}");
     // Nothing is buffered: every request was refused on the spot.
-    assert_eq!(fates(&outcome), [("payments.charge", "refused"), ("email.send", "refused")]);
+    assert_eq!(
+        fates(&outcome),
+        [("payments.charge", "refused"), ("email.send", "refused")]
+    );
     assert!(recorder.seen().is_empty());
 }
 
@@ -79,7 +91,11 @@ async fn block_keeps_matching_intents_visible_and_dispatches_only_the_others() {
     assert_eq!(outcome.status(), Status::Committed);
     assert_eq!(
         fates(&outcome),
-        [("email.send", "blocked"), ("orders.save", "dispatched"), ("email.batch.send", "blocked")]
+        [
+            ("email.send", "blocked"),
+            ("orders.save", "dispatched"),
+            ("email.batch.send", "blocked")
+        ]
     );
     assert_eq!(outcome.intents[0].rule, "block email.*");
     assert_eq!(recorder.effects(), ["orders.save"]);
@@ -95,8 +111,12 @@ impl Policy for Review {
             .ok()
             .and_then(|v| v["amount"].as_u64());
         match effect {
-            "payments.charge" if amount > Some(100) => Decision::Block(Cow::Borrowed("charges above 100 need review")),
-            e if e.starts_with("analytics.") => Decision::Drop(Cow::Borrowed("analytics are sampled elsewhere")),
+            "payments.charge" if amount > Some(100) => {
+                Decision::Block(Cow::Borrowed("charges above 100 need review"))
+            }
+            e if e.starts_with("analytics.") => {
+                Decision::Drop(Cow::Borrowed("analytics are sampled elsewhere"))
+            }
             "admin.delete" => Decision::Forbid(Cow::Borrowed("admin effects are never allowed")),
             _ => Decision::Commit,
         }
@@ -115,7 +135,11 @@ async fn a_custom_policy_decides_each_intent_from_its_effect_and_payload() {
 
     assert_eq!(
         fates(&outcome),
-        [("payments.charge", "dispatched"), ("payments.charge", "blocked"), ("analytics.track", "dropped")]
+        [
+            ("payments.charge", "dispatched"),
+            ("payments.charge", "blocked"),
+            ("analytics.track", "dropped")
+        ]
     );
     assert_eq!(outcome.intents[1].rule, "charges above 100 need review");
     assert_eq!(recorder.seen().len(), 1);
@@ -138,6 +162,9 @@ async fn a_custom_policy_that_forbids_an_effect_fails_the_run() {
             rule: "admin effects are never allowed".into(),
         })
     );
-    assert_eq!(fates(&outcome), [("orders.save", "discarded"), ("admin.delete", "refused")]);
+    assert_eq!(
+        fates(&outcome),
+        [("orders.save", "discarded"), ("admin.delete", "refused")]
+    );
     assert!(recorder.seen().is_empty());
 }

@@ -25,7 +25,10 @@ async fn a_committed_nested_scope_merges_its_intents_into_the_run_in_order() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Committed);
-    assert_eq!(recorder.effects(), ["a.before", "b.inside", "c.inside", "d.after"]);
+    assert_eq!(
+        recorder.effects(),
+        ["a.before", "b.inside", "c.inside", "d.after"]
+    );
 }
 
 #[tokio::test]
@@ -54,12 +57,24 @@ async fn a_rolled_back_scope_discards_its_intents_and_the_run_goes_on() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Committed);
-    assert_eq!(fates(&outcome), [("a.before", "dispatched"), ("b.inside", "discarded"), ("c.after", "dispatched")]);
+    assert_eq!(
+        fates(&outcome),
+        [
+            ("a.before", "dispatched"),
+            ("b.inside", "discarded"),
+            ("c.after", "dispatched")
+        ]
+    );
     assert_eq!(outcome.intents[1].rule, "scope 1 rolled back");
     assert_eq!(recorder.effects(), ["a.before", "c.after"]);
     let pending = &results(&outcome)[3];
     assert_eq!(
-        pending.as_array().unwrap().iter().map(|i| i["effect"].clone()).collect::<Vec<_>>(),
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["effect"].clone())
+            .collect::<Vec<_>>(),
         ["a.before", "c.after"],
         "pending omits what a rollback discarded"
     );
@@ -71,8 +86,14 @@ async fn dropping_a_scope_unfinished_rolls_it_back() {
     let steps = json!([{ "scope": "inherit", "end": "drop", "steps": [defer("b.inside")] }, defer("c.after")]);
     let outcome = run_script(steps, granted(), &recorder).await;
 
-    assert_eq!(fates(&outcome), [("b.inside", "discarded"), ("c.after", "dispatched")]);
-    assert_eq!(outcome.intents[0].rule, "scope 1 was dropped without commit or rollback");
+    assert_eq!(
+        fates(&outcome),
+        [("b.inside", "discarded"), ("c.after", "dispatched")]
+    );
+    assert_eq!(
+        outcome.intents[0].rule,
+        "scope 1 was dropped without commit or rollback"
+    );
 }
 
 #[tokio::test]
@@ -82,8 +103,14 @@ async fn a_scope_still_open_when_the_run_ends_is_rolled_back() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(outcome.status(), Status::Committed);
-    assert_eq!(fates(&outcome), [("a.before", "dispatched"), ("b.inside", "discarded")]);
-    assert_eq!(outcome.intents[1].rule, "scope 1 was still open when the run ended");
+    assert_eq!(
+        fates(&outcome),
+        [("a.before", "dispatched"), ("b.inside", "discarded")]
+    );
+    assert_eq!(
+        outcome.intents[1].rule,
+        "scope 1 was still open when the run ended"
+    );
 }
 
 #[tokio::test]
@@ -101,8 +128,14 @@ async fn ending_an_outer_scope_first_rolls_back_the_inner_scope_still_open() {
     ]);
     let outcome = run_script(steps, granted(), &recorder).await;
 
-    assert_eq!(fates(&outcome), [("a.outer", "dispatched"), ("b.inner", "discarded")]);
-    assert_eq!(outcome.intents[1].rule, "scope 2 was still open when scope 1 ended");
+    assert_eq!(
+        fates(&outcome),
+        [("a.outer", "dispatched"), ("b.inner", "discarded")]
+    );
+    assert_eq!(
+        outcome.intents[1].rule,
+        "scope 2 was still open when scope 1 ended"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +164,14 @@ async fn a_drop_scope_keeps_its_intents_from_dispatch_while_the_rest_commit() {
     ]);
     let outcome = run_script(steps, granted(), &recorder).await;
 
-    assert_eq!(fates(&outcome), [("a.before", "dispatched"), ("b.simulated", "dropped"), ("c.after", "dispatched")]);
+    assert_eq!(
+        fates(&outcome),
+        [
+            ("a.before", "dispatched"),
+            ("b.simulated", "dropped"),
+            ("c.after", "dispatched")
+        ]
+    );
     assert_eq!(outcome.intents[1].rule, "scope 1 policy drop");
     assert_eq!(recorder.effects(), ["a.before", "c.after"]);
 }
@@ -152,7 +192,10 @@ async fn an_assert_none_scope_refuses_effects_inside_it_and_fails_the_run() {
             rule: "scope 1 policy assert-none".into(),
         })
     );
-    assert!(matches!(outcome.intents[1].fate, Fate::Refused(Refusal::Forbidden(_))));
+    assert!(matches!(
+        outcome.intents[1].fate,
+        Fate::Refused(Refusal::Forbidden(_))
+    ));
     assert!(recorder.seen().is_empty());
 }
 
@@ -167,7 +210,11 @@ async fn a_block_scope_blocks_matching_effects_only_inside_it() {
 
     assert_eq!(
         fates(&outcome),
-        [("email.inside", "blocked"), ("orders.inside", "dispatched"), ("email.outside", "dispatched")]
+        [
+            ("email.inside", "blocked"),
+            ("orders.inside", "dispatched"),
+            ("email.outside", "dispatched")
+        ]
     );
     assert_eq!(outcome.intents[0].rule, "scope 1 block email.*");
 }
@@ -188,19 +235,32 @@ async fn a_nested_scope_narrows_a_block_policy_and_both_blocks_apply() {
     let steps = json!([
         { "scope": { "block": ["sms.*"] }, "end": "commit", "steps": [defer("email.send"), defer("sms.send"), defer("orders.save")] },
     ]);
-    let outcome = run_script(steps, granted().policy(Block::new(["email.*"]).unwrap()), &recorder).await;
+    let outcome = run_script(
+        steps,
+        granted().policy(Block::new(["email.*"]).unwrap()),
+        &recorder,
+    )
+    .await;
 
     assert_eq!(
         fates(&outcome),
-        [("email.send", "blocked"), ("sms.send", "blocked"), ("orders.save", "dispatched")]
+        [
+            ("email.send", "blocked"),
+            ("sms.send", "blocked"),
+            ("orders.save", "dispatched")
+        ]
     );
-    assert_eq!(outcome.intents[0].rule, "block email.*", "the outermost rule decides");
+    assert_eq!(
+        outcome.intents[0].rule, "block email.*",
+        "the outermost rule decides"
+    );
     assert_eq!(recorder.effects(), ["orders.save"]);
 }
 
 #[tokio::test]
 async fn a_malformed_block_pattern_is_refused_invalid_and_the_run_goes_on() {
-    let steps = json!([{ "open": "bad", "policy": { "block": ["email.{a,b}"] } }, defer("a.after")]);
+    let steps =
+        json!([{ "open": "bad", "policy": { "block": ["email.{a,b}"] } }, defer("a.after")]);
     let outcome = run_script(steps, granted(), &Recorder::new()).await;
 
     assert_eq!(outcome.status(), Status::Committed);

@@ -24,12 +24,23 @@ async fn a_sink_failing_on_one_intent_does_not_stop_the_others() {
         { "defer": "b.fail", "payload": 2 },
         { "defer": "c.third", "payload": 3 },
     ]);
-    let outcome = scripted().with_sinks(recorder.sinks()).run(script(steps)).await.unwrap();
+    let outcome = scripted()
+        .with_sinks(recorder.sinks())
+        .run(script(steps))
+        .await
+        .unwrap();
 
-    assert_eq!(outcome.status(), Status::Committed, "the run itself succeeded");
+    assert_eq!(
+        outcome.status(),
+        Status::Committed,
+        "the run itself succeeded"
+    );
     assert_eq!(recorder.effects(), ["a.first", "c.third"]);
     assert!(delivered(&outcome.intents[0]) && delivered(&outcome.intents[2]));
-    assert_eq!(outcome.intents[1].fate, Fate::Dispatched(Delivery::Failed("b.fail is down".into())));
+    assert_eq!(
+        outcome.intents[1].fate,
+        Fate::Dispatched(Delivery::Failed("b.fail is down".into()))
+    );
     assert_eq!(outcome.undelivered().count(), 1);
 }
 
@@ -38,8 +49,13 @@ async fn an_intent_no_route_matches_is_reported_without_a_sink() {
     let recorder = Recorder::new();
     let mut sinks = Sinks::new();
     sinks.route("email.*", recorder.clone()).unwrap();
-    let steps = json!([{ "defer": "email.send", "payload": 1 }, { "defer": "orders.save", "payload": 2 }]);
-    let outcome = scripted().with_sinks(sinks).run(script(steps)).await.unwrap();
+    let steps =
+        json!([{ "defer": "email.send", "payload": 1 }, { "defer": "orders.save", "payload": 2 }]);
+    let outcome = scripted()
+        .with_sinks(sinks)
+        .run(script(steps))
+        .await
+        .unwrap();
 
     assert!(delivered(&outcome.intents[0]));
     assert_eq!(outcome.intents[1].fate, Fate::Dispatched(Delivery::NoSink));
@@ -53,7 +69,11 @@ async fn routes_are_tried_in_order_and_the_first_match_takes_the_intent() {
     sinks.route("email.urgent", specific.clone()).unwrap();
     sinks.route("*", rest.clone()).unwrap();
     let steps = json!([{ "defer": "email.urgent", "payload": 1 }, { "defer": "email.digest", "payload": 2 }]);
-    scripted().with_sinks(sinks).run(script(steps)).await.unwrap();
+    scripted()
+        .with_sinks(sinks)
+        .run(script(steps))
+        .await
+        .unwrap();
 
     assert_eq!(specific.effects(), ["email.urgent"]);
     assert_eq!(rest.effects(), ["email.digest"]);
@@ -92,10 +112,17 @@ async fn sync_and_async_handlers_receive_the_committed_payload_byte_for_byte() {
         { "defer": "sync.a", "payload": { "text": "é\u{1F600}" } },
         { "defer": "async.b", "payload": [1, 2, 3] },
     ]);
-    let outcome = scripted().with_sinks(sinks).run(script(steps)).await.unwrap();
+    let outcome = scripted()
+        .with_sinks(sinks)
+        .run(script(steps))
+        .await
+        .unwrap();
 
     assert!(outcome.intents.iter().all(delivered));
-    assert_eq!(*sync_seen.lock().unwrap(), [r#"{"text":"é😀"}"#.as_bytes().to_vec()]);
+    assert_eq!(
+        *sync_seen.lock().unwrap(),
+        [r#"{"text":"é😀"}"#.as_bytes().to_vec()]
+    );
     assert_eq!(*async_seen.lock().unwrap(), [b"[1,2,3]".to_vec()]);
 }
 
@@ -113,7 +140,11 @@ async fn a_sink_that_does_not_answer_is_cut_off_by_the_delivery_timeout() {
         .unwrap();
     sinks.timeout(Duration::from_millis(50));
     let steps = json!([{ "defer": "slow.one", "payload": 1 }]);
-    let outcome = scripted().with_sinks(sinks).run(script(steps)).await.unwrap();
+    let outcome = scripted()
+        .with_sinks(sinks)
+        .run(script(steps))
+        .await
+        .unwrap();
 
     let Fate::Dispatched(Delivery::Failed(error)) = &outcome.intents[0].fate else {
         panic!("{:?}", outcome.intents[0].fate);
@@ -127,18 +158,25 @@ async fn the_json_lines_sink_appends_one_line_per_committed_intent() {
     let path = dir.path().join("intents.jsonl");
     std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
     let mut sinks = Sinks::new();
-    sinks.route("*", JsonLines::append_to(&path).unwrap()).unwrap();
+    sinks
+        .route("*", JsonLines::append_to(&path).unwrap())
+        .unwrap();
     let steps = json!([
         { "defer": "orders.save", "payload": { "id": 7 } },
         { "defer_size": "blob.put", "bytes": 3 },
     ]);
-    let outcome = scripted().with_sinks(sinks).run(script(steps)).await.unwrap();
+    let outcome = scripted()
+        .with_sinks(sinks)
+        .run(script(steps))
+        .await
+        .unwrap();
     assert!(outcome.intents.iter().all(delivered));
 
-    let lines: Vec<serde_json::Value> = std::io::BufReader::new(std::fs::File::open(&path).unwrap())
-        .lines()
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::io::BufReader::new(std::fs::File::open(&path).unwrap())
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect();
     assert_eq!(
         lines,
         [

@@ -48,12 +48,24 @@ pub struct Receipt {
 #[escrow_guest::plugin]
 pub fn checkout(order: Option<Order>) -> Result<Receipt, String> {
     let order = order.unwrap_or_else(|| serde_json::from_str("{}").expect("defaults"));
-    defer("payments.charge", &json!({ "order": order.id, "amount": order.amount }))?;
+    defer(
+        "payments.charge",
+        &json!({ "order": order.id, "amount": order.amount }),
+    )?;
     if order.fail {
-        return Err(format!("saving order {} failed: the orders table is read-only", order.id));
+        return Err(format!(
+            "saving order {} failed: the orders table is read-only",
+            order.id
+        ));
     }
-    defer("orders.save", &json!({ "order": order.id, "status": "paid" }))?;
-    defer("email.send", &json!({ "to": order.email, "subject": format!("Receipt for order {}", order.id) }))?;
+    defer(
+        "orders.save",
+        &json!({ "order": order.id, "status": "paid" }),
+    )?;
+    defer(
+        "email.send",
+        &json!({ "to": order.email, "subject": format!("Receipt for order {}", order.id) }),
+    )?;
     Ok(Receipt {
         order: order.id,
         intents: escrow_guest::pending().len(),
@@ -68,7 +80,7 @@ mod tests {
     #[test]
     fn a_successful_checkout_requests_charge_save_and_receipt_in_order() {
         let recording = Sandbox::new().run(|| checkout(None));
-        assert_eq!(recording.output.unwrap().intents, 3);
+        assert_eq!(recording.output.as_ref().unwrap().intents, 3);
         assert_eq!(
             recording.committed_effects(),
             ["payments.charge", "orders.save", "email.send"]
@@ -79,6 +91,11 @@ mod tests {
     fn a_failing_save_returns_an_error() {
         let order: Order = serde_json::from_str(r#"{"fail": true}"#).unwrap();
         let recording = Sandbox::new().run(|| checkout(Some(order)));
-        assert!(recording.output.unwrap_err().contains("saving order 42 failed"));
+        assert!(
+            recording
+                .output
+                .unwrap_err()
+                .contains("saving order 42 failed")
+        );
     }
 }

@@ -36,15 +36,27 @@ pub struct Placed {
 #[escrow_guest::plugin]
 pub fn place(order: Order) -> Result<Placed, String> {
     let requests = [
-        ("inventory.reserve", json!({ "sku": order.sku, "quantity": order.quantity })),
-        ("orders.save", json!({ "sku": order.sku, "quantity": order.quantity, "status": "placed" })),
-        ("email.confirmation", json!({ "to": order.email, "sku": order.sku })),
+        (
+            "inventory.reserve",
+            json!({ "sku": order.sku, "quantity": order.quantity }),
+        ),
+        (
+            "orders.save",
+            json!({ "sku": order.sku, "quantity": order.quantity, "status": "placed" }),
+        ),
+        (
+            "email.confirmation",
+            json!({ "to": order.email, "sku": order.sku }),
+        ),
     ];
     let refused = requests
         .iter()
         .filter(|(effect, payload)| defer(effect, payload).is_err())
         .count();
-    Ok(Placed { sku: order.sku, refused })
+    Ok(Placed {
+        sku: order.sku,
+        refused,
+    })
 }
 
 #[cfg(test)]
@@ -66,13 +78,18 @@ mod tests {
         let recording = Sandbox::new()
             .policy(ScopePolicy::Block(vec!["email.*".into()]))
             .run(|| place(order()));
-        assert_eq!(recording.committed_effects(), ["inventory.reserve", "orders.save"]);
+        assert_eq!(
+            recording.committed_effects(),
+            ["inventory.reserve", "orders.save"]
+        );
         assert_eq!(recording.intents[2].fate, Fate::Blocked);
     }
 
     #[test]
     fn under_assert_none_every_request_is_refused_and_the_plugin_goes_on() {
-        let recording = Sandbox::new().policy(ScopePolicy::AssertNone).run(|| place(order()));
+        let recording = Sandbox::new()
+            .policy(ScopePolicy::AssertNone)
+            .run(|| place(order()));
         assert_eq!(recording.output.unwrap().refused, 3);
         assert!(recording.violation.is_some());
     }

@@ -32,7 +32,10 @@ fn parse_mode(attr: proc_macro2::TokenStream) -> syn::Result<bool> {
     if ident == "bytes" {
         Ok(true)
     } else {
-        Err(syn::Error::new(ident.span(), "expected `#[plugin]` or `#[plugin(bytes)]`"))
+        Err(syn::Error::new(
+            ident.span(),
+            "expected `#[plugin]` or `#[plugin(bytes)]`",
+        ))
     }
 }
 
@@ -40,27 +43,46 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
     let sig = &function.sig;
     let shape = "a plugin is `fn name(input: Input) -> Result<Output, Error>`";
     if let Some(asyncness) = &sig.asyncness {
-        return Err(syn::Error::new(asyncness.span(), format!("a plugin cannot be async; {shape}")));
+        return Err(syn::Error::new(
+            asyncness.span(),
+            format!("a plugin cannot be async; {shape}"),
+        ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(sig.generics.span(), format!("a plugin cannot be generic; {shape}")));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            format!("a plugin cannot be generic; {shape}"),
+        ));
     }
     if sig.inputs.len() != 1 {
-        let span = if sig.inputs.is_empty() { sig.paren_token.span.join() } else { sig.inputs.span() };
+        let span = if sig.inputs.is_empty() {
+            sig.paren_token.span.join()
+        } else {
+            sig.inputs.span()
+        };
         return Err(syn::Error::new(
             span,
-            format!("a plugin takes exactly one argument, found {}; {shape}", sig.inputs.len()),
+            format!(
+                "a plugin takes exactly one argument, found {}; {shape}",
+                sig.inputs.len()
+            ),
         ));
     }
     let input_ty = match &sig.inputs[0] {
         FnArg::Typed(arg) => &arg.ty,
         FnArg::Receiver(receiver) => {
-            return Err(syn::Error::new(receiver.span(), format!("a plugin cannot take `self`; {shape}")));
+            return Err(syn::Error::new(
+                receiver.span(),
+                format!("a plugin cannot take `self`; {shape}"),
+            ));
         }
     };
     let (ok_ty, err_ty) = match &sig.output {
         ReturnType::Type(_, ty) => result_types(ty).ok_or_else(|| {
-            syn::Error::new(ty.span(), format!("a plugin returns `Result<Output, Error>`; {shape}"))
+            syn::Error::new(
+                ty.span(),
+                format!("a plugin returns `Result<Output, Error>`; {shape}"),
+            )
         })?,
         ReturnType::Default => {
             return Err(syn::Error::new(
@@ -77,11 +99,17 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
     let (checks, call) = if bytes {
         let input_check = quote_spanned!(input_ty.span()=> let _: ::std::marker::PhantomData<#input_ty> = ::std::marker::PhantomData::<::std::vec::Vec<u8>>;);
         let output_check = quote_spanned!(ok_ty.span()=> let _: ::std::marker::PhantomData<#ok_ty> = ::std::marker::PhantomData::<::std::vec::Vec<u8>>;);
-        (quote!(#input_check #output_check), quote!(#private::call_bytes(&input, #name)))
+        (
+            quote!(#input_check #output_check),
+            quote!(#private::call_bytes(&input, #name)),
+        )
     } else {
         let input_check = quote_spanned!(input_ty.span()=> { fn input<T: #private::DeserializeOwned>() {} input::<#input_ty>(); });
         let output_check = quote_spanned!(ok_ty.span()=> { fn output<T: #private::Serialize>() {} output::<#ok_ty>(); });
-        (quote!(#input_check #output_check), quote!(#private::call_json(&input, #name)))
+        (
+            quote!(#input_check #output_check),
+            quote!(#private::call_json(&input, #name)),
+        )
     };
     let error_check = quote_spanned!(err_ty.span()=> { fn error<T: ::std::fmt::Display>() {} error::<#err_ty>(); });
 
@@ -128,4 +156,3 @@ fn result_types(ty: &Type) -> Option<(&Type, &Type)> {
         _ => None,
     }
 }
-

@@ -7,11 +7,11 @@ use std::cell::RefCell;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::Refusal;
 #[cfg(feature = "intents")]
 use crate::intents::PendingIntent;
 use crate::scopes::ScopePolicy;
 use crate::testing::{Fate, RecordedIntent};
-use crate::Refusal;
 
 /// Longest effect name the host accepts, in bytes (as `escrow-host`).
 const MAX_EFFECT_NAME_BYTES: usize = 128;
@@ -59,7 +59,9 @@ impl Rules {
         match self {
             Rules::Commit => Fate::Committed,
             Rules::Drop => Fate::Dropped,
-            Rules::AssertNone => Fate::Refused(Refusal::Forbidden(format!("`{effect}`: policy assert-none"))),
+            Rules::AssertNone => Fate::Refused(Refusal::Forbidden(format!(
+                "`{effect}`: policy assert-none"
+            ))),
             Rules::Block(set) if set.is_match(effect) => Fate::Blocked,
             Rules::Block(_) => Fate::Committed,
         }
@@ -67,11 +69,16 @@ impl Rules {
 }
 
 fn check_name(name: &str, pattern: bool) -> Result<(), String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*');
+    let ok = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*')
+    };
     if name.is_empty() {
         Err("effect name is empty".into())
     } else if name.len() > MAX_EFFECT_NAME_BYTES {
-        Err(format!("effect name is {} bytes long; the limit is {MAX_EFFECT_NAME_BYTES}", name.len()))
+        Err(format!(
+            "effect name is {} bytes long; the limit is {MAX_EFFECT_NAME_BYTES}",
+            name.len()
+        ))
     } else if let Some(ch) = name.chars().find(|c| !ok(*c)) {
         Err(format!("effect name `{name}` has {ch:?}"))
     } else {
@@ -115,7 +122,9 @@ impl State {
         let fate = if let Err(e) = check_name(effect, false) {
             Fate::Refused(Refusal::Invalid(e))
         } else if self.grants.as_ref().is_some_and(|g| !g.is_match(effect)) {
-            Fate::Refused(Refusal::NotGranted(format!("`{effect}` is not covered by the plugin's grants")))
+            Fate::Refused(Refusal::NotGranted(format!(
+                "`{effect}` is not covered by the plugin's grants"
+            )))
         } else {
             // Any refusal wins; otherwise the outermost rule that withholds.
             let mut fate = self.policy.decide(effect);

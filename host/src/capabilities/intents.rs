@@ -21,7 +21,10 @@ impl Host for EscrowCtx {
         if seq > limits.max_intents as u64 {
             let max = limits.max_intents;
             self.violate(Failure::Limit(Limit::Intents));
-            return Err(Refusal::Limit(format!("{}: at most {max} requests per run", Limit::Intents)));
+            return Err(Refusal::Limit(format!(
+                "{}: at most {max} requests per run",
+                Limit::Intents
+            )));
         }
         if let Err(error) = check_effect_name(&effect) {
             let mut name = effect;
@@ -38,11 +41,15 @@ impl Host for EscrowCtx {
         };
         if let Some((limit, max)) = exceeded {
             self.violate(Failure::Limit(limit));
-            let refusal = Refusal::Limit(format!("{limit}: {} bytes of payload, at most {max}", payload.len()));
+            let refusal = Refusal::Limit(format!(
+                "{limit}: {} bytes of payload, at most {max}",
+                payload.len()
+            ));
             return Err(self.refuse(seq, effect, Vec::new(), refusal, "payload too large"));
         }
         let Some(grant) = self.grants.effect_grant_index(&effect) else {
-            let refusal = Refusal::NotGranted(format!("`{effect}` is not covered by the plugin's grants"));
+            let refusal =
+                Refusal::NotGranted(format!("`{effect}` is not covered by the plugin's grants"));
             return Err(self.refuse(seq, effect, payload, refusal, "no grant covers it"));
         };
 
@@ -55,7 +62,8 @@ impl Host for EscrowCtx {
                     effect: effect.clone(),
                     rule: rule.to_string(),
                 });
-                let refusal = Refusal::Forbidden(format!("`{effect}`: {rule} forbids effects here"));
+                let refusal =
+                    Refusal::Forbidden(format!("`{effect}`: {rule} forbids effects here"));
                 return Err(self.refuse(seq, effect, payload, refusal, rule));
             }
         };
@@ -93,15 +101,21 @@ impl EscrowCtx {
             return decided;
         }
         for frame in &self.frames {
-            let Some(policy) = &frame.policy else { continue };
+            let Some(policy) = &frame.policy else {
+                continue;
+            };
             match policy.decide(effect, payload) {
                 Decision::Commit => {}
                 Decision::Forbid(rule) => {
                     return Decision::Forbid(Cow::Owned(format!("scope {} {rule}", frame.id)));
                 }
                 _ if !decided.is_commit() => {}
-                Decision::Drop(rule) => decided = Decision::Drop(Cow::Owned(format!("scope {} {rule}", frame.id))),
-                Decision::Block(rule) => decided = Decision::Block(Cow::Owned(format!("scope {} {rule}", frame.id))),
+                Decision::Drop(rule) => {
+                    decided = Decision::Drop(Cow::Owned(format!("scope {} {rule}", frame.id)))
+                }
+                Decision::Block(rule) => {
+                    decided = Decision::Block(Cow::Owned(format!("scope {} {rule}", frame.id)))
+                }
             }
         }
         decided

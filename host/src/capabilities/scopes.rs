@@ -21,7 +21,10 @@ impl HostScope for EscrowCtx {
         let max = self.limits.max_scope_depth;
         if self.frames.len() >= max {
             self.violate(Failure::Limit(Limit::ScopeDepth));
-            return Err(Refusal::Limit(format!("{}: scopes nest at most {max} deep", Limit::ScopeDepth)));
+            return Err(Refusal::Limit(format!(
+                "{}: scopes nest at most {max} deep",
+                Limit::ScopeDepth
+            )));
         }
         let policy: Option<Box<dyn Policy>> = match policy {
             ScopePolicy::Inherit => None,

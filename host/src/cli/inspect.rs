@@ -58,12 +58,22 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
     let effects = grants.effect_patterns();
     if capabilities.contains(&"deferred effects") {
         if effects.is_empty() {
-            writeln!(out, "  effects: none — every effect this plugin requests will be refused `not-granted`")?;
+            writeln!(
+                out,
+                "  effects: none — every effect this plugin requests will be refused `not-granted`"
+            )?;
         } else {
-            writeln!(out, "  effects: {} (effect names are chosen at run time; others are refused)", effects.join(", "))?;
+            writeln!(
+                out,
+                "  effects: {} (effect names are chosen at run time; others are refused)",
+                effects.join(", ")
+            )?;
         }
     } else {
-        writeln!(out, "  effects: the plugin does not import escrow:host/intents, so it cannot request deferred effects")?;
+        writeln!(
+            out,
+            "  effects: the plugin does not import escrow:host/intents, so it cannot request deferred effects"
+        )?;
     }
 
     let verdict = host.link(component);
@@ -93,11 +103,17 @@ fn wasi_note(import: &str, config: &Config) -> String {
     match interface {
         "wasi:filesystem/preopens" | "wasi:filesystem/types" => match config.grants.dirs.len() {
             0 => "filesystem, nothing granted (no directories)".to_owned(),
-            n => format!("filesystem, {n} granted director{}", if n == 1 { "y" } else { "ies" }),
+            n => format!(
+                "filesystem, {n} granted director{}",
+                if n == 1 { "y" } else { "ies" }
+            ),
         },
         "wasi:cli/environment" => match config.grants.env.len() {
             0 => "environment, nothing granted (no variables, no arguments)".to_owned(),
-            n => format!("environment, {n} granted variable{}", if n == 1 { "" } else { "s" }),
+            n => format!(
+                "environment, {n} granted variable{}",
+                if n == 1 { "" } else { "s" }
+            ),
         },
         "wasi:cli/stderr" => "stderr, captured into the outcome".to_owned(),
         "wasi:cli/stdout" | "wasi:cli/stdin" => "standard stream, closed".to_owned(),
@@ -109,9 +125,16 @@ fn wasi_note(import: &str, config: &Config) -> String {
 fn item_desc(item: &ComponentItem) -> String {
     match item {
         ComponentItem::ComponentFunc(func) => {
-            let params: Vec<String> = func.params().map(|(name, ty)| format!("{name}: {}", type_desc(&ty))).collect();
+            let params: Vec<String> = func
+                .params()
+                .map(|(name, ty)| format!("{name}: {}", type_desc(&ty)))
+                .collect();
             let results: Vec<String> = func.results().map(|ty| type_desc(&ty)).collect();
-            let arrow = if results.is_empty() { String::new() } else { format!(" -> {}", results.join(", ")) };
+            let arrow = if results.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {}", results.join(", "))
+            };
             format!(": func({}){arrow}", params.join(", "))
         }
         ComponentItem::ComponentInstance(_) => " (instance)".to_owned(),
@@ -140,6 +163,10 @@ fn type_desc(ty: &Type) -> String {
             let side = |t: Option<Type>| t.map_or("_".to_owned(), |t| type_desc(&t));
             format!("result<{}, {}>", side(result.ok()), side(result.err()))
         }
-        other => format!("{other:?}").split(['(', ' ']).next().unwrap_or("type").to_lowercase(),
+        other => format!("{other:?}")
+            .split(['(', ' '])
+            .next()
+            .unwrap_or("type")
+            .to_lowercase(),
     }
 }

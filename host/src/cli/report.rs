@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 /// The guest's bytes as JSON when they are JSON, else as text.
 fn bytes_value(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// The `--json` report.
@@ -73,19 +74,34 @@ pub(crate) fn human(outcome: &Outcome) -> String {
             let _ = writeln!(out, "escrow: run failed in {total:.1?}: {failure}");
         }
     }
-    let width = outcome.intents.iter().map(|i| i.effect.len()).max().unwrap_or(0);
+    let width = outcome
+        .intents
+        .iter()
+        .map(|i| i.effect.len())
+        .max()
+        .unwrap_or(0);
     for intent in &outcome.intents {
         let fate = match &intent.fate {
             Fate::Dispatched(Delivery::Delivered) => "dispatched".to_owned(),
-            Fate::Dispatched(Delivery::Failed(error)) => format!("dispatched, delivery failed: {error}"),
+            Fate::Dispatched(Delivery::Failed(error)) => {
+                format!("dispatched, delivery failed: {error}")
+            }
             Fate::Dispatched(Delivery::NoSink) => "dispatched, no sink".to_owned(),
             Fate::Refused(refusal) => format!("refused {}", refusal.kind()),
             other => other.name().to_owned(),
         };
-        let _ = writeln!(out, "  #{:<3} {:<width$}  {fate} ({})", intent.seq, intent.effect, intent.rule);
+        let _ = writeln!(
+            out,
+            "  #{:<3} {:<width$}  {fate} ({})",
+            intent.seq, intent.effect, intent.rule
+        );
     }
     if !outcome.guest_stderr.is_empty() {
-        let _ = writeln!(out, "guest stderr:\n{}", String::from_utf8_lossy(&outcome.guest_stderr).trim_end());
+        let _ = writeln!(
+            out,
+            "guest stderr:\n{}",
+            String::from_utf8_lossy(&outcome.guest_stderr).trim_end()
+        );
     }
     out
 }

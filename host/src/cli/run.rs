@@ -76,13 +76,18 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
     // With --json the report is the output: committed intents are listed in
     // it unless a sink is named.
     let sink = args.sink.clone().or(config.sink());
-    let mut host = Host::builder().max_concurrent_runs(1).max_memory_bytes(limits.max_memory_bytes);
+    let mut host = Host::builder()
+        .max_concurrent_runs(1)
+        .max_memory_bytes(limits.max_memory_bytes);
     host = match (sink, args.json) {
-        (Some(SinkSpec::Stdout), true) => bail!("--json prints the report on stdout; send intents to --sink file:PATH"),
+        (Some(SinkSpec::Stdout), true) => {
+            bail!("--json prints the report on stdout; send intents to --sink file:PATH")
+        }
         (Some(SinkSpec::Stdout), false) | (None, false) => host.route("*", JsonLines::stdout())?,
         (Some(SinkSpec::File(path)), _) => host.route(
             "*",
-            JsonLines::append_to(&path).with_context(|| format!("cannot open sink file `{}`", path.display()))?,
+            JsonLines::append_to(&path)
+                .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
         )?,
         (None, true) => host.route("*", Handler(|_: &Intent| Ok::<_, SinkError>(())))?,
     };
@@ -112,7 +117,8 @@ fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
     let (bytes, what) = match (&args.input, &args.input_file) {
         (Some(text), _) => (text.clone().into_bytes(), "--input".to_owned()),
         (None, Some(path)) => (
-            std::fs::read(path).with_context(|| format!("cannot read --input-file `{}`", path.display()))?,
+            std::fs::read(path)
+                .with_context(|| format!("cannot read --input-file `{}`", path.display()))?,
             format!("--input-file `{}`", path.display()),
         ),
         (None, None) => return Ok(Vec::new()),

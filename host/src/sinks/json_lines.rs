@@ -73,7 +73,9 @@ pub(crate) fn intent_line(intent: &Intent) -> serde_json::Value {
     match serde_json::from_slice::<serde_json::Value>(&intent.payload) {
         Ok(payload) => line["payload"] = payload,
         Err(_) => {
-            line["payload_base64"] = base64::engine::general_purpose::STANDARD.encode(&intent.payload).into();
+            line["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&intent.payload)
+                .into();
         }
     }
     line
@@ -84,7 +86,10 @@ impl Sink for JsonLines {
     async fn deliver(&self, intent: &Intent) -> Result<(), SinkError> {
         let mut line = serde_json::to_vec(&intent_line(intent)).map_err(SinkError::new)?;
         line.push(b'\n');
-        let mut out = self.out.lock().map_err(|_| SinkError::new("a previous write panicked"))?;
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| SinkError::new("a previous write panicked"))?;
         out.write_all(&line)?;
         out.flush()?;
         Ok(())
