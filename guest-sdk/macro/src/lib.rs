@@ -118,11 +118,15 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
         #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
         #function
 
+        // Checked on every target, so a native `cargo test` reports a wrong
+        // type as early as a wasm build would.
+        const _: () = {
+            #[allow(dead_code, reason = "only type-checked")]
+            fn __escrow_checks() { #checks #error_check }
+        };
+
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            #[allow(unused)]
-            fn __escrow_checks() { #checks #error_check }
-
             struct __EscrowPlugin;
 
             impl #private::Guest for __EscrowPlugin {

@@ -1,0 +1,6 @@
+#[escrow_guest::plugin]
+fn run(input: u32) -> u32 {
+    input
+}
+
+fn main() {}
