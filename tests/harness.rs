@@ -12,6 +12,12 @@ use serde_json::Value;
 
 pub use escrow_fixtures as fixtures;
 
+/// The README's Rust examples compile (the plugin) and type-check (the
+/// embedding).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct Readme;
+
 /// The host every test shares: compiling a fixture once per test binary
 /// keeps the suite fast.
 pub fn host() -> &'static Host {

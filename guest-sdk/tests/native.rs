@@ -2,11 +2,17 @@
 //! host's rules, so plugin logic is unit-tested without a host.
 
 use escrow_guest::testing::{Fate, Sandbox};
-use escrow_guest::{Error, Refusal, Scope, ScopePolicy, defer, defer_bytes, pending, scope, scope_with};
+use escrow_guest::{
+    Error, Refusal, Scope, ScopePolicy, defer, defer_bytes, pending, scope, scope_with,
+};
 use serde_json::json;
 
 fn fates<T>(recording: &escrow_guest::testing::Recording<T>) -> Vec<(&str, Fate)> {
-    recording.intents.iter().map(|i| (i.effect.as_str(), i.fate.clone())).collect()
+    recording
+        .intents
+        .iter()
+        .map(|i| (i.effect.as_str(), i.fate.clone()))
+        .collect()
 }
 
 #[test]
@@ -19,23 +25,39 @@ fn defer_records_json_payloads_in_order_with_sequence_numbers() {
 
     assert_eq!(recording.output.as_ref().unwrap(), &(1, 2));
     assert_eq!(recording.committed_effects(), ["orders.save", "blob.put"]);
-    assert_eq!(recording.intents[0].payload_json::<serde_json::Value>().unwrap(), json!({ "id": 1 }));
+    assert_eq!(
+        recording.intents[0]
+            .payload_json::<serde_json::Value>()
+            .unwrap(),
+        json!({ "id": 1 })
+    );
     assert_eq!(recording.intents[1].payload, [0, 159, 146, 150]);
 }
 
 #[test]
 fn an_effect_outside_the_sandbox_grants_is_refused_not_granted() {
-    let recording = Sandbox::new().grant("email.*").run(|| defer("payments.charge", &5));
+    let recording = Sandbox::new()
+        .grant("email.*")
+        .run(|| defer("payments.charge", &5));
 
     let error = recording.output.unwrap_err();
-    assert!(matches!(error.refusal(), Some(Refusal::NotGranted(_))), "{error}");
-    assert!(matches!(recording.intents[0].fate, Fate::Refused(Refusal::NotGranted(_))));
+    assert!(
+        matches!(error.refusal(), Some(Refusal::NotGranted(_))),
+        "{error}"
+    );
+    assert!(matches!(
+        recording.intents[0].fate,
+        Fate::Refused(Refusal::NotGranted(_))
+    ));
 }
 
 #[test]
 fn a_malformed_effect_name_is_refused_invalid() {
     let recording = Sandbox::new().run(|| defer("not an effect", &1));
-    assert!(matches!(recording.output.unwrap_err().refusal(), Some(Refusal::Invalid(_))));
+    assert!(matches!(
+        recording.output.unwrap_err().refusal(),
+        Some(Refusal::Invalid(_))
+    ));
 }
 
 #[test]
@@ -64,7 +86,13 @@ fn scope_commits_on_ok_and_rolls_back_on_err() {
     });
 
     assert!(recording.output.is_ok());
-    assert_eq!(fates(&recording), [("a.kept", Fate::Committed), ("b.discarded", Fate::Discarded)]);
+    assert_eq!(
+        fates(&recording),
+        [
+            ("a.kept", Fate::Committed),
+            ("b.discarded", Fate::Discarded)
+        ]
+    );
 }
 
 #[test]
@@ -89,14 +117,20 @@ fn narrowing_scopes_drop_block_and_forbid_like_the_host() {
         scope_with(ScopePolicy::AssertNone, || defer("b.impure", &4).map(drop))
     });
 
-    assert!(matches!(recording.output.as_ref().unwrap_err().refusal(), Some(Refusal::Forbidden(_))));
+    assert!(matches!(
+        recording.output.as_ref().unwrap_err().refusal(),
+        Some(Refusal::Forbidden(_))
+    ));
     assert_eq!(
         fates(&recording)[..4],
         [
             ("a.simulated", Fate::Dropped),
             ("email.send", Fate::Blocked),
             ("orders.save", Fate::Committed),
-            ("b.impure", Fate::Refused(Refusal::Forbidden("`b.impure`: policy assert-none".into()))),
+            (
+                "b.impure",
+                Fate::Refused(Refusal::Forbidden("`b.impure`: policy assert-none".into()))
+            ),
         ]
     );
     assert!(recording.violation.is_some(), "a host would fail this run");

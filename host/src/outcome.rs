@@ -21,6 +21,13 @@ pub struct Outcome {
     pub timings: Timings,
 }
 
+impl Timings {
+    /// The whole run.
+    pub fn total(&self) -> Duration {
+        self.instantiate + self.call + self.settle + self.dispatch
+    }
+}
+
 impl Outcome {
     /// How the run ended, in one word.
     pub fn status(&self) -> Status {
@@ -194,6 +201,8 @@ pub struct Timings {
     pub instantiate: Duration,
     /// The export call, host calls included.
     pub call: Duration,
+    /// Tearing down the instance and settling every intent's fate.
+    pub settle: Duration,
     /// Delivering committed intents to sinks.
     pub dispatch: Duration,
 }

@@ -207,6 +207,7 @@ impl Plugin {
         let (instantiated, guest) = guest;
         let called = Instant::now();
         let (result, mut intents) = store.into_data().escrow.finish(guest);
+        let settled = Instant::now();
         if result.is_ok() {
             self.sinks.dispatch(&mut intents).await;
         }
@@ -218,7 +219,8 @@ impl Plugin {
             timings: Timings {
                 instantiate: instantiated - started,
                 call: called - instantiated,
-                dispatch: dispatched - called,
+                settle: settled - called,
+                dispatch: dispatched - settled,
             },
         })
     }

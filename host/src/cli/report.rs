@@ -33,19 +33,19 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
             entry
         })
         .collect();
-    let mut report = json!({
-        "status": outcome.status().as_str(),
-        "intents": intents,
-        "timings_us": {
-            "instantiate": outcome.timings.instantiate.as_micros() as u64,
-            "call": outcome.timings.call.as_micros() as u64,
-            "dispatch": outcome.timings.dispatch.as_micros() as u64,
-        },
-    });
+    let mut report = json!({ "status": outcome.status().as_str() });
     match &outcome.result {
         Ok(output) => report["result"] = bytes_value(output),
         Err(failure) => report["error"] = json!(failure.to_string()),
     }
+    report["intents"] = Value::Array(intents);
+    let t = &outcome.timings;
+    report["timings_us"] = json!({
+        "instantiate": t.instantiate.as_micros() as u64,
+        "call": t.call.as_micros() as u64,
+        "settle": t.settle.as_micros() as u64,
+        "dispatch": t.dispatch.as_micros() as u64,
+    });
     if !outcome.guest_stderr.is_empty() {
         report["guest_stderr"] = json!(String::from_utf8_lossy(&outcome.guest_stderr));
     }
@@ -63,8 +63,7 @@ fn delivery_value(delivery: &Delivery) -> Value {
 /// The summary for people.
 pub(crate) fn human(outcome: &Outcome) -> String {
     let mut out = String::new();
-    let t = &outcome.timings;
-    let total = t.instantiate + t.call + t.dispatch;
+    let total = outcome.timings.total();
     match &outcome.result {
         Ok(output) => {
             let _ = writeln!(out, "escrow: run {} in {total:.1?}", outcome.status());

@@ -1,0 +1,237 @@
+//! What escrow costs, each figure next to a baseline measured in the same
+//! run:
+//!
+//! - recording one intent, against a bare component host call with the same
+//!   signature (`fixture-bench` loops over `enqueue`, `fixture-bench-baseline`
+//!   over a host function that does nothing);
+//! - a whole run (fresh store, instantiate, call, record 2 intents, commit
+//!   to an in-memory sink), against a bare instantiation from `InstancePre`
+//!   in a fresh store.
+//!
+//! Both sides use the same engine (pooling allocator) and the loops run in
+//! the guest, so the figures are the host's cost, not the harness's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group};
+use escrow_fixtures as fixtures;
+use escrow_host::policy::DropAll;
+use escrow_host::sinks::{Handler, SinkError};
+use escrow_host::{EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy};
+use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Calls per run in the per-call benchmarks: enough that instantiation is
+/// under 1% of the figure.
+const CALLS_PER_RUN: u64 = 20_000;
+
+/// The store data of the baselines: what a minimal host of the same
+/// components needs.
+struct State {
+    escrow: EscrowCtx,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl State {
+    fn new() -> Self {
+        Self {
+            escrow: EscrowCtx::new(
+                Arc::new(Grants::new()),
+                Arc::new(policy::Commit),
+                Limits::default(),
+            ),
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+fn host() -> Host {
+    Host::builder()
+        .route("*", Handler(|_: &Intent| Ok::<_, SinkError>(())))
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn per_call(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host();
+    let mut group = c.benchmark_group("per_call");
+    group
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
+
+    // escrow: the guest records CALLS_PER_RUN intents; policy drop, so the
+    // figure is recording and settling, without delivery.
+    let plugin = host.load_file(fixtures::BENCH).unwrap();
+    let options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .policy(DropAll)
+        .limits(Limits {
+            max_intents: CALLS_PER_RUN as usize,
+            ..Limits::default()
+        })
+        .input(CALLS_PER_RUN.to_string());
+    group.bench_function("record_intent", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = plugin.run(options.clone()).await.unwrap();
+            assert_eq!(outcome.intents.len(), CALLS_PER_RUN as usize);
+        })
+    });
+
+    // Baseline: the same number of calls to a host function with the same
+    // signature that does nothing.
+    let engine = host.engine();
+    let mut linker = Linker::<State>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    linker
+        .instance("escrow-bench:baseline/bare")
+        .unwrap()
+        .func_wrap("call", |_, (_effect, _payload): (String, Vec<u8>)| {
+            Ok((Result::<u64, escrow_host::Refusal>::Ok(0),))
+        })
+        .unwrap();
+    let component = Component::from_file(engine, fixtures::BENCH_BASELINE).unwrap();
+    let pre = linker.instantiate_pre(&component).unwrap();
+    let input = CALLS_PER_RUN.to_string().into_bytes();
+    group.bench_function("bare_host_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = Store::new(engine, State::new());
+            escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+            let instance = pre.instantiate_async(&mut store).await.unwrap();
+            let run = instance
+                .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
+                .unwrap();
+            let (result,) = run.call_async(&mut store, (&input,)).await.unwrap();
+            assert!(result.is_ok());
+        })
+    });
+    group.finish();
+}
+
+fn whole_run(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host();
+    let mut group = c.benchmark_group("whole_run");
+    group.measurement_time(Duration::from_secs(5));
+
+    // escrow: fresh store and instance, two intents, commit, deliver to an
+    // in-memory handler.
+    let plugin = host.load_file(fixtures::BENCH).unwrap();
+    let options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .input("2");
+    group.bench_function("run_two_intents_committed", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = plugin.run(options.clone()).await.unwrap();
+            assert_eq!(outcome.dispatched().count(), 2);
+        })
+    });
+
+    // Baseline: a fresh store and an instantiation of the same component
+    // from `InstancePre`, nothing called.
+    let engine = host.engine();
+    let mut linker = Linker::<State>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    escrow_host::add_to_linker(&mut linker, |s| &mut s.escrow).unwrap();
+    let component = Component::from_file(engine, fixtures::BENCH).unwrap();
+    let pre: InstancePre<State> = linker.instantiate_pre(&component).unwrap();
+    group.bench_function("bare_instantiation", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = Store::new(engine, State::new());
+            escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+            pre.instantiate_async(&mut store).await.unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_call, whole_run);
+
+/// The mean of one benchmark of this run, in nanoseconds, from criterion's
+/// report on disk.
+fn mean_ns(group: &str, bench: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        Into::into,
+    );
+    let path = dir
+        .join("criterion")
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
+    let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    estimates["mean"]["point_estimate"].as_f64()
+}
+
+fn summary() {
+    let per = CALLS_PER_RUN as f64;
+    let rows = [
+        (
+            "record one intent",
+            ("per_call", "record_intent"),
+            "bare host call",
+            ("per_call", "bare_host_call"),
+            per,
+        ),
+        (
+            "whole run, 2 intents committed",
+            ("whole_run", "run_two_intents_committed"),
+            "bare instantiation",
+            ("whole_run", "bare_instantiation"),
+            1.0,
+        ),
+    ];
+    println!("\nescrow, each figure next to its baseline from this run:");
+    for (name, (g, b), base_name, (bg, bb), divisor) in rows {
+        match (mean_ns(g, b), mean_ns(bg, bb)) {
+            (Some(ours), Some(base)) => {
+                let (ours, base) = (ours / divisor, base / divisor);
+                println!(
+                    "  {name:<32} {:>10}   {base_name:<20} {:>10}   ratio {:.2}x",
+                    human(ours),
+                    human(base),
+                    ours / base
+                );
+            }
+            _ => println!("  {name:<32} (not measured in this run)"),
+        }
+    }
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else if ns >= 1_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
