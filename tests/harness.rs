@@ -18,6 +18,11 @@ pub use escrow_fixtures as fixtures;
 #[doc = include_str!("../README.md")]
 struct Readme;
 
+/// The Rust examples of `docs/embedding.md` compile.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/embedding.md")]
+struct EmbeddingDocs;
+
 /// The host every test shares: compiling a fixture once per test binary
 /// keeps the suite fast.
 pub fn host() -> &'static Host {
