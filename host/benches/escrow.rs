@@ -169,8 +169,9 @@ fn whole_run(c: &mut Criterion) {
 
 criterion_group!(benches, per_call, whole_run);
 
-/// The mean of one benchmark of this run, in nanoseconds, from criterion's
-/// report on disk.
+/// The figure criterion prints for one benchmark of this run (its slope
+/// estimate, or the mean where there is none), in nanoseconds, read from
+/// criterion's report on disk.
 fn mean_ns(group: &str, bench: &str) -> Option<f64> {
     let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
@@ -182,7 +183,9 @@ fn mean_ns(group: &str, bench: &str) -> Option<f64> {
         .join(bench)
         .join("new/estimates.json");
     let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    estimates["mean"]["point_estimate"].as_f64()
+    estimates["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| estimates["mean"]["point_estimate"].as_f64())
 }
 
 fn summary() {

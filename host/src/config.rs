@@ -228,7 +228,7 @@ impl Config {
     pub fn grants(&self) -> Result<Grants, String> {
         let mut grants = Grants::new()
             .effects(self.grants.effects.iter().cloned())
-            .map_err(|e: NameError| format!("grants.effects: {e}"))?;
+            .map_err(|e: NameError| format!("effect grant: {e}"))?;
         for dir in &self.grants.dirs {
             grants = grants.dir(self.base.join(&dir.host), dir.guest.clone(), dir.writable);
         }
@@ -342,7 +342,7 @@ mod tests {
         let error = parse("[grants]\neffects = [\"email.{a,b}\"]")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("grants.effects"), "{error}");
+        assert!(error.contains("effect grant"), "{error}");
     }
 
     #[test]

@@ -133,31 +133,31 @@ impl EscrowCtx {
         }
         let failed = result.is_err();
         let grants = self.grants;
+        let run_failed: Arc<str> = Arc::from("the run failed");
+        // Most intents of a run share a handful of rules: keep the last one
+        // made so that equal texts share one allocation.
+        let mut last: Option<Arc<str>> = None;
+        let mut text_rule = |text: Cow<'static, str>| match &last {
+            Some(rule) if **rule == *text => Arc::clone(rule),
+            _ => Arc::clone(last.insert(Arc::from(text.as_ref()))),
+        };
         let intents = self
             .records
             .into_iter()
             .map(|record| {
-                let (fate, rule) = match record.state {
-                    State::Held(_) if failed => (Fate::Discarded, Cow::Borrowed("the run failed")),
-                    State::Held(hold) => (
-                        match hold {
-                            Hold::Commit => Fate::Committed,
-                            Hold::Drop => Fate::Dropped,
-                            Hold::Block => Fate::Blocked,
-                        },
-                        rule_text(&grants, record.rule),
-                    ),
-                    State::Refused(refusal) => {
-                        (Fate::Refused(refusal), rule_text(&grants, record.rule))
+                let (fate, rule) = match (record.state, record.rule) {
+                    (State::Held(_), _) if failed => (Fate::Discarded, Arc::clone(&run_failed)),
+                    (state, Rule::Grant(index)) => {
+                        (settled(state), Arc::clone(grants.effect_rule(index)))
                     }
-                    State::Discarded => (Fate::Discarded, rule_text(&grants, record.rule)),
+                    (state, Rule::Text(text)) => (settled(state), text_rule(text)),
                 };
                 Intent {
                     seq: record.seq,
                     effect: record.effect,
                     payload: record.payload,
                     fate,
-                    rule: rule.into_owned(),
+                    rule,
                 }
             })
             .collect();
@@ -165,9 +165,13 @@ impl EscrowCtx {
     }
 }
 
-fn rule_text(grants: &Grants, rule: Rule) -> Cow<'static, str> {
-    match rule {
-        Rule::Grant(index) => Cow::Owned(format!("granted by {}", grants.effect_patterns()[index])),
-        Rule::Text(text) => text,
+/// The fate of a record of a run that succeeded.
+fn settled(state: State) -> Fate {
+    match state {
+        State::Held(Hold::Commit) => Fate::Committed,
+        State::Held(Hold::Drop) => Fate::Dropped,
+        State::Held(Hold::Block) => Fate::Blocked,
+        State::Refused(refusal) => Fate::Refused(refusal),
+        State::Discarded => Fate::Discarded,
     }
 }

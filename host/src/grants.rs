@@ -7,6 +7,7 @@
 //! variables or arguments.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::patterns::{EffectPatterns, NameError};
 
@@ -14,6 +15,9 @@ use crate::patterns::{EffectPatterns, NameError};
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
     effects: EffectPatterns,
+    /// `granted by <pattern>` for each effect pattern, made once so that
+    /// settling a committed intent allocates no message.
+    effect_rules: Vec<Arc<str>>,
     dirs: Vec<DirGrant>,
     env: Vec<(String, String)>,
 }
@@ -48,6 +52,12 @@ impl Grants {
         S: Into<String>,
     {
         self.effects = EffectPatterns::new(patterns)?;
+        self.effect_rules = self
+            .effects
+            .patterns()
+            .iter()
+            .map(|p| format!("granted by {p}").into())
+            .collect();
         Ok(self)
     }
 
@@ -82,6 +92,11 @@ impl Grants {
     /// `effect`.
     pub(crate) fn effect_grant_index(&self, effect: &str) -> Option<usize> {
         self.effects.position(effect)
+    }
+
+    /// The rule of an intent granted by the pattern at `index`.
+    pub(crate) fn effect_rule(&self, index: usize) -> &Arc<str> {
+        &self.effect_rules[index]
     }
 
     /// The granted effect patterns.

@@ -2,6 +2,7 @@
 //! its fate and the rule that decided it, dispatch results and timings.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::bindings::escrow::host::types::Refusal;
@@ -98,8 +99,9 @@ pub struct Intent {
     /// What became of it.
     pub fate: Fate,
     /// The rule that decided the fate: the grant that allowed it, the policy
-    /// that withheld it, or why it was discarded.
-    pub rule: String,
+    /// that withheld it, or why it was discarded. Shared between the intents
+    /// a rule decided.
+    pub rule: Arc<str>,
 }
 
 /// What became of an intent.

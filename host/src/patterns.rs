@@ -5,7 +5,7 @@
 //! dots included: `email.*` matches `email.send` and `email.batch.send`, and
 //! `*` alone matches every effect.
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use wildmatch::WildMatch;
 
 use crate::limits::MAX_EFFECT_NAME_BYTES;
 
@@ -60,12 +60,12 @@ fn check(name: &str, pattern: bool) -> Result<(), NameError> {
     }
 }
 
-/// A set of effect patterns, compiled once and matched per request. The
-/// default set is empty and matches nothing.
+/// A list of effect patterns, compiled once and matched per request, in
+/// order. The default list is empty and matches nothing.
 #[derive(Debug, Clone, Default)]
 pub struct EffectPatterns {
     patterns: Vec<String>,
-    set: GlobSet,
+    matchers: Vec<WildMatch>,
 }
 
 impl EffectPatterns {
@@ -81,19 +81,11 @@ impl EffectPatterns {
         S: Into<String>,
     {
         let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
-        let mut builder = GlobSetBuilder::new();
-        for pattern in &patterns {
-            check(pattern, true)?;
-            // Only `*` survives `check`, so every other glob metacharacter is
-            // already excluded and building cannot fail.
-            let glob = GlobBuilder::new(pattern)
-                .literal_separator(false)
-                .build()
-                .expect("a checked pattern is a valid glob");
-            builder.add(glob);
-        }
-        let set = builder.build().expect("a set of valid globs builds");
-        Ok(Self { patterns, set })
+        // `check` admits `*` and nothing else the matcher treats specially
+        // (its single-character wildcard `?` is not an effect-name character).
+        patterns.iter().try_for_each(|p| check(p, true))?;
+        let matchers = patterns.iter().map(|p| WildMatch::new(p)).collect();
+        Ok(Self { patterns, matchers })
     }
 
     /// The first pattern (in the order given) that matches `effect`.
@@ -104,12 +96,12 @@ impl EffectPatterns {
     /// The index of the first pattern (in the order given) that matches
     /// `effect`.
     pub fn position(&self, effect: &str) -> Option<usize> {
-        self.set.matches(effect).into_iter().min()
+        self.matchers.iter().position(|m| m.matches(effect))
     }
 
     /// Whether any pattern matches `effect`.
     pub fn is_match(&self, effect: &str) -> bool {
-        self.set.is_match(effect)
+        self.position(effect).is_some()
     }
 
     /// The patterns, as given.
@@ -117,7 +109,7 @@ impl EffectPatterns {
         &self.patterns
     }
 
-    /// Whether the set has no patterns.
+    /// Whether the list has no patterns.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

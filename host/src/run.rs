@@ -171,7 +171,9 @@ impl Plugin {
                 options.limits.max_memory_bytes
             )));
         }
-        let _slot = self
+        // Slots bound the instances alive at once; the permit is given back
+        // as soon as the store is gone, before delivery.
+        let slot = self
             .host
             .slots()
             .acquire()
@@ -193,20 +195,19 @@ impl Plugin {
         store.limiter(|state| &mut state.memory);
         set_deadline(&mut store, deadline);
 
-        let guest = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => {
-                let instantiated = Instant::now();
-                let returned = instance.call_run(&mut store, &options.input).await;
-                (instantiated, guest_result(returned))
-            }
+        let instance = self.pre.instantiate_async(&mut store).await;
+        let instantiated = Instant::now();
+        let guest = match instance {
+            Ok(instance) => guest_result(instance.call_run(&mut store, &options.input).await),
+            // The initial memory may already exceed the cap.
             Err(error) => match error.downcast_ref::<LimitExceeded>() {
-                Some(LimitExceeded(limit)) => (Instant::now(), Err(Failure::Limit(*limit))),
+                Some(LimitExceeded(limit)) => Err(Failure::Limit(*limit)),
                 None => return Err(Error::Instantiate(error)),
             },
         };
-        let (instantiated, guest) = guest;
         let called = Instant::now();
         let (result, mut intents) = store.into_data().escrow.finish(guest);
+        drop(slot);
         let settled = Instant::now();
         if result.is_ok() {
             self.sinks.dispatch(&mut intents).await;

@@ -64,10 +64,19 @@ pub trait Sink: Send + Sync + 'static {
 
 /// Routes committed intents to sinks by effect pattern; the first route
 /// whose pattern matches an effect takes it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Sinks {
     routes: Vec<(EffectPatterns, Arc<dyn Sink>)>,
-    timeout: Option<Duration>,
+    timeout: Duration,
+}
+
+impl Default for Sinks {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            timeout: DEFAULT_DELIVERY_TIMEOUT,
+        }
+    }
 }
 
 impl fmt::Debug for Sinks {
@@ -109,14 +118,14 @@ impl Sinks {
     /// Sets how long one delivery may take before it counts as failed
     /// (default [`DEFAULT_DELIVERY_TIMEOUT`]).
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.timeout = Some(timeout);
+        self.timeout = timeout;
         self
     }
 
     /// Delivers every [`Fate::Committed`] intent of `intents`, in order, and
     /// turns its fate into [`Fate::Dispatched`] with the sink's answer.
     pub async fn dispatch(&self, intents: &mut [Intent]) {
-        let timeout = self.timeout.unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+        let timeout = self.timeout;
         for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
             let delivery = match self.routes.iter().find(|(p, _)| p.is_match(&intent.effect)) {
                 None => Delivery::NoSink,

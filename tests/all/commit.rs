@@ -68,7 +68,7 @@ async fn a_run_that_returns_err_discards_every_intent_and_dispatches_nothing() {
         Err(Failure::GuestError("the orders table is read-only".into()))
     );
     assert_eq!(fates(&outcome), [("payments.charge", "discarded")]);
-    assert_eq!(outcome.intents[0].rule, "the run failed");
+    assert_eq!(&*outcome.intents[0].rule, "the run failed");
     assert!(recorder.seen().is_empty());
 }
 

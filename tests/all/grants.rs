@@ -30,7 +30,7 @@ async fn an_effect_without_a_grant_is_refused_not_granted_under_every_policy() {
             "{name}: {:?}",
             intent.fate
         );
-        assert_eq!(intent.rule, "no grant covers it", "{name}");
+        assert_eq!(&*intent.rule, "no grant covers it", "{name}");
         assert_eq!(
             intent.payload, b"5",
             "{name}: the refused request is recorded whole"
@@ -78,7 +78,7 @@ async fn a_grant_pattern_covers_its_family_of_effects_and_no_other() {
             ("emails.send", "refused")
         ]
     );
-    assert_eq!(outcome.intents[0].rule, "granted by email.*");
+    assert_eq!(&*outcome.intents[0].rule, "granted by email.*");
 }
 
 #[tokio::test]

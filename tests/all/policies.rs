@@ -30,7 +30,7 @@ async fn drop_records_every_intent_and_dispatches_none() {
         outcome.intents[1].payload, br#""hi""#,
         "dropped intents keep their payload for inspection"
     );
-    assert_eq!(outcome.intents[0].rule, "policy drop");
+    assert_eq!(&*outcome.intents[0].rule, "policy drop");
     assert!(recorder.seen().is_empty());
 }
 
@@ -97,7 +97,7 @@ async fn block_keeps_matching_intents_visible_and_dispatches_only_the_others() {
             ("email.batch.send", "blocked")
         ]
     );
-    assert_eq!(outcome.intents[0].rule, "block email.*");
+    assert_eq!(&*outcome.intents[0].rule, "block email.*");
     assert_eq!(recorder.effects(), ["orders.save"]);
 }
 
@@ -141,7 +141,7 @@ async fn a_custom_policy_decides_each_intent_from_its_effect_and_payload() {
             ("analytics.track", "dropped")
         ]
     );
-    assert_eq!(outcome.intents[1].rule, "charges above 100 need review");
+    assert_eq!(&*outcome.intents[1].rule, "charges above 100 need review");
     assert_eq!(recorder.seen().len(), 1);
     assert_eq!(recorder.seen()[0].payload, br#"{"amount":50}"#);
 }

@@ -65,7 +65,7 @@ async fn a_rolled_back_scope_discards_its_intents_and_the_run_goes_on() {
             ("c.after", "dispatched")
         ]
     );
-    assert_eq!(outcome.intents[1].rule, "scope 1 rolled back");
+    assert_eq!(&*outcome.intents[1].rule, "scope 1 rolled back");
     assert_eq!(recorder.effects(), ["a.before", "c.after"]);
     let pending = &results(&outcome)[3];
     assert_eq!(
@@ -91,7 +91,7 @@ async fn dropping_a_scope_unfinished_rolls_it_back() {
         [("b.inside", "discarded"), ("c.after", "dispatched")]
     );
     assert_eq!(
-        outcome.intents[0].rule,
+        &*outcome.intents[0].rule,
         "scope 1 was dropped without commit or rollback"
     );
 }
@@ -108,7 +108,7 @@ async fn a_scope_still_open_when_the_run_ends_is_rolled_back() {
         [("a.before", "dispatched"), ("b.inside", "discarded")]
     );
     assert_eq!(
-        outcome.intents[1].rule,
+        &*outcome.intents[1].rule,
         "scope 1 was still open when the run ended"
     );
 }
@@ -133,7 +133,7 @@ async fn ending_an_outer_scope_first_rolls_back_the_inner_scope_still_open() {
         [("a.outer", "dispatched"), ("b.inner", "discarded")]
     );
     assert_eq!(
-        outcome.intents[1].rule,
+        &*outcome.intents[1].rule,
         "scope 2 was still open when scope 1 ended"
     );
 }
@@ -151,7 +151,7 @@ async fn scopes_nest_and_an_inner_rollback_keeps_the_outer_scope_intents() {
     let outcome = run_script(steps, granted(), &recorder).await;
 
     assert_eq!(recorder.effects(), ["a.outer", "c.outer"]);
-    assert_eq!(outcome.intents[1].rule, "scope 2 rolled back");
+    assert_eq!(&*outcome.intents[1].rule, "scope 2 rolled back");
 }
 
 #[tokio::test]
@@ -172,7 +172,7 @@ async fn a_drop_scope_keeps_its_intents_from_dispatch_while_the_rest_commit() {
             ("c.after", "dispatched")
         ]
     );
-    assert_eq!(outcome.intents[1].rule, "scope 1 policy drop");
+    assert_eq!(&*outcome.intents[1].rule, "scope 1 policy drop");
     assert_eq!(recorder.effects(), ["a.before", "c.after"]);
 }
 
@@ -216,7 +216,7 @@ async fn a_block_scope_blocks_matching_effects_only_inside_it() {
             ("email.outside", "dispatched")
         ]
     );
-    assert_eq!(outcome.intents[0].rule, "scope 1 block email.*");
+    assert_eq!(&*outcome.intents[0].rule, "scope 1 block email.*");
 }
 
 #[tokio::test]
@@ -251,7 +251,7 @@ async fn a_nested_scope_narrows_a_block_policy_and_both_blocks_apply() {
         ]
     );
     assert_eq!(
-        outcome.intents[0].rule, "block email.*",
+        &*outcome.intents[0].rule, "block email.*",
         "the outermost rule decides"
     );
     assert_eq!(recorder.effects(), ["orders.save"]);

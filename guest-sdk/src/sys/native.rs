@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use wildmatch::WildMatch;
 
 use crate::Refusal;
 #[cfg(feature = "intents")]
@@ -29,7 +29,7 @@ thread_local! {
 
 /// One thread's sandbox.
 pub(crate) struct State {
-    grants: Option<GlobSet>,
+    grants: Option<Patterns>,
     policy: Rules,
     seq: u64,
     records: Vec<RecordedIntent>,
@@ -49,7 +49,7 @@ enum Rules {
     Commit,
     Drop,
     AssertNone,
-    Block(GlobSet),
+    Block(Patterns),
 }
 
 impl Rules {
@@ -58,7 +58,7 @@ impl Rules {
             ScopePolicy::Inherit => Rules::Commit,
             ScopePolicy::Drop => Rules::Drop,
             ScopePolicy::AssertNone => Rules::AssertNone,
-            ScopePolicy::Block(patterns) => Rules::Block(glob_set(patterns)?),
+            ScopePolicy::Block(patterns) => Rules::Block(Patterns::new(patterns)?),
         })
     }
 
@@ -69,7 +69,7 @@ impl Rules {
             Rules::AssertNone => Fate::Refused(Refusal::Forbidden(format!(
                 "`{effect}`: policy assert-none"
             ))),
-            Rules::Block(set) if set.is_match(effect) => Fate::Blocked,
+            Rules::Block(set) if set.matches(effect) => Fate::Blocked,
             Rules::Block(_) => Fate::Committed,
         }
     }
@@ -93,19 +93,24 @@ fn check_name(name: &str, pattern: bool) -> Result<(), String> {
     }
 }
 
-fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
-    let mut set = GlobSetBuilder::new();
-    for pattern in patterns {
-        check_name(pattern, true)?;
-        set.add(Glob::new(pattern).map_err(|e| e.to_string())?);
+/// Effect patterns, where `*` matches any run of characters.
+struct Patterns(Vec<WildMatch>);
+
+impl Patterns {
+    fn new(patterns: &[String]) -> Result<Self, String> {
+        patterns.iter().try_for_each(|p| check_name(p, true))?;
+        Ok(Self(patterns.iter().map(|p| WildMatch::new(p)).collect()))
     }
-    set.build().map_err(|e| e.to_string())
+
+    fn matches(&self, effect: &str) -> bool {
+        self.0.iter().any(|m| m.matches(effect))
+    }
 }
 
 impl State {
     pub(crate) fn new(grants: Option<&[String]>, policy: &ScopePolicy) -> Result<Self, String> {
         Ok(Self {
-            grants: grants.map(glob_set).transpose()?,
+            grants: grants.map(Patterns::new).transpose()?,
             policy: Rules::new(policy)?,
             seq: 0,
             records: Vec::new(),
@@ -128,7 +133,7 @@ impl State {
         let seq = self.seq;
         let fate = if let Err(e) = check_name(effect, false) {
             Fate::Refused(Refusal::Invalid(e))
-        } else if self.grants.as_ref().is_some_and(|g| !g.is_match(effect)) {
+        } else if self.grants.as_ref().is_some_and(|g| !g.matches(effect)) {
             Fate::Refused(Refusal::NotGranted(format!(
                 "`{effect}` is not covered by the plugin's grants"
             )))

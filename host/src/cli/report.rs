@@ -23,7 +23,7 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
                 "effect": intent.effect,
                 "payload": bytes_value(&intent.payload),
                 "fate": intent.fate.name(),
-                "rule": intent.rule,
+                "rule": &*intent.rule,
             });
             match &intent.fate {
                 Fate::Dispatched(delivery) => entry["delivery"] = delivery_value(delivery),

@@ -1,12 +1,10 @@
 //! `escrow run`: run one plugin and deliver its committed intents.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use escrow_host::config::{self, Config, PolicyName, SinkSpec};
+use escrow_host::config::{Config, PolicyName, SinkSpec};
 use escrow_host::sinks::{Handler, JsonLines, SinkError};
 use escrow_host::{Host, Intent, RunOptions, Status};
 
@@ -52,26 +50,19 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    // Flags add to the file's grants and blocks, and override the rest.
+    config.grants.effects.extend(args.grant.iter().cloned());
+    config.block.extend(args.block.iter().cloned());
+    config.policy = args.policy.unwrap_or(config.policy);
+    config.limits.timeout_ms = args.timeout_ms.or(config.limits.timeout_ms);
+    let grants = config.grants().map_err(anyhow::Error::msg)?;
+    let policy = config.run_policy().map_err(anyhow::Error::msg)?;
+    let limits = config.limits();
     let input = read_input(&args)?;
-
-    let mut grants = config.grants.effects.clone();
-    grants.extend(args.grant.iter().cloned());
-    let grants = config
-        .grants()
-        .and_then(|g| g.effects(grants).map_err(|e| format!("--grant: {e}")))
-        .map_err(anyhow::Error::msg)?;
-    let policy_name = args.policy.unwrap_or(config.policy);
-    let mut block = config.block.clone();
-    block.extend(args.block.iter().cloned());
-    let policy = config::build_policy(policy_name, &block).map_err(anyhow::Error::msg)?;
-    let mut limits = config.limits();
-    if let Some(ms) = args.timeout_ms {
-        limits.deadline = Duration::from_millis(ms);
-    }
 
     // With --json the report is the output: committed intents are listed in
     // it unless a sink is named.
@@ -97,7 +88,7 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
     let options = RunOptions::new()
         .input(input)
         .grants(grants)
-        .shared_policy(Arc::clone(&policy))
+        .shared_policy(policy)
         .limits(limits);
     let outcome = plugin.run_blocking(options)?;
 
