@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use escrow_fixtures as fixtures;
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::{Handler, SinkError};
@@ -167,7 +167,6 @@ fn whole_run(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_call, whole_run);
 
 /// The figure criterion prints for one benchmark of this run (its slope
 /// estimate, or the mean where there is none), in nanoseconds, read from
@@ -234,7 +233,9 @@ fn human(ns: f64) -> String {
 }
 
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut criterion = Criterion::default().configure_from_args();
+    per_call(&mut criterion);
+    whole_run(&mut criterion);
+    criterion.final_summary();
     summary();
 }

@@ -6,12 +6,11 @@
 //! the guest has stopped, [`EscrowCtx::finish`] decides every intent's fate.
 //! Nothing in here performs an effect.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::grants::Grants;
 use crate::limits::Limits;
-use crate::outcome::{Failure, Fate, Intent, Refusal};
+use crate::outcome::{Failure, Fate, Intent};
 use crate::policy::Policy;
 
 /// A run's escrow state, kept in the store's data.
@@ -26,8 +25,11 @@ pub struct EscrowCtx {
     pub(crate) limits: Limits,
     /// Requests made so far, refused ones included: the last sequence number.
     pub(crate) requests: u64,
-    /// Every recorded request, in request order.
-    pub(crate) records: Vec<Record>,
+    /// Every recorded request, in request order. While the run goes on, an
+    /// accepted intent's fate is what the policies decided (`Committed`,
+    /// `Dropped`, `Blocked`) and a scope's rollback makes it `Discarded`;
+    /// [`EscrowCtx::finish`] settles the rest.
+    pub(crate) records: Vec<Intent>,
     /// Open nested scopes, outermost first.
     pub(crate) frames: Vec<Frame>,
     pub(crate) next_frame: u32,
@@ -36,43 +38,9 @@ pub struct EscrowCtx {
     /// The first reason the run must fail even if the guest carries on (a
     /// forbidden effect, an exceeded limit).
     pub(crate) violation: Option<Failure>,
-}
-
-/// One recorded request.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) seq: u64,
-    pub(crate) effect: String,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) state: State,
-    pub(crate) rule: Rule,
-}
-
-/// Where a recorded request stands while the run goes on.
-#[derive(Debug)]
-pub(crate) enum State {
-    /// Accepted; its fate is settled when the run ends.
-    Held(Hold),
-    /// Refused when requested.
-    Refused(Refusal),
-    /// Thrown away by a nested scope's rollback.
-    Discarded,
-}
-
-/// What the policies decided for an accepted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hold {
-    Commit,
-    Drop,
-    Block,
-}
-
-/// The rule behind a record's state. Grants are kept as an index so that
-/// the common path (a granted, committed intent) allocates no message.
-#[derive(Debug)]
-pub(crate) enum Rule {
-    Grant(usize),
-    Text(Cow<'static, str>),
+    /// The last rule text turned into a shared string: most intents of a run
+    /// share a handful of rules, so equal texts share one allocation.
+    last_rule: Option<Arc<str>>,
 }
 
 /// An open nested scope.
@@ -98,6 +66,7 @@ impl EscrowCtx {
             next_frame: 1,
             payload_bytes: 0,
             violation: None,
+            last_rule: None,
         }
     }
 
@@ -115,10 +84,11 @@ impl EscrowCtx {
     /// Ends the run: combines what the guest returned with any violation the
     /// host noted, and settles the fate of every request.
     ///
-    /// On success, intents the policies committed become [`Fate::Committed`]
-    /// (ready for [`Host::dispatch`](crate::Host::dispatch)), and scopes the
-    /// guest left open are rolled back. On failure every held intent is
-    /// [`Fate::Discarded`]. Refused requests stay [`Fate::Refused`].
+    /// Scopes the guest left open are rolled back. On success, intents keep
+    /// the fate the policies gave them: [`Fate::Committed`] ones are ready for
+    /// [`Host::dispatch`](crate::Host::dispatch). On failure every committed,
+    /// dropped or blocked intent becomes [`Fate::Discarded`]. Refused requests
+    /// stay [`Fate::Refused`].
     pub fn finish(
         mut self,
         guest: Result<Vec<u8>, Failure>,
@@ -131,47 +101,23 @@ impl EscrowCtx {
             let rule = format!("scope {} was still open when the run ended", frame.id);
             self.discard_from(frame.start, rule);
         }
-        let failed = result.is_err();
-        let grants = self.grants;
-        let run_failed: Arc<str> = Arc::from("the run failed");
-        // Most intents of a run share a handful of rules: keep the last one
-        // made so that equal texts share one allocation.
-        let mut last: Option<Arc<str>> = None;
-        let mut text_rule = |text: Cow<'static, str>| match &last {
-            Some(rule) if **rule == *text => Arc::clone(rule),
-            _ => Arc::clone(last.insert(Arc::from(text.as_ref()))),
-        };
-        let intents = self
-            .records
-            .into_iter()
-            .map(|record| {
-                let (fate, rule) = match (record.state, record.rule) {
-                    (State::Held(_), _) if failed => (Fate::Discarded, Arc::clone(&run_failed)),
-                    (state, Rule::Grant(index)) => {
-                        (settled(state), Arc::clone(grants.effect_rule(index)))
-                    }
-                    (state, Rule::Text(text)) => (settled(state), text_rule(text)),
-                };
-                Intent {
-                    seq: record.seq,
-                    effect: record.effect,
-                    payload: record.payload,
-                    fate,
-                    rule,
+        if result.is_err() {
+            let failed: Arc<str> = Arc::from("the run failed");
+            for intent in &mut self.records {
+                if intent.fate.is_held() {
+                    intent.fate = Fate::Discarded;
+                    intent.rule = Arc::clone(&failed);
                 }
-            })
-            .collect();
-        (result, intents)
+            }
+        }
+        (result, self.records)
     }
-}
 
-/// The fate of a record of a run that succeeded.
-fn settled(state: State) -> Fate {
-    match state {
-        State::Held(Hold::Commit) => Fate::Committed,
-        State::Held(Hold::Drop) => Fate::Dropped,
-        State::Held(Hold::Block) => Fate::Blocked,
-        State::Refused(refusal) => Fate::Refused(refusal),
-        State::Discarded => Fate::Discarded,
+    /// `text` as a shared rule, reusing the last one made when equal.
+    pub(crate) fn rule(&mut self, text: &str) -> Arc<str> {
+        match &self.last_rule {
+            Some(rule) if **rule == *text => Arc::clone(rule),
+            _ => Arc::clone(self.last_rule.insert(Arc::from(text))),
+        }
     }
 }

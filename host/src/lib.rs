@@ -77,3 +77,14 @@ pub use outcome::{Delivery, Failure, Fate, Intent, Outcome, Refusal, Status, Tim
 pub use plugin::Plugin;
 pub use policy::Policy;
 pub use run::{MAX_TABLE_ELEMENTS, RunOptions, set_deadline};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_and_plugins_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<crate::Host>();
+        shared::<crate::Plugin>();
+        shared::<crate::RunOptions>();
+    }
+}

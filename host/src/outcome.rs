@@ -124,6 +124,11 @@ pub enum Fate {
 }
 
 impl Fate {
+    /// Whether the intent was accepted and is still waiting for the run's end.
+    pub(crate) fn is_held(&self) -> bool {
+        matches!(self, Fate::Committed | Fate::Dropped | Fate::Blocked)
+    }
+
     /// The fate's name: `committed`, `dispatched`, `dropped`, `blocked`,
     /// `refused` or `discarded`.
     pub fn name(&self) -> &'static str {

@@ -401,3 +401,30 @@ fn inspect_of_a_component_with_foreign_imports_says_it_cannot_run_here() {
     assert!(text.contains("not provided by escrow"), "{text}");
     assert!(text.contains("runs on this host: no"), "{text}");
 }
+
+#[test]
+fn input_file_is_read_as_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("order.json");
+    std::fs::write(&input, r#"{"id": 99}"#).unwrap();
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--input-file",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(json_report(&output)["result"]["order"], 99);
+}
+
+#[test]
+fn a_truncated_component_is_one_line_saying_it_is_not_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("broken.wasm");
+    let bytes = std::fs::read(fixtures::CHECKOUT).unwrap();
+    std::fs::write(&plugin, &bytes[..bytes.len() / 3]).unwrap();
+    let error = one_line_error(&["run", plugin.to_str().unwrap()]);
+    assert!(error.contains("is not a valid component"), "{error}");
+}

@@ -2,11 +2,12 @@
 //! a successful run.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::bindings::escrow::host::intents::{Host, IntentInfo};
-use crate::ctx::{EscrowCtx, Hold, Record, Rule, State};
+use crate::ctx::EscrowCtx;
 use crate::limits::{Limit, MAX_EFFECT_NAME_BYTES};
-use crate::outcome::{Failure, Refusal};
+use crate::outcome::{Failure, Fate, Intent, Refusal};
 use crate::patterns::check_effect_name;
 use crate::policy::Decision;
 
@@ -53,10 +54,10 @@ impl Host for EscrowCtx {
             return Err(self.refuse(seq, effect, payload, refusal, "no grant covers it"));
         };
 
-        let (hold, rule) = match self.decide(&effect, &payload) {
-            Decision::Commit => (Hold::Commit, Rule::Grant(grant)),
-            Decision::Drop(rule) => (Hold::Drop, Rule::Text(rule)),
-            Decision::Block(rule) => (Hold::Block, Rule::Text(rule)),
+        let (fate, rule) = match self.decide(&effect, &payload) {
+            Decision::Commit => (Fate::Committed, Arc::clone(self.grants.effect_rule(grant))),
+            Decision::Drop(rule) => (Fate::Dropped, self.rule(&rule)),
+            Decision::Block(rule) => (Fate::Blocked, self.rule(&rule)),
             Decision::Forbid(rule) => {
                 self.violate(Failure::Forbidden {
                     effect: effect.clone(),
@@ -64,15 +65,15 @@ impl Host for EscrowCtx {
                 });
                 let refusal =
                     Refusal::Forbidden(format!("`{effect}`: {rule} forbids effects here"));
-                return Err(self.refuse(seq, effect, payload, refusal, rule));
+                return Err(self.refuse(seq, effect, payload, refusal, &rule));
             }
         };
         self.payload_bytes += payload.len();
-        self.records.push(Record {
+        self.records.push(Intent {
             seq,
             effect,
             payload,
-            state: State::Held(hold),
+            fate,
             rule,
         });
         Ok(seq)
@@ -81,7 +82,7 @@ impl Host for EscrowCtx {
     fn pending(&mut self) -> Vec<IntentInfo> {
         self.records
             .iter()
-            .filter(|r| matches!(r.state, State::Held(_)))
+            .filter(|r| r.fate.is_held())
             .map(|r| IntentInfo {
                 seq: r.seq,
                 effect: r.effect.clone(),
@@ -128,15 +129,16 @@ impl EscrowCtx {
         effect: String,
         payload: Vec<u8>,
         refusal: Refusal,
-        rule: impl Into<Cow<'static, str>>,
+        rule: &str,
     ) -> Refusal {
         self.payload_bytes += payload.len();
-        self.records.push(Record {
+        let rule = self.rule(rule);
+        self.records.push(Intent {
             seq,
             effect,
             payload,
-            state: State::Refused(refusal.clone()),
-            rule: Rule::Text(rule.into()),
+            fate: Fate::Refused(refusal.clone()),
+            rule,
         });
         refusal
     }

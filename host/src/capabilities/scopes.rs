@@ -4,14 +4,14 @@
 //! as its representation; the component model already checks that a guest
 //! only passes handles it owns, so no host table is needed.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
 use crate::bindings::escrow::host::scopes::{Host, HostScope, Scope, ScopePolicy};
-use crate::ctx::{EscrowCtx, Frame, Rule, State};
+use crate::ctx::{EscrowCtx, Frame};
 use crate::limits::{Limit, MAX_SCOPE_BLOCK_PATTERNS};
-use crate::outcome::{Failure, Refusal};
+use crate::outcome::{Failure, Fate, Refusal};
 use crate::policy::{AssertNone, Block, DropAll, Policy};
 
 impl Host for EscrowCtx {}
@@ -88,11 +88,11 @@ impl EscrowCtx {
     }
 
     pub(crate) fn discard_from(&mut self, start: usize, rule: String) {
-        let rule: Cow<'static, str> = Cow::Owned(rule);
-        for record in &mut self.records[start..] {
-            if matches!(record.state, State::Held(_)) {
-                record.state = State::Discarded;
-                record.rule = Rule::Text(rule.clone());
+        let rule: Arc<str> = Arc::from(rule);
+        for intent in &mut self.records[start..] {
+            if intent.fate.is_held() {
+                intent.fate = Fate::Discarded;
+                intent.rule = Arc::clone(&rule);
             }
         }
     }
