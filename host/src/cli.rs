@@ -1,6 +1,7 @@
 //! The `escrow` command line: a thin clap front over the library, one file
 //! per subcommand.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,15 @@ struct Cli {
 enum Command {
     Run(run::RunArgs),
     Inspect(inspect::InspectArgs),
+}
+
+/// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/escrow`, else `~/.cache/escrow`; none without a home.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("ESCROW_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("escrow")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/escrow")))
 }
 
 pub(crate) fn main() -> ExitCode {

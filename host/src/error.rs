@@ -62,6 +62,14 @@ pub enum Error {
     /// A blocking call was made from inside an async runtime.
     #[error("`run_blocking` was called from inside an async runtime; use `run(..).await` there")]
     BlockingInAsync,
+    /// The compilation cache directory could not be used.
+    #[error("cannot use `{}` as the compilation cache: {error:#}", path.display())]
+    Cache {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: wasmtime::Error,
+    },
     /// The host could not be built.
     #[error("cannot build the host: {0:#}")]
     Engine(wasmtime::Error),

@@ -1,7 +1,7 @@
 //! The host: one wasmtime engine, one linker, the sinks, and the shared state
 //! every run of every plugin uses.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -80,6 +80,7 @@ pub struct HostBuilder {
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
+    cache_dir: Option<PathBuf>,
 }
 
 impl Default for HostBuilder {
@@ -89,6 +90,7 @@ impl Default for HostBuilder {
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
+            cache_dir: None,
         }
     }
 }
@@ -140,6 +142,16 @@ impl HostBuilder {
         self
     }
 
+    /// Keeps compiled components in `dir` (created if needed), so that loading
+    /// the same component again, in this process or a later one, skips
+    /// compilation. Entries are keyed by the component's bytes and the
+    /// engine's settings.
+    #[cfg(feature = "cache")]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
     /// Builds the host and starts its deadline clock.
     ///
     /// # Errors
@@ -170,6 +182,10 @@ impl HostBuilder {
             // cheaper than mapping it copy-on-write afresh for every run.
             config.memory_init_cow(false);
         }
+        #[cfg(feature = "cache")]
+        if let Some(dir) = &self.cache_dir {
+            config.cache(Some(compile_cache(dir)?));
+        }
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
@@ -187,6 +203,21 @@ impl HostBuilder {
             }),
         })
     }
+}
+
+/// wasmtime's compilation cache in `dir`.
+#[cfg(feature = "cache")]
+fn compile_cache(dir: &Path) -> Result<wasmtime::Cache, Error> {
+    let cache_error = |error: std::io::Error| Error::Cache {
+        path: dir.to_owned(),
+        error: error.into(),
+    };
+    std::fs::create_dir_all(dir).map_err(cache_error)?;
+    // wasmtime wants an absolute directory.
+    let dir = dir.canonicalize().map_err(cache_error)?;
+    let mut cache = wasmtime::CacheConfig::new();
+    cache.with_directory(&dir);
+    wasmtime::Cache::new(cache).map_err(|error| Error::Cache { path: dir, error })
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.

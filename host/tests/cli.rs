@@ -11,6 +11,8 @@ fn escrow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escrow"))
         .args(args)
         .env_remove("ESCROW_LOG")
+        // A cache of the tests' own, kept between test runs.
+        .env("ESCROW_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"))
         .output()
         .expect("running escrow")
 }
@@ -427,4 +429,52 @@ fn a_truncated_component_is_one_line_saying_it_is_not_valid() {
     std::fs::write(&plugin, &bytes[..bytes.len() / 3]).unwrap();
     let error = one_line_error(&["run", plugin.to_str().unwrap()]);
     assert!(error.contains("is not a valid component"), "{error}");
+}
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_and_reused() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_escrow"))
+            .args(["run", fixtures::CHECKOUT, "--config", &example_config("checkout")])
+            .env("ESCROW_CACHE_DIR", cache.path())
+            .output()
+            .unwrap()
+    };
+    let files = || walk(cache.path());
+
+    assert_eq!(run().status.code(), Some(0));
+    let cached = files();
+    assert!(!cached.is_empty(), "the first run fills the cache");
+    let output = run();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 3);
+    assert_eq!(files(), cached, "the second run reuses the entry");
+}
+
+#[test]
+fn no_cache_leaves_the_cache_alone() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--no-cache"])
+        .env("ESCROW_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(walk(cache.path()).is_empty());
+}
+
+/// Every file under `dir`, recursively, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
 }

@@ -47,6 +47,9 @@ pub(crate) struct RunArgs {
     /// Print one JSON report of the run on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Compile the plugin afresh instead of using the on-disk cache.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
