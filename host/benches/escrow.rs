@@ -167,7 +167,6 @@ fn whole_run(c: &mut Criterion) {
     group.finish();
 }
 
-
 /// The figure criterion prints for one benchmark of this run (its slope
 /// estimate, or the mean where there is none), in nanoseconds, read from
 /// criterion's report on disk.

@@ -36,7 +36,11 @@ enum Command {
 /// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/escrow`, else `~/.cache/escrow`; none without a home.
 pub(crate) fn cache_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("ESCROW_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("escrow")))
         .or_else(|| var("HOME").map(|d| d.join(".cache/escrow")))

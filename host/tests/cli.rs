@@ -12,7 +12,10 @@ fn escrow(args: &[&str]) -> Output {
         .args(args)
         .env_remove("ESCROW_LOG")
         // A cache of the tests' own, kept between test runs.
-        .env("ESCROW_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"))
+        .env(
+            "ESCROW_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+        )
         .output()
         .expect("running escrow")
 }
@@ -436,7 +439,12 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
     let cache = tempfile::tempdir().unwrap();
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_escrow"))
-            .args(["run", fixtures::CHECKOUT, "--config", &example_config("checkout")])
+            .args([
+                "run",
+                fixtures::CHECKOUT,
+                "--config",
+                &example_config("checkout"),
+            ])
             .env("ESCROW_CACHE_DIR", cache.path())
             .output()
             .unwrap()
@@ -456,7 +464,13 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
 fn no_cache_leaves_the_cache_alone() {
     let cache = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_escrow"))
-        .args(["run", fixtures::CHECKOUT, "--config", &example_config("checkout"), "--no-cache"])
+        .args([
+            "run",
+            fixtures::CHECKOUT,
+            "--config",
+            &example_config("checkout"),
+            "--no-cache",
+        ])
         .env("ESCROW_CACHE_DIR", cache.path())
         .output()
         .unwrap();
@@ -464,14 +478,16 @@ fn no_cache_leaves_the_cache_alone() {
     assert!(walk(cache.path()).is_empty());
 }
 
-/// Every file under `dir`, recursively, sorted.
+/// The compiled entries under `dir`, recursively, sorted (not the cache's
+/// own bookkeeping: usage statistics and clean-up markers).
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if path.is_dir() {
             files.extend(walk(&path));
-        } else {
+        } else if !name.starts_with('.') && !name.ends_with(".stats") {
             files.push(path);
         }
     }

@@ -73,6 +73,9 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes);
+    if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
+        host = host.cache_dir(dir);
+    }
     host = match (sink, args.json) {
         (Some(SinkSpec::Stdout), true) => {
             bail!("--json prints the report on stdout; send intents to --sink file:PATH")
