@@ -159,3 +159,26 @@ async fn a_granted_directory_that_does_not_exist_is_a_host_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_guest_has_no_network() {
+    // A real server on loopback: a refused connection is the sandbox's doing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let steps = json!([{ "connect": address }]);
+    let outcome = run_script(steps, RunOptions::new(), &Recorder::new()).await;
+
+    let result = &results(&outcome)[0];
+    assert!(result.get("error").is_some(), "{result}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "no connection reached the server"
+    );
+}
+
+#[tokio::test]
+async fn the_guest_gets_no_arguments() {
+    let outcome = run_script(json!(["args"]), RunOptions::new(), &Recorder::new()).await;
+    assert_eq!(results(&outcome)[0], json!([]));
+}
