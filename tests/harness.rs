@@ -63,6 +63,11 @@ pub fn all_effects() -> Grants {
     Grants::new().effects(["*"]).unwrap()
 }
 
+/// Run options granting every effect.
+pub fn granted() -> RunOptions {
+    RunOptions::new().grants(all_effects())
+}
+
 /// Runs the scripted fixture with `steps` under `options`, delivering to
 /// `recorder`.
 pub async fn run_script(steps: Value, options: RunOptions, recorder: &Recorder) -> Outcome {

@@ -20,6 +20,14 @@ fn escrow(args: &[&str]) -> Output {
         .expect("running escrow")
 }
 
+/// `escrow run` of the checkout example with its config, and `extra` flags.
+fn checkout(extra: &[&str]) -> Output {
+    let config = example_config("checkout");
+    let mut args = vec!["run", fixtures::CHECKOUT, "--config", &config];
+    args.extend_from_slice(extra);
+    escrow(&args)
+}
+
 fn example_config(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
@@ -56,12 +64,7 @@ fn fates(report: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn run_prints_the_committed_intents_as_json_lines_and_exits_zero() {
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-    ]);
+    let output = checkout(&[]);
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let lines: Vec<Value> = stdout(&output)
@@ -83,14 +86,7 @@ fn run_prints_the_committed_intents_as_json_lines_and_exits_zero() {
 
 #[test]
 fn run_of_a_failing_checkout_prints_no_intents_and_exits_one() {
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-        "--input",
-        r#"{"fail": true}"#,
-    ]);
+    let output = checkout(&["--input", r#"{"fail": true}"#]);
 
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stdout(&output), "", "nothing is dispatched");
@@ -102,15 +98,7 @@ fn run_of_a_failing_checkout_prints_no_intents_and_exits_one() {
 
 #[test]
 fn run_json_reports_status_result_and_every_intent_with_its_fate() {
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-        "--input",
-        r#"{"id": 7}"#,
-        "--json",
-    ]);
+    let output = checkout(&["--input", r#"{"id": 7}"#, "--json"]);
 
     assert_eq!(output.status.code(), Some(0));
     let report = json_report(&output);
@@ -132,15 +120,7 @@ fn run_json_reports_status_result_and_every_intent_with_its_fate() {
 
 #[test]
 fn run_json_of_a_failed_run_reports_the_error_and_discarded_intents() {
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-        "--input",
-        r#"{"fail": true}"#,
-        "--json",
-    ]);
+    let output = checkout(&["--input", r#"{"fail": true}"#, "--json"]);
 
     assert_eq!(output.status.code(), Some(1));
     let report = json_report(&output);
@@ -256,14 +236,7 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
     let file = dir.path().join("out.jsonl");
     let sink = format!("file:{}", file.display());
     for _ in 0..2 {
-        let output = escrow(&[
-            "run",
-            fixtures::CHECKOUT,
-            "--config",
-            &example_config("checkout"),
-            "--sink",
-            &sink,
-        ]);
+        let output = checkout(&["--sink", &sink]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
         assert_eq!(stdout(&output), "");
     }
@@ -272,14 +245,7 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
 
 #[test]
 fn a_sink_that_cannot_write_makes_the_run_exit_three() {
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-        "--sink",
-        "file:/dev/full",
-    ]);
+    let output = checkout(&["--sink", "file:/dev/full"]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("delivery failed"),
@@ -412,15 +378,7 @@ fn input_file_is_read_as_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("order.json");
     std::fs::write(&input, r#"{"id": 99}"#).unwrap();
-    let output = escrow(&[
-        "run",
-        fixtures::CHECKOUT,
-        "--config",
-        &example_config("checkout"),
-        "--input-file",
-        input.to_str().unwrap(),
-        "--json",
-    ]);
+    let output = checkout(&["--input-file", input.to_str().unwrap(), "--json"]);
     assert_eq!(json_report(&output)["result"]["order"], 99);
 }
 

@@ -4,13 +4,9 @@
 use std::time::{Duration, Instant};
 
 use escrow_host::limits::Limit;
-use escrow_host::{Failure, Fate, Limits, RunOptions, Status};
-use escrow_tests::{Recorder, all_effects, delivered, fates, results, run_script};
+use escrow_host::{Failure, Fate, Limits, Status};
+use escrow_tests::{Recorder, delivered, fates, granted, results, run_script};
 use serde_json::json;
-
-fn granted() -> RunOptions {
-    RunOptions::new().grants(all_effects())
-}
 
 #[tokio::test]
 async fn a_run_that_returns_ok_dispatches_its_intents_in_enqueue_order() {

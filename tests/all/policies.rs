@@ -4,13 +4,9 @@
 use std::borrow::Cow;
 
 use escrow_host::policy::{AssertNone, Block, Decision, DropAll, Policy};
-use escrow_host::{Failure, Fate, Refusal, RunOptions, Status};
-use escrow_tests::{Recorder, all_effects, fates, results, run_script};
+use escrow_host::{Failure, Fate, Refusal, Status};
+use escrow_tests::{Recorder, fates, granted, results, run_script};
 use serde_json::json;
-
-fn granted() -> RunOptions {
-    RunOptions::new().grants(all_effects())
-}
 
 #[tokio::test]
 async fn drop_records_every_intent_and_dispatches_none() {

@@ -2,13 +2,9 @@
 //! unfinished end) discards, and a scope can narrow the policy, never widen.
 
 use escrow_host::policy::{Block, DropAll};
-use escrow_host::{Failure, Fate, Refusal, RunOptions, Status};
-use escrow_tests::{Recorder, all_effects, fates, results, run_script};
+use escrow_host::{Failure, Fate, Refusal, Status};
+use escrow_tests::{Recorder, fates, granted, results, run_script};
 use serde_json::json;
-
-fn granted() -> RunOptions {
-    RunOptions::new().grants(all_effects())
-}
 
 fn defer(effect: &str) -> serde_json::Value {
     json!({ "defer": effect, "payload": effect })
