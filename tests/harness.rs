@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use escrow_host::sinks::{Sink, SinkError, Sinks};
+use escrow_host::CallError;
+use escrow_host::sinks::{Sink, Sinks};
 use escrow_host::{Fate, Grants, Host, Intent, Outcome, Plugin, RunOptions};
 use serde_json::Value;
 
@@ -149,9 +150,9 @@ impl Recorder {
 
 #[async_trait::async_trait]
 impl Sink for Recorder {
-    async fn deliver(&self, intent: &Intent) -> Result<(), SinkError> {
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
         if intent.effect.ends_with(".fail") {
-            return Err(SinkError::new(format!("{} is down", intent.effect)));
+            return Err(CallError::new(format!("{} is down", intent.effect)));
         }
         self.seen.lock().unwrap().push(Delivered {
             seq: intent.seq,

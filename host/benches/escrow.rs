@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use escrow_fixtures as fixtures;
+use escrow_host::CallError;
 use escrow_host::policy::DropAll;
-use escrow_host::sinks::{Handler, SinkError};
+use escrow_host::sinks::FnSink;
 use escrow_host::{EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy};
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
@@ -61,7 +62,7 @@ impl State {
 
 fn host() -> Host {
     Host::builder()
-        .route("*", Handler(|_: &Intent| Ok::<_, SinkError>(())))
+        .route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))
         .unwrap()
         .build()
         .unwrap()

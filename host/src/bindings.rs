@@ -14,6 +14,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "escrow:host/plugin",
+    imports: {
+        // Handlers are awaited; a call still running at the deadline stops
+        // the guest, so it may trap.
+        "escrow:host/effects": async | trappable,
+        // Rolling a scope back awaits its compensations.
+        "escrow:host/scopes": async,
+    },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],
 });

@@ -1,15 +1,16 @@
 //! The escrow WIT interfaces, one module each, implemented on [`EscrowCtx`].
 //!
 //! Each module checks a request against the run's grants, limits and
-//! policies and records it in the context. None of them performs an effect:
-//! deferred effects are dispatched by sinks after the run, and only if it
-//! succeeded.
+//! policies and records it in the context. Deferred effects are never
+//! performed here: sinks dispatch them after the run, and only if it
+//! succeeded. Immediate effects are performed by the embedder's handlers.
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::escrow::host;
 use crate::ctx::EscrowCtx;
 
+mod effects;
 mod intents;
 mod scopes;
 
@@ -23,13 +24,14 @@ mod scopes;
 /// # Errors
 ///
 /// Fails if `linker` already defines one of escrow's interfaces.
-pub fn add_to_linker<T: 'static>(
+pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut EscrowCtx,
 ) -> wasmtime::Result<()> {
     host::types::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::intents::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::scopes::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
+    host::effects::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     Ok(())
 }
 

@@ -1,39 +1,51 @@
-//! The per-run escrow context: the run's grants, policy and limits, and the
-//! record of every effect it requested, scope by scope.
+//! The per-run escrow context: the run's grants, policy, limits and
+//! handlers, and the record of every effect it requested, scope by scope.
 //!
 //! One [`EscrowCtx`] lives in each run's store. The capability modules
-//! (`capabilities/intents.rs`, `capabilities/scopes.rs`) record into it; when
-//! the guest has stopped, [`EscrowCtx::finish`] decides every intent's fate.
-//! Nothing in here performs an effect.
+//! (`capabilities/*.rs`) check requests and record into it; when the guest
+//! has stopped, [`EscrowCtx::finish`] runs what must be undone and settles
+//! every intent's fate. Deferred effects are never performed in here.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::grants::Grants;
-use crate::limits::Limits;
-use crate::outcome::{Failure, Fate, Intent};
-use crate::policy::Policy;
+use crate::handlers::{Handler, Handlers};
+use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
+use crate::outcome::{Compensation, Failure, Fate, Intent, Invocation, Outcome, Refusal};
+use crate::patterns::check_effect_name;
+use crate::policy::{Decision, Policy};
 
 /// A run's escrow state, kept in the store's data.
 ///
 /// Build one per run with [`EscrowCtx::new`], link the escrow interfaces with
 /// [`add_to_linker`](crate::add_to_linker), call the guest, then
 /// [`finish`](EscrowCtx::finish) it with what the guest returned.
-#[derive(Debug)]
 pub struct EscrowCtx {
     pub(crate) grants: Arc<Grants>,
     pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) handlers: Arc<Handlers>,
     pub(crate) limits: Limits,
+    /// When the run's deadline passes; handler calls do not wait beyond it.
+    pub(crate) deadline: Instant,
     /// Requests made so far, refused ones included: the last sequence number.
-    pub(crate) requests: u64,
-    /// Every recorded request, in request order. While the run goes on, an
+    requests: u64,
+    /// Every deferred request, in request order. While the run goes on, an
     /// accepted intent's fate is what the policies decided (`Committed`,
     /// `Dropped`, `Blocked`) and a scope's rollback makes it `Discarded`;
     /// [`EscrowCtx::finish`] settles the rest.
     pub(crate) records: Vec<Intent>,
+    /// Every immediate request, in request order.
+    pub(crate) invocations: Vec<Invocation>,
+    /// Compensations registered and not yet run or dropped, oldest first.
+    pub(crate) compensations: Vec<PendingCompensation>,
+    /// Compensations run so far, in the order they ran.
+    pub(crate) compensated: Vec<Compensation>,
     /// Open nested scopes, outermost first.
     pub(crate) frames: Vec<Frame>,
     pub(crate) next_frame: u32,
-    /// Payload bytes held by `records`.
+    /// Payload bytes held for the outcome.
     pub(crate) payload_bytes: usize,
     /// The first reason the run must fail even if the guest carries on (a
     /// forbidden effect, an exceeded limit).
@@ -43,31 +55,72 @@ pub struct EscrowCtx {
     last_rule: Option<Arc<str>>,
 }
 
+impl std::fmt::Debug for EscrowCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EscrowCtx")
+            .field("requests", &self.requests)
+            .field("frames", &self.frames.len())
+            .field("violation", &self.violation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A compensation registered by a call whose handler ran.
+pub(crate) struct PendingCompensation {
+    pub(crate) seq: u64,
+    pub(crate) effect: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) handler: Arc<dyn Handler>,
+}
+
 /// An open nested scope.
-#[derive(Debug)]
 pub(crate) struct Frame {
     pub(crate) id: u32,
-    /// Index of the first record made inside this scope.
+    /// Index of the first deferred record made inside this scope.
     pub(crate) start: usize,
+    /// Index of the first compensation registered inside this scope.
+    pub(crate) compensations: usize,
     /// `None` when the scope inherits its parent's rules unchanged.
     pub(crate) policy: Option<Box<dyn Policy>>,
 }
 
+/// Why a request was refused before it reached a policy.
+pub(crate) struct Refused {
+    pub(crate) refusal: Refusal,
+    /// The rule recorded with it.
+    pub(crate) rule: &'static str,
+    /// Whether the payload is kept in the outcome (not when it was too big).
+    pub(crate) keep_payload: bool,
+}
+
 impl EscrowCtx {
-    /// A context for one run under `grants`, `policy` and `limits`.
+    /// A context for one run under `grants`, `policy` and `limits`, with no
+    /// handlers (every immediate effect is refused until
+    /// [`with_handlers`](EscrowCtx::with_handlers)).
     pub fn new(grants: Arc<Grants>, policy: Arc<dyn Policy>, limits: Limits) -> Self {
         Self {
             grants,
             policy,
+            handlers: Arc::default(),
+            deadline: Instant::now() + limits.deadline,
             limits,
             requests: 0,
             records: Vec::new(),
+            invocations: Vec::new(),
+            compensations: Vec::new(),
+            compensated: Vec::new(),
             frames: Vec::new(),
             next_frame: 1,
             payload_bytes: 0,
             violation: None,
             last_rule: None,
         }
+    }
+
+    /// The handlers that perform this run's immediate effects.
+    pub fn with_handlers(mut self, handlers: Arc<Handlers>) -> Self {
+        self.handlers = handlers;
+        self
     }
 
     /// The run's limits.
@@ -81,36 +134,84 @@ impl EscrowCtx {
         self.violation.get_or_insert(failure);
     }
 
-    /// Ends the run: combines what the guest returned with any violation the
-    /// host noted, and settles the fate of every request.
-    ///
-    /// Scopes the guest left open are rolled back. On success, intents keep
-    /// the fate the policies gave them: [`Fate::Committed`] ones are ready for
-    /// [`Host::dispatch`](crate::Host::dispatch). On failure every committed,
-    /// dropped or blocked intent becomes [`Fate::Discarded`]. Refused requests
-    /// stay [`Fate::Refused`].
-    pub fn finish(
-        mut self,
-        guest: Result<Vec<u8>, Failure>,
-    ) -> (Result<Vec<u8>, Failure>, Vec<Intent>) {
-        let result = match self.violation.take() {
-            Some(failure) => Err(failure),
-            None => guest,
-        };
-        while let Some(frame) = self.frames.pop() {
-            let rule = format!("scope {} was still open when the run ended", frame.id);
-            self.discard_from(frame.start, rule);
+    /// Takes the next sequence number, or refuses once the run has made
+    /// `max_intents` requests. Requests past the limit are not recorded, so a
+    /// guest that loops on requests cannot grow the host's memory.
+    pub(crate) fn next_seq(&mut self) -> Result<u64, Refusal> {
+        self.requests += 1;
+        let max = self.limits.max_intents;
+        if self.requests > max as u64 {
+            self.violate(Failure::Limit(Limit::Intents));
+            return Err(Refusal::Limit(format!(
+                "{}: at most {max} requests per run",
+                Limit::Intents
+            )));
         }
-        if result.is_err() {
-            let failed: Arc<str> = Arc::from("the run failed");
-            for intent in &mut self.records {
-                if intent.fate.is_held() {
-                    intent.fate = Fate::Discarded;
-                    intent.rule = Arc::clone(&failed);
-                }
+        Ok(self.requests)
+    }
+
+    /// The checks every request passes before a policy sees it: a well-formed
+    /// effect name, payload limits, a grant. `payload` is all the request
+    /// would have the host hold. Returns the index of the grant.
+    pub(crate) fn check_request(&mut self, effect: &str, payload: usize) -> Result<usize, Refused> {
+        if let Err(error) = check_effect_name(effect) {
+            return Err(Refused {
+                refusal: Refusal::Invalid(error.to_string()),
+                rule: "malformed effect name",
+                keep_payload: false,
+            });
+        }
+        let limits = &self.limits;
+        let exceeded = if payload > limits.max_payload_bytes {
+            Some((Limit::PayloadSize, limits.max_payload_bytes))
+        } else if self.payload_bytes + payload > limits.max_total_payload_bytes {
+            Some((Limit::TotalPayload, limits.max_total_payload_bytes))
+        } else {
+            None
+        };
+        if let Some((limit, max)) = exceeded {
+            self.violate(Failure::Limit(limit));
+            return Err(Refused {
+                refusal: Refusal::Limit(format!(
+                    "{limit}: {payload} bytes of payload, at most {max}"
+                )),
+                rule: "payload too large",
+                keep_payload: false,
+            });
+        }
+        self.grants
+            .effect_grant_index(effect)
+            .ok_or_else(|| Refused {
+                refusal: Refusal::NotGranted(format!(
+                    "`{effect}` is not covered by the plugin's grants"
+                )),
+                rule: "no grant covers it",
+                keep_payload: true,
+            })
+    }
+
+    /// Asks the run's policy, then each open scope's from the outermost in:
+    /// any `Forbid` wins, otherwise the outermost rule that withholds the
+    /// effect decides. A nested scope can therefore narrow, never widen.
+    pub(crate) fn decide(&self, effect: &str, payload: &[u8]) -> Decision {
+        let mut decided = self.policy.decide(effect, payload);
+        if matches!(decided, Decision::Forbid(_)) {
+            return decided;
+        }
+        for frame in &self.frames {
+            let Some(policy) = &frame.policy else {
+                continue;
+            };
+            let scoped = |rule: Cow<'static, str>| Cow::Owned(format!("scope {} {rule}", frame.id));
+            match policy.decide(effect, payload) {
+                Decision::Commit => {}
+                Decision::Forbid(rule) => return Decision::Forbid(scoped(rule)),
+                _ if !decided.is_commit() => {}
+                Decision::Drop(rule) => decided = Decision::Drop(scoped(rule)),
+                Decision::Block(rule) => decided = Decision::Block(scoped(rule)),
             }
         }
-        (result, self.records)
+        decided
     }
 
     /// `text` as a shared rule, reusing the last one made when equal.
@@ -120,4 +221,89 @@ impl EscrowCtx {
             _ => Arc::clone(self.last_rule.insert(Arc::from(text))),
         }
     }
+
+    /// Marks the held intents recorded from `start` on as discarded.
+    pub(crate) fn discard_from(&mut self, start: usize, rule: &Arc<str>) {
+        for intent in &mut self.records[start..] {
+            if intent.fate.is_held() {
+                intent.fate = Fate::Discarded;
+                intent.rule = Arc::clone(rule);
+            }
+        }
+    }
+
+    /// Runs the compensations registered from `start` on, newest first, and
+    /// records each result. A failing compensation does not stop the others.
+    pub(crate) async fn compensate_from(&mut self, start: usize, cause: &Arc<str>) {
+        let timeout = self.handlers.call_timeout();
+        let pending: Vec<_> = self.compensations.drain(start..).collect();
+        for undo in pending.into_iter().rev() {
+            let result =
+                match tokio::time::timeout(timeout, undo.handler.call(&undo.effect, &undo.payload))
+                    .await
+                {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
+                };
+            if let Err(error) = &result {
+                tracing::warn!(seq = undo.seq, effect = %undo.effect, %error, "compensation failed");
+            }
+            self.compensated.push(Compensation {
+                seq: undo.seq,
+                effect: undo.effect,
+                payload: undo.payload,
+                cause: Arc::clone(cause),
+                result,
+            });
+        }
+    }
+
+    /// Ends the run: combines what the guest returned with any violation the
+    /// host noted, undoes what must be undone, and settles the fate of every
+    /// request. Call it once the guest has stopped.
+    ///
+    /// Scopes the guest left open are rolled back, compensations included.
+    /// On success, intents keep the fate the policies gave them:
+    /// [`Fate::Committed`] ones are ready for
+    /// [`Host::dispatch`](crate::Host::dispatch), and the remaining
+    /// compensations are dropped. On failure every committed, dropped or
+    /// blocked intent becomes [`Fate::Discarded`] and the remaining
+    /// compensations run, newest first. Refused requests stay refused.
+    ///
+    /// The outcome's stderr and timings are left empty for the caller.
+    pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Outcome {
+        let result = match self.violation.take() {
+            Some(failure) => Err(failure),
+            None => guest,
+        };
+        while let Some(frame) = self.frames.pop() {
+            let rule: Arc<str> = Arc::from(format!(
+                "scope {} was still open when the run ended",
+                frame.id
+            ));
+            self.discard_from(frame.start, &rule);
+            self.compensate_from(frame.compensations, &rule).await;
+        }
+        if result.is_err() {
+            let failed: Arc<str> = Arc::from("the run failed");
+            self.discard_from(0, &failed);
+            self.compensate_from(0, &failed).await;
+        }
+        Outcome {
+            result,
+            intents: self.records,
+            invocations: self.invocations,
+            compensations: self.compensated,
+            guest_stderr: Vec::new(),
+            timings: Default::default(),
+        }
+    }
+}
+
+/// `effect` cut to at most [`MAX_EFFECT_NAME_BYTES`], for recording a
+/// malformed name.
+pub(crate) fn truncated(mut effect: String) -> String {
+    effect.truncate(effect.floor_char_boundary(MAX_EFFECT_NAME_BYTES));
+    effect
 }

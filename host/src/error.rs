@@ -74,3 +74,45 @@ pub enum Error {
     #[error("cannot build the host: {0:#}")]
     Engine(wasmtime::Error),
 }
+
+/// Why an embedder's sink or handler failed. The message is what the
+/// outcome reports, and what the guest sees of a failed handler.
+#[derive(Debug)]
+pub struct CallError(Box<dyn std::error::Error + Send + Sync>);
+
+impl CallError {
+    /// Wraps any error (or a `String` / `&str` message).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<std::io::Error> for CallError {
+    fn from(error: std::io::Error) -> Self {
+        Self::new(error)
+    }
+}
+
+impl From<String> for CallError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for CallError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}

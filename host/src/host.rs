@@ -10,6 +10,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::Error;
+use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
 use crate::outcome::Intent;
 use crate::plugin::Plugin;
@@ -59,6 +60,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<RunState>,
     sinks: Sinks,
+    handlers: Arc<Handlers>,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for Host {
 #[derive(Debug)]
 pub struct HostBuilder {
     sinks: Sinks,
+    handlers: Handlers,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -87,6 +90,7 @@ impl Default for HostBuilder {
     fn default() -> Self {
         Self {
             sinks: Sinks::new(),
+            handlers: Handlers::new(),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -115,6 +119,12 @@ impl HostBuilder {
     /// Replaces the sinks.
     pub fn sinks(mut self, sinks: Sinks) -> Self {
         self.sinks = sinks;
+        self
+    }
+
+    /// The handlers that perform immediate effects.
+    pub fn handlers(mut self, handlers: Handlers) -> Self {
+        self.handlers = handlers;
         self
     }
 
@@ -197,6 +207,7 @@ impl HostBuilder {
                 engine,
                 linker,
                 sinks: self.sinks,
+                handlers: Arc::new(self.handlers),
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -259,6 +270,11 @@ impl Host {
     /// The host's sinks.
     pub fn sinks(&self) -> &Sinks {
         &self.inner.sinks
+    }
+
+    /// The host's handlers.
+    pub fn handlers(&self) -> &Arc<Handlers> {
+        &self.inner.handlers
     }
 
     /// Delivers the committed intents of a finished run to the host's sinks,

@@ -22,12 +22,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use escrow_host::{Grants, Host, RunOptions, policy, sinks::Handler};
+//! use escrow_host::{Grants, Host, RunOptions, policy, sinks::FnSink};
 //!
 //! let host = Host::builder()
-//!     .route("email.*", Handler(|intent: &escrow_host::Intent| {
+//!     .route("email.*", FnSink(|intent: &escrow_host::Intent| {
 //!         println!("send {}", String::from_utf8_lossy(&intent.payload));
-//!         Ok::<_, escrow_host::sinks::SinkError>(())
+//!         Ok::<_, escrow_host::CallError>(())
 //!     }))?
 //!     .build()?;
 //! let plugin = host.load_file("checkout.wasm")?;
@@ -58,6 +58,7 @@ pub mod config;
 mod ctx;
 mod error;
 pub mod grants;
+pub mod handlers;
 mod host;
 pub mod limits;
 mod outcome;
@@ -69,11 +70,14 @@ pub mod sinks;
 
 pub use capabilities::add_to_linker;
 pub use ctx::EscrowCtx;
-pub use error::Error;
+pub use error::{CallError, Error};
 pub use grants::Grants;
 pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
 pub use limits::Limits;
-pub use outcome::{Delivery, Failure, Fate, Intent, Outcome, Refusal, Status, Timings};
+pub use outcome::{
+    Compensation, Delivery, EffectError, Failure, Fate, Intent, Invocation, Outcome, Refusal,
+    Status, Timings,
+};
 pub use plugin::Plugin;
 pub use policy::Policy;
 pub use run::{MAX_TABLE_ELEMENTS, RunOptions, set_deadline};

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::bindings::escrow::host::effects::EffectError;
 pub use crate::bindings::escrow::host::types::Refusal;
+use crate::handlers::EffectKind;
 use crate::limits::Limit;
 
 /// What a run returned.
@@ -13,8 +15,17 @@ use crate::limits::Limit;
 pub struct Outcome {
     /// The guest's output if the run succeeded, otherwise why it failed.
     pub result: Result<Vec<u8>, Failure>,
-    /// Every effect the run requested, in request order, with its fate.
+    /// Every deferred effect the run requested, in request order, with its
+    /// fate.
     pub intents: Vec<Intent>,
+    /// Every immediate effect the run requested, in request order, with the
+    /// handler's answer or why there was none. Sequence numbers are shared
+    /// with [`Outcome::intents`], so together they give the order of events.
+    pub invocations: Vec<Invocation>,
+    /// The compensations the host ran, in the order it ran them: those of
+    /// nested scopes that rolled back during the run, then, if the run
+    /// failed, the rest in reverse order of registration.
+    pub compensations: Vec<Compensation>,
     /// What the guest wrote to stderr (a panic message, say), at most
     /// [`MAX_GUEST_STDERR_BYTES`](crate::limits::MAX_GUEST_STDERR_BYTES).
     pub guest_stderr: Vec<u8>,
@@ -42,6 +53,12 @@ impl Outcome {
         } else {
             Status::Committed
         }
+    }
+
+    /// Whether a compensation failed: the undo of the run, or of one of its
+    /// scopes, is incomplete and needs attention.
+    pub fn rollback_incomplete(&self) -> bool {
+        self.compensations.iter().any(|c| c.result.is_err())
     }
 
     /// The intents that were handed to a sink, in dispatch order.
@@ -154,6 +171,39 @@ pub enum Delivery {
     NoSink,
 }
 
+/// One immediate effect the run requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The request's sequence number within the run (shared with intents).
+    pub seq: u64,
+    /// The effect's name.
+    pub effect: String,
+    /// The payload exactly as the guest passed it.
+    pub payload: Vec<u8>,
+    /// The kind of the handler, if one is registered for the effect.
+    pub kind: Option<EffectKind>,
+    /// The handler's answer, or why there is none.
+    pub result: Result<Vec<u8>, EffectError>,
+    /// The compensating effect registered with the call, if it was
+    /// `invoke-reversible` and the handler was called.
+    pub compensation: Option<String>,
+}
+
+/// A compensation the host ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compensation {
+    /// The sequence number of the call it undoes.
+    pub seq: u64,
+    /// The compensating effect.
+    pub effect: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Why it ran: a nested scope's rollback, or the run's failure.
+    pub cause: Arc<str>,
+    /// The handler's answer, or its failure.
+    pub result: Result<Vec<u8>, String>,
+}
+
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -208,7 +258,8 @@ pub struct Timings {
     pub instantiate: Duration,
     /// The export call, host calls included.
     pub call: Duration,
-    /// Tearing down the instance and settling every intent's fate.
+    /// Tearing down the instance, running compensations and settling every
+    /// intent's fate.
     pub settle: Duration,
     /// Delivering committed intents to sinks.
     pub dispatch: Duration,

@@ -2,7 +2,10 @@
 
 use wasmtime::component::Component;
 
+use std::sync::Arc;
+
 use crate::bindings::PluginPre;
+use crate::handlers::Handlers;
 use crate::host::Host;
 use crate::run::RunState;
 use crate::sinks::Sinks;
@@ -16,6 +19,7 @@ use crate::sinks::Sinks;
 pub struct Plugin {
     pub(crate) host: Host,
     pub(crate) sinks: Sinks,
+    pub(crate) handlers: Arc<Handlers>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -29,9 +33,11 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     pub(crate) fn new(host: Host, component: Component, pre: PluginPre<RunState>) -> Self {
         let sinks = host.sinks().clone();
+        let handlers = Arc::clone(host.handlers());
         Self {
             host,
             sinks,
+            handlers,
             component,
             pre,
         }
@@ -42,6 +48,15 @@ impl Plugin {
     pub fn with_sinks(&self, sinks: Sinks) -> Self {
         Self {
             sinks,
+            ..self.clone()
+        }
+    }
+
+    /// This plugin, performing its immediate effects with `handlers` instead
+    /// of the host's. The compiled component is shared, not copied.
+    pub fn with_handlers(&self, handlers: impl Into<Arc<Handlers>>) -> Self {
+        Self {
+            handlers: handlers.into(),
             ..self.clone()
         }
     }

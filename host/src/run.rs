@@ -13,7 +13,8 @@ use crate::ctx::EscrowCtx;
 use crate::error::Error;
 use crate::grants::Grants;
 use crate::limits::{Limit, Limits, MAX_GUEST_STDERR_BYTES};
-use crate::outcome::{Failure, Outcome, Timings};
+use crate::outcome::Outcome;
+use crate::outcome::{Failure, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
 
@@ -151,8 +152,10 @@ pub fn set_deadline<T: 'static>(store: &mut Store<T>, deadline: Duration) {
 }
 
 impl Plugin {
-    /// Runs the plugin once, in a fresh instance, and dispatches its
-    /// committed intents if it succeeded.
+    /// Runs the plugin once, in a fresh instance: immediate effects are
+    /// performed by the handlers as the guest asks; when it stops, what must
+    /// be undone is compensated and, if the run succeeded, its committed
+    /// intents are dispatched.
     ///
     /// Waits for a free instance slot when the host already runs its
     /// maximum of concurrent runs.
@@ -187,7 +190,8 @@ impl Plugin {
         let deadline = limits.deadline;
         let state = RunState {
             memory: MemoryCap(limits.max_memory_bytes),
-            escrow: EscrowCtx::new(options.grants, options.policy, limits),
+            escrow: EscrowCtx::new(options.grants, options.policy, limits)
+                .with_handlers(Arc::clone(&self.handlers)),
             wasi,
             table: ResourceTable::new(),
         };
@@ -206,24 +210,21 @@ impl Plugin {
             },
         };
         let called = Instant::now();
-        let (result, mut intents) = store.into_data().escrow.finish(guest);
+        let state = store.into_data();
         drop(slot);
+        let mut outcome = state.escrow.finish(guest).await;
         let settled = Instant::now();
-        if result.is_ok() {
-            self.sinks.dispatch(&mut intents).await;
+        if outcome.result.is_ok() {
+            self.sinks.dispatch(&mut outcome.intents).await;
         }
-        let dispatched = Instant::now();
-        Ok(Outcome {
-            result,
-            intents,
-            guest_stderr: stderr.contents().to_vec(),
-            timings: Timings {
-                instantiate: instantiated - started,
-                call: called - instantiated,
-                settle: settled - called,
-                dispatch: dispatched - settled,
-            },
-        })
+        outcome.guest_stderr = stderr.contents().to_vec();
+        outcome.timings = Timings {
+            instantiate: instantiated - started,
+            call: called - instantiated,
+            settle: settled - called,
+            dispatch: settled.elapsed(),
+        };
+        Ok(outcome)
     }
 
     /// [`Plugin::run`] for callers that are not async: blocks the calling

@@ -5,48 +5,19 @@
 //! delivered one at a time, in the order the guest recorded them, and a sink
 //! failing on one intent does not stop the others.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::CallError;
 use crate::outcome::{Delivery, Fate, Intent};
 use crate::patterns::{EffectPatterns, NameError};
 
-mod handler;
+mod closure;
 mod json_lines;
 
-pub use handler::{AsyncHandler, Handler};
+pub use closure::{AsyncFnSink, FnSink};
 pub use json_lines::JsonLines;
-
-/// Why a sink could not deliver an intent.
-#[derive(Debug)]
-pub struct SinkError(Box<dyn StdError + Send + Sync>);
-
-impl SinkError {
-    /// Wraps any error (or a `String` / `&str` message).
-    pub fn new(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
-        Self(error.into())
-    }
-}
-
-impl fmt::Display for SinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl StdError for SinkError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.0.source()
-    }
-}
-
-impl From<std::io::Error> for SinkError {
-    fn from(error: std::io::Error) -> Self {
-        Self::new(error)
-    }
-}
 
 /// Delivers committed intents somewhere: a handler in this process, a file,
 /// a queue.
@@ -57,9 +28,9 @@ pub trait Sink: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// A [`SinkError`] is recorded as [`Delivery::Failed`] for this intent;
+    /// A [`CallError`] is recorded as [`Delivery::Failed`] for this intent;
     /// the next intents are still delivered.
-    async fn deliver(&self, intent: &Intent) -> Result<(), SinkError>;
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError>;
 }
 
 /// Routes committed intents to sinks by effect pattern; the first route

@@ -107,9 +107,9 @@ pub mod custom_world {
             .clone()
             .map(|seq| seq.to_le_bytes().to_vec())
             .map_err(escrow_host::Failure::GuestError);
-        let (result, intents) = store.into_data().escrow.finish(guest);
-        assert_eq!(result.is_ok(), placed.is_ok());
-        (placed, intents)
+        let outcome = store.into_data().escrow.finish(guest).await;
+        assert_eq!(outcome.result.is_ok(), placed.is_ok());
+        (placed, outcome.intents)
     }
 
     #[tokio::test]

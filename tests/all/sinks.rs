@@ -5,7 +5,8 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use escrow_host::sinks::{AsyncHandler, Handler, JsonLines, SinkError, Sinks};
+use escrow_host::CallError;
+use escrow_host::sinks::{AsyncFnSink, FnSink, JsonLines, Sinks};
 use escrow_host::{Delivery, Fate, Intent, RunOptions, Status};
 use escrow_tests::{Recorder, all_effects, delivered, scripted};
 use serde_json::json;
@@ -88,9 +89,9 @@ async fn sync_and_async_handlers_receive_the_committed_payload_byte_for_byte() {
     sinks
         .route(
             "sync.*",
-            Handler(move |intent: &Intent| {
+            FnSink(move |intent: &Intent| {
                 seen.lock().unwrap().push(intent.payload.clone());
-                Ok::<_, SinkError>(())
+                Ok::<_, CallError>(())
             }),
         )
         .unwrap();
@@ -98,12 +99,12 @@ async fn sync_and_async_handlers_receive_the_committed_payload_byte_for_byte() {
     sinks
         .route(
             "async.*",
-            AsyncHandler(move |intent: Intent| {
+            AsyncFnSink(move |intent: Intent| {
                 let seen = Arc::clone(&seen);
                 async move {
                     tokio::task::yield_now().await;
                     seen.lock().unwrap().push(intent.payload);
-                    Ok::<_, SinkError>(())
+                    Ok::<_, CallError>(())
                 }
             }),
         )
@@ -132,9 +133,9 @@ async fn a_sink_that_does_not_answer_is_cut_off_by_the_delivery_timeout() {
     sinks
         .route(
             "*",
-            AsyncHandler(|_: Intent| async {
+            AsyncFnSink(|_: Intent| async {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                Ok::<_, SinkError>(())
+                Ok::<_, CallError>(())
             }),
         )
         .unwrap();

@@ -11,13 +11,13 @@ use wasmtime::component::Resource;
 use crate::bindings::escrow::host::scopes::{Host, HostScope, Scope, ScopePolicy};
 use crate::ctx::{EscrowCtx, Frame};
 use crate::limits::{Limit, MAX_SCOPE_BLOCK_PATTERNS};
-use crate::outcome::{Failure, Fate, Refusal};
+use crate::outcome::{Failure, Refusal};
 use crate::policy::{AssertNone, Block, DropAll, Policy};
 
 impl Host for EscrowCtx {}
 
 impl HostScope for EscrowCtx {
-    fn open(&mut self, policy: ScopePolicy) -> Result<Resource<Scope>, Refusal> {
+    async fn open(&mut self, policy: ScopePolicy) -> Result<Resource<Scope>, Refusal> {
         let max = self.limits.max_scope_depth;
         if self.frames.len() >= max {
             self.violate(Failure::Limit(Limit::ScopeDepth));
@@ -46,54 +46,56 @@ impl HostScope for EscrowCtx {
         self.frames.push(Frame {
             id,
             start: self.records.len(),
+            compensations: self.compensations.len(),
             policy,
         });
         Ok(Resource::new_own(id))
     }
 
-    fn commit(&mut self, this: Resource<Scope>) {
-        self.close_scope(this.rep(), true, "");
+    async fn commit(&mut self, this: Resource<Scope>) {
+        self.close_scope(this.rep(), true, "").await;
     }
 
-    fn rollback(&mut self, this: Resource<Scope>) {
-        self.close_scope(this.rep(), false, "rolled back");
+    async fn rollback(&mut self, this: Resource<Scope>) {
+        self.close_scope(this.rep(), false, "rolled back").await;
     }
 
-    fn drop(&mut self, rep: Resource<Scope>) -> wasmtime::Result<()> {
-        self.close_scope(rep.rep(), false, "was dropped without commit or rollback");
+    async fn drop(&mut self, rep: Resource<Scope>) -> wasmtime::Result<()> {
+        self.close_scope(rep.rep(), false, "was dropped without commit or rollback")
+            .await;
         Ok(())
     }
 }
 
 impl EscrowCtx {
     /// Ends scope `id` if it is still open. Scopes opened inside it that are
-    /// still open are rolled back first. A committed scope's intents simply
-    /// stay where they are: they now belong to the enclosing scope, whose
-    /// range of records covers them. A rolled-back scope's held intents are
-    /// discarded, with `why` as the rule.
-    pub(crate) fn close_scope(&mut self, id: u32, commit: bool, why: &str) {
+    /// still open are rolled back first. A committed scope's intents and
+    /// compensations simply stay where they are: they now belong to the
+    /// enclosing scope, whose ranges cover them. A rolled-back scope's held
+    /// intents are discarded, with `why` in the rule, and its compensations
+    /// run, newest first.
+    async fn close_scope(&mut self, id: u32, commit: bool, why: &str) {
         let Some(position) = self.frames.iter().rposition(|f| f.id == id) else {
             // Already ended by an enclosing scope.
             return;
         };
         while self.frames.len() > position + 1 {
             let inner = self.frames.pop().expect("frames above `position`");
-            let rule = format!("scope {} was still open when scope {id} ended", inner.id);
-            self.discard_from(inner.start, rule);
+            let rule: Arc<str> = Arc::from(format!(
+                "scope {} was still open when scope {id} ended",
+                inner.id
+            ));
+            self.roll_back(&inner, &rule).await;
         }
         let frame = self.frames.pop().expect("the frame at `position`");
         if !commit {
-            self.discard_from(frame.start, format!("scope {id} {why}"));
+            let rule: Arc<str> = Arc::from(format!("scope {id} {why}"));
+            self.roll_back(&frame, &rule).await;
         }
     }
 
-    pub(crate) fn discard_from(&mut self, start: usize, rule: String) {
-        let rule: Arc<str> = Arc::from(rule);
-        for intent in &mut self.records[start..] {
-            if intent.fate.is_held() {
-                intent.fate = Fate::Discarded;
-                intent.rule = Arc::clone(&rule);
-            }
-        }
+    async fn roll_back(&mut self, frame: &Frame, rule: &Arc<str>) {
+        self.discard_from(frame.start, rule);
+        self.compensate_from(frame.compensations, rule).await;
     }
 }

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use escrow_host::CallError;
 use escrow_host::config::{Config, PolicyName, SinkSpec};
-use escrow_host::sinks::{Handler, JsonLines, SinkError};
+use escrow_host::sinks::{FnSink, JsonLines};
 use escrow_host::{Host, Intent, RunOptions, Status};
 
 use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
@@ -86,7 +87,7 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
             JsonLines::append_to(&path)
                 .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
         )?,
-        (None, true) => host.route("*", Handler(|_: &Intent| Ok::<_, SinkError>(())))?,
+        (None, true) => host.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?,
     };
     let host = host.build()?;
     let plugin = host.load_file(&args.plugin)?;

@@ -8,7 +8,8 @@ use base64::Engine as _;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
-use super::{Sink, SinkError};
+use super::Sink;
+use crate::error::CallError;
 use crate::outcome::Intent;
 
 /// Writes each committed intent as a line of JSON:
@@ -83,13 +84,13 @@ pub(crate) fn intent_line(intent: &Intent) -> serde_json::Value {
 
 #[async_trait::async_trait]
 impl Sink for JsonLines {
-    async fn deliver(&self, intent: &Intent) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(&intent_line(intent)).map_err(SinkError::new)?;
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
+        let mut line = serde_json::to_vec(&intent_line(intent)).map_err(CallError::new)?;
         line.push(b'\n');
         let mut out = self
             .out
             .lock()
-            .map_err(|_| SinkError::new("a previous write panicked"))?;
+            .map_err(|_| CallError::new("a previous write panicked"))?;
         out.write_all(&line)?;
         out.flush()?;
         Ok(())

@@ -1,0 +1,191 @@
+//! `escrow:host/effects`: immediate effects, performed now by a host handler,
+//! and the compensations that undo them.
+
+use crate::bindings::escrow::host::effects::{EffectError, Host};
+use crate::ctx::{EscrowCtx, PendingCompensation, Refused, truncated};
+use crate::handlers::{EffectKind, Registered};
+use crate::limits::Limit;
+use crate::outcome::{Failure, Invocation, Refusal};
+use crate::policy::Decision;
+use crate::run::LimitExceeded;
+
+impl Host for EscrowCtx {
+    async fn invoke(
+        &mut self,
+        effect: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
+        self.perform(effect, payload, None).await
+    }
+
+    async fn invoke_reversible(
+        &mut self,
+        effect: String,
+        payload: Vec<u8>,
+        compensate: String,
+        compensate_payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
+        self.perform(effect, payload, Some((compensate, compensate_payload)))
+            .await
+    }
+}
+
+/// What a call will undo with, once its handler has run.
+type Undo = (String, Vec<u8>);
+
+impl EscrowCtx {
+    /// Checks, performs and records one immediate effect. Returns `Err` (a
+    /// trap) only when the run's deadline passes while the handler runs.
+    async fn perform(
+        &mut self,
+        effect: String,
+        payload: Vec<u8>,
+        undo: Option<Undo>,
+    ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
+        let seq = match self.next_seq() {
+            Ok(seq) => seq,
+            Err(refusal) => return Ok(Err(EffectError::Refused(refusal))),
+        };
+        let (registered, undo) = match self.admit(&effect, &payload, undo) {
+            Ok(admitted) => admitted,
+            Err((refusal, keep_payload)) => {
+                let kind = self.handlers.kind(&effect);
+                let payload = if keep_payload { payload } else { Vec::new() };
+                let result = Err(EffectError::Refused(refusal));
+                self.record(seq, truncated(effect), payload, kind, &result, None);
+                return Ok(result);
+            }
+        };
+
+        // Never wait beyond the run's deadline: past it the guest is stopped.
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        let timeout = self.handlers.call_timeout().min(left);
+        let called =
+            tokio::time::timeout(timeout, registered.handler.call(&effect, &payload)).await;
+        // The handler was called: whatever it answered, it may have acted,
+        // so its undo is registered.
+        let compensation = undo.map(|(compensate, compensate_payload)| {
+            let handler = self
+                .handlers
+                .get(&compensate)
+                .expect("checked by admit")
+                .handler
+                .clone();
+            self.payload_bytes += compensate_payload.len();
+            self.compensations.push(PendingCompensation {
+                seq,
+                effect: compensate.clone(),
+                payload: compensate_payload,
+                handler,
+            });
+            compensate
+        });
+        let result = match called {
+            Ok(Ok(answer)) if answer.len() > self.limits.max_payload_bytes => {
+                Err(EffectError::Failed(format!(
+                    "the handler's answer is {} bytes; the limit is {}",
+                    answer.len(),
+                    self.limits.max_payload_bytes
+                )))
+            }
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(EffectError::Failed(error.to_string())),
+            Err(_) if timeout == left => {
+                let result = Err(EffectError::Failed(
+                    "the run's deadline passed during the call".into(),
+                ));
+                self.record(
+                    seq,
+                    effect,
+                    payload,
+                    Some(registered.kind),
+                    &result,
+                    compensation,
+                );
+                return Err(LimitExceeded(Limit::Deadline).into());
+            }
+            Err(_) => Err(EffectError::Failed(format!(
+                "the handler did not answer within {timeout:?}"
+            ))),
+        };
+        self.record(
+            seq,
+            effect,
+            payload,
+            Some(registered.kind),
+            &result,
+            compensation,
+        );
+        Ok(result)
+    }
+
+    /// The checks before a handler is called: the request's own checks for
+    /// the effect and its compensation, a handler for each, and for an action
+    /// the policies. Returns the handler, or the refusal and whether the
+    /// payload is kept.
+    fn admit(
+        &mut self,
+        effect: &str,
+        payload: &[u8],
+        undo: Option<Undo>,
+    ) -> Result<(Registered, Option<Undo>), (Refusal, bool)> {
+        let held = payload.len() + undo.as_ref().map_or(0, |(_, p)| p.len());
+        let refused = |r: Refused| (r.refusal, r.keep_payload);
+        self.check_request(effect, held).map_err(refused)?;
+        if let Some((compensate, _)) = &undo {
+            self.check_request(compensate, 0).map_err(refused)?;
+            if self.handlers.get(compensate).is_none() {
+                let refusal = Refusal::NotGranted(format!(
+                    "no handler performs the compensation `{compensate}`"
+                ));
+                return Err((refusal, true));
+            }
+        }
+        let Some(registered) = self.handlers.get(effect).cloned() else {
+            return Err((
+                Refusal::NotGranted(format!("no handler performs `{effect}`")),
+                true,
+            ));
+        };
+        if registered.kind == EffectKind::Action {
+            let rule = match self.decide(effect, payload) {
+                Decision::Commit => None,
+                Decision::Drop(rule) | Decision::Block(rule) | Decision::Forbid(rule) => Some(rule),
+            };
+            if let Some(rule) = rule {
+                self.violate(Failure::Forbidden {
+                    effect: effect.to_owned(),
+                    rule: rule.to_string(),
+                });
+                let refusal = Refusal::Forbidden(format!(
+                    "`{effect}` is an action; {rule} does not let it through"
+                ));
+                return Err((refusal, true));
+            }
+        }
+        Ok((registered, undo))
+    }
+
+    fn record(
+        &mut self,
+        seq: u64,
+        effect: String,
+        payload: Vec<u8>,
+        kind: Option<EffectKind>,
+        result: &Result<Vec<u8>, EffectError>,
+        compensation: Option<String>,
+    ) {
+        let answer = result.as_ref().map_or(0, Vec::len);
+        self.payload_bytes += payload.len() + answer;
+        self.invocations.push(Invocation {
+            seq,
+            effect,
+            payload,
+            kind,
+            result: result.clone(),
+            compensation,
+        });
+    }
+}
