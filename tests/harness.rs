@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use escrow_host::CallError;
+use escrow_host::handlers::{EffectKind, Handler, Handlers};
 use escrow_host::sinks::{Sink, Sinks};
 use escrow_host::{Fate, Grants, Host, Intent, Outcome, Plugin, RunOptions};
 use serde_json::Value;
@@ -70,11 +71,22 @@ pub fn granted() -> RunOptions {
 }
 
 /// Runs the scripted fixture with `steps` under `options`, delivering to
-/// `recorder`.
+/// `recorder`, with no handlers.
 pub async fn run_script(steps: Value, options: RunOptions, recorder: &Recorder) -> Outcome {
+    run_script_with(steps, options, recorder, Handlers::new()).await
+}
+
+/// [`run_script`] with `handlers` performing immediate effects.
+pub async fn run_script_with(
+    steps: Value,
+    options: RunOptions,
+    recorder: &Recorder,
+    handlers: Handlers,
+) -> Outcome {
     let input = serde_json::to_vec(&serde_json::json!({ "steps": steps })).unwrap();
     scripted()
         .with_sinks(recorder.sinks())
+        .with_handlers(handlers)
         .run(options.input(input))
         .await
         .expect("the run starts")
@@ -162,4 +174,70 @@ impl Sink for Recorder {
         });
         Ok(())
     }
+}
+
+/// A handler that writes every call it gets into a shared log, in order,
+/// answers `{"done": EFFECT}`, and fails on effects whose name contains
+/// `fail`.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    calls: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Journal {
+    /// A fresh journal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handlers for `actions` and `queries`, all writing here.
+    pub fn handlers(&self, actions: &[&str], queries: &[&str]) -> Handlers {
+        let mut handlers = Handlers::new();
+        for (names, kind) in [(actions, EffectKind::Action), (queries, EffectKind::Query)] {
+            for name in names {
+                handlers
+                    .register(name, kind, Arc::new(self.clone()))
+                    .unwrap();
+            }
+        }
+        handlers
+    }
+
+    /// The effects called so far, in order.
+    pub fn effects(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+
+    /// The calls so far, in order.
+    pub fn calls(&self) -> Vec<(String, Vec<u8>)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Journal {
+    async fn call(&self, effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((effect.to_owned(), payload.to_vec()));
+        if effect.contains("fail") {
+            return Err(CallError::new(format!("{effect} went wrong")));
+        }
+        Ok(serde_json::to_vec(&serde_json::json!({ "done": effect })).unwrap())
+    }
+}
+
+/// The effects of the compensations an outcome lists, in the order they ran.
+pub fn compensated(outcome: &Outcome) -> Vec<&str> {
+    outcome
+        .compensations
+        .iter()
+        .map(|c| c.effect.as_str())
+        .collect()
 }

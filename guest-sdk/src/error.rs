@@ -35,8 +35,11 @@ impl std::error::Error for Refusal {}
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The host refused the request.
+    /// The host refused the request; nothing was done.
     Refused(Refusal),
+    /// The handler of an immediate effect ran and failed, with its message.
+    /// It may have partly applied.
+    Failed(String),
     /// The payload could not be encoded as JSON.
     Encode(serde_json::Error),
     /// An answer from the host could not be decoded.
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Refused(refusal) => write!(f, "refused: {refusal}"),
+            Error::Failed(message) => write!(f, "failed: {message}"),
             Error::Encode(e) => write!(f, "cannot encode the payload as JSON: {e}"),
             Error::Decode(e) => write!(f, "cannot decode the host's answer: {e}"),
         }
@@ -57,6 +61,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Refused(refusal) => Some(refusal),
+            Error::Failed(_) => None,
             Error::Encode(e) | Error::Decode(e) => Some(e),
         }
     }

@@ -22,8 +22,11 @@
 //! ```
 //!
 //! [`defer`] records an *intent*; the host dispatches it only if the run
-//! returns `Ok` and nothing traps. [`scope`] opens a nested scope whose
-//! intents are discarded if it fails. Refusals (an effect the plugin was not
+//! returns `Ok` and nothing traps. [`invoke`] performs an immediate effect
+//! through a host handler and returns its answer; [`invoke_reversible`] and
+//! [`saga`] register undos that the host runs, newest first, if the run
+//! fails. [`scope`] opens a nested scope whose intents are discarded, and
+//! whose undos run, if it fails. Refusals (an effect the plugin was not
 //! granted, a forbidden effect, a limit) come back as [`Refusal`] values.
 //!
 //! # Native mode
@@ -35,6 +38,8 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "effects")]
+mod effects;
 mod error;
 #[cfg(feature = "intents")]
 mod intents;
@@ -43,6 +48,10 @@ mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+#[cfg(all(feature = "effects", feature = "scopes"))]
+pub use effects::{Saga, saga};
+#[cfg(feature = "effects")]
+pub use effects::{invoke, invoke_bytes, invoke_reversible, query};
 pub use error::{Error, Refusal};
 /// Marks the plugin's entry point.
 ///

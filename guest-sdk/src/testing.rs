@@ -1,5 +1,6 @@
 //! Native mode: run plugin logic without a host and see the intents it
-//! would have requested.
+//! would have requested, the immediate effects it performed through fake
+//! handlers, and the compensations that ran.
 //!
 //! ```
 //! use escrow_guest::testing::{Fate, Sandbox};
@@ -15,20 +16,54 @@
 //! assert_eq!(recording.intents[0].fate, Fate::Committed);
 //! ```
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
 use crate::Refusal;
 use crate::scopes::ScopePolicy;
 use crate::sys::native::{State, with_sandbox};
 
-/// A host stand-in with grants and a policy. By default everything is
-/// granted and the policy commits.
-#[derive(Debug, Clone, Default)]
+/// A fake handler: the payload in, the answer or a failure message out.
+pub type FakeHandler = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// How a fake handler is declared, as a host declares real ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads only: allowed under every policy.
+    Query,
+    /// Changes something: refused where the policy withholds the effect.
+    Action,
+}
+
+/// A host stand-in with grants, a policy and fake handlers. By default
+/// everything is granted, the policy commits, and no handler exists.
+#[derive(Clone, Default)]
 pub struct Sandbox {
     grants: Option<Vec<String>>,
     policy: ScopePolicy,
+    handlers: HashMap<String, (Kind, FakeHandler)>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("grants", &self.grants)
+            .field("policy", &self.policy)
+            .field(
+                "handlers",
+                &self
+                    .handlers
+                    .iter()
+                    .map(|(e, (k, _))| (e, k))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Sandbox {
-    /// Everything granted, policy commit.
+    /// Everything granted, policy commit, no handlers.
     pub fn new() -> Self {
         Self::default()
     }
@@ -48,22 +83,53 @@ impl Sandbox {
         self
     }
 
+    /// A fake handler for the query `effect`.
+    pub fn query(
+        self,
+        effect: impl Into<String>,
+        handler: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.handler(effect, Kind::Query, handler)
+    }
+
+    /// A fake handler for the action `effect`.
+    pub fn action(
+        self,
+        effect: impl Into<String>,
+        handler: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.handler(effect, Kind::Action, handler)
+    }
+
+    fn handler(
+        mut self,
+        effect: impl Into<String>,
+        kind: Kind,
+        handler: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers
+            .insert(effect.into(), (kind, Arc::new(handler)));
+        self
+    }
+
     /// Runs `body` in a fresh sandbox on this thread and returns what it
-    /// returned and the intents it requested. Scopes left open are rolled
-    /// back.
+    /// returned and what it requested. Scopes left open are rolled back.
     ///
     /// # Panics
     ///
     /// On a malformed grant or block pattern.
     pub fn run<T>(&self, body: impl FnOnce() -> T) -> Recording<T> {
-        let state = State::new(self.grants.as_deref(), &self.policy)
+        let state = State::new(self.grants.as_deref(), &self.policy, self.handlers.clone())
             .unwrap_or_else(|e| panic!("escrow-guest sandbox: {e}"));
-        let (output, state) = with_sandbox(state, body);
-        let violation = state.violation.clone();
+        let (output, mut state) = with_sandbox(state, body);
+        let registered_compensations = state.end();
         Recording {
             output,
-            intents: state.into_records(),
-            violation,
+            intents: state.records,
+            invocations: state.invocations,
+            compensations: state.compensations,
+            registered_compensations,
+            violation: state.violation,
         }
     }
 }
@@ -73,8 +139,18 @@ impl Sandbox {
 pub struct Recording<T> {
     /// What the body returned.
     pub output: T,
-    /// Every request, in order, with its fate as of the end of the body.
+    /// Every deferred request, in order, with its fate as of the end of the
+    /// body.
     pub intents: Vec<RecordedIntent>,
+    /// Every immediate request, in order, with its answer.
+    pub invocations: Vec<RecordedInvocation>,
+    /// The compensations that ran when scopes rolled back, in the order they
+    /// ran.
+    pub compensations: Vec<RecordedCompensation>,
+    /// The compensations still registered at the end, newest first: what a
+    /// host would run if this run failed (their result is
+    /// [`Answer::Pending`]).
+    pub registered_compensations: Vec<RecordedCompensation>,
     /// Why a host would fail this run even if the body succeeded (a forbidden
     /// effect), if it would.
     pub violation: Option<String>,
@@ -92,10 +168,10 @@ impl<T> Recording<T> {
     }
 }
 
-/// One request recorded by the sandbox.
+/// One deferred request recorded by the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedIntent {
-    /// Sequence number, from 1; refused requests take one too.
+    /// Sequence number, from 1; every request takes one.
     pub seq: u64,
     /// The effect's name.
     pub effect: String,
@@ -116,7 +192,7 @@ impl RecordedIntent {
     }
 }
 
-/// What became of a sandboxed request.
+/// What became of a sandboxed deferred request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
     /// Would be dispatched if the run succeeds.
@@ -129,4 +205,43 @@ pub enum Fate {
     Refused(Refusal),
     /// Discarded by a scope that rolled back.
     Discarded,
+}
+
+/// One immediate request recorded by the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedInvocation {
+    /// Sequence number, shared with deferred requests.
+    pub seq: u64,
+    /// The effect's name.
+    pub effect: String,
+    /// The payload as passed.
+    pub payload: Vec<u8>,
+    /// What came back.
+    pub result: Answer,
+}
+
+/// A compensation the sandbox ran, or would run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCompensation {
+    /// The sequence number of the call it undoes.
+    pub seq: u64,
+    /// The compensating effect.
+    pub effect: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// What its fake handler answered.
+    pub result: Answer,
+}
+
+/// What a fake handler gave back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The handler's answer.
+    Ok(Vec<u8>),
+    /// The sandbox refused the call; no handler ran.
+    Refused(Refusal),
+    /// The handler failed with this message.
+    Failed(String),
+    /// Not run (a compensation a failed run would run).
+    Pending,
 }

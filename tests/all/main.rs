@@ -4,6 +4,7 @@
 //! One binary, one module per area, one shared harness (`harness.rs`).
 
 mod commit;
+mod effects;
 mod fixtures;
 mod grants;
 mod isolation;

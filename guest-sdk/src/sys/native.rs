@@ -1,46 +1,64 @@
 //! The escrow imports on a native target: an in-memory sandbox per thread
-//! that applies the host's rules (effect names, grants, policies, scopes),
-//! so plugin logic can be unit-tested without a host. Limits are not
-//! simulated.
+//! that applies the host's rules (effect names, grants, policies, scopes,
+//! handler kinds, compensations), so plugin logic can be unit-tested without
+//! a host. Limits are not simulated.
 
-// The sandbox serves every capability; with one feature alone, the other's
-// half is unused.
+// The sandbox serves every capability; with some features off, part of it is
+// unused.
 #![cfg_attr(
-    not(all(feature = "intents", feature = "scopes")),
-    allow(dead_code, reason = "the other capability's feature is off")
+    not(all(feature = "intents", feature = "scopes", feature = "effects")),
+    allow(dead_code, reason = "another capability's feature is off")
 )]
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use wildmatch::WildMatch;
 
-use crate::Refusal;
 #[cfg(feature = "intents")]
 use crate::intents::PendingIntent;
 use crate::scopes::ScopePolicy;
-use crate::testing::{Fate, RecordedIntent};
+use crate::testing::{
+    Answer, FakeHandler, Fate, Kind, RecordedCompensation, RecordedIntent, RecordedInvocation,
+};
+use crate::{Error, Refusal};
 
 /// Longest effect name the host accepts, in bytes (as `escrow-host`).
 const MAX_EFFECT_NAME_BYTES: usize = 128;
 
 thread_local! {
-    static SANDBOX: RefCell<State> = RefCell::new(State::new(None, &ScopePolicy::Inherit).expect("no patterns"));
+    static SANDBOX: RefCell<State> = RefCell::new(
+        State::new(None, &ScopePolicy::Inherit, HashMap::new()).expect("no patterns"),
+    );
 }
 
 /// One thread's sandbox.
 pub(crate) struct State {
     grants: Option<Patterns>,
     policy: Rules,
+    handlers: HashMap<String, (Kind, FakeHandler)>,
     seq: u64,
-    records: Vec<RecordedIntent>,
+    pub(crate) records: Vec<RecordedIntent>,
+    pub(crate) invocations: Vec<RecordedInvocation>,
+    pending: Vec<Undo>,
+    pub(crate) compensations: Vec<RecordedCompensation>,
     frames: Vec<Frame>,
     next_frame: u32,
     pub(crate) violation: Option<String>,
 }
 
+/// A registered compensation.
+struct Undo {
+    seq: u64,
+    effect: String,
+    payload: Vec<u8>,
+    handler: FakeHandler,
+}
+
 struct Frame {
     id: u32,
     start: usize,
+    undo_start: usize,
     rules: Rules,
 }
 
@@ -108,49 +126,81 @@ impl Patterns {
 }
 
 impl State {
-    pub(crate) fn new(grants: Option<&[String]>, policy: &ScopePolicy) -> Result<Self, String> {
+    pub(crate) fn new(
+        grants: Option<&[String]>,
+        policy: &ScopePolicy,
+        handlers: HashMap<String, (Kind, FakeHandler)>,
+    ) -> Result<Self, String> {
         Ok(Self {
             grants: grants.map(Patterns::new).transpose()?,
             policy: Rules::new(policy)?,
+            handlers,
             seq: 0,
             records: Vec::new(),
+            invocations: Vec::new(),
+            pending: Vec::new(),
+            compensations: Vec::new(),
             frames: Vec::new(),
             next_frame: 1,
             violation: None,
         })
     }
 
-    /// The recorded intents, with scopes left open rolled back.
-    pub(crate) fn into_records(mut self) -> Vec<RecordedIntent> {
+    /// Ends the sandboxed run: scopes left open are rolled back, and the
+    /// compensations still registered are returned, newest first — what a
+    /// host would run if the run failed.
+    pub(crate) fn end(&mut self) -> Vec<RecordedCompensation> {
         while let Some(frame) = self.frames.pop() {
-            self.discard_from(frame.start);
+            let undos = self.roll_back(&frame);
+            let ran = run_undos(undos);
+            self.compensations.extend(ran);
         }
-        self.records
+        self.pending
+            .drain(..)
+            .rev()
+            .map(|u| RecordedCompensation {
+                seq: u.seq,
+                effect: u.effect,
+                payload: u.payload,
+                result: Answer::Pending,
+            })
+            .collect()
+    }
+
+    /// The checks of every request: its name, then the grants.
+    fn check(&self, effect: &str) -> Result<(), Refusal> {
+        check_name(effect, false).map_err(Refusal::Invalid)?;
+        if self.grants.as_ref().is_some_and(|g| !g.matches(effect)) {
+            return Err(Refusal::NotGranted(format!(
+                "`{effect}` is not covered by the plugin's grants"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The run's policy, then each open scope's from the outermost in: any
+    /// refusal wins, otherwise the outermost rule that withholds.
+    fn decide(&self, effect: &str) -> Fate {
+        let mut fate = self.policy.decide(effect);
+        for frame in &self.frames {
+            if matches!(fate, Fate::Refused(_)) {
+                break;
+            }
+            match frame.rules.decide(effect) {
+                refused @ Fate::Refused(_) => fate = refused,
+                decided if fate == Fate::Committed => fate = decided,
+                _ => {}
+            }
+        }
+        fate
     }
 
     fn enqueue(&mut self, effect: &str, payload: &[u8]) -> Result<u64, Refusal> {
         self.seq += 1;
         let seq = self.seq;
-        let fate = if let Err(e) = check_name(effect, false) {
-            Fate::Refused(Refusal::Invalid(e))
-        } else if self.grants.as_ref().is_some_and(|g| !g.matches(effect)) {
-            Fate::Refused(Refusal::NotGranted(format!(
-                "`{effect}` is not covered by the plugin's grants"
-            )))
-        } else {
-            // Any refusal wins; otherwise the outermost rule that withholds.
-            let mut fate = self.policy.decide(effect);
-            for frame in &self.frames {
-                match frame.rules.decide(effect) {
-                    refused @ Fate::Refused(_) => fate = refused,
-                    decided if fate == Fate::Committed => fate = decided,
-                    _ => {}
-                }
-                if matches!(fate, Fate::Refused(_)) {
-                    break;
-                }
-            }
-            fate
+        let fate = match self.check(effect) {
+            Err(refusal) => Fate::Refused(refusal),
+            Ok(()) => self.decide(effect),
         };
         if let Fate::Refused(Refusal::Forbidden(why)) = &fate {
             self.violation.get_or_insert_with(|| why.clone());
@@ -167,24 +217,90 @@ impl State {
         }
     }
 
-    fn close(&mut self, id: u32, commit: bool) {
-        let Some(position) = self.frames.iter().rposition(|f| f.id == id) else {
-            return;
-        };
-        while self.frames.len() > position + (commit as usize) {
-            let frame = self.frames.pop().expect("frames at or above `position`");
-            self.discard_from(frame.start);
+    /// Checks an immediate call; returns its sequence number and the
+    /// handlers to call and to undo with.
+    fn admit(
+        &mut self,
+        effect: &str,
+        undo: Option<&str>,
+    ) -> (u64, Result<(FakeHandler, Option<FakeHandler>), Refusal>) {
+        self.seq += 1;
+        let admitted = self.check_call(effect, undo);
+        if let Err(Refusal::Forbidden(why)) = &admitted {
+            self.violation.get_or_insert_with(|| why.clone());
         }
-        self.frames.truncate(position);
+        (self.seq, admitted)
     }
 
-    fn discard_from(&mut self, start: usize) {
-        for record in &mut self.records[start..] {
+    fn handler(&self, effect: &str) -> Result<(Kind, FakeHandler), Refusal> {
+        self.handlers
+            .get(effect)
+            .cloned()
+            .ok_or_else(|| Refusal::NotGranted(format!("no handler performs `{effect}`")))
+    }
+
+    fn check_call(
+        &self,
+        effect: &str,
+        undo: Option<&str>,
+    ) -> Result<(FakeHandler, Option<FakeHandler>), Refusal> {
+        self.check(effect)?;
+        let undo = match undo {
+            Some(compensate) => {
+                self.check(compensate)?;
+                Some(self.handler(compensate)?.1)
+            }
+            None => None,
+        };
+        let (kind, call) = self.handler(effect)?;
+        if kind == Kind::Action && self.decide(effect) != Fate::Committed {
+            return Err(Refusal::Forbidden(format!(
+                "`{effect}` is an action; the policy does not let it through"
+            )));
+        }
+        Ok((call, undo))
+    }
+
+    fn roll_back(&mut self, frame: &Frame) -> Vec<Undo> {
+        for record in &mut self.records[frame.start..] {
             if !matches!(record.fate, Fate::Refused(_)) {
                 record.fate = Fate::Discarded;
             }
         }
+        let mut undos: Vec<Undo> = self.pending.drain(frame.undo_start..).collect();
+        undos.reverse();
+        undos
     }
+
+    /// Ends scope `id`; returns the compensations to run, in order.
+    fn close(&mut self, id: u32, commit: bool) -> Vec<Undo> {
+        let Some(position) = self.frames.iter().rposition(|f| f.id == id) else {
+            return Vec::new();
+        };
+        let mut undos = Vec::new();
+        while self.frames.len() > position + usize::from(commit) {
+            let frame = self.frames.pop().expect("frames at or above `position`");
+            undos.extend(self.roll_back(&frame));
+        }
+        self.frames.truncate(position);
+        undos
+    }
+}
+
+/// Runs compensations, in the order given, and returns their results.
+fn run_undos(undos: Vec<Undo>) -> Vec<RecordedCompensation> {
+    undos
+        .into_iter()
+        .map(|undo| RecordedCompensation {
+            result: match (undo.handler)(&undo.payload) {
+                Ok(answer) => Answer::Ok(answer),
+                Err(message) => Answer::Failed(message),
+            },
+            seq: undo.seq,
+            effect: undo.effect,
+            payload: undo.payload,
+        })
+        .collect()
 }
 
 /// Runs `body` with `state` as this thread's sandbox and returns the state
@@ -217,14 +333,59 @@ pub(crate) fn pending() -> Vec<PendingIntent> {
     })
 }
 
+pub(crate) fn invoke(
+    effect: &str,
+    payload: &[u8],
+    undo: Option<(&str, &[u8])>,
+) -> Result<Vec<u8>, Error> {
+    let (seq, admitted) = SANDBOX.with(|s| s.borrow_mut().admit(effect, undo.map(|u| u.0)));
+    // Handlers run outside the sandbox's borrow: a fake may call the SDK.
+    let (result, registered) = match admitted {
+        Err(refusal) => (Err(Error::Refused(refusal)), None),
+        Ok((call, undo_handler)) => (call(payload).map_err(Error::Failed), undo_handler),
+    };
+    let answer = match &result {
+        Ok(answer) => Answer::Ok(answer.clone()),
+        Err(Error::Refused(refusal)) => Answer::Refused(refusal.clone()),
+        Err(error) => Answer::Failed(error.to_string()),
+    };
+    SANDBOX.with(|s| {
+        let mut s = s.borrow_mut();
+        if let (Some(handler), Some((compensate, compensate_payload))) = (registered, undo) {
+            s.pending.push(Undo {
+                seq,
+                effect: compensate.to_owned(),
+                payload: compensate_payload.to_vec(),
+                handler,
+            });
+        }
+        s.invocations.push(RecordedInvocation {
+            seq,
+            effect: effect.to_owned(),
+            payload: payload.to_vec(),
+            result: answer,
+        });
+    });
+    result
+}
+
 /// A scope of the native sandbox; dropping it unfinished rolls it back.
 #[derive(Debug)]
 pub(crate) struct ScopeHandle(u32);
 
 impl Drop for ScopeHandle {
     fn drop(&mut self) {
-        let _ = SANDBOX.try_with(|s| s.borrow_mut().close(self.0, false));
+        close(self.0, false);
     }
+}
+
+fn close(id: u32, commit: bool) {
+    let _ = SANDBOX.try_with(|s| {
+        let undos = s.borrow_mut().close(id, commit);
+        // Fakes run outside the sandbox's borrow: one may call the SDK.
+        let ran = run_undos(undos);
+        s.borrow_mut().compensations.extend(ran);
+    });
 }
 
 pub(crate) fn scope_open(policy: &ScopePolicy) -> Result<ScopeHandle, Refusal> {
@@ -233,16 +394,21 @@ pub(crate) fn scope_open(policy: &ScopePolicy) -> Result<ScopeHandle, Refusal> {
         let rules = Rules::new(policy).map_err(Refusal::Invalid)?;
         let id = s.next_frame;
         s.next_frame += 1;
-        let start = s.records.len();
-        s.frames.push(Frame { id, start, rules });
+        let (start, undo_start) = (s.records.len(), s.pending.len());
+        s.frames.push(Frame {
+            id,
+            start,
+            undo_start,
+            rules,
+        });
         Ok(ScopeHandle(id))
     })
 }
 
 pub(crate) fn scope_commit(scope: ScopeHandle) {
-    SANDBOX.with(|s| s.borrow_mut().close(scope.0, true));
+    close(scope.0, true);
 }
 
 pub(crate) fn scope_rollback(scope: ScopeHandle) {
-    SANDBOX.with(|s| s.borrow_mut().close(scope.0, false));
+    close(scope.0, false);
 }

@@ -78,3 +78,22 @@ pub(crate) fn scope_commit(scope: ScopeHandle) {
 pub(crate) fn scope_rollback(scope: ScopeHandle) {
     ScopeHandle::rollback(scope);
 }
+
+#[cfg(feature = "effects")]
+pub(crate) fn invoke(
+    effect: &str,
+    payload: &[u8],
+    undo: Option<(&str, &[u8])>,
+) -> Result<Vec<u8>, crate::Error> {
+    use bindings::escrow::host::effects::{self as host, EffectError};
+    let answer = match undo {
+        None => host::invoke(effect, payload),
+        Some((compensate, compensate_payload)) => {
+            host::invoke_reversible(effect, payload, compensate, compensate_payload)
+        }
+    };
+    answer.map_err(|error| match error {
+        EffectError::Refused(refusal) => crate::Error::Refused(refusal.into()),
+        EffectError::Failed(message) => crate::Error::Failed(message),
+    })
+}
