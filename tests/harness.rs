@@ -181,7 +181,7 @@ impl Sink for Recorder {
 /// `fail`.
 #[derive(Debug, Clone, Default)]
 pub struct Journal {
-    calls: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl Journal {
