@@ -170,3 +170,148 @@ fn a_plugin_function_is_called_directly_in_native_mode() {
     assert_eq!(recording.output, Ok(9));
     assert_eq!(recording.committed_effects(), ["orders.save"]);
 }
+
+mod effects {
+    use escrow_guest::testing::{Answer, Sandbox};
+    use escrow_guest::{Error, Refusal, ScopePolicy, invoke, invoke_reversible, query, saga};
+
+    /// A fake booking handler that fails when the payload says `fail`.
+    fn booking(effect: String) -> impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync {
+        move |payload: &[u8]| {
+            if payload.windows(4).any(|w| w == b"fail") {
+                return Err(format!("{effect}: sold out"));
+            }
+            Ok(format!("\"{effect}-ok\"").into_bytes())
+        }
+    }
+
+    fn trips() -> Sandbox {
+        let mut sandbox = Sandbox::new();
+        for effect in ["flight", "hotel", "car"]
+            .map(|leg| [format!("{leg}.book"), format!("{leg}.cancel")])
+            .concat()
+        {
+            sandbox = sandbox.action(effect.clone(), booking(effect));
+        }
+        sandbox
+    }
+
+    #[test]
+    fn invoke_sends_json_and_decodes_the_fake_handlers_answer() {
+        let recording = Sandbox::new()
+            .query("prices.get", |sku: &[u8]| {
+                Ok(format!(
+                    "{{\"sku\":{},\"cents\":1999}}",
+                    String::from_utf8_lossy(sku)
+                )
+                .into_bytes())
+            })
+            .run(|| query::<serde_json::Value>("prices.get", &"tea"));
+
+        assert_eq!(
+            recording.output.unwrap(),
+            serde_json::json!({ "sku": "tea", "cents": 1999 })
+        );
+        assert_eq!(recording.invocations[0].payload, br#""tea""#);
+    }
+
+    #[test]
+    fn a_query_passes_a_drop_policy_and_an_action_does_not() {
+        let recording = Sandbox::new()
+            .policy(ScopePolicy::Drop)
+            .query("prices.get", |_: &[u8]| Ok(b"1".to_vec()))
+            .action("orders.create", |_: &[u8]| Ok(b"2".to_vec()))
+            .run(|| {
+                (
+                    invoke::<u32>("prices.get", &()),
+                    invoke::<u32>("orders.create", &()),
+                )
+            });
+
+        let (price, order) = recording.output;
+        assert_eq!(price.unwrap(), 1);
+        assert!(matches!(
+            order.unwrap_err().refusal(),
+            Some(Refusal::Forbidden(_))
+        ));
+        assert!(recording.violation.is_some());
+    }
+
+    #[test]
+    fn an_effect_without_a_fake_handler_is_refused() {
+        let recording = Sandbox::new().run(|| invoke::<u32>("orders.create", &()));
+        assert!(matches!(
+            recording.output.unwrap_err().refusal(),
+            Some(Refusal::NotGranted(_))
+        ));
+    }
+
+    #[test]
+    fn a_failing_saga_undoes_its_steps_newest_first() {
+        let recording = trips().run(|| {
+            saga(|s| {
+                s.step::<String>("flight.book", &"LHR", "flight.cancel")?;
+                s.step::<String>("hotel.book", &"Ritz", "hotel.cancel")?;
+                s.step::<String>("car.book", &"fail", "car.cancel")?;
+                Ok::<_, Error>(())
+            })
+        });
+
+        assert!(matches!(recording.output, Err(Error::Failed(ref m)) if m == "car.book: sold out"));
+        let undone: Vec<&str> = recording
+            .compensations
+            .iter()
+            .map(|c| c.effect.as_str())
+            .collect();
+        assert_eq!(undone, ["car.cancel", "hotel.cancel", "flight.cancel"]);
+        assert_eq!(
+            recording.compensations[0].result,
+            Answer::Failed("car.cancel: sold out".into())
+        );
+        assert_eq!(
+            recording.compensations[1].result,
+            Answer::Ok(br#""hotel.cancel-ok""#.to_vec())
+        );
+        assert!(recording.registered_compensations.is_empty());
+    }
+
+    #[test]
+    fn a_successful_saga_leaves_its_undos_registered_for_the_run() {
+        let recording = trips().run(|| {
+            saga(|s| {
+                s.step::<String>("flight.book", &"LHR", "flight.cancel")?;
+                s.step_with::<String>("hotel.book", &"Ritz", "hotel.cancel", &"booking 7")
+            })
+        });
+
+        assert_eq!(recording.output.unwrap(), "hotel.book-ok");
+        assert!(recording.compensations.is_empty());
+        let registered: Vec<(&str, &[u8])> = recording
+            .registered_compensations
+            .iter()
+            .map(|c| (c.effect.as_str(), c.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            registered,
+            [
+                ("hotel.cancel", &br#""booking 7""#[..]),
+                ("flight.cancel", &br#""LHR""#[..])
+            ]
+        );
+        assert!(
+            recording
+                .registered_compensations
+                .iter()
+                .all(|c| c.result == Answer::Pending)
+        );
+    }
+
+    #[test]
+    fn a_failed_reversible_call_still_registers_its_undo() {
+        let recording = trips()
+            .run(|| invoke_reversible::<String>("car.book", &"fail", "car.cancel", &"ref-1"));
+
+        assert!(matches!(recording.output, Err(Error::Failed(_))));
+        assert_eq!(recording.registered_compensations[0].effect, "car.cancel");
+    }
+}
