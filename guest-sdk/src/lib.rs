@@ -56,8 +56,9 @@ pub use error::{Error, Refusal};
 /// Marks the plugin's entry point.
 ///
 /// The function takes one argument and returns `Result<O, E>`: the input is
-/// decoded from JSON (an empty input reads as `null`), the output is encoded
-/// as JSON, and `E` (anything `Display`) becomes the run's error. With
+/// decoded from JSON (an empty input reads as `null`, or as `{}` for a struct
+/// whose fields all have defaults), the output is encoded as JSON, and `E`
+/// (anything `Display`) becomes the run's error. With
 /// `#[plugin(bytes)]` the function takes and returns `Vec<u8>` unchanged.
 ///
 /// Only one function per crate may carry it. On native targets it changes
@@ -90,15 +91,21 @@ pub mod __private {
         O: Serialize,
         E: std::fmt::Display,
     {
-        let input = if input.is_empty() {
-            b"null".as_slice()
-        } else {
-            input
-        };
-        let input = serde_json::from_slice(input)
+        let input = decode_input(input)
             .map_err(|e| format!("the input is not valid for this plugin: {e}"))?;
         let output = plugin(input).map_err(|e| e.to_string())?;
         serde_json::to_vec(&output).map_err(|e| format!("cannot encode the plugin's output: {e}"))
+    }
+
+    /// Decodes the input from JSON. An empty input reads as `null`, or, for
+    /// a type that does not take `null` (a struct whose fields all have
+    /// defaults), as `{}`.
+    fn decode_input<I: DeserializeOwned>(input: &[u8]) -> Result<I, serde_json::Error> {
+        if !input.is_empty() {
+            return serde_json::from_slice(input);
+        }
+        serde_json::from_slice(b"null")
+            .or_else(|null| serde_json::from_slice(b"{}").map_err(|_| null))
     }
 
     /// Calls a plugin that takes and returns raw bytes.

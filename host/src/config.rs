@@ -11,6 +11,14 @@
 //! env = { REGION = "eu-west" }
 //! dirs = [{ host = "data", guest = "/data", writable = false }]
 //!
+//! [handlers."prices.get"]          # an immediate effect and who performs it
+//! kind = "query"                  # query | action
+//! http = { url = "https://prices.internal/v1/price", method = "POST" }
+//!
+//! [handlers."flights.book"]
+//! kind = "action"
+//! exec = ["./book-flight.sh"]     # payload on stdin, answer on stdout
+//!
 //! [limits]
 //! timeout_ms = 10000
 //! max_memory_bytes = 67108864
@@ -21,7 +29,8 @@
 //! ```
 //!
 //! Every key is optional; unknown keys are errors. Relative paths (`dirs`,
-//! a `file:` sink) are relative to the directory of the file.
+//! a `file:` sink, an `exec` program with a `/` in it) are relative to the
+//! directory of the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +40,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::grants::Grants;
+use crate::handlers::{EffectKind, Exec, Handlers};
 use crate::limits::Limits;
 use crate::patterns::NameError;
 use crate::policy::{self, Policy};
@@ -131,6 +141,11 @@ pub struct Config {
     /// What the plugin may request.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// Who performs each immediate effect, by effect name.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerConfig>,
+    /// How long a handler may take, in milliseconds (default 30 000).
+    pub handler_timeout_ms: Option<u64>,
     /// The run's limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -165,6 +180,38 @@ pub struct DirConfig {
     /// Whether the guest may write in it.
     #[serde(default)]
     pub writable: bool,
+}
+
+/// One `[handlers."effect.name"]` table: exactly one of `exec` and `http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// `query` or `action`.
+    pub kind: EffectKind,
+    /// A program and its arguments: the payload on stdin, the answer on
+    /// stdout.
+    pub exec: Option<Vec<String>>,
+    /// A request to one URL: the payload as body, the response body as
+    /// answer.
+    pub http: Option<HttpConfig>,
+}
+
+/// The `http` of a handler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The URL, `http` or `https`: the only one this handler reaches.
+    pub url: String,
+    /// The method (default `POST`).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
 }
 
 /// `[limits]`; each missing key keeps its default from [`crate::limits`].
@@ -210,6 +257,7 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.grants()?;
+        self.handlers()?;
         self.run_policy()?;
         if let Some(sink) = &self.sink {
             sink.parse::<SinkSpec>()?;
@@ -236,6 +284,53 @@ impl Config {
             grants = grants.env(key, value);
         }
         Ok(grants)
+    }
+
+    /// The handlers, with relative programs resolved.
+    ///
+    /// # Errors
+    ///
+    /// A malformed effect name, a handler with neither or both of `exec` and
+    /// `http`, an empty `exec`, a malformed `http`.
+    pub fn handlers(&self) -> Result<Handlers, String> {
+        let mut handlers = Handlers::new();
+        if let Some(ms) = self.handler_timeout_ms {
+            handlers.timeout(Duration::from_millis(ms));
+        }
+        for (effect, config) in &self.handlers {
+            let at = |message: String| format!("handlers.\"{effect}\": {message}");
+            let handler: Arc<dyn crate::handlers::Handler> = match (&config.exec, &config.http) {
+                (Some(command), None) => {
+                    let (program, args) = command
+                        .split_first()
+                        .ok_or_else(|| at("`exec` is empty".into()))?;
+                    let program = if program.contains('/') {
+                        self.base.join(program).to_string_lossy().into_owned()
+                    } else {
+                        program.clone()
+                    };
+                    Arc::new(Exec::new(program, args))
+                }
+                #[cfg(feature = "http")]
+                (None, Some(http)) => Arc::new(
+                    crate::handlers::Http::new(
+                        &http.method,
+                        &http.url,
+                        http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    )
+                    .map_err(at)?,
+                ),
+                #[cfg(not(feature = "http"))]
+                (None, Some(_)) => {
+                    return Err(at("`http` needs escrow-host's `http` feature".into()));
+                }
+                _ => return Err(at("give exactly one of `exec` and `http`".into())),
+            };
+            handlers
+                .register(effect, config.kind, handler)
+                .map_err(|e| at(e.to_string()))?;
+        }
+        Ok(handlers)
     }
 
     /// The policy named by `policy` and `block`.
@@ -367,6 +462,45 @@ mod tests {
             config.grants().unwrap().dirs()[0].host,
             config.base.join("data")
         );
+    }
+
+    #[test]
+    fn a_handler_needs_exactly_one_of_exec_and_http() {
+        let neither = parse("[handlers.\"a.b\"]\nkind = \"query\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            neither.contains("exactly one of `exec` and `http`"),
+            "{neither}"
+        );
+        let empty = parse("[handlers.\"a.b\"]\nkind = \"query\"\nexec = []")
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("`exec` is empty"), "{empty}");
+    }
+
+    #[test]
+    fn a_handler_with_a_bad_url_or_kind_is_refused() {
+        let url = parse("[handlers.\"a.b\"]\nkind = \"query\"\nhttp = { url = \"ftp://x\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(url.contains("not an http or https URL"), "{url}");
+        let kind = parse("[handlers.\"a.b\"]\nkind = \"write\"\nexec = [\"true\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(kind.contains("unknown variant `write`"), "{kind}");
+    }
+
+    #[test]
+    fn handlers_are_registered_with_their_kind() {
+        let config = parse(
+            "[handlers.\"prices.get\"]\nkind = \"query\"\nexec = [\"cat\"]\n\
+             [handlers.\"orders.create\"]\nkind = \"action\"\nhttp = { url = \"http://127.0.0.1:9/o\" }",
+        )
+        .unwrap();
+        let handlers = config.handlers().unwrap();
+        assert_eq!(handlers.kind("prices.get"), Some(EffectKind::Query));
+        assert_eq!(handlers.kind("orders.create"), Some(EffectKind::Action));
     }
 
     #[test]

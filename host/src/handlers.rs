@@ -28,7 +28,8 @@ pub use http::Http;
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether an immediate effect changes anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EffectKind {
     /// Reads only: allowed under every policy, including `drop` and
     /// `assert-none`.

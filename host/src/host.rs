@@ -357,7 +357,7 @@ impl Host {
     pub(crate) fn blocking_runtime(&self) -> &tokio::runtime::Runtime {
         self.inner.blocking.get_or_init(|| {
             tokio::runtime::Builder::new_current_thread()
-                .enable_time()
+                .enable_all()
                 .build()
                 .expect("building a current-thread runtime")
         })

@@ -240,6 +240,16 @@ impl fmt::Display for Failure {
 }
 
 impl Refusal {
+    /// What was refused and why.
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::NotGranted(m)
+            | Refusal::Forbidden(m)
+            | Refusal::Limit(m)
+            | Refusal::Invalid(m) => m,
+        }
+    }
+
     /// The variant's WIT name: `not-granted`, `forbidden`, `limit` or `invalid`.
     pub fn kind(&self) -> &'static str {
         match self {

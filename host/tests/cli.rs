@@ -452,3 +452,225 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+fn trip(extra: &[&str]) -> (Option<i32>, Value) {
+    let config = example_config("trip-booking");
+    let mut args = vec!["run", fixtures::TRIP_BOOKING, "--config", &config, "--json"];
+    args.extend_from_slice(extra);
+    let output = escrow(&args);
+    (output.status.code(), json_report(&output))
+}
+
+fn effects_of(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["effect"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_trip_booking_example_books_three_legs_and_sends_the_itinerary() {
+    let (code, report) = trip(&["--input", "{}"]);
+
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        effects_of(&report["invocations"]),
+        ["flight.book", "hotel.book", "car.book"]
+    );
+    assert_eq!(
+        report["invocations"][2]["answer"],
+        serde_json::json!({ "confirmation": "CAR-1042" })
+    );
+    assert_eq!(report["compensations"], serde_json::json!([]));
+    assert_eq!(
+        fates(&report),
+        [("email.send".to_owned(), "dispatched".to_owned())]
+    );
+}
+
+#[test]
+fn the_trip_booking_example_cancels_hotel_then_flight_when_the_car_fails() {
+    let (code, report) = trip(&["--input", r#"{"fail_at": "car"}"#]);
+
+    assert_eq!(code, Some(1));
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("no car available"),
+        "{report}"
+    );
+    assert!(
+        report["invocations"][2]["failed"]
+            .as_str()
+            .unwrap()
+            .contains("no car available")
+    );
+    assert_eq!(
+        effects_of(&report["compensations"]),
+        ["car.cancel", "hotel.cancel", "flight.cancel"]
+    );
+    for undo in report["compensations"].as_array().unwrap() {
+        assert!(undo["result"]["ok"].is_object(), "{undo}");
+    }
+    assert_eq!(
+        report["intents"],
+        serde_json::json!([]),
+        "no email is even requested"
+    );
+}
+
+/// A config granting everything, with `handlers` (TOML) appended.
+fn config_with(dir: &Path, handlers: &str) -> String {
+    let path = dir.join("escrow.toml");
+    std::fs::write(&path, format!("[grants]\neffects = [\"*\"]\n\n{handlers}")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn invoke_script(config: &str, steps: &str) -> Value {
+    let input = format!(r#"{{"steps": {steps}}}"#);
+    json_report(&escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        config,
+        "--input",
+        &input,
+        "--json",
+    ]))
+}
+
+#[test]
+fn an_exec_handler_gets_the_payload_on_stdin_and_answers_from_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        r#"[handlers."prices.get"]
+kind = "query"
+exec = ["sh", "-c", 'printf "{\"stdin\": %s, \"effect\": \"%s\"}" "$(cat)" "$ESCROW_EFFECT"']
+"#,
+    );
+    let report = invoke_script(
+        &config,
+        r#"[{"invoke": "prices.get", "payload": {"sku": "tea"}}]"#,
+    );
+
+    assert_eq!(
+        report["invocations"][0]["answer"],
+        serde_json::json!({ "stdin": { "sku": "tea" }, "effect": "prices.get" })
+    );
+    assert_eq!(report["invocations"][0]["kind"], "query");
+}
+
+#[test]
+fn an_exec_handler_that_exits_non_zero_is_a_failure_carrying_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        r#"[handlers."orders.create"]
+kind = "action"
+exec = ["sh", "-c", "cat >/dev/null; echo 'the orders service is down' >&2; exit 3"]
+"#,
+    );
+    let report = invoke_script(&config, r#"[{"invoke": "orders.create", "payload": 1}]"#);
+
+    let failed = report["invocations"][0]["failed"].as_str().unwrap();
+    assert!(failed.contains("exit status: 3"), "{failed}");
+    assert!(failed.contains("the orders service is down"), "{failed}");
+}
+
+/// A real HTTP server on a free loopback port that answers each request with
+/// `status` and `got <body> for <escrow-effect header>`.
+fn http_server(status: u16) -> (String, std::thread::JoinHandle<()>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/price", server.server_addr().to_ip().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut request = server.recv().unwrap();
+        let mut body = String::new();
+        request.as_reader().read_to_string(&mut body).unwrap();
+        let effect = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("escrow-effect"))
+            .map(|h| h.value.to_string())
+            .unwrap_or_default();
+        let answer = format!(
+            r#"{{"got": {body}, "for": "{effect}", "method": "{}"}}"#,
+            request.method()
+        );
+        request
+            .respond(tiny_http::Response::from_string(answer).with_status_code(status))
+            .unwrap();
+    });
+    (url, handle)
+}
+
+#[test]
+fn an_http_handler_sends_the_payload_to_its_url_and_answers_with_the_body() {
+    let (url, server) = http_server(200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        &format!("[handlers.\"prices.get\"]\nkind = \"query\"\nhttp = {{ url = \"{url}\" }}\n"),
+    );
+    let report = invoke_script(
+        &config,
+        r#"[{"invoke": "prices.get", "payload": {"sku": "tea"}}]"#,
+    );
+    server.join().unwrap();
+
+    assert_eq!(
+        report["invocations"][0]["answer"],
+        serde_json::json!({ "got": { "sku": "tea" }, "for": "prices.get", "method": "POST" })
+    );
+}
+
+#[test]
+fn an_http_handler_reports_a_status_other_than_2xx_as_a_failure() {
+    let (url, server) = http_server(503);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        &format!(
+            "[handlers.\"orders.create\"]\nkind = \"action\"\nhttp = {{ url = \"{url}\", method = \"PUT\" }}\n"
+        ),
+    );
+    let report = invoke_script(&config, r#"[{"invoke": "orders.create", "payload": 7}]"#);
+    server.join().unwrap();
+
+    let failed = report["invocations"][0]["failed"].as_str().unwrap();
+    assert!(failed.contains("503"), "{failed}");
+    assert!(failed.contains(r#""method": "PUT""#), "{failed}");
+}
+
+#[test]
+fn a_failed_compensation_makes_the_error_say_the_rollback_is_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        r#"[handlers."rooms.book"]
+kind = "action"
+exec = ["sh", "-c", "cat >/dev/null; echo '{}'"]
+
+[handlers."rooms.release"]
+kind = "action"
+exec = ["sh", "-c", "cat >/dev/null; echo 'the hotel hung up' >&2; exit 1"]
+"#,
+    );
+    let steps = r#"[{"invoke_reversible": "rooms.book", "payload": 1, "compensate": "rooms.release", "compensate_payload": 1}, {"fail": "later"}]"#;
+    let report = invoke_script(&config, steps);
+
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("rollback incomplete: 1 of 1 compensations failed"),
+        "{error}"
+    );
+    assert!(
+        report["compensations"][0]["result"]["failed"]
+            .as_str()
+            .unwrap()
+            .contains("the hotel hung up")
+    );
+}

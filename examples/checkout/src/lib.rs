@@ -46,8 +46,7 @@ pub struct Receipt {
 
 /// Charges, saves and confirms one order.
 #[escrow_guest::plugin]
-pub fn checkout(order: Option<Order>) -> Result<Receipt, String> {
-    let order = order.unwrap_or_else(|| serde_json::from_str("{}").expect("defaults"));
+pub fn checkout(order: Order) -> Result<Receipt, String> {
     defer(
         "payments.charge",
         &json!({ "order": order.id, "amount": order.amount }),
@@ -79,7 +78,8 @@ mod tests {
 
     #[test]
     fn a_successful_checkout_requests_charge_save_and_receipt_in_order() {
-        let recording = Sandbox::new().run(|| checkout(None));
+        let order: Order = serde_json::from_str("{}").unwrap();
+        let recording = Sandbox::new().run(|| checkout(order));
         assert_eq!(recording.output.as_ref().unwrap().intents, 3);
         assert_eq!(
             recording.committed_effects(),
@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn a_failing_save_returns_an_error() {
         let order: Order = serde_json::from_str(r#"{"fail": true}"#).unwrap();
-        let recording = Sandbox::new().run(|| checkout(Some(order)));
+        let recording = Sandbox::new().run(|| checkout(order));
         assert!(
             recording
                 .output

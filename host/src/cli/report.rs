@@ -3,13 +3,36 @@
 
 use std::fmt::Write as _;
 
-use escrow_host::{Delivery, Fate, Outcome};
+use escrow_host::{Delivery, EffectError, Fate, Outcome, Refusal};
 use serde_json::{Value, json};
 
 /// The guest's bytes as JSON when they are JSON, else as text.
 fn bytes_value(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Why the run failed, and whether its undo is incomplete.
+fn error_text(outcome: &Outcome) -> Option<String> {
+    let failure = outcome.result.as_ref().err()?;
+    let mut text = failure.to_string();
+    if outcome.rollback_incomplete() {
+        let failed = outcome
+            .compensations
+            .iter()
+            .filter(|c| c.result.is_err())
+            .count();
+        let _ = write!(
+            text,
+            "; rollback incomplete: {failed} of {} compensations failed",
+            outcome.compensations.len()
+        );
+    }
+    Some(text)
+}
+
+fn refusal_value(refusal: &Refusal) -> Value {
+    json!({ "kind": refusal.kind(), "message": refusal.message() })
 }
 
 /// The `--json` report.
@@ -33,12 +56,53 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
             entry
         })
         .collect();
+    let invocations: Vec<Value> = outcome
+        .invocations
+        .iter()
+        .map(|call| {
+            let mut entry = json!({
+                "seq": call.seq,
+                "effect": call.effect,
+                "kind": call.kind.map(|k| k.as_str()),
+                "payload": bytes_value(&call.payload),
+            });
+            match &call.result {
+                Ok(answer) => entry["answer"] = bytes_value(answer),
+                Err(EffectError::Refused(refusal)) => entry["refused"] = refusal_value(refusal),
+                Err(EffectError::Failed(message)) => entry["failed"] = json!(message),
+            }
+            if let Some(compensation) = &call.compensation {
+                entry["compensation"] = json!(compensation);
+            }
+            entry
+        })
+        .collect();
+    let compensations: Vec<Value> = outcome
+        .compensations
+        .iter()
+        .map(|undo| {
+            let mut entry = json!({
+                "seq": undo.seq,
+                "effect": undo.effect,
+                "payload": bytes_value(&undo.payload),
+                "cause": &*undo.cause,
+            });
+            match &undo.result {
+                Ok(answer) => entry["result"] = json!({ "ok": bytes_value(answer) }),
+                Err(message) => entry["result"] = json!({ "failed": message }),
+            }
+            entry
+        })
+        .collect();
+
     let mut report = json!({ "status": outcome.status().as_str() });
-    match &outcome.result {
-        Ok(output) => report["result"] = bytes_value(output),
-        Err(failure) => report["error"] = json!(failure.to_string()),
+    match (&outcome.result, error_text(outcome)) {
+        (Ok(output), _) => report["result"] = bytes_value(output),
+        (Err(_), error) => report["error"] = json!(error),
     }
     report["intents"] = Value::Array(intents);
+    report["invocations"] = Value::Array(invocations);
+    report["compensations"] = Value::Array(compensations);
     let t = &outcome.timings;
     report["timings_us"] = json!({
         "instantiate": t.instantiate.as_micros() as u64,
@@ -60,25 +124,32 @@ fn delivery_value(delivery: &Delivery) -> Value {
     }
 }
 
-/// The summary for people.
+/// The summary for people: one line per request, in request order, then
+/// the compensations in the order they ran.
 pub(crate) fn human(outcome: &Outcome) -> String {
     let mut out = String::new();
     let total = outcome.timings.total();
-    match &outcome.result {
-        Ok(output) => {
+    match (&outcome.result, error_text(outcome)) {
+        (Ok(output), _) => {
             let _ = writeln!(out, "escrow: run {} in {total:.1?}", outcome.status());
             let _ = writeln!(out, "result: {}", String::from_utf8_lossy(output));
         }
-        Err(failure) => {
-            let _ = writeln!(out, "escrow: run failed in {total:.1?}: {failure}");
+        (Err(_), error) => {
+            let _ = writeln!(
+                out,
+                "escrow: run failed in {total:.1?}: {}",
+                error.unwrap_or_default()
+            );
         }
     }
     let width = outcome
         .intents
         .iter()
         .map(|i| i.effect.len())
+        .chain(outcome.invocations.iter().map(|c| c.effect.len()))
         .max()
         .unwrap_or(0);
+    let mut lines: Vec<(u64, String)> = Vec::new();
     for intent in &outcome.intents {
         let fate = match &intent.fate {
             Fate::Dispatched(Delivery::Delivered) => "dispatched".to_owned(),
@@ -89,11 +160,38 @@ pub(crate) fn human(outcome: &Outcome) -> String {
             Fate::Refused(refusal) => format!("refused {}", refusal.kind()),
             other => other.name().to_owned(),
         };
-        let _ = writeln!(
-            out,
-            "  #{:<3} {:<width$}  {fate} ({})",
-            intent.seq, intent.effect, intent.rule
-        );
+        lines.push((
+            intent.seq,
+            format!("{:<width$}  {fate} ({})", intent.effect, intent.rule),
+        ));
+    }
+    for call in &outcome.invocations {
+        let result = match &call.result {
+            Ok(answer) => format!("performed: {}", String::from_utf8_lossy(answer).trim()),
+            Err(EffectError::Refused(refusal)) => {
+                format!("refused {}: {}", refusal.kind(), refusal.message())
+            }
+            Err(EffectError::Failed(message)) => format!("failed: {message}"),
+        };
+        lines.push((call.seq, format!("{:<width$}  {result}", call.effect)));
+    }
+    lines.sort_by_key(|(seq, _)| *seq);
+    for (seq, line) in lines {
+        let _ = writeln!(out, "  #{seq:<3} {line}");
+    }
+    if !outcome.compensations.is_empty() {
+        let _ = writeln!(out, "compensations:");
+        for undo in &outcome.compensations {
+            let result = match &undo.result {
+                Ok(_) => "done".to_owned(),
+                Err(message) => format!("FAILED: {message}"),
+            };
+            let _ = writeln!(
+                out,
+                "  undo #{:<3} {}  {result} ({})",
+                undo.seq, undo.effect, undo.cause
+            );
+        }
     }
     if !outcome.guest_stderr.is_empty() {
         let _ = writeln!(

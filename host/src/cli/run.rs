@@ -13,8 +13,9 @@ use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
 
 /// Run a plugin once and deliver its committed intents.
 ///
+/// Immediate effects are performed by the handlers of the config file.
 /// Committed intents are written to stdout as JSON lines (or to --sink), and
-/// a summary of every intent and its fate to stderr. Exit code: 0 when the
+/// a summary of every intent, call and compensation to stderr. Exit code: 0 when the
 /// run succeeded, 1 when it failed, 2 for a bad invocation, 3 when it
 /// committed but not every intent was delivered.
 #[derive(Debug, Args)]
@@ -64,6 +65,7 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
     config.policy = args.policy.unwrap_or(config.policy);
     config.limits.timeout_ms = args.timeout_ms.or(config.limits.timeout_ms);
     let grants = config.grants().map_err(anyhow::Error::msg)?;
+    let handlers = config.handlers().map_err(anyhow::Error::msg)?;
     let policy = config.run_policy().map_err(anyhow::Error::msg)?;
     let limits = config.limits();
     let input = read_input(&args)?;
@@ -89,7 +91,7 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
         )?,
         (None, true) => host.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?,
     };
-    let host = host.build()?;
+    let host = host.handlers(handlers).build()?;
     let plugin = host.load_file(&args.plugin)?;
 
     let options = RunOptions::new()
