@@ -4,6 +4,8 @@
 //! - recording one intent, against a bare component host call with the same
 //!   signature (`fixture-bench` loops over `enqueue`, `fixture-bench-baseline`
 //!   over a host function that does nothing);
+//! - one `invoke` of a no-op handler, against a bare host call with the
+//!   signature of `invoke`;
 //! - a whole run (fresh store, instantiate, call, record 2 intents, commit
 //!   to an in-memory sink), against a bare instantiation from `InstancePre`
 //!   in a fresh store.
@@ -18,9 +20,10 @@ use std::time::Duration;
 use criterion::Criterion;
 use escrow_fixtures as fixtures;
 use escrow_host::CallError;
+use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
-use escrow_host::{EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy};
+use escrow_host::{EffectError, EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy};
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -101,8 +104,25 @@ fn per_call(c: &mut Criterion) {
         })
     });
 
-    // Baseline: the same number of calls to a host function with the same
-    // signature that does nothing.
+    // escrow: the guest invokes a no-op query handler CALLS_PER_RUN times.
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "bench.noop",
+            FnHandler(|_: &[u8]| Ok::<_, CallError>(Vec::new())),
+        )
+        .unwrap();
+    let invoking = plugin.with_handlers(handlers);
+    let invoke_options = options.clone().input(format!("invoke:{CALLS_PER_RUN}"));
+    group.bench_function("invoke", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = invoking.run(invoke_options.clone()).await.unwrap();
+            assert_eq!(outcome.invocations.len(), CALLS_PER_RUN as usize);
+        })
+    });
+
+    // Baseline: the same number of calls to host functions with the same
+    // signatures that do nothing.
     let engine = host.engine();
     let mut linker = Linker::<State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
@@ -113,21 +133,43 @@ fn per_call(c: &mut Criterion) {
             Ok((Result::<u64, escrow_host::Refusal>::Ok(0),))
         })
         .unwrap();
+    linker
+        .instance("escrow-bench:baseline/bare")
+        .unwrap()
+        .func_wrap(
+            "call-invoke",
+            |_, (_effect, _payload): (String, Vec<u8>)| {
+                Ok((Result::<Vec<u8>, EffectError>::Ok(Vec::new()),))
+            },
+        )
+        .unwrap();
     let component = Component::from_file(engine, fixtures::BENCH_BASELINE).unwrap();
     let pre = linker.instantiate_pre(&component).unwrap();
-    let input = CALLS_PER_RUN.to_string().into_bytes();
-    group.bench_function("bare_host_call", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut store = Store::new(engine, State::new());
-            escrow_host::set_deadline(&mut store, Duration::from_secs(60));
-            let instance = pre.instantiate_async(&mut store).await.unwrap();
-            let run = instance
-                .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
-                .unwrap();
-            let (result,) = run.call_async(&mut store, (&input,)).await.unwrap();
-            assert!(result.is_ok());
-        })
-    });
+    let rt = &rt;
+    let bare = |name: &'static str, input: String| {
+        let pre = pre.clone();
+        move |b: &mut criterion::Bencher<'_>| {
+            let input = input.clone().into_bytes();
+            b.to_async(rt).iter(|| async {
+                let mut store = Store::new(engine, State::new());
+                escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+                let instance = pre.instantiate_async(&mut store).await.unwrap();
+                let run = instance
+                    .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
+                    .unwrap();
+                let (result,) = run.call_async(&mut store, (&input,)).await.unwrap();
+                assert!(result.is_ok(), "{name}");
+            })
+        }
+    };
+    group.bench_function(
+        "bare_host_call",
+        bare("bare_host_call", CALLS_PER_RUN.to_string()),
+    );
+    group.bench_function(
+        "bare_invoke_call",
+        bare("bare_invoke_call", format!("invoke:{CALLS_PER_RUN}")),
+    );
     group.finish();
 }
 

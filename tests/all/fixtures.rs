@@ -148,6 +148,31 @@ pub mod bench {
     use escrow_tests::{all_effects, fixtures, plugin};
 
     #[tokio::test]
+    async fn invokes_as_often_as_its_input_says() {
+        let mut handlers = escrow_host::handlers::Handlers::new();
+        handlers
+            .query(
+                "bench.noop",
+                escrow_host::handlers::FnHandler(|p: &[u8]| {
+                    Ok::<_, escrow_host::CallError>(p.to_vec())
+                }),
+            )
+            .unwrap();
+        let outcome = plugin(fixtures::BENCH)
+            .with_handlers(handlers)
+            .run(RunOptions::new().grants(all_effects()).input("invoke:3"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.invocations.len(), 3);
+        assert!(
+            outcome
+                .invocations
+                .iter()
+                .all(|i| i.result == Ok(vec![7; 16]))
+        );
+    }
+
+    #[tokio::test]
     async fn records_as_many_intents_as_its_input_says() {
         let outcome = plugin(fixtures::BENCH)
             .run(RunOptions::new().grants(all_effects()).input("5"))
@@ -173,7 +198,7 @@ pub mod bench_baseline {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use escrow_host::Refusal;
+    use escrow_host::{EffectError, Refusal};
     use escrow_tests::{fixtures, host};
     use wasmtime::Store;
     use wasmtime::component::{Component, Linker, ResourceTable};
@@ -211,6 +236,18 @@ pub mod bench_baseline {
                 },
             )
             .unwrap();
+        linker
+            .instance("escrow-bench:baseline/bare")
+            .unwrap()
+            .func_wrap(
+                "call-invoke",
+                |store: wasmtime::StoreContextMut<'_, State>,
+                 (_effect, _payload): (String, Vec<u8>)| {
+                    store.data().calls.fetch_add(1000, Ordering::Relaxed);
+                    Ok((Result::<Vec<u8>, EffectError>::Ok(Vec::new()),))
+                },
+            )
+            .unwrap();
         let component = Component::from_file(engine, fixtures::BENCH_BASELINE).unwrap();
         let calls = Arc::new(AtomicU64::new(0));
         let state = State {
@@ -227,8 +264,14 @@ pub mod bench_baseline {
         let run = instance
             .get_typed_func::<(Vec<u8>,), (Result<Vec<u8>, String>,)>(&mut store, "run")
             .unwrap();
-        let (result,) = run.call_async(&mut store, (b"9".to_vec(),)).await.unwrap();
-        assert_eq!(result, Ok(Vec::new()));
-        assert_eq!(calls.load(Ordering::Relaxed), 9);
+        for input in ["9", "invoke:2"] {
+            let (result,) = run
+                .call_async(&mut store, (input.as_bytes().to_vec(),))
+                .await
+                .unwrap();
+            assert_eq!(result, Ok(Vec::new()));
+        }
+        // `call` counts 1, `call-invoke` 1000.
+        assert_eq!(calls.load(Ordering::Relaxed), 2009);
     }
 }
