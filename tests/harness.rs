@@ -25,6 +25,11 @@ struct Readme;
 #[doc = include_str!("../docs/embedding.md")]
 struct EmbeddingDocs;
 
+/// The Rust examples of `docs/effects.md` compile.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/effects.md")]
+struct EffectsDocs;
+
 /// The host every test shares: compiling a fixture once per test binary
 /// keeps the suite fast.
 pub fn host() -> &'static Host {

@@ -504,6 +504,17 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_is_valid() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("the block's end");
+        let config = parse(&doc[start..end]).unwrap();
+        assert_eq!(config.grants().unwrap().effect_patterns().len(), 3);
+        assert_eq!(config.handlers().unwrap().kind("flight.book"), Some(EffectKind::Action));
+        assert_eq!(config.limits().max_intents, 1000);
+    }
+
+    #[test]
     fn limits_override_the_defaults_key_by_key() {
         let config = parse("[limits]\ntimeout_ms = 250\nmax_intents = 3").unwrap();
         let limits = config.limits();
