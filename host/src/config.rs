@@ -510,7 +510,10 @@ mod tests {
         let end = start + doc[start..].find("```").expect("the block's end");
         let config = parse(&doc[start..end]).unwrap();
         assert_eq!(config.grants().unwrap().effect_patterns().len(), 3);
-        assert_eq!(config.handlers().unwrap().kind("flight.book"), Some(EffectKind::Action));
+        assert_eq!(
+            config.handlers().unwrap().kind("flight.book"),
+            Some(EffectKind::Action)
+        );
         assert_eq!(config.limits().max_intents, 1000);
     }
 

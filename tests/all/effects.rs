@@ -486,3 +486,18 @@ async fn a_handler_slower_than_its_timeout_is_reported_as_failed() {
     assert!(failed.contains("did not answer"), "{failed}");
     assert_eq!(outcome.status(), Status::Committed);
 }
+
+#[tokio::test]
+async fn inside_an_assert_none_scope_a_query_runs_and_an_action_fails_the_run() {
+    let (journal, handlers) = journal_of(&["orders.create"]);
+    let steps = json!([
+        { "scope": "assert-none", "end": "commit", "steps": [invoke("prices.get"), invoke("orders.create")] },
+    ]);
+    let outcome = run_script_with(steps, granted(), &Recorder::new(), handlers).await;
+
+    assert_eq!(journal.effects(), ["prices.get"]);
+    assert!(matches!(
+        outcome.result,
+        Err(Failure::Forbidden { ref effect, ref rule }) if effect == "orders.create" && rule == "scope 1 policy assert-none"
+    ));
+}
