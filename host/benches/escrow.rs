@@ -240,6 +240,13 @@ fn summary() {
             per,
         ),
         (
+            "invoke a no-op handler",
+            ("per_call", "invoke"),
+            "bare host call",
+            ("per_call", "bare_invoke_call"),
+            per,
+        ),
+        (
             "whole run, 2 intents committed",
             ("whole_run", "run_two_intents_committed"),
             "bare instantiation",

@@ -1,6 +1,9 @@
 //! `escrow:host/effects`: immediate effects, performed now by a host handler,
 //! and the compensations that undo them.
 
+use std::task::Poll;
+use std::time::Instant;
+
 use crate::bindings::escrow::host::effects::{EffectError, Host};
 use crate::ctx::{EscrowCtx, PendingCompensation, Refused, truncated};
 use crate::handlers::{EffectKind, Registered};
@@ -33,6 +36,13 @@ impl Host for EscrowCtx {
 /// What a call will undo with, once its handler has run.
 type Undo = (String, Vec<u8>);
 
+/// How a handler call ended.
+enum Called {
+    Answered(Result<Vec<u8>, crate::error::CallError>),
+    TimedOut(std::time::Duration),
+    PastDeadline,
+}
+
 impl EscrowCtx {
     /// Checks, performs and records one immediate effect. Returns `Err` (a
     /// trap) only when the run's deadline passes while the handler runs.
@@ -57,13 +67,24 @@ impl EscrowCtx {
             }
         };
 
-        // Never wait beyond the run's deadline: past it the guest is stopped.
-        let left = self
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        let timeout = self.handlers.call_timeout().min(left);
-        let called =
-            tokio::time::timeout(timeout, registered.handler.call(&effect, &payload)).await;
+        let called = {
+            let mut call = registered.handler.call(&effect, &payload);
+            // A handler that answers at once needs no timer: poll it once first.
+            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                Poll::Ready(answer) => Called::Answered(answer),
+                Poll::Pending => {
+                    // Never wait beyond the run's deadline: past it the guest
+                    // is stopped.
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    let timeout = self.handlers.call_timeout().min(left);
+                    match tokio::time::timeout(timeout, call).await {
+                        Ok(answer) => Called::Answered(answer),
+                        Err(_) if timeout == left => Called::PastDeadline,
+                        Err(_) => Called::TimedOut(timeout),
+                    }
+                }
+            }
+        };
         // The handler was called: whatever it answered, it may have acted,
         // so its undo is registered.
         let compensation = undo.map(|(compensate, compensate_payload)| {
@@ -82,17 +103,20 @@ impl EscrowCtx {
             });
             compensate
         });
+        let max = self.limits.max_payload_bytes;
         let result = match called {
-            Ok(Ok(answer)) if answer.len() > self.limits.max_payload_bytes => {
+            Called::Answered(Ok(answer)) if answer.len() > max => {
                 Err(EffectError::Failed(format!(
-                    "the handler's answer is {} bytes; the limit is {}",
-                    answer.len(),
-                    self.limits.max_payload_bytes
+                    "the handler's answer is {} bytes; the limit is {max}",
+                    answer.len()
                 )))
             }
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(EffectError::Failed(error.to_string())),
-            Err(_) if timeout == left => {
+            Called::Answered(Ok(answer)) => Ok(answer),
+            Called::Answered(Err(error)) => Err(EffectError::Failed(error.to_string())),
+            Called::TimedOut(timeout) => Err(EffectError::Failed(format!(
+                "the handler did not answer within {timeout:?}"
+            ))),
+            Called::PastDeadline => {
                 let result = Err(EffectError::Failed(
                     "the run's deadline passed during the call".into(),
                 ));
@@ -106,9 +130,6 @@ impl EscrowCtx {
                 );
                 return Err(LimitExceeded(Limit::Deadline).into());
             }
-            Err(_) => Err(EffectError::Failed(format!(
-                "the handler did not answer within {timeout:?}"
-            ))),
         };
         self.record(
             seq,
