@@ -20,6 +20,9 @@ wasmtime::component::bindgen!({
         "escrow:host/effects": async | trappable,
         // Rolling a scope back awaits its compensations.
         "escrow:host/scopes": async,
+        // Taking a lock waits for it, up to the deadline; guards are looked up
+        // in the run's table of leases.
+        "escrow:host/locks": async | trappable,
     },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],

@@ -12,6 +12,7 @@ use crate::ctx::EscrowCtx;
 
 mod effects;
 mod intents;
+mod locks;
 mod scopes;
 
 /// Adds every escrow interface (the `escrow:host/imports` world) to
@@ -32,6 +33,7 @@ pub fn add_to_linker<T: Send + 'static>(
     host::intents::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::scopes::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::effects::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
+    host::locks::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     Ok(())
 }
 

@@ -146,6 +146,9 @@ pub struct Config {
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// How long a handler may take, in milliseconds (default 30 000).
     pub handler_timeout_ms: Option<u64>,
+    /// Where locks live.
+    #[serde(default)]
+    pub locks: LocksConfig,
     /// The run's limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -167,6 +170,9 @@ pub struct GrantsConfig {
     /// Directories the guest sees.
     #[serde(default)]
     pub dirs: Vec<DirConfig>,
+    /// Lock-key patterns the plugin may lock.
+    #[serde(default)]
+    pub locks: Vec<String>,
 }
 
 /// One entry of `grants.dirs`.
@@ -214,6 +220,19 @@ fn default_method() -> String {
     "POST".into()
 }
 
+/// `[locks]`: the lock backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocksConfig {
+    /// `memory` (default: locks shared by the runs of one process) or a
+    /// Redis URL (`redis://127.0.0.1:6379/0`: locks shared by every host on
+    /// that Redis).
+    pub backend: Option<String>,
+    /// How long a Redis lease lives without renewal, in milliseconds
+    /// (default 10 000).
+    pub lease_ms: Option<u64>,
+}
+
 /// `[limits]`; each missing key keeps its default from [`crate::limits`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +249,8 @@ pub struct LimitsConfig {
     pub max_total_payload_bytes: Option<usize>,
     /// Nesting depth of scopes.
     pub max_scope_depth: Option<usize>,
+    /// Lock keys held at once.
+    pub max_locks: Option<usize>,
 }
 
 impl Config {
@@ -257,6 +278,15 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.grants()?;
+        match self.locks.backend.as_deref() {
+            None | Some("memory") => {}
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
+            Some(other) => {
+                return Err(format!(
+                    "locks.backend `{other}`: use `memory` or a redis:// URL"
+                ));
+            }
+        }
         self.handlers()?;
         self.run_policy()?;
         if let Some(sink) = &self.sink {
@@ -276,7 +306,9 @@ impl Config {
     pub fn grants(&self) -> Result<Grants, String> {
         let mut grants = Grants::new()
             .effects(self.grants.effects.iter().cloned())
-            .map_err(|e: NameError| format!("effect grant: {e}"))?;
+            .map_err(|e: NameError| format!("effect grant: {e}"))?
+            .locks(self.grants.locks.iter().cloned())
+            .map_err(|e: NameError| format!("lock grant: {e}"))?;
         for dir in &self.grants.dirs {
             grants = grants.dir(self.base.join(&dir.host), dir.guest.clone(), dir.writable);
         }
@@ -333,6 +365,32 @@ impl Config {
         Ok(handlers)
     }
 
+    /// The lock backend the config names, connected.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached, or was named without the `redis`
+    /// feature.
+    pub async fn lock_backend(&self) -> Result<Arc<dyn crate::backends::LockBackend>, String> {
+        match self.locks.backend.as_deref() {
+            None | Some("memory") => Ok(Arc::new(crate::backends::MemoryLocks::new())),
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                let mut redis = crate::backends::RedisLocks::connect(url)
+                    .await
+                    .map_err(|e| format!("locks.backend `{url}`: {e}"))?;
+                if let Some(ms) = self.locks.lease_ms {
+                    redis = redis.lease(Duration::from_millis(ms));
+                }
+                Ok(Arc::new(redis))
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(url) => Err(format!(
+                "locks.backend `{url}` needs escrow-host's `redis` feature"
+            )),
+        }
+    }
+
     /// The policy named by `policy` and `block`.
     ///
     /// # Errors
@@ -357,6 +415,7 @@ impl Config {
                 .max_total_payload_bytes
                 .unwrap_or(defaults.max_total_payload_bytes),
             max_scope_depth: l.max_scope_depth.unwrap_or(defaults.max_scope_depth),
+            max_locks: l.max_locks.unwrap_or(defaults.max_locks),
         }
     }
 

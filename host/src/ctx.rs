@@ -10,10 +10,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backends::{Lease, LockBackend, MemoryLocks};
 use crate::grants::Grants;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
-use crate::outcome::{Compensation, Failure, Fate, Intent, Invocation, Outcome, Refusal};
+use crate::outcome::{
+    Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome, Refusal,
+};
 use crate::patterns::check_effect_name;
 use crate::policy::{Decision, Policy};
 
@@ -42,6 +45,15 @@ pub struct EscrowCtx {
     pub(crate) compensations: Vec<PendingCompensation>,
     /// Compensations run so far, in the order they ran.
     pub(crate) compensated: Vec<Compensation>,
+    /// The locks the run holds, by guard id; released when their guard is
+    /// dropped, or after the run ([`Settled::locks`]).
+    pub(crate) held: HeldLocks,
+    pub(crate) next_guard: u32,
+    /// Every acquisition, for the outcome.
+    pub(crate) lock_records: Vec<LockRecord>,
+    /// The keys held now with their tokens, shared by the intents recorded
+    /// while they are held.
+    pub(crate) fences: Arc<[Fence]>,
     /// Open nested scopes, outermost first.
     pub(crate) frames: Vec<Frame>,
     pub(crate) next_frame: u32,
@@ -109,6 +121,13 @@ impl EscrowCtx {
             invocations: Vec::new(),
             compensations: Vec::new(),
             compensated: Vec::new(),
+            held: HeldLocks {
+                backend: Arc::new(MemoryLocks::new()),
+                leases: Vec::new(),
+            },
+            next_guard: 1,
+            lock_records: Vec::new(),
+            fences: Arc::from([]),
             frames: Vec::new(),
             next_frame: 1,
             payload_bytes: 0,
@@ -120,6 +139,13 @@ impl EscrowCtx {
     /// The handlers that perform this run's immediate effects.
     pub fn with_handlers(mut self, handlers: Arc<Handlers>) -> Self {
         self.handlers = handlers;
+        self
+    }
+
+    /// The backend this run takes its locks from (by default a lock table of
+    /// its own, shared with nothing).
+    pub fn with_locks(mut self, backend: Arc<dyn LockBackend>) -> Self {
+        self.held.backend = backend;
         self
     }
 
@@ -271,8 +297,10 @@ impl EscrowCtx {
     /// blocked intent becomes [`Fate::Discarded`] and the remaining
     /// compensations run, newest first. Refused requests stay refused.
     ///
-    /// The outcome's stderr and timings are left empty for the caller.
-    pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Outcome {
+    /// The locks the run still holds are handed back in [`Settled::locks`]:
+    /// release them once the committed intents are dispatched. The outcome's
+    /// stderr and timings are left empty for the caller.
+    pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Settled {
         let result = match self.violation.take() {
             Some(failure) => Err(failure),
             None => guest,
@@ -290,13 +318,85 @@ impl EscrowCtx {
             self.discard_from(0, &failed);
             self.compensate_from(0, &failed).await;
         }
-        Outcome {
+        let outcome = Outcome {
             result,
             intents: self.records,
             invocations: self.invocations,
+            locks: self.lock_records,
             compensations: self.compensated,
             guest_stderr: Vec::new(),
             timings: Default::default(),
+        };
+        Settled {
+            outcome,
+            locks: self.held,
+        }
+    }
+}
+
+/// A finished run: its outcome, and the locks it still holds.
+#[derive(Debug)]
+pub struct Settled {
+    /// What the run did; its committed intents wait for dispatch.
+    pub outcome: Outcome,
+    /// The locks the run still holds. Release them after dispatching the
+    /// committed intents, so that the effects they protect are applied
+    /// before another run can take the same keys. Dropping them releases
+    /// them too, in the background.
+    pub locks: HeldLocks,
+}
+
+/// Locks held by a run, with the backend they came from.
+pub struct HeldLocks {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    /// Leases by guard id, in acquisition order.
+    pub(crate) leases: Vec<(u32, Lease)>,
+}
+
+impl std::fmt::Debug for HeldLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.leases.iter().map(|(_, lease)| lease))
+            .finish()
+    }
+}
+
+impl HeldLocks {
+    /// Releases every lock, newest first.
+    pub async fn release(mut self) {
+        release_all(Arc::clone(&self.backend), std::mem::take(&mut self.leases)).await;
+    }
+
+    /// Whether no lock is held.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+}
+
+async fn release_all(backend: Arc<dyn LockBackend>, leases: Vec<(u32, Lease)>) {
+    for (_, lease) in leases.into_iter().rev() {
+        let keys = lease.keys.clone();
+        if let Err(error) = backend.release(lease).await {
+            tracing::warn!(?keys, %error, "releasing locks failed; they end when their lease expires");
+        }
+    }
+}
+
+impl Drop for HeldLocks {
+    /// A run abandoned midway (its future dropped) still gives its locks
+    /// back.
+    fn drop(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let leases = std::mem::take(&mut self.leases);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release_all(Arc::clone(&self.backend), leases));
+            }
+            Err(_) => tracing::warn!(
+                "locks dropped outside an async runtime: they end when their lease expires"
+            ),
         }
     }
 }

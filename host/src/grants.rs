@@ -9,15 +9,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::patterns::{EffectPatterns, NameError};
+use crate::patterns::{NameError, Patterns};
 
 /// What a plugin may request during a run.
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
-    effects: EffectPatterns,
+    effects: Patterns,
     /// `granted by <pattern>` for each effect pattern, made once so that
     /// settling a committed intent allocates no message.
     effect_rules: Vec<Arc<str>>,
+    locks: Patterns,
     dirs: Vec<DirGrant>,
     env: Vec<(String, String)>,
 }
@@ -51,7 +52,7 @@ impl Grants {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.effects = EffectPatterns::new(patterns)?;
+        self.effects = Patterns::effects(patterns)?;
         self.effect_rules = self
             .effects
             .patterns()
@@ -59,6 +60,31 @@ impl Grants {
             .map(|p| format!("granted by {p}").into())
             .collect();
         Ok(self)
+    }
+
+    /// Allows taking locks on keys matching `patterns` (`account:*`).
+    /// Replaces any lock patterns granted before.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`NameError`] for a malformed pattern.
+    pub fn locks<I, S>(mut self, patterns: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.locks = Patterns::lock_keys(patterns)?;
+        Ok(self)
+    }
+
+    /// The granted lock pattern that covers `key`, if any.
+    pub fn lock_grant(&self, key: &str) -> Option<&str> {
+        self.locks.first_match(key)
+    }
+
+    /// The granted lock-key patterns.
+    pub fn lock_patterns(&self) -> &[String] {
+        self.locks.patterns()
     }
 
     /// Shows the host directory `host` to the guest at `guest`, read-only
@@ -124,6 +150,7 @@ mod tests {
         let grants = Grants::new();
         assert_eq!(grants.effect_grant("email.send"), None);
         assert!(grants.dirs().is_empty());
+        assert_eq!(grants.lock_grant("account:1"), None);
         assert!(grants.env_vars().is_empty());
     }
 

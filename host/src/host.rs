@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::backends::{LockBackend, MemoryLocks};
 use crate::error::Error;
 use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
@@ -61,6 +62,7 @@ struct Inner {
     linker: Linker<RunState>,
     sinks: Sinks,
     handlers: Arc<Handlers>,
+    locks: Arc<dyn LockBackend>,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Host {
 pub struct HostBuilder {
     sinks: Sinks,
     handlers: Handlers,
+    locks: Arc<dyn LockBackend>,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -91,6 +94,7 @@ impl Default for HostBuilder {
         Self {
             sinks: Sinks::new(),
             handlers: Handlers::new(),
+            locks: Arc::new(MemoryLocks::new()),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -125,6 +129,13 @@ impl HostBuilder {
     /// The handlers that perform immediate effects.
     pub fn handlers(mut self, handlers: Handlers) -> Self {
         self.handlers = handlers;
+        self
+    }
+
+    /// Where locks live (default: [`MemoryLocks`], shared by this host's
+    /// runs). Use a Redis backend to share locks between hosts.
+    pub fn locks(mut self, backend: Arc<dyn LockBackend>) -> Self {
+        self.locks = backend;
         self
     }
 
@@ -208,6 +219,7 @@ impl HostBuilder {
                 linker,
                 sinks: self.sinks,
                 handlers: Arc::new(self.handlers),
+                locks: self.locks,
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -270,6 +282,11 @@ impl Host {
     /// The host's sinks.
     pub fn sinks(&self) -> &Sinks {
         &self.inner.sinks
+    }
+
+    /// The host's lock backend.
+    pub fn locks(&self) -> &Arc<dyn LockBackend> {
+        &self.inner.locks
     }
 
     /// The host's handlers.

@@ -52,6 +52,7 @@
 //! call with [`set_deadline`], then [`EscrowCtx::finish`] the run and
 //! [`Host::dispatch`] its intents.
 
+pub mod backends;
 pub mod bindings;
 mod capabilities;
 pub mod config;
@@ -69,14 +70,14 @@ mod run;
 pub mod sinks;
 
 pub use capabilities::add_to_linker;
-pub use ctx::EscrowCtx;
+pub use ctx::{EscrowCtx, HeldLocks, Settled};
 pub use error::{CallError, Error};
 pub use grants::Grants;
 pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
 pub use limits::Limits;
 pub use outcome::{
-    Compensation, Delivery, EffectError, Failure, Fate, Intent, Invocation, Outcome, Refusal,
-    Status, Timings,
+    Compensation, Delivery, EffectError, Failure, Fate, Fence, Intent, Invocation, LockRecord,
+    Outcome, Refusal, Status, Timings,
 };
 pub use plugin::Plugin;
 pub use policy::Policy;

@@ -31,9 +31,16 @@ pub const DEFAULT_MAX_TOTAL_PAYLOAD_BYTES: usize = 16 << 20;
 /// Default maximum depth of nested scopes (the run's own scope not counted).
 pub const DEFAULT_MAX_SCOPE_DEPTH: usize = 32;
 
+/// Default maximum of lock keys a run holds at once (one request counts all
+/// its keys).
+pub const DEFAULT_MAX_LOCKS: usize = 16;
+
 /// Longest effect name the host accepts, in bytes. Effect names are
 /// identifiers (`payments.charge`), not data; a longer one is `invalid`.
 pub const MAX_EFFECT_NAME_BYTES: usize = 128;
+
+/// Longest lock key the host accepts, in bytes.
+pub const MAX_LOCK_KEY_BYTES: usize = 256;
 
 /// Most patterns a guest may pass when it opens a `block` scope.
 pub const MAX_SCOPE_BLOCK_PATTERNS: usize = 64;
@@ -58,6 +65,8 @@ pub struct Limits {
     pub max_total_payload_bytes: usize,
     /// Maximum depth of nested scopes.
     pub max_scope_depth: usize,
+    /// Maximum of lock keys held at once.
+    pub max_locks: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +78,7 @@ impl Default for Limits {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_total_payload_bytes: DEFAULT_MAX_TOTAL_PAYLOAD_BYTES,
             max_scope_depth: DEFAULT_MAX_SCOPE_DEPTH,
+            max_locks: DEFAULT_MAX_LOCKS,
         }
     }
 }
@@ -89,6 +99,8 @@ pub enum Limit {
     TotalPayload,
     /// [`Limits::max_scope_depth`].
     ScopeDepth,
+    /// [`Limits::max_locks`].
+    Locks,
 }
 
 impl Limit {
@@ -101,6 +113,7 @@ impl Limit {
             Limit::PayloadSize => "max_payload_bytes",
             Limit::TotalPayload => "max_total_payload_bytes",
             Limit::ScopeDepth => "max_scope_depth",
+            Limit::Locks => "max_locks",
         }
     }
 }

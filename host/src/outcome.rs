@@ -22,6 +22,8 @@ pub struct Outcome {
     /// handler's answer or why there was none. Sequence numbers are shared
     /// with [`Outcome::intents`], so together they give the order of events.
     pub invocations: Vec<Invocation>,
+    /// The locks the run took, in the order it took them.
+    pub locks: Vec<LockRecord>,
     /// The compensations the host ran, in the order it ran them: those of
     /// nested scopes that rolled back during the run, then, if the run
     /// failed, the rest in reverse order of registration.
@@ -119,6 +121,27 @@ pub struct Intent {
     /// that withheld it, or why it was discarded. Shared between the intents
     /// a rule decided.
     pub rule: Arc<str>,
+    /// The locks the run held when it recorded the intent, with their
+    /// fencing tokens: a sink can reject work from a stale holder.
+    pub fences: Arc<[Fence]>,
+}
+
+/// One lock key held, and the fencing token of its acquisition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lock key.
+    pub key: String,
+    /// The fencing token.
+    pub token: u64,
+}
+
+/// One acquisition of locks by a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRecord {
+    /// The keys, sorted and deduplicated.
+    pub keys: Vec<String>,
+    /// The fencing token of the acquisition.
+    pub token: u64,
 }
 
 /// What became of an intent.

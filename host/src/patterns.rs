@@ -1,26 +1,72 @@
-//! Effect names and the patterns that match them (`email.*`).
+//! Names the guest chooses (effect names, lock keys) and the patterns that
+//! match them (`email.*`, `account:*`).
 //!
-//! Grants, `block` policies and sink routes all name effects by pattern. A
-//! pattern is an effect name in which `*` matches any run of characters,
-//! dots included: `email.*` matches `email.send` and `email.batch.send`, and
-//! `*` alone matches every effect.
+//! Grants, `block` policies and sink routes name effects by pattern; lock
+//! grants name keys by pattern. A pattern is a name in which `*` matches any
+//! run of characters, separators included: `email.*` matches `email.send`
+//! and `email.batch.send`, and `*` alone matches everything.
 
 use wildmatch::WildMatch;
 
-use crate::limits::MAX_EFFECT_NAME_BYTES;
+use crate::limits::{MAX_EFFECT_NAME_BYTES, MAX_LOCK_KEY_BYTES};
 
-/// A pattern or an effect name that is not well formed.
+/// What kind of name is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKind {
+    /// An effect name: at most [`MAX_EFFECT_NAME_BYTES`] of `[a-zA-Z0-9._-]`.
+    Effect,
+    /// A lock key: at most [`MAX_LOCK_KEY_BYTES`] of `[a-zA-Z0-9._:/@-]`.
+    LockKey,
+}
+
+impl NameKind {
+    fn label(self) -> &'static str {
+        match self {
+            NameKind::Effect => "effect name",
+            NameKind::LockKey => "lock key",
+        }
+    }
+
+    fn max_bytes(self) -> usize {
+        match self {
+            NameKind::Effect => MAX_EFFECT_NAME_BYTES,
+            NameKind::LockKey => MAX_LOCK_KEY_BYTES,
+        }
+    }
+
+    fn allows(self, b: u8) -> bool {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'_' | b'-')
+            || (self == NameKind::LockKey && matches!(b, b':' | b'/' | b'@'))
+    }
+
+    fn allowed_text(self) -> &'static str {
+        match self {
+            NameKind::Effect => "letters, digits, `.`, `_` and `-`",
+            NameKind::LockKey => "letters, digits, `.`, `_`, `-`, `:`, `/` and `@`",
+        }
+    }
+}
+
+/// A name or pattern that is not well formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// The name or pattern is empty.
-    #[error("effect name is empty")]
-    Empty,
-    /// The name or pattern is longer than [`MAX_EFFECT_NAME_BYTES`].
-    #[error("effect name is {0} bytes long; the limit is {MAX_EFFECT_NAME_BYTES}")]
-    TooLong(usize),
-    /// A character outside `[a-zA-Z0-9._-]` (and `*` in patterns).
-    #[error("effect name `{name}` has {ch:?}; use letters, digits, `.`, `_` and `-`{star}", star = if *.pattern { " (and `*` in patterns)" } else { "" })]
+    #[error("{} is empty", .0.label())]
+    Empty(NameKind),
+    /// The name or pattern is longer than its kind allows.
+    #[error("{} is {} bytes long; the limit is {}", .0.label(), .1, .0.max_bytes())]
+    TooLong(NameKind, usize),
+    /// A character its kind does not allow (`*` is allowed in patterns).
+    #[error(
+        "{} `{name}` has {ch:?}; use {}{}",
+        kind.label(),
+        kind.allowed_text(),
+        if *pattern { " (and `*` in patterns)" } else { "" }
+    )]
     BadChar {
+        /// What was checked.
+        kind: NameKind,
         /// The offending name or pattern.
         name: String,
         /// The first character that is not allowed.
@@ -37,71 +83,106 @@ pub enum NameError {
 ///
 /// Returns the first rule the name breaks.
 pub fn check_effect_name(name: &str) -> Result<(), NameError> {
-    check(name, false)
+    check(NameKind::Effect, name, false)
 }
 
-fn check(name: &str, pattern: bool) -> Result<(), NameError> {
+/// Checks that `key` is a well-formed lock key: 1 to [`MAX_LOCK_KEY_BYTES`]
+/// bytes of `[a-zA-Z0-9._:/@-]`.
+///
+/// # Errors
+///
+/// Returns the first rule the key breaks.
+pub fn check_lock_key(key: &str) -> Result<(), NameError> {
+    check(NameKind::LockKey, key, false)
+}
+
+fn check(kind: NameKind, name: &str, pattern: bool) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err(NameError::Empty);
+        return Err(NameError::Empty(kind));
     }
-    if name.len() > MAX_EFFECT_NAME_BYTES {
-        return Err(NameError::TooLong(name.len()));
+    if name.len() > kind.max_bytes() {
+        return Err(NameError::TooLong(kind, name.len()));
     }
-    let allowed = |c: char| {
-        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*')
-    };
-    match name.chars().find(|c| !allowed(*c)) {
-        Some(ch) => Err(NameError::BadChar {
-            name: name.to_owned(),
-            ch,
-            pattern,
-        }),
-        None => Ok(()),
+    let allowed = |b: u8| kind.allows(b) || (pattern && b == b'*');
+    if name.bytes().all(allowed) {
+        return Ok(());
     }
+    let ch = name
+        .chars()
+        .find(|c| !c.is_ascii() || !allowed(*c as u8))
+        .expect("a byte outside the allowed set");
+    Err(NameError::BadChar {
+        kind,
+        name: name.to_owned(),
+        ch,
+        pattern,
+    })
 }
 
-/// A list of effect patterns, compiled once and matched per request, in
-/// order. The default list is empty and matches nothing.
+/// A list of patterns, compiled once and matched in order. The default list
+/// is empty and matches nothing.
 #[derive(Debug, Clone, Default)]
-pub struct EffectPatterns {
+pub struct Patterns {
     patterns: Vec<String>,
     matchers: Vec<WildMatch>,
 }
 
-impl EffectPatterns {
-    /// Compiles `patterns`.
+impl Patterns {
+    /// Compiles effect-name patterns (`email.*`).
     ///
     /// # Errors
     ///
     /// Returns [`NameError`] for the first pattern that is not an effect name
     /// with optional `*`s.
-    pub fn new<I, S>(patterns: I) -> Result<Self, NameError>
+    pub fn effects<I, S>(patterns: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(NameKind::Effect, patterns)
+    }
+
+    /// Compiles lock-key patterns (`account:*`).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`NameError`] for the first pattern that is not a lock key
+    /// with optional `*`s.
+    pub fn lock_keys<I, S>(patterns: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(NameKind::LockKey, patterns)
+    }
+
+    fn new<I, S>(kind: NameKind, patterns: I) -> Result<Self, NameError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let patterns: Vec<String> = patterns.into_iter().map(Into::into).collect();
         // `check` admits `*` and nothing else the matcher treats specially
-        // (its single-character wildcard `?` is not an effect-name character).
-        patterns.iter().try_for_each(|p| check(p, true))?;
+        // (its single-character wildcard `?` is not a name character).
+        patterns.iter().try_for_each(|p| check(kind, p, true))?;
         let matchers = patterns.iter().map(|p| WildMatch::new(p)).collect();
         Ok(Self { patterns, matchers })
     }
 
-    /// The first pattern (in the order given) that matches `effect`.
-    pub fn first_match(&self, effect: &str) -> Option<&str> {
-        self.position(effect).map(|i| self.patterns[i].as_str())
+    /// The first pattern (in the order given) that matches `name`.
+    pub fn first_match(&self, name: &str) -> Option<&str> {
+        self.position(name).map(|i| self.patterns[i].as_str())
     }
 
     /// The index of the first pattern (in the order given) that matches
-    /// `effect`.
-    pub fn position(&self, effect: &str) -> Option<usize> {
-        self.matchers.iter().position(|m| m.matches(effect))
+    /// `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.matchers.iter().position(|m| m.matches(name))
     }
 
-    /// Whether any pattern matches `effect`.
-    pub fn is_match(&self, effect: &str) -> bool {
-        self.position(effect).is_some()
+    /// Whether any pattern matches `name`.
+    pub fn is_match(&self, name: &str) -> bool {
+        self.position(name).is_some()
     }
 
     /// The patterns, as given.
@@ -115,7 +196,7 @@ impl EffectPatterns {
     }
 }
 
-impl PartialEq for EffectPatterns {
+impl PartialEq for Patterns {
     fn eq(&self, other: &Self) -> bool {
         self.patterns == other.patterns
     }
@@ -127,7 +208,7 @@ mod tests {
 
     #[test]
     fn star_matches_across_dots() {
-        let p = EffectPatterns::new(["email.*"]).unwrap();
+        let p = Patterns::effects(["email.*"]).unwrap();
         assert!(p.is_match("email.send"));
         assert!(p.is_match("email.batch.send"));
         assert!(!p.is_match("emails.send"));
@@ -135,18 +216,23 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_star_matches_every_effect() {
-        assert!(EffectPatterns::new(["*"]).unwrap().is_match("a.b-c_d"));
+    fn a_lone_star_matches_every_name() {
+        assert!(Patterns::effects(["*"]).unwrap().is_match("a.b-c_d"));
+        assert!(
+            Patterns::lock_keys(["*"])
+                .unwrap()
+                .is_match("account:7/eu@x")
+        );
     }
 
     #[test]
-    fn an_empty_set_matches_nothing() {
-        assert!(!EffectPatterns::default().is_match("email.send"));
+    fn an_empty_list_matches_nothing() {
+        assert!(!Patterns::default().is_match("email.send"));
     }
 
     #[test]
     fn the_first_matching_pattern_in_order_is_reported() {
-        let p = EffectPatterns::new(["orders.save", "*", "orders.*"]).unwrap();
+        let p = Patterns::effects(["orders.save", "*", "orders.*"]).unwrap();
         assert_eq!(p.first_match("orders.save"), Some("orders.save"));
         assert_eq!(p.first_match("orders.load"), Some("*"));
     }
@@ -155,7 +241,7 @@ mod tests {
     fn glob_metacharacters_other_than_star_are_rejected() {
         for bad in ["email.{a,b}", "email.[ab]", "email.?", "a b", "é"] {
             assert!(
-                matches!(EffectPatterns::new([bad]), Err(NameError::BadChar { .. })),
+                matches!(Patterns::effects([bad]), Err(NameError::BadChar { .. })),
                 "{bad}"
             );
         }
@@ -163,15 +249,39 @@ mod tests {
 
     #[test]
     fn effect_names_are_checked_for_length_and_characters() {
-        assert_eq!(check_effect_name(""), Err(NameError::Empty));
+        assert_eq!(
+            check_effect_name(""),
+            Err(NameError::Empty(NameKind::Effect))
+        );
         assert_eq!(
             check_effect_name(&"a".repeat(MAX_EFFECT_NAME_BYTES + 1)),
-            Err(NameError::TooLong(MAX_EFFECT_NAME_BYTES + 1))
+            Err(NameError::TooLong(
+                NameKind::Effect,
+                MAX_EFFECT_NAME_BYTES + 1
+            ))
         );
         assert!(matches!(
             check_effect_name("email.*"),
             Err(NameError::BadChar { ch: '*', .. })
         ));
+        assert!(matches!(
+            check_effect_name("account:7"),
+            Err(NameError::BadChar { ch: ':', .. })
+        ));
         assert_eq!(check_effect_name("payments.charge-v2_x"), Ok(()));
+    }
+
+    #[test]
+    fn lock_keys_allow_separators_effect_names_do_not() {
+        assert_eq!(check_lock_key("account:eu/7@bank"), Ok(()));
+        assert_eq!(
+            check_lock_key(&"k".repeat(MAX_LOCK_KEY_BYTES + 1)),
+            Err(NameError::TooLong(
+                NameKind::LockKey,
+                MAX_LOCK_KEY_BYTES + 1
+            ))
+        );
+        let error = check_lock_key("account 7").unwrap_err().to_string();
+        assert!(error.starts_with("lock key `account 7` has ' '"), "{error}");
     }
 }

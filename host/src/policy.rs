@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::patterns::{EffectPatterns, NameError};
+use crate::patterns::{NameError, Patterns};
 
 /// What happens to one requested effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl Policy for AssertNone {
 /// Keep intents whose effect matches a pattern visible but never dispatch
 /// them; commit the others.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Block(EffectPatterns);
+pub struct Block(Patterns);
 
 impl Block {
     /// Blocks effects matching any of `patterns` (`email.*`).
@@ -119,11 +119,11 @@ impl Block {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        EffectPatterns::new(patterns).map(Self)
+        Patterns::effects(patterns).map(Self)
     }
 
     /// The blocked patterns.
-    pub fn patterns(&self) -> &EffectPatterns {
+    pub fn patterns(&self) -> &Patterns {
         &self.0
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::ctx::EscrowCtx;
+use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
 use crate::limits::{Limit, Limits, MAX_GUEST_STDERR_BYTES};
@@ -212,11 +212,14 @@ impl Plugin {
         let called = Instant::now();
         let state = store.into_data();
         drop(slot);
-        let mut outcome = state.escrow.finish(guest).await;
+        let Settled { mut outcome, locks } = state.escrow.finish(guest).await;
         let settled = Instant::now();
         if outcome.result.is_ok() {
             self.sinks.dispatch(&mut outcome.intents).await;
         }
+        // Locks protect the run's effects, and deferred effects happen at
+        // dispatch: they are released only now.
+        locks.release().await;
         outcome.guest_stderr = stderr.contents().to_vec();
         outcome.timings = Timings {
             instantiate: instantiated - started,

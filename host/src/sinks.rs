@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::CallError;
 use crate::outcome::{Delivery, Fate, Intent};
-use crate::patterns::{EffectPatterns, NameError};
+use crate::patterns::{NameError, Patterns};
 
 mod closure;
 mod json_lines;
@@ -37,7 +37,7 @@ pub trait Sink: Send + Sync + 'static {
 /// whose pattern matches an effect takes it.
 #[derive(Clone)]
 pub struct Sinks {
-    routes: Vec<(EffectPatterns, Arc<dyn Sink>)>,
+    routes: Vec<(Patterns, Arc<dyn Sink>)>,
     timeout: Duration,
 }
 
@@ -82,7 +82,7 @@ impl Sinks {
     /// Returns [`NameError`] for a malformed pattern.
     pub fn route(&mut self, pattern: &str, sink: impl Sink) -> Result<&mut Self, NameError> {
         self.routes
-            .push((EffectPatterns::new([pattern])?, Arc::new(sink)));
+            .push((Patterns::effects([pattern])?, Arc::new(sink)));
         Ok(self)
     }
 

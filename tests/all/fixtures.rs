@@ -107,9 +107,10 @@ pub mod custom_world {
             .clone()
             .map(|seq| seq.to_le_bytes().to_vec())
             .map_err(escrow_host::Failure::GuestError);
-        let outcome = store.into_data().escrow.finish(guest).await;
-        assert_eq!(outcome.result.is_ok(), placed.is_ok());
-        (placed, outcome.intents)
+        let settled = store.into_data().escrow.finish(guest).await;
+        assert_eq!(settled.outcome.result.is_ok(), placed.is_ok());
+        settled.locks.release().await;
+        (placed, settled.outcome.intents)
     }
 
     #[tokio::test]

@@ -43,6 +43,7 @@ impl Host for EscrowCtx {
             payload,
             fate,
             rule,
+            fences: Arc::clone(&self.fences),
         });
         Ok(seq)
     }
@@ -79,6 +80,7 @@ impl EscrowCtx {
             payload,
             fate: Fate::Refused(refusal.clone()),
             rule,
+            fences: Arc::clone(&self.fences),
         });
         refusal
     }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use escrow_host::{Delivery, EffectError, Fate, Outcome, Refusal};
+use escrow_host::{Delivery, EffectError, Fate, Fence, Outcome, Refusal};
 use serde_json::{Value, json};
 
 /// The guest's bytes as JSON when they are JSON, else as text.
@@ -48,6 +48,9 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
                 "fate": intent.fate.name(),
                 "rule": &*intent.rule,
             });
+            if !intent.fences.is_empty() {
+                entry["fences"] = fences_value(&intent.fences);
+            }
             match &intent.fate {
                 Fate::Dispatched(delivery) => entry["delivery"] = delivery_value(delivery),
                 Fate::Refused(refusal) => entry["refusal"] = json!(refusal.kind()),
@@ -102,6 +105,11 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
     }
     report["intents"] = Value::Array(intents);
     report["invocations"] = Value::Array(invocations);
+    report["locks"] = outcome
+        .locks
+        .iter()
+        .map(|lock| json!({ "keys": lock.keys, "fencing_token": lock.token }))
+        .collect();
     report["compensations"] = Value::Array(compensations);
     let t = &outcome.timings;
     report["timings_us"] = json!({
@@ -114,6 +122,13 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
         report["guest_stderr"] = json!(String::from_utf8_lossy(&outcome.guest_stderr));
     }
     report
+}
+
+fn fences_value(fences: &[Fence]) -> Value {
+    fences
+        .iter()
+        .map(|f| json!({ "key": f.key, "token": f.token }))
+        .collect()
 }
 
 fn delivery_value(delivery: &Delivery) -> Value {
@@ -178,6 +193,14 @@ pub(crate) fn human(outcome: &Outcome) -> String {
     lines.sort_by_key(|(seq, _)| *seq);
     for (seq, line) in lines {
         let _ = writeln!(out, "  #{seq:<3} {line}");
+    }
+    for lock in &outcome.locks {
+        let _ = writeln!(
+            out,
+            "locked {} (fencing token {})",
+            lock.keys.join(", "),
+            lock.token
+        );
     }
     if !outcome.compensations.is_empty() {
         let _ = writeln!(out, "compensations:");

@@ -55,6 +55,13 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -91,7 +98,8 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
         )?,
         (None, true) => host.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?,
     };
-    let host = host.handlers(handlers).build()?;
+    let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
+    let host = host.handlers(handlers).locks(locks).build()?;
     let plugin = host.load_file(&args.plugin)?;
 
     let options = RunOptions::new()
@@ -99,7 +107,7 @@ pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
         .grants(grants)
         .shared_policy(policy)
         .limits(limits);
-    let outcome = plugin.run_blocking(options)?;
+    let outcome = plugin.run(options).await?;
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report::json(&outcome))?);

@@ -13,7 +13,9 @@ use crate::error::CallError;
 use crate::outcome::Intent;
 
 /// Writes each committed intent as a line of JSON:
-/// `{"seq":1,"effect":"email.send","payload":{...}}`.
+/// `{"seq":1,"effect":"email.send","payload":{...}}`, with `"fences"` (the
+/// locks held when it was recorded, and their fencing tokens) when there
+/// were any.
 ///
 /// A payload that is JSON is embedded as JSON; any other payload is written
 /// as `"payload_base64"`. Each line is flushed before the next intent.
@@ -71,6 +73,13 @@ impl JsonLines {
 /// The JSON line for one intent.
 pub(crate) fn intent_line(intent: &Intent) -> serde_json::Value {
     let mut line = serde_json::json!({ "seq": intent.seq, "effect": intent.effect });
+    if !intent.fences.is_empty() {
+        line["fences"] = intent
+            .fences
+            .iter()
+            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
+            .collect();
+    }
     match serde_json::from_slice::<serde_json::Value>(&intent.payload) {
         Ok(payload) => line["payload"] = payload,
         Err(_) => {

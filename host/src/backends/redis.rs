@@ -1,0 +1,215 @@
+//! Redis backends: state shared by every host that uses the same Redis.
+//!
+//! Locks are leases: each held key is a Redis key holding its holder's id,
+//! with an expiry that a background task renews while the lease is held. A
+//! host that dies stops renewing, and its leases expire. Fencing tokens come
+//! from one Redis counter, so they increase across hosts.
+//!
+//! One Redis without a quorum is one point of truth: if it fails, or fails
+//! over to a replica that missed a write, two holders can believe they hold a
+//! key. Fencing tokens are the defence: a store that remembers the highest
+//! token it saw for a key rejects writes from a stale holder.
+
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::locks::{Lease, LockBackend, LockError};
+
+/// How long a lease lives without renewal by default. A dead host's locks
+/// are free again at most this long after its last renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The longest pause between two attempts to take contended keys.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Takes every key or none. KEYS: the lock keys, then the fence counter.
+/// ARGV: the holder, the lease in milliseconds. Returns the new token, or 0
+/// when a key is held.
+const ACQUIRE: &str = r"
+for i = 1, #KEYS - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+local token = redis.call('INCR', KEYS[#KEYS])
+for i = 1, #KEYS - 1 do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+end
+return token
+";
+
+/// Deletes the keys still held by ARGV[1].
+const RELEASE: &str = r"
+local released = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    released = released + 1
+  end
+end
+return released
+";
+
+/// Extends the keys still held by ARGV[1] to ARGV[2] milliseconds; returns
+/// how many it extended.
+const RENEW: &str = r"
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    renewed = renewed + 1
+  end
+end
+return renewed
+";
+
+/// Locks in Redis, shared by every host connected to it.
+#[derive(Clone)]
+pub struct RedisLocks {
+    connection: ConnectionManager,
+    prefix: String,
+    lease: Duration,
+    acquire: Script,
+    release: Script,
+    renew: Script,
+}
+
+impl std::fmt::Debug for RedisLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLocks")
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLocks {
+    /// Connects to the Redis at `url` (`redis://host:port/db`). Keys are
+    /// prefixed with `escrow:`; leases last [`DEFAULT_LEASE`].
+    ///
+    /// # Errors
+    ///
+    /// When the URL is malformed or Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, LockError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let connection = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Ok(Self {
+            connection,
+            prefix: "escrow:".into(),
+            lease: DEFAULT_LEASE,
+            acquire: Script::new(ACQUIRE),
+            release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+        })
+    }
+
+    /// How long a lease lives without renewal. It is renewed every third of
+    /// that while held.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The prefix of every Redis key this backend uses (default `escrow:`),
+    /// to keep several deployments apart in one Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    fn key(&self, lock: &str) -> String {
+        format!("{}lock:{lock}", self.prefix)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Renews `keys` for `holder` every third of the lease until aborted.
+    fn keep_alive(&self, keys: Vec<String>, holder: String) -> tokio::task::AbortHandle {
+        let mut connection = self.connection.clone();
+        let renew = self.renew.clone();
+        let (lease_ms, every) = (self.lease_ms(), self.lease / 3);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let mut call = renew.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                let renewed: Result<usize, _> = call.arg(&holder).arg(lease_ms).invoke_async(&mut connection).await;
+                match renewed {
+                    Ok(n) if n == keys.len() => {}
+                    Ok(_) => {
+                        tracing::warn!(?keys, "a lock lease expired before it was renewed; fencing tokens now protect its writes");
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "renewing a lock lease failed; will retry"),
+                }
+            }
+        })
+        .abort_handle()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> LockError {
+    LockError::Unavailable(error.to_string())
+}
+
+#[async_trait::async_trait]
+impl LockBackend for RedisLocks {
+    async fn acquire(&self, keys: &[String], timeout: Duration) -> Result<Lease, LockError> {
+        let holder = uuid::Uuid::new_v4().to_string();
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let fence = format!("{}lock-fence", self.prefix);
+        let give_up = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        let mut connection = self.connection.clone();
+        loop {
+            let mut call = self.acquire.prepare_invoke();
+            for key in &redis_keys {
+                call.key(key);
+            }
+            let token: u64 = call
+                .key(&fence)
+                .arg(&holder)
+                .arg(self.lease_ms())
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if token > 0 {
+                let keepalive = Some(self.keep_alive(redis_keys, holder.clone()));
+                return Ok(Lease {
+                    keys: keys.to_vec(),
+                    token,
+                    holder,
+                    keepalive,
+                });
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(LockError::Timeout);
+            }
+            tokio::time::sleep(pause.min(give_up - now)).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        }
+    }
+
+    async fn release(&self, mut lease: Lease) -> Result<(), LockError> {
+        if let Some(keepalive) = lease.keepalive.take() {
+            keepalive.abort();
+        }
+        let mut call = self.release.prepare_invoke();
+        for key in &lease.keys {
+            call.key(self.key(key));
+        }
+        let _released: usize = call
+            .arg(&lease.holder)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! `escrow:host/locks`: locks taken mid-run, all or nothing, in one global
+//! order, released when the guard drops or after the run.
+//!
+//! Deadlock is made impossible rather than unlikely: keys of one request are
+//! sorted, deduplicated and taken together, and a run that holds locks may
+//! only ask for keys ordered after every key it holds. No run then waits for
+//! a key while holding one ordered after it, so no cycle of waits can form.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Resource;
+
+use crate::backends::LockError as BackendError;
+use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
+use crate::ctx::EscrowCtx;
+use crate::limits::Limit;
+use crate::outcome::{Failure, Fence, LockRecord, Refusal};
+use crate::patterns::check_lock_key;
+use crate::run::LimitExceeded;
+
+impl Host for EscrowCtx {
+    async fn acquire(
+        &mut self,
+        keys: Vec<String>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Resource<Guard>, LockError>> {
+        let keys = match self.check_keys(keys) {
+            Ok(keys) => keys,
+            Err(error) => return Ok(Err(error)),
+        };
+        // Never wait beyond the run's deadline: past it the guest is stopped.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let asked = Duration::from_millis(timeout_ms.into());
+        let lease = match self.held.backend.acquire(&keys, asked.min(left)).await {
+            Ok(lease) => lease,
+            Err(BackendError::Timeout) if left < asked => {
+                return Err(LimitExceeded(Limit::Deadline).into());
+            }
+            Err(BackendError::Timeout) => return Ok(Err(LockError::Timeout)),
+            Err(BackendError::Unavailable(why)) => return Ok(Err(LockError::Unavailable(why))),
+        };
+        self.lock_records.push(LockRecord {
+            keys: lease.keys.clone(),
+            token: lease.token,
+        });
+        let id = self.next_guard;
+        self.next_guard += 1;
+        self.held.leases.push((id, lease));
+        self.refresh_fences();
+        Ok(Ok(Resource::new_own(id)))
+    }
+}
+
+impl HostGuard for EscrowCtx {
+    async fn keys(&mut self, guard: Resource<Guard>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.lease(&guard)?.keys.clone())
+    }
+
+    async fn fencing_token(&mut self, guard: Resource<Guard>) -> wasmtime::Result<u64> {
+        Ok(self.lease(&guard)?.token)
+    }
+
+    async fn drop(&mut self, guard: Resource<Guard>) -> wasmtime::Result<()> {
+        let position = self
+            .held
+            .leases
+            .iter()
+            .position(|(id, _)| *id == guard.rep());
+        let (_, lease) = self
+            .held
+            .leases
+            .remove(position.ok_or_else(|| wasmtime::format_err!("unknown lock guard"))?);
+        self.refresh_fences();
+        let keys = lease.keys.clone();
+        if let Err(error) = self.held.backend.release(lease).await {
+            tracing::warn!(?keys, %error, "releasing locks failed; they end when their lease expires");
+        }
+        Ok(())
+    }
+}
+
+impl EscrowCtx {
+    /// Checks a request's keys against the grants, the limit and the global
+    /// order; returns them sorted and deduplicated.
+    fn check_keys(&mut self, mut keys: Vec<String>) -> Result<Vec<String>, LockError> {
+        let refused = |refusal| Err(LockError::Refused(refusal));
+        if keys.is_empty() {
+            return refused(Refusal::Invalid("no lock keys given".into()));
+        }
+        let max = self.limits.max_locks;
+        let held: usize = self.held.leases.iter().map(|(_, l)| l.keys.len()).sum();
+        // Checked before the keys are, so that a huge list costs nothing more.
+        if keys.len() > max {
+            self.violate(Failure::Limit(Limit::Locks));
+            return refused(Refusal::Limit(format!(
+                "{}: at most {max} keys held at once",
+                Limit::Locks
+            )));
+        }
+        for key in &keys {
+            if let Err(error) = check_lock_key(key) {
+                return refused(Refusal::Invalid(error.to_string()));
+            }
+            if self.grants.lock_grant(key).is_none() {
+                return refused(Refusal::NotGranted(format!(
+                    "lock `{key}` is not covered by the plugin's grants"
+                )));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        if held + keys.len() > max {
+            self.violate(Failure::Limit(Limit::Locks));
+            return refused(Refusal::Limit(format!(
+                "{}: this run holds {held} keys and asks for {} more; at most {max}",
+                Limit::Locks,
+                keys.len()
+            )));
+        }
+        let highest = self
+            .held
+            .leases
+            .iter()
+            .filter_map(|(_, l)| l.keys.last())
+            .max();
+        if let Some(highest) = highest {
+            if keys[0] <= *highest {
+                return Err(LockError::WouldDeadlock(format!(
+                    "this run holds `{highest}` and asks for `{}`: take locks in key order, or all at once",
+                    keys[0]
+                )));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn lease(&self, guard: &Resource<Guard>) -> wasmtime::Result<&crate::backends::Lease> {
+        self.held
+            .leases
+            .iter()
+            .find(|(id, _)| *id == guard.rep())
+            .map(|(_, lease)| lease)
+            .ok_or_else(|| wasmtime::format_err!("unknown lock guard"))
+    }
+
+    fn refresh_fences(&mut self) {
+        let fences: Vec<Fence> = self
+            .held
+            .leases
+            .iter()
+            .flat_map(|(_, lease)| {
+                lease.keys.iter().map(|key| Fence {
+                    key: key.clone(),
+                    token: lease.token,
+                })
+            })
+            .collect();
+        self.fences = Arc::from(fences);
+    }
+}
