@@ -124,13 +124,11 @@ impl EscrowCtx {
             .iter()
             .filter_map(|(_, l)| l.keys.last())
             .max();
-        if let Some(highest) = highest {
-            if keys[0] <= *highest {
-                return Err(LockError::WouldDeadlock(format!(
-                    "this run holds `{highest}` and asks for `{}`: take locks in key order, or all at once",
-                    keys[0]
-                )));
-            }
+        if let Some(highest) = highest.filter(|h| keys[0] <= **h) {
+            return Err(LockError::WouldDeadlock(format!(
+                "this run holds `{highest}` and asks for `{}`: take locks in key order, or all at once",
+                keys[0]
+            )));
         }
         Ok(keys)
     }
