@@ -44,6 +44,9 @@ pub enum Error {
     Encode(serde_json::Error),
     /// An answer from the host could not be decoded.
     Decode(serde_json::Error),
+    /// No lock was taken.
+    #[cfg(feature = "locks")]
+    Lock(crate::LockError),
 }
 
 impl fmt::Display for Error {
@@ -53,6 +56,8 @@ impl fmt::Display for Error {
             Error::Failed(message) => write!(f, "failed: {message}"),
             Error::Encode(e) => write!(f, "cannot encode the payload as JSON: {e}"),
             Error::Decode(e) => write!(f, "cannot decode the host's answer: {e}"),
+            #[cfg(feature = "locks")]
+            Error::Lock(e) => e.fmt(f),
         }
     }
 }
@@ -63,7 +68,24 @@ impl std::error::Error for Error {
             Error::Refused(refusal) => Some(refusal),
             Error::Failed(_) => None,
             Error::Encode(e) | Error::Decode(e) => Some(e),
+            #[cfg(feature = "locks")]
+            Error::Lock(e) => Some(e),
         }
+    }
+}
+
+#[cfg(feature = "locks")]
+impl From<crate::LockError> for Error {
+    fn from(error: crate::LockError) -> Self {
+        Error::Lock(error)
+    }
+}
+
+/// Lets `?` turn a lock error into a plugin's `String` error.
+#[cfg(feature = "locks")]
+impl From<crate::LockError> for String {
+    fn from(error: crate::LockError) -> Self {
+        error.to_string()
     }
 }
 

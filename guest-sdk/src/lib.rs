@@ -26,7 +26,8 @@
 //! through a host handler and returns its answer; [`invoke_reversible`] and
 //! [`saga`] register undos that the host runs, newest first, if the run
 //! fails. [`scope`] opens a nested scope whose intents are discarded, and
-//! whose undos run, if it fails. Refusals (an effect the plugin was not
+//! whose undos run, if it fails. [`lock`] takes locks mid-run, all or
+//! nothing, in one global order. Refusals (an effect the plugin was not
 //! granted, a forbidden effect, a limit) come back as [`Refusal`] values.
 //!
 //! # Native mode
@@ -43,6 +44,8 @@ mod effects;
 mod error;
 #[cfg(feature = "intents")]
 mod intents;
+#[cfg(feature = "locks")]
+mod locks;
 mod scopes;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
@@ -66,6 +69,8 @@ pub use error::{Error, Refusal};
 pub use escrow_guest_macro::plugin;
 #[cfg(feature = "intents")]
 pub use intents::{PendingIntent, defer, defer_bytes, pending};
+#[cfg(feature = "locks")]
+pub use locks::{DEFAULT_LOCK_TIMEOUT, Guard, LockError, lock, lock_with_timeout};
 pub use scopes::ScopePolicy;
 #[cfg(feature = "scopes")]
 pub use scopes::{Scope, scope, scope_with};

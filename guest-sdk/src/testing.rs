@@ -41,6 +41,7 @@ pub enum Kind {
 #[derive(Clone, Default)]
 pub struct Sandbox {
     grants: Option<Vec<String>>,
+    lock_grants: Option<Vec<String>>,
     policy: ScopePolicy,
     handlers: HashMap<String, (Kind, FakeHandler)>,
 }
@@ -49,6 +50,7 @@ impl fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sandbox")
             .field("grants", &self.grants)
+            .field("lock_grants", &self.lock_grants)
             .field("policy", &self.policy)
             .field(
                 "handlers",
@@ -72,6 +74,17 @@ impl Sandbox {
     /// granted, effects that match none are refused `not-granted`.
     pub fn grant(mut self, pattern: impl Into<String>) -> Self {
         self.grants
+            .get_or_insert_with(Vec::new)
+            .push(pattern.into());
+        self
+    }
+
+    /// Grants locks on keys matching `pattern` (`account:*`). Once any
+    /// pattern is granted, keys that match none are refused. The sandbox
+    /// checks grants, key order and names; it has one run, so no lock is ever
+    /// contended.
+    pub fn grant_lock(mut self, pattern: impl Into<String>) -> Self {
+        self.lock_grants
             .get_or_insert_with(Vec::new)
             .push(pattern.into());
         self
@@ -119,8 +132,13 @@ impl Sandbox {
     ///
     /// On a malformed grant or block pattern.
     pub fn run<T>(&self, body: impl FnOnce() -> T) -> Recording<T> {
-        let state = State::new(self.grants.as_deref(), &self.policy, self.handlers.clone())
-            .unwrap_or_else(|e| panic!("escrow-guest sandbox: {e}"));
+        let state = State::new(
+            self.grants.as_deref(),
+            self.lock_grants.as_deref(),
+            &self.policy,
+            self.handlers.clone(),
+        )
+        .unwrap_or_else(|e| panic!("escrow-guest sandbox: {e}"));
         let (output, mut state) = with_sandbox(state, body);
         let registered_compensations = state.end();
         Recording {
@@ -129,6 +147,7 @@ impl Sandbox {
             invocations: state.invocations,
             compensations: state.compensations,
             registered_compensations,
+            locks: state.locks,
             violation: state.violation,
         }
     }
@@ -151,9 +170,20 @@ pub struct Recording<T> {
     /// host would run if this run failed (their result is
     /// [`Answer::Pending`]).
     pub registered_compensations: Vec<RecordedCompensation>,
+    /// The locks taken, in order, with their fencing tokens.
+    pub locks: Vec<RecordedLock>,
     /// Why a host would fail this run even if the body succeeded (a forbidden
     /// effect), if it would.
     pub violation: Option<String>,
+}
+
+/// One acquisition of locks in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedLock {
+    /// The keys, sorted and deduplicated.
+    pub keys: Vec<String>,
+    /// The fencing token.
+    pub token: u64,
 }
 
 impl<T> Recording<T> {

@@ -6,7 +6,12 @@
 // The sandbox serves every capability; with some features off, part of it is
 // unused.
 #![cfg_attr(
-    not(all(feature = "intents", feature = "scopes", feature = "effects")),
+    not(all(
+        feature = "intents",
+        feature = "scopes",
+        feature = "effects",
+        feature = "locks"
+    )),
     allow(dead_code, reason = "another capability's feature is off")
 )]
 
@@ -20,21 +25,31 @@ use crate::intents::PendingIntent;
 use crate::scopes::ScopePolicy;
 use crate::testing::{
     Answer, FakeHandler, Fate, Kind, RecordedCompensation, RecordedIntent, RecordedInvocation,
+    RecordedLock,
 };
 use crate::{Error, Refusal};
 
 /// Longest effect name the host accepts, in bytes (as `escrow-host`).
 const MAX_EFFECT_NAME_BYTES: usize = 128;
 
+/// Longest lock key the host accepts, in bytes (as `escrow-host`).
+const MAX_LOCK_KEY_BYTES: usize = 256;
+
 thread_local! {
     static SANDBOX: RefCell<State> = RefCell::new(
-        State::new(None, &ScopePolicy::Inherit, HashMap::new()).expect("no patterns"),
+        State::new(None, None, &ScopePolicy::Inherit, HashMap::new()).expect("no patterns"),
     );
 }
 
 /// One thread's sandbox.
 pub(crate) struct State {
     grants: Option<Patterns>,
+    lock_grants: Option<Patterns>,
+    /// Locks held: guard id, keys, token.
+    held: Vec<(u32, Vec<String>, u64)>,
+    next_guard: u32,
+    last_token: u64,
+    pub(crate) locks: Vec<RecordedLock>,
     policy: Rules,
     handlers: HashMap<String, (Kind, FakeHandler)>,
     seq: u64,
@@ -94,18 +109,37 @@ impl Rules {
 }
 
 fn check_name(name: &str, pattern: bool) -> Result<(), String> {
+    check_text(name, pattern, "effect name", MAX_EFFECT_NAME_BYTES, "")
+}
+
+fn check_lock_key(key: &str, pattern: bool) -> Result<(), String> {
+    check_text(key, pattern, "lock key", MAX_LOCK_KEY_BYTES, ":/@")
+}
+
+/// The host's rules for names: not empty, at most `max` bytes of letters,
+/// digits, `.`, `_`, `-` and `extra` (and `*` in patterns).
+fn check_text(
+    name: &str,
+    pattern: bool,
+    what: &str,
+    max: usize,
+    extra: &str,
+) -> Result<(), String> {
     let ok = |c: char| {
-        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (pattern && c == '*')
+        c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '_' | '-')
+            || extra.contains(c)
+            || (pattern && c == '*')
     };
     if name.is_empty() {
-        Err("effect name is empty".into())
-    } else if name.len() > MAX_EFFECT_NAME_BYTES {
+        Err(format!("{what} is empty"))
+    } else if name.len() > max {
         Err(format!(
-            "effect name is {} bytes long; the limit is {MAX_EFFECT_NAME_BYTES}",
+            "{what} is {} bytes long; the limit is {max}",
             name.len()
         ))
     } else if let Some(ch) = name.chars().find(|c| !ok(*c)) {
-        Err(format!("effect name `{name}` has {ch:?}"))
+        Err(format!("{what} `{name}` has {ch:?}"))
     } else {
         Ok(())
     }
@@ -120,6 +154,11 @@ impl Patterns {
         Ok(Self(patterns.iter().map(|p| WildMatch::new(p)).collect()))
     }
 
+    fn lock_keys(patterns: &[String]) -> Result<Self, String> {
+        patterns.iter().try_for_each(|p| check_lock_key(p, true))?;
+        Ok(Self(patterns.iter().map(|p| WildMatch::new(p)).collect()))
+    }
+
     fn matches(&self, effect: &str) -> bool {
         self.0.iter().any(|m| m.matches(effect))
     }
@@ -128,11 +167,17 @@ impl Patterns {
 impl State {
     pub(crate) fn new(
         grants: Option<&[String]>,
+        lock_grants: Option<&[String]>,
         policy: &ScopePolicy,
         handlers: HashMap<String, (Kind, FakeHandler)>,
     ) -> Result<Self, String> {
         Ok(Self {
             grants: grants.map(Patterns::new).transpose()?,
+            lock_grants: lock_grants.map(Patterns::lock_keys).transpose()?,
+            held: Vec::new(),
+            next_guard: 1,
+            last_token: 0,
+            locks: Vec::new(),
             policy: Rules::new(policy)?,
             handlers,
             seq: 0,
@@ -259,6 +304,44 @@ impl State {
             )));
         }
         Ok((call, undo))
+    }
+
+    #[cfg(feature = "locks")]
+    fn acquire(&mut self, keys: &[String]) -> Result<u32, crate::LockError> {
+        use crate::LockError;
+        let refused = |r| Err(LockError::Refused(r));
+        if keys.is_empty() {
+            return refused(Refusal::Invalid("no lock keys given".into()));
+        }
+        for key in keys {
+            if let Err(e) = check_lock_key(key, false) {
+                return refused(Refusal::Invalid(e));
+            }
+            if self.lock_grants.as_ref().is_some_and(|g| !g.matches(key)) {
+                return refused(Refusal::NotGranted(format!(
+                    "lock `{key}` is not covered by the plugin's grants"
+                )));
+            }
+        }
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let highest = self.held.iter().filter_map(|(_, k, _)| k.last()).max();
+        if let Some(highest) = highest.filter(|h| keys[0] <= **h) {
+            return Err(LockError::WouldDeadlock(format!(
+                "this run holds `{highest}` and asks for `{}`",
+                keys[0]
+            )));
+        }
+        self.last_token += 1;
+        let id = self.next_guard;
+        self.next_guard += 1;
+        self.locks.push(RecordedLock {
+            keys: keys.clone(),
+            token: self.last_token,
+        });
+        self.held.push((id, keys, self.last_token));
+        Ok(id)
     }
 
     fn roll_back(&mut self, frame: &Frame) -> Vec<Undo> {
@@ -411,4 +494,50 @@ pub(crate) fn scope_commit(scope: ScopeHandle) {
 
 pub(crate) fn scope_rollback(scope: ScopeHandle) {
     close(scope.0, false);
+}
+
+/// A lock guard of the native sandbox; dropping it releases its keys.
+#[cfg(feature = "locks")]
+#[derive(Debug)]
+pub(crate) struct GuardHandle(u32);
+
+#[cfg(feature = "locks")]
+impl Drop for GuardHandle {
+    fn drop(&mut self) {
+        let _ = SANDBOX.try_with(|s| s.borrow_mut().held.retain(|(id, _, _)| *id != self.0));
+    }
+}
+
+#[cfg(feature = "locks")]
+pub(crate) fn acquire(keys: &[String], _timeout_ms: u32) -> Result<GuardHandle, crate::LockError> {
+    SANDBOX
+        .with(|s| s.borrow_mut().acquire(keys))
+        .map(GuardHandle)
+}
+
+#[cfg(feature = "locks")]
+fn held<T>(guard: &GuardHandle, f: impl FnOnce(&(u32, Vec<String>, u64)) -> T) -> T {
+    SANDBOX.with(|s| {
+        let s = s.borrow();
+        f(s.held
+            .iter()
+            .find(|(id, _, _)| *id == guard.0)
+            .expect("a live guard is held"))
+    })
+}
+
+#[cfg(feature = "locks")]
+pub(crate) fn guard_keys(guard: &GuardHandle) -> Vec<String> {
+    held(guard, |(_, keys, _)| keys.clone())
+}
+
+#[cfg(feature = "locks")]
+pub(crate) fn guard_token(guard: &GuardHandle) -> u64 {
+    held(guard, |(_, _, token)| *token)
+}
+
+/// Kept locks stay held until the sandboxed run ends.
+#[cfg(feature = "locks")]
+pub(crate) fn guard_keep(guard: GuardHandle) {
+    std::mem::forget(guard);
 }

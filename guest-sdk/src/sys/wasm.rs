@@ -97,3 +97,34 @@ pub(crate) fn invoke(
         EffectError::Failed(message) => crate::Error::Failed(message),
     })
 }
+
+#[cfg(feature = "locks")]
+pub(crate) type GuardHandle = bindings::escrow::host::locks::Guard;
+
+#[cfg(feature = "locks")]
+pub(crate) fn acquire(keys: &[String], timeout_ms: u32) -> Result<GuardHandle, crate::LockError> {
+    use bindings::escrow::host::locks::{self as host, LockError};
+    host::acquire(keys, timeout_ms).map_err(|error| match error {
+        LockError::Refused(refusal) => crate::LockError::Refused(refusal.into()),
+        LockError::Timeout => crate::LockError::Timeout,
+        LockError::WouldDeadlock(why) => crate::LockError::WouldDeadlock(why),
+        LockError::Unavailable(why) => crate::LockError::Unavailable(why),
+    })
+}
+
+#[cfg(feature = "locks")]
+pub(crate) fn guard_keys(guard: &GuardHandle) -> Vec<String> {
+    guard.keys()
+}
+
+#[cfg(feature = "locks")]
+pub(crate) fn guard_token(guard: &GuardHandle) -> u64 {
+    guard.fencing_token()
+}
+
+/// The handle is forgotten, not dropped: the host keeps the locks until the
+/// run ends, and the instance is discarded with its handle table.
+#[cfg(feature = "locks")]
+pub(crate) fn guard_keep(guard: GuardHandle) {
+    std::mem::forget(guard);
+}
