@@ -81,6 +81,16 @@ pub async fn run_script(steps: Value, options: RunOptions, recorder: &Recorder) 
     run_script_with(steps, options, recorder, Handlers::new()).await
 }
 
+/// Runs `plugin` (the scripted fixture with its sinks, handlers and locks
+/// chosen) with `steps` under `options`.
+pub async fn run_steps(plugin: &Plugin, steps: Value, options: RunOptions) -> Outcome {
+    let input = serde_json::to_vec(&serde_json::json!({ "steps": steps })).unwrap();
+    plugin
+        .run(options.input(input))
+        .await
+        .expect("the run starts")
+}
+
 /// [`run_script`] with `handlers` performing immediate effects.
 pub async fn run_script_with(
     steps: Value,
@@ -232,4 +242,119 @@ pub fn compensated(outcome: &Outcome) -> Vec<&str> {
         .iter()
         .map(|c| c.effect.as_str())
         .collect()
+}
+
+/// Accounts for the transfer example: a query for the balance and two
+/// actions that read, pause, then write the balance (a read-modify-write
+/// that loses updates unless the caller holds the account's lock). Writes
+/// carrying a fencing token older than one already seen are rejected.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    accounts: Arc<Mutex<HashMap<String, Account>>>,
+}
+
+#[derive(Debug, Default)]
+struct Account {
+    balance: i64,
+    fence: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Movement {
+    account: String,
+    amount: i64,
+    fence: u64,
+}
+
+impl Bank {
+    /// Accounts with their opening balances.
+    pub fn new(opening: &[(&str, i64)]) -> Self {
+        let accounts = opening
+            .iter()
+            .map(|(name, balance)| {
+                let account = Account {
+                    balance: *balance,
+                    fence: 0,
+                };
+                ((*name).to_owned(), account)
+            })
+            .collect();
+        Self {
+            accounts: Arc::new(Mutex::new(accounts)),
+        }
+    }
+
+    /// `accounts.balance` (query), `accounts.debit` and `accounts.credit`
+    /// (actions).
+    pub fn handlers(&self) -> Handlers {
+        let mut handlers = Handlers::new();
+        let bank = self.clone();
+        handlers
+            .query(
+                "accounts.balance",
+                escrow_host::handlers::FnHandler(move |payload: &[u8]| {
+                    let name: String =
+                        serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+                    let accounts = bank.accounts.lock().unwrap();
+                    let balance = accounts.get(&name).map_or(0, |a| a.balance);
+                    Ok::<_, CallError>(balance.to_string().into_bytes())
+                }),
+            )
+            .unwrap();
+        for (effect, sign) in [("accounts.debit", -1), ("accounts.credit", 1)] {
+            let bank = self.clone();
+            handlers
+                .action(
+                    effect,
+                    escrow_host::handlers::AsyncFnHandler(move |payload: Vec<u8>| {
+                        let bank = bank.clone();
+                        async move { bank.apply(&payload, sign).await }
+                    }),
+                )
+                .unwrap();
+        }
+        handlers
+    }
+
+    async fn apply(&self, payload: &[u8], sign: i64) -> Result<Vec<u8>, CallError> {
+        let movement: Movement =
+            serde_json::from_slice(payload).map_err(|e| CallError::new(e.to_string()))?;
+        let read = {
+            let mut accounts = self.accounts.lock().unwrap();
+            let account = accounts.entry(movement.account.clone()).or_default();
+            if movement.fence < account.fence {
+                return Err(CallError::new(format!(
+                    "stale fencing token {}",
+                    movement.fence
+                )));
+            }
+            account.fence = movement.fence;
+            account.balance
+        };
+        // The pause between read and write is where an unlocked caller would
+        // lose an update.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let written = read + sign * movement.amount;
+        self.accounts
+            .lock()
+            .unwrap()
+            .get_mut(&movement.account)
+            .unwrap()
+            .balance = written;
+        Ok(written.to_string().into_bytes())
+    }
+
+    /// Every balance.
+    pub fn balances(&self) -> HashMap<String, i64> {
+        let accounts = self.accounts.lock().unwrap();
+        accounts
+            .iter()
+            .map(|(name, a)| (name.clone(), a.balance))
+            .collect()
+    }
+
+    /// The sum of every balance.
+    pub fn total(&self) -> i64 {
+        self.balances().values().sum()
+    }
 }

@@ -4,6 +4,7 @@ use wasmtime::component::Component;
 
 use std::sync::Arc;
 
+use crate::backends::LockBackend;
 use crate::bindings::PluginPre;
 use crate::handlers::Handlers;
 use crate::host::Host;
@@ -20,6 +21,7 @@ pub struct Plugin {
     pub(crate) host: Host,
     pub(crate) sinks: Sinks,
     pub(crate) handlers: Arc<Handlers>,
+    pub(crate) locks: Arc<dyn LockBackend>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -34,10 +36,12 @@ impl Plugin {
     pub(crate) fn new(host: Host, component: Component, pre: PluginPre<RunState>) -> Self {
         let sinks = host.sinks().clone();
         let handlers = Arc::clone(host.handlers());
+        let locks = Arc::clone(host.locks());
         Self {
             host,
             sinks,
             handlers,
+            locks,
             component,
             pre,
         }
@@ -57,6 +61,15 @@ impl Plugin {
     pub fn with_handlers(&self, handlers: impl Into<Arc<Handlers>>) -> Self {
         Self {
             handlers: handlers.into(),
+            ..self.clone()
+        }
+    }
+
+    /// This plugin, taking its locks from `backend` instead of the host's.
+    /// The compiled component is shared, not copied.
+    pub fn with_locks(&self, backend: Arc<dyn LockBackend>) -> Self {
+        Self {
+            locks: backend,
             ..self.clone()
         }
     }

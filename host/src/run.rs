@@ -191,7 +191,8 @@ impl Plugin {
         let state = RunState {
             memory: MemoryCap(limits.max_memory_bytes),
             escrow: EscrowCtx::new(options.grants, options.policy, limits)
-                .with_handlers(Arc::clone(&self.handlers)),
+                .with_handlers(Arc::clone(&self.handlers))
+                .with_locks(Arc::clone(&self.locks)),
             wasi,
             table: ResourceTable::new(),
         };

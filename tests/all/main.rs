@@ -10,6 +10,7 @@ mod grants;
 mod isolation;
 mod limits;
 mod loading;
+mod locks;
 mod policies;
 mod scopes;
 mod sinks;

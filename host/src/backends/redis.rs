@@ -213,3 +213,43 @@ impl LockBackend for RedisLocks {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use escrow_fixtures::redis::RedisServer;
+
+    use super::*;
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_can_release_a_key() {
+        let server = RedisServer::start();
+        let first = RedisLocks::connect(&server.url())
+            .await
+            .unwrap()
+            .lease(Duration::from_millis(200));
+        let second = RedisLocks::connect(&server.url()).await.unwrap();
+        let mut stale = first.acquire(&keys(&["k"]), Duration::ZERO).await.unwrap();
+        // The first holder stalls: its renewals stop and its lease expires.
+        stale.keepalive.take().unwrap().abort();
+        let current = second
+            .acquire(&keys(&["k"]), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(current.token > stale.token);
+
+        // When it wakes up and releases, the key it no longer holds stays.
+        first.release(stale).await.unwrap();
+        assert_eq!(
+            second
+                .acquire(&keys(&["k"]), Duration::ZERO)
+                .await
+                .unwrap_err(),
+            LockError::Timeout
+        );
+        second.release(current).await.unwrap();
+    }
+}
