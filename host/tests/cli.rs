@@ -674,3 +674,147 @@ exec = ["sh", "-c", "cat >/dev/null; echo 'the hotel hung up' >&2; exit 1"]
             .contains("the hotel hung up")
     );
 }
+
+/// The transfer example's config, pointed at `server` for locks and
+/// balances.
+fn transfer_config(dir: &Path, server: &escrow_fixtures::redis::RedisServer) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/transfer");
+    let text = std::fs::read_to_string(example.join("escrow.toml"))
+        .unwrap()
+        .replace("redis://127.0.0.1:6379/", &server.url())
+        .replace("./handlers/", &format!("{}/handlers/", example.display()));
+    let path = dir.join("escrow.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn redis_cli(server: &escrow_fixtures::redis::RedisServer, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (it comes with redis-server)");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn concurrent_transfers_in_both_directions_complete_against_one_redis() {
+    let server = escrow_fixtures::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = transfer_config(dir.path(), &server);
+    redis_cli(
+        &server,
+        &["MSET", "balance:alice", "100", "balance:bob", "100"],
+    );
+
+    let transfers: Vec<_> = (0..16)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 {
+                ("alice", "bob")
+            } else {
+                ("bob", "alice")
+            };
+            let input = format!(
+                r#"{{"from": "{from}", "to": "{to}", "amount": {}}}"#,
+                1 + i % 3
+            );
+            Command::new(env!("CARGO_BIN_EXE_escrow"))
+                .args([
+                    "run",
+                    fixtures::TRANSFER,
+                    "--config",
+                    &config,
+                    "--input",
+                    &input,
+                    "--json",
+                ])
+                .env("BANK_REDIS_PORT", server.port().to_string())
+                .env(
+                    "ESCROW_CACHE_DIR",
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for transfer in transfers {
+        let output = transfer.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let report = json_report(&output);
+        tokens.push(report["locks"][0]["fencing_token"].as_u64().unwrap());
+    }
+
+    let balances = redis_cli(&server, &["MGET", "balance:alice", "balance:bob"]);
+    let total: i64 = balances
+        .lines()
+        .map(|b| b.trim().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 200, "{balances}");
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 16, "every transfer got its own fencing token");
+}
+
+#[test]
+fn a_killed_holders_locks_are_free_again_once_its_lease_expires() {
+    let server = escrow_fixtures::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("escrow.toml");
+    let text = format!(
+        "[grants]\nlocks = [\"*\"]\n\n[locks]\nbackend = \"{}\"\nlease_ms = 500\n",
+        server.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let hold = r#"{"steps": [{"lock": ["k"], "as": "g"}, {"keep": "g"}, "spin"]}"#;
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args([
+            "run",
+            fixtures::SCRIPTED,
+            "--config",
+            config,
+            "--input",
+            hold,
+            "--timeout-ms",
+            "60000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while redis_cli(&server, &["EXISTS", "escrow:lock:k"]).trim() != "1" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the holder never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    let take = r#"{"steps": [{"lock": ["k"], "as": "g", "timeout_ms": 5000}]}"#;
+    let killed_at = std::time::Instant::now();
+    let report = json_report(&escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        config,
+        "--input",
+        take,
+        "--json",
+    ]));
+    assert_eq!(
+        report["result"]["results"][0]["locked"],
+        serde_json::json!(["k"]),
+        "{report}"
+    );
+    assert!(
+        killed_at.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        killed_at.elapsed()
+    );
+}

@@ -73,13 +73,6 @@ impl JsonLines {
 /// The JSON line for one intent.
 pub(crate) fn intent_line(intent: &Intent) -> serde_json::Value {
     let mut line = serde_json::json!({ "seq": intent.seq, "effect": intent.effect });
-    if !intent.fences.is_empty() {
-        line["fences"] = intent
-            .fences
-            .iter()
-            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
-            .collect();
-    }
     match serde_json::from_slice::<serde_json::Value>(&intent.payload) {
         Ok(payload) => line["payload"] = payload,
         Err(_) => {
@@ -87,6 +80,13 @@ pub(crate) fn intent_line(intent: &Intent) -> serde_json::Value {
                 .encode(&intent.payload)
                 .into();
         }
+    }
+    if !intent.fences.is_empty() {
+        line["fences"] = intent
+            .fences
+            .iter()
+            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
+            .collect();
     }
     line
 }
