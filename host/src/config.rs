@@ -574,6 +574,14 @@ mod tests {
             Some(EffectKind::Action)
         );
         assert_eq!(config.limits().max_intents, 1000);
+        assert_eq!(
+            config.grants().unwrap().lock_grant("account:7"),
+            Some("account:*")
+        );
+        assert_eq!(
+            config.locks.backend.as_deref(),
+            Some("redis://127.0.0.1:6379/")
+        );
     }
 
     #[test]
