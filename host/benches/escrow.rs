@@ -6,6 +6,9 @@
 //!   over a host function that does nothing);
 //! - one `invoke` of a no-op handler, against a bare host call with the
 //!   signature of `invoke`;
+//! - one uncontended lock taken and released from a guest, with the
+//!   in-memory backend and with Redis, against a bare host call and a raw
+//!   Redis round trip (`SET` then `DEL` from the same client);
 //! - a whole run (fresh store, instantiate, call, record 2 intents, commit
 //!   to an in-memory sink), against a bare instantiation from `InstancePre`
 //!   in a fresh store.
@@ -20,6 +23,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use escrow_fixtures as fixtures;
 use escrow_host::CallError;
+use escrow_host::backends::{LockBackend, RedisLocks};
 use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
@@ -31,6 +35,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Calls per run in the per-call benchmarks: enough that instantiation is
 /// under 1% of the figure.
 const CALLS_PER_RUN: u64 = 20_000;
+
+/// Locks taken and released per run in the lock benchmarks.
+const LOCKS_PER_RUN: u64 = 200;
 
 /// The store data of the baselines: what a minimal host of the same
 /// components needs.
@@ -173,6 +180,61 @@ fn per_call(c: &mut Criterion) {
     group.finish();
 }
 
+fn locks(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host();
+    let mut group = c.benchmark_group("locks");
+    group
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
+    let redis = escrow_fixtures::redis::RedisServer::start();
+
+    let plugin = host.load_file(fixtures::BENCH).unwrap();
+    let options = RunOptions::new()
+        .grants(Grants::new().locks(["bench:*"]).unwrap())
+        .input(format!("lock:{LOCKS_PER_RUN}"));
+    let redis_locks: Arc<dyn LockBackend> =
+        rt.block_on(async { Arc::new(RedisLocks::connect(&redis.url()).await.unwrap()) });
+    for (name, plugin) in [
+        ("memory", plugin.clone()),
+        ("redis", plugin.with_locks(redis_locks)),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let outcome = plugin.run(options.clone()).await.unwrap();
+                assert_eq!(outcome.locks.len(), LOCKS_PER_RUN as usize);
+            })
+        });
+    }
+
+    // Baseline: what one acquisition and release cost Redis itself.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = rt
+        .block_on(client.get_multiplexed_async_connection())
+        .unwrap();
+    group.bench_function("raw_redis_set_del", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut connection = connection.clone();
+            async move {
+                for _ in 0..LOCKS_PER_RUN {
+                    let () = redis::cmd("SET")
+                        .arg("bench:raw")
+                        .arg("1")
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
+                    let _: u64 = redis::cmd("DEL")
+                        .arg("bench:raw")
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
 fn whole_run(c: &mut Criterion) {
     let rt = runtime();
     let host = host();
@@ -229,44 +291,63 @@ fn mean_ns(group: &str, bench: &str) -> Option<f64> {
         .or_else(|| estimates["mean"]["point_estimate"].as_f64())
 }
 
+/// One line of the summary: a figure of ours and its baseline, each named
+/// by criterion group and benchmark, and divided by the calls it made.
+struct Row {
+    name: &'static str,
+    ours: (&'static str, &'static str, u64),
+    baseline_name: &'static str,
+    baseline: (&'static str, &'static str, u64),
+}
+
 fn summary() {
-    let per = CALLS_PER_RUN as f64;
     let rows = [
-        (
-            "record one intent",
-            ("per_call", "record_intent"),
-            "bare host call",
-            ("per_call", "bare_host_call"),
-            per,
-        ),
-        (
-            "invoke a no-op handler",
-            ("per_call", "invoke"),
-            "bare host call",
-            ("per_call", "bare_invoke_call"),
-            per,
-        ),
-        (
-            "whole run, 2 intents committed",
-            ("whole_run", "run_two_intents_committed"),
-            "bare instantiation",
-            ("whole_run", "bare_instantiation"),
-            1.0,
-        ),
+        Row {
+            name: "record one intent",
+            ours: ("per_call", "record_intent", CALLS_PER_RUN),
+            baseline_name: "bare host call",
+            baseline: ("per_call", "bare_host_call", CALLS_PER_RUN),
+        },
+        Row {
+            name: "invoke a no-op handler",
+            ours: ("per_call", "invoke", CALLS_PER_RUN),
+            baseline_name: "bare host call",
+            baseline: ("per_call", "bare_invoke_call", CALLS_PER_RUN),
+        },
+        Row {
+            name: "lock + release, memory",
+            ours: ("locks", "memory", LOCKS_PER_RUN),
+            baseline_name: "bare host call",
+            baseline: ("per_call", "bare_host_call", CALLS_PER_RUN),
+        },
+        Row {
+            name: "lock + release, Redis",
+            ours: ("locks", "redis", LOCKS_PER_RUN),
+            baseline_name: "raw Redis SET + DEL",
+            baseline: ("locks", "raw_redis_set_del", LOCKS_PER_RUN),
+        },
+        Row {
+            name: "whole run, 2 intents committed",
+            ours: ("whole_run", "run_two_intents_committed", 1),
+            baseline_name: "bare instantiation",
+            baseline: ("whole_run", "bare_instantiation", 1),
+        },
     ];
     println!("\nescrow, each figure next to its baseline from this run:");
-    for (name, (g, b), base_name, (bg, bb), divisor) in rows {
-        match (mean_ns(g, b), mean_ns(bg, bb)) {
-            (Some(ours), Some(base)) => {
-                let (ours, base) = (ours / divisor, base / divisor);
-                println!(
-                    "  {name:<32} {:>10}   {base_name:<20} {:>10}   ratio {:.2}x",
-                    human(ours),
-                    human(base),
-                    ours / base
-                );
-            }
-            _ => println!("  {name:<32} (not measured in this run)"),
+    for row in rows {
+        let figure = |(group, bench, calls): (&str, &str, u64)| {
+            mean_ns(group, bench).map(|ns| ns / calls as f64)
+        };
+        match (figure(row.ours), figure(row.baseline)) {
+            (Some(ours), Some(base)) => println!(
+                "  {:<32} {:>10}   {:<20} {:>10}   ratio {:.2}x",
+                row.name,
+                human(ours),
+                row.baseline_name,
+                human(base),
+                ours / base
+            ),
+            _ => println!("  {:<32} (not measured in this run)", row.name),
         }
     }
 }
@@ -284,6 +365,7 @@ fn human(ns: f64) -> String {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     per_call(&mut criterion);
+    locks(&mut criterion);
     whole_run(&mut criterion);
     criterion.final_summary();
     summary();

@@ -174,6 +174,17 @@ pub mod bench {
     }
 
     #[tokio::test]
+    async fn locks_and_unlocks_as_often_as_its_input_says() {
+        let grants = escrow_host::Grants::new().locks(["bench:*"]).unwrap();
+        let outcome = plugin(fixtures::BENCH)
+            .run(RunOptions::new().grants(grants).input("lock:3"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.locks.len(), 3);
+        assert!(outcome.locks.windows(2).all(|w| w[0].token < w[1].token));
+    }
+
+    #[tokio::test]
     async fn records_as_many_intents_as_its_input_says() {
         let outcome = plugin(fixtures::BENCH)
             .run(RunOptions::new().grants(all_effects()).input("5"))
