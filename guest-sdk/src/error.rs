@@ -47,6 +47,10 @@ pub enum Error {
     /// No lock was taken.
     #[cfg(feature = "locks")]
     Lock(crate::LockError),
+    /// A breaker was open: the handler was not called. A trial is let
+    /// through after this long.
+    #[cfg(feature = "breakers")]
+    CircuitOpen(std::time::Duration),
 }
 
 impl fmt::Display for Error {
@@ -58,6 +62,12 @@ impl fmt::Display for Error {
             Error::Decode(e) => write!(f, "cannot decode the host's answer: {e}"),
             #[cfg(feature = "locks")]
             Error::Lock(e) => e.fmt(f),
+            #[cfg(feature = "breakers")]
+            Error::CircuitOpen(retry) => write!(
+                f,
+                "the circuit is open; a trial in {} ms",
+                retry.as_millis()
+            ),
         }
     }
 }
@@ -70,6 +80,8 @@ impl std::error::Error for Error {
             Error::Encode(e) | Error::Decode(e) => Some(e),
             #[cfg(feature = "locks")]
             Error::Lock(e) => Some(e),
+            #[cfg(feature = "breakers")]
+            Error::CircuitOpen(_) => None,
         }
     }
 }

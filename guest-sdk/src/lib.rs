@@ -27,7 +27,8 @@
 //! [`saga`] register undos that the host runs, newest first, if the run
 //! fails. [`scope`] opens a nested scope whose intents are discarded, and
 //! whose undos run, if it fails. [`lock`] takes locks mid-run, all or
-//! nothing, in one global order. Refusals (an effect the plugin was not
+//! nothing, in one global order. [`breaker`] opens a circuit breaker the host
+//! defines; calls through it fail fast while it is open. Refusals (an effect the plugin was not
 //! granted, a forbidden effect, a limit) come back as [`Refusal`] values.
 //!
 //! # Native mode
@@ -39,6 +40,8 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "breakers")]
+mod breakers;
 #[cfg(feature = "effects")]
 mod effects;
 mod error;
@@ -51,6 +54,8 @@ mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
+#[cfg(feature = "breakers")]
+pub use breakers::{Breaker, BreakerError, BreakerState, breaker};
 #[cfg(all(feature = "effects", feature = "scopes"))]
 pub use effects::{Saga, saga};
 #[cfg(feature = "effects")]

@@ -40,10 +40,11 @@ pub enum Kind {
 /// everything is granted, the policy commits, and no handler exists.
 #[derive(Clone, Default)]
 pub struct Sandbox {
-    grants: Option<Vec<String>>,
-    lock_grants: Option<Vec<String>>,
-    policy: ScopePolicy,
-    handlers: HashMap<String, (Kind, FakeHandler)>,
+    pub(crate) grants: Option<Vec<String>>,
+    pub(crate) lock_grants: Option<Vec<String>>,
+    pub(crate) policy: ScopePolicy,
+    pub(crate) handlers: HashMap<String, (Kind, FakeHandler)>,
+    pub(crate) breakers: HashMap<String, SimBreaker>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -96,6 +97,32 @@ impl Sandbox {
         self
     }
 
+    /// A breaker named `name` that opens after `failure_threshold` failures
+    /// in a row and then stays open for the rest of the sandboxed run (the
+    /// sandbox has no clock: recovery is the host's business).
+    pub fn breaker(mut self, name: impl Into<String>, failure_threshold: u32) -> Self {
+        self.breakers.insert(
+            name.into(),
+            SimBreaker {
+                threshold: failure_threshold.max(1),
+                failures: 0,
+            },
+        );
+        self
+    }
+
+    /// A breaker named `name` that is open from the start.
+    pub fn open_breaker(mut self, name: impl Into<String>) -> Self {
+        self.breakers.insert(
+            name.into(),
+            SimBreaker {
+                threshold: 1,
+                failures: 1,
+            },
+        );
+        self
+    }
+
     /// A fake handler for the query `effect`.
     pub fn query(
         self,
@@ -132,13 +159,7 @@ impl Sandbox {
     ///
     /// On a malformed grant or block pattern.
     pub fn run<T>(&self, body: impl FnOnce() -> T) -> Recording<T> {
-        let state = State::new(
-            self.grants.as_deref(),
-            self.lock_grants.as_deref(),
-            &self.policy,
-            self.handlers.clone(),
-        )
-        .unwrap_or_else(|e| panic!("escrow-guest sandbox: {e}"));
+        let state = State::new(self).unwrap_or_else(|e| panic!("escrow-guest sandbox: {e}"));
         let (output, mut state) = with_sandbox(state, body);
         let registered_compensations = state.end();
         Recording {
@@ -148,6 +169,7 @@ impl Sandbox {
             compensations: state.compensations,
             registered_compensations,
             locks: state.locks,
+            breaker_calls: state.breaker_calls,
             violation: state.violation,
         }
     }
@@ -172,9 +194,43 @@ pub struct Recording<T> {
     pub registered_compensations: Vec<RecordedCompensation>,
     /// The locks taken, in order, with their fencing tokens.
     pub locks: Vec<RecordedLock>,
+    /// The calls through breakers, in order.
+    pub breaker_calls: Vec<RecordedBreakerCall>,
     /// Why a host would fail this run even if the body succeeded (a forbidden
     /// effect), if it would.
     pub violation: Option<String>,
+}
+
+/// One call through a sandboxed breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedBreakerCall {
+    /// The breaker.
+    pub breaker: String,
+    /// The effect called through it.
+    pub effect: String,
+    /// Whether the breaker was open and failed the call fast.
+    pub rejected: bool,
+}
+
+/// A sandboxed breaker: failures in a row, and the threshold that opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimBreaker {
+    threshold: u32,
+    failures: u32,
+}
+
+#[cfg_attr(
+    not(feature = "breakers"),
+    allow(dead_code, reason = "used by the breakers feature")
+)]
+impl SimBreaker {
+    pub(crate) fn is_open(&self) -> bool {
+        self.failures >= self.threshold
+    }
+
+    pub(crate) fn count(&mut self, failed: bool) {
+        self.failures = if failed { self.failures + 1 } else { 0 };
+    }
 }
 
 /// One acquisition of locks in the sandbox.

@@ -23,6 +23,8 @@ wasmtime::component::bindgen!({
         // Taking a lock waits for it, up to the deadline; guards are looked up
         // in the run's table of leases.
         "escrow:host/locks": async | trappable,
+        // Calls through a breaker wait for its shared state and the handler.
+        "escrow:host/breakers": async | trappable,
     },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],

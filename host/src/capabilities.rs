@@ -10,6 +10,7 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::escrow::host;
 use crate::ctx::EscrowCtx;
 
+mod breakers;
 mod effects;
 mod intents;
 mod locks;
@@ -34,6 +35,7 @@ pub fn add_to_linker<T: Send + 'static>(
     host::scopes::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::effects::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     host::locks::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
+    host::breakers::add_to_linker::<T, HasSelf<EscrowCtx>>(linker, get)?;
     Ok(())
 }
 

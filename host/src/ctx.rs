@@ -7,15 +7,17 @@
 //! every intent's fate. Deferred effects are never performed in here.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::backends::{Lease, LockBackend, MemoryLocks};
+use crate::breakers::Breakers;
 use crate::grants::Grants;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
 use crate::outcome::{
-    Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome, Refusal,
+    BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
+    Refusal,
 };
 use crate::patterns::check_effect_name;
 use crate::policy::{Decision, Policy};
@@ -29,6 +31,7 @@ pub struct EscrowCtx {
     pub(crate) grants: Arc<Grants>,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) handlers: Arc<Handlers>,
+    pub(crate) breakers: Arc<Breakers>,
     pub(crate) limits: Limits,
     /// When the run's deadline passes; handler calls do not wait beyond it.
     pub(crate) deadline: Instant,
@@ -54,6 +57,10 @@ pub struct EscrowCtx {
     /// The keys held now with their tokens, shared by the intents recorded
     /// while they are held.
     pub(crate) fences: Arc<[Fence]>,
+    /// The breakers the guest opened, by handle.
+    pub(crate) opened_breakers: Vec<String>,
+    /// Every call through a breaker, for the outcome.
+    pub(crate) breaker_decisions: Vec<BreakerDecision>,
     /// Open nested scopes, outermost first.
     pub(crate) frames: Vec<Frame>,
     pub(crate) next_frame: u32,
@@ -110,10 +117,17 @@ impl EscrowCtx {
     /// handlers (every immediate effect is refused until
     /// [`with_handlers`](EscrowCtx::with_handlers)).
     pub fn new(grants: Arc<Grants>, policy: Arc<dyn Policy>, limits: Limits) -> Self {
+        // Shared empty defaults: a run that is given its own (as every
+        // `Plugin::run` is) pays no allocation for them.
+        static NO_HANDLERS: OnceLock<Arc<Handlers>> = OnceLock::new();
+        static NO_BREAKERS: OnceLock<Arc<Breakers>> = OnceLock::new();
+        static OWN_LOCKS: OnceLock<Arc<dyn LockBackend>> = OnceLock::new();
+        static NO_FENCES: OnceLock<Arc<[Fence]>> = OnceLock::new();
         Self {
             grants,
             policy,
-            handlers: Arc::default(),
+            handlers: Arc::clone(NO_HANDLERS.get_or_init(Arc::default)),
+            breakers: Arc::clone(NO_BREAKERS.get_or_init(Arc::default)),
             deadline: Instant::now() + limits.deadline,
             limits,
             requests: 0,
@@ -122,12 +136,14 @@ impl EscrowCtx {
             compensations: Vec::new(),
             compensated: Vec::new(),
             held: HeldLocks {
-                backend: Arc::new(MemoryLocks::new()),
+                backend: Arc::clone(OWN_LOCKS.get_or_init(|| Arc::new(MemoryLocks::new()))),
                 leases: Vec::new(),
             },
             next_guard: 1,
             lock_records: Vec::new(),
-            fences: Arc::from([]),
+            fences: Arc::clone(NO_FENCES.get_or_init(|| Arc::from([]))),
+            opened_breakers: Vec::new(),
+            breaker_decisions: Vec::new(),
             frames: Vec::new(),
             next_frame: 1,
             payload_bytes: 0,
@@ -142,8 +158,14 @@ impl EscrowCtx {
         self
     }
 
-    /// The backend this run takes its locks from (by default a lock table of
-    /// its own, shared with nothing).
+    /// The breakers this run may open (by default none).
+    pub fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
+        self.breakers = breakers;
+        self
+    }
+
+    /// The backend this run takes its locks from (by default one lock table
+    /// shared by every context that was given no other).
     pub fn with_locks(mut self, backend: Arc<dyn LockBackend>) -> Self {
         self.held.backend = backend;
         self
@@ -158,6 +180,11 @@ impl EscrowCtx {
     /// the one reported.
     pub(crate) fn violate(&mut self, failure: Failure) {
         self.violation.get_or_insert(failure);
+    }
+
+    /// The last sequence number taken.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests
     }
 
     /// Takes the next sequence number, or refuses once the run has made
@@ -323,6 +350,7 @@ impl EscrowCtx {
             intents: self.records,
             invocations: self.invocations,
             locks: self.lock_records,
+            breakers: self.breaker_decisions,
             compensations: self.compensated,
             guest_stderr: Vec::new(),
             timings: Default::default(),

@@ -19,6 +19,7 @@ pub struct Grants {
     /// settling a committed intent allocates no message.
     effect_rules: Vec<Arc<str>>,
     locks: Patterns,
+    breakers: Patterns,
     dirs: Vec<DirGrant>,
     env: Vec<(String, String)>,
 }
@@ -85,6 +86,32 @@ impl Grants {
     /// The granted lock-key patterns.
     pub fn lock_patterns(&self) -> &[String] {
         self.locks.patterns()
+    }
+
+    /// Allows opening the breakers whose names match `patterns`
+    /// (`payments`, `upstream.*`). Replaces any breaker patterns granted
+    /// before.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`NameError`] for a malformed pattern.
+    pub fn breakers<I, S>(mut self, patterns: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.breakers = Patterns::effects(patterns)?;
+        Ok(self)
+    }
+
+    /// The granted breaker pattern that covers `name`, if any.
+    pub fn breaker_grant(&self, name: &str) -> Option<&str> {
+        self.breakers.first_match(name)
+    }
+
+    /// The granted breaker patterns.
+    pub fn breaker_patterns(&self) -> &[String] {
+        self.breakers.patterns()
     }
 
     /// Shows the host directory `host` to the guest at `guest`, read-only

@@ -10,6 +10,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::backends::{LockBackend, MemoryLocks};
+use crate::breakers::Breakers;
 use crate::error::Error;
 use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
@@ -63,6 +64,7 @@ struct Inner {
     sinks: Sinks,
     handlers: Arc<Handlers>,
     locks: Arc<dyn LockBackend>,
+    breakers: Arc<Breakers>,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -83,6 +85,7 @@ pub struct HostBuilder {
     sinks: Sinks,
     handlers: Handlers,
     locks: Arc<dyn LockBackend>,
+    breakers: Arc<Breakers>,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -95,6 +98,7 @@ impl Default for HostBuilder {
             sinks: Sinks::new(),
             handlers: Handlers::new(),
             locks: Arc::new(MemoryLocks::new()),
+            breakers: Arc::default(),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -136,6 +140,13 @@ impl HostBuilder {
     /// runs). Use a Redis backend to share locks between hosts.
     pub fn locks(mut self, backend: Arc<dyn LockBackend>) -> Self {
         self.locks = backend;
+        self
+    }
+
+    /// The breakers plugins may open (default none), with their shared
+    /// state and event stream.
+    pub fn breakers(mut self, breakers: impl Into<Arc<Breakers>>) -> Self {
+        self.breakers = breakers.into();
         self
     }
 
@@ -220,6 +231,7 @@ impl HostBuilder {
                 sinks: self.sinks,
                 handlers: Arc::new(self.handlers),
                 locks: self.locks,
+                breakers: self.breakers,
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -287,6 +299,11 @@ impl Host {
     /// The host's lock backend.
     pub fn locks(&self) -> &Arc<dyn LockBackend> {
         &self.inner.locks
+    }
+
+    /// The host's breakers: their definitions, shared state and events.
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.inner.breakers
     }
 
     /// The host's handlers.

@@ -54,6 +54,7 @@
 
 pub mod backends;
 pub mod bindings;
+pub mod breakers;
 mod capabilities;
 pub mod config;
 mod ctx;
@@ -76,8 +77,8 @@ pub use grants::Grants;
 pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
 pub use limits::Limits;
 pub use outcome::{
-    Compensation, Delivery, EffectError, Failure, Fate, Fence, Intent, Invocation, LockRecord,
-    Outcome, Refusal, Status, Timings,
+    BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
+    Intent, Invocation, LockRecord, Outcome, Refusal, Status, Timings,
 };
 pub use plugin::Plugin;
 pub use policy::Policy;

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::backends::{CallResult, Transition};
 pub use crate::bindings::escrow::host::effects::EffectError;
 pub use crate::bindings::escrow::host::types::Refusal;
 use crate::handlers::EffectKind;
@@ -24,6 +25,9 @@ pub struct Outcome {
     pub invocations: Vec<Invocation>,
     /// The locks the run took, in the order it took them.
     pub locks: Vec<LockRecord>,
+    /// Every call through a breaker, in request order: let through or
+    /// rejected, how it counted, and the state changes it caused.
+    pub breakers: Vec<BreakerDecision>,
     /// The compensations the host ran, in the order it ran them: those of
     /// nested scopes that rolled back during the run, then, if the run
     /// failed, the rest in reverse order of registration.
@@ -135,6 +139,38 @@ pub struct Fence {
     pub token: u64,
 }
 
+/// One call through a breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerDecision {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The breaker.
+    pub breaker: String,
+    /// The immediate effect called through it.
+    pub effect: String,
+    /// What the breaker did with the call.
+    pub verdict: BreakerVerdict,
+    /// The state changes the call caused, in order.
+    pub transitions: Vec<Transition>,
+}
+
+/// What a breaker did with one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerVerdict {
+    /// Let through (as a trial when half-open); how its result counted.
+    Allowed {
+        /// Whether it was a half-open trial.
+        trial: bool,
+        /// How the call's result counted.
+        counted: CallResult,
+    },
+    /// Failed fast; the handler was not called.
+    Rejected {
+        /// Milliseconds before a trial is let through.
+        retry_after_ms: u64,
+    },
+}
+
 /// One acquisition of locks by a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockRecord {
@@ -192,6 +228,9 @@ pub enum Delivery {
     Failed(String),
     /// No sink route matches the effect.
     NoSink,
+    /// The route's breaker is open: delivery was not attempted, and the
+    /// intent is ready to be retried later. The message says until when.
+    NotAttempted(String),
 }
 
 /// One immediate effect the run requested.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::backends::LockBackend;
 use crate::bindings::PluginPre;
+use crate::breakers::Breakers;
 use crate::handlers::Handlers;
 use crate::host::Host;
 use crate::run::RunState;
@@ -22,6 +23,7 @@ pub struct Plugin {
     pub(crate) sinks: Sinks,
     pub(crate) handlers: Arc<Handlers>,
     pub(crate) locks: Arc<dyn LockBackend>,
+    pub(crate) breakers: Arc<Breakers>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -37,11 +39,13 @@ impl Plugin {
         let sinks = host.sinks().clone();
         let handlers = Arc::clone(host.handlers());
         let locks = Arc::clone(host.locks());
+        let breakers = Arc::clone(host.breakers());
         Self {
             host,
             sinks,
             handlers,
             locks,
+            breakers,
             component,
             pre,
         }
@@ -70,6 +74,15 @@ impl Plugin {
     pub fn with_locks(&self, backend: Arc<dyn LockBackend>) -> Self {
         Self {
             locks: backend,
+            ..self.clone()
+        }
+    }
+
+    /// This plugin, with `breakers` instead of the host's. The compiled
+    /// component is shared, not copied.
+    pub fn with_breakers(&self, breakers: Arc<Breakers>) -> Self {
+        Self {
+            breakers,
             ..self.clone()
         }
     }

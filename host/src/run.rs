@@ -192,7 +192,8 @@ impl Plugin {
             memory: MemoryCap(limits.max_memory_bytes),
             escrow: EscrowCtx::new(options.grants, options.policy, limits)
                 .with_handlers(Arc::clone(&self.handlers))
-                .with_locks(Arc::clone(&self.locks)),
+                .with_locks(Arc::clone(&self.locks))
+                .with_breakers(Arc::clone(&self.breakers)),
             wasi,
             table: ResourceTable::new(),
         };

@@ -9,6 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backends::{Admission, CallResult};
+use crate::breakers::Breakers;
 use crate::error::CallError;
 use crate::outcome::{Delivery, Fate, Intent};
 use crate::patterns::{NameError, Patterns};
@@ -37,8 +39,17 @@ pub trait Sink: Send + Sync + 'static {
 /// whose pattern matches an effect takes it.
 #[derive(Clone)]
 pub struct Sinks {
-    routes: Vec<(Patterns, Arc<dyn Sink>)>,
+    routes: Vec<Route>,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Route {
+    patterns: Patterns,
+    sink: Arc<dyn Sink>,
+    /// A breaker in front of the sink: while it is open, deliveries are not
+    /// attempted.
+    breaker: Option<(Arc<Breakers>, String)>,
 }
 
 impl Default for Sinks {
@@ -58,7 +69,7 @@ impl fmt::Debug for Sinks {
                 &self
                     .routes
                     .iter()
-                    .map(|(p, _)| p.patterns())
+                    .map(|r| r.patterns.patterns())
                     .collect::<Vec<_>>(),
             )
             .field("timeout", &self.timeout)
@@ -81,8 +92,37 @@ impl Sinks {
     ///
     /// Returns [`NameError`] for a malformed pattern.
     pub fn route(&mut self, pattern: &str, sink: impl Sink) -> Result<&mut Self, NameError> {
-        self.routes
-            .push((Patterns::effects([pattern])?, Arc::new(sink)));
+        self.routes.push(Route {
+            patterns: Patterns::effects([pattern])?,
+            sink: Arc::new(sink),
+            breaker: None,
+        });
+        Ok(self)
+    }
+
+    /// Like [`Sinks::route`], behind the breaker `breaker` of `breakers`:
+    /// while it is open, intents for this route are not attempted and are
+    /// reported [`Delivery::NotAttempted`], ready to be retried later; the
+    /// results of attempted deliveries count toward opening it.
+    ///
+    /// # Errors
+    ///
+    /// A malformed pattern, or a breaker `breakers` does not define.
+    pub fn route_through(
+        &mut self,
+        pattern: &str,
+        sink: impl Sink,
+        breakers: Arc<Breakers>,
+        breaker: &str,
+    ) -> Result<&mut Self, String> {
+        if !breakers.is_defined(breaker) {
+            return Err(format!("no breaker `{breaker}` is defined"));
+        }
+        self.routes.push(Route {
+            patterns: Patterns::effects([pattern]).map_err(|e| e.to_string())?,
+            sink: Arc::new(sink),
+            breaker: Some((breakers, breaker.to_owned())),
+        });
         Ok(self)
     }
 
@@ -98,22 +138,50 @@ impl Sinks {
     pub async fn dispatch(&self, intents: &mut [Intent]) {
         let timeout = self.timeout;
         for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
-            let delivery = match self.routes.iter().find(|(p, _)| p.is_match(&intent.effect)) {
+            let delivery = match self
+                .routes
+                .iter()
+                .find(|r| r.patterns.is_match(&intent.effect))
+            {
                 None => Delivery::NoSink,
-                Some((_, sink)) => {
-                    match tokio::time::timeout(timeout, sink.deliver(intent)).await {
-                        Ok(Ok(())) => Delivery::Delivered,
-                        Ok(Err(error)) => Delivery::Failed(error.to_string()),
-                        Err(_) => {
-                            Delivery::Failed(format!("the sink did not answer within {timeout:?}"))
-                        }
-                    }
-                }
+                Some(route) => route.deliver(intent, timeout).await,
             };
             if let Delivery::Failed(error) = &delivery {
                 tracing::warn!(seq = intent.seq, effect = %intent.effect, %error, "delivery failed");
             }
             intent.fate = Fate::Dispatched(delivery);
         }
+    }
+}
+
+impl Route {
+    async fn deliver(&self, intent: &Intent, timeout: Duration) -> Delivery {
+        let admitted = match &self.breaker {
+            None => None,
+            Some((breakers, name)) => {
+                let defined = breakers.defined(name).expect("checked by route_through");
+                match breakers.admit(name, defined).await {
+                    Admission::Rejected { retry_after_ms } => {
+                        return Delivery::NotAttempted(format!(
+                            "breaker `{name}` is open; a trial in {retry_after_ms} ms"
+                        ));
+                    }
+                    Admission::Allowed { trial, .. } => Some((breakers, name, defined, trial)),
+                }
+            }
+        };
+        let delivery = match tokio::time::timeout(timeout, self.sink.deliver(intent)).await {
+            Ok(Ok(())) => Delivery::Delivered,
+            Ok(Err(error)) => Delivery::Failed(error.to_string()),
+            Err(_) => Delivery::Failed(format!("the sink did not answer within {timeout:?}")),
+        };
+        if let Some((breakers, name, defined, trial)) = admitted {
+            let counted = match &delivery {
+                Delivery::Failed(error) if !defined.ignores(error) => CallResult::Failure,
+                _ => CallResult::Success,
+            };
+            breakers.record(name, defined, trial, counted).await;
+        }
+        delivery
     }
 }

@@ -24,8 +24,8 @@ use wildmatch::WildMatch;
 use crate::intents::PendingIntent;
 use crate::scopes::ScopePolicy;
 use crate::testing::{
-    Answer, FakeHandler, Fate, Kind, RecordedCompensation, RecordedIntent, RecordedInvocation,
-    RecordedLock,
+    Answer, FakeHandler, Fate, Kind, RecordedBreakerCall, RecordedCompensation, RecordedIntent,
+    RecordedInvocation, RecordedLock, SimBreaker,
 };
 use crate::{Error, Refusal};
 
@@ -37,13 +37,15 @@ const MAX_LOCK_KEY_BYTES: usize = 256;
 
 thread_local! {
     static SANDBOX: RefCell<State> = RefCell::new(
-        State::new(None, None, &ScopePolicy::Inherit, HashMap::new()).expect("no patterns"),
+        State::new(&crate::testing::Sandbox::default()).expect("no patterns"),
     );
 }
 
 /// One thread's sandbox.
 pub(crate) struct State {
     grants: Option<Patterns>,
+    breakers: HashMap<String, SimBreaker>,
+    pub(crate) breaker_calls: Vec<RecordedBreakerCall>,
     lock_grants: Option<Patterns>,
     /// Locks held: guard id, keys, token.
     held: Vec<(u32, Vec<String>, u64)>,
@@ -165,21 +167,22 @@ impl Patterns {
 }
 
 impl State {
-    pub(crate) fn new(
-        grants: Option<&[String]>,
-        lock_grants: Option<&[String]>,
-        policy: &ScopePolicy,
-        handlers: HashMap<String, (Kind, FakeHandler)>,
-    ) -> Result<Self, String> {
+    pub(crate) fn new(sandbox: &crate::testing::Sandbox) -> Result<Self, String> {
         Ok(Self {
-            grants: grants.map(Patterns::new).transpose()?,
-            lock_grants: lock_grants.map(Patterns::lock_keys).transpose()?,
+            grants: sandbox.grants.as_deref().map(Patterns::new).transpose()?,
+            lock_grants: sandbox
+                .lock_grants
+                .as_deref()
+                .map(Patterns::lock_keys)
+                .transpose()?,
+            breakers: sandbox.breakers.clone(),
+            breaker_calls: Vec::new(),
             held: Vec::new(),
             next_guard: 1,
             last_token: 0,
             locks: Vec::new(),
-            policy: Rules::new(policy)?,
-            handlers,
+            policy: Rules::new(&sandbox.policy)?,
+            handlers: sandbox.handlers.clone(),
             seq: 0,
             records: Vec::new(),
             invocations: Vec::new(),
@@ -540,4 +543,65 @@ pub(crate) fn guard_token(guard: &GuardHandle) -> u64 {
 #[cfg(feature = "locks")]
 pub(crate) fn guard_keep(guard: GuardHandle) {
     std::mem::forget(guard);
+}
+
+/// A breaker of the native sandbox, by name.
+#[cfg(feature = "breakers")]
+#[derive(Debug)]
+pub(crate) struct BreakerHandle(String);
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_open(name: &str) -> Result<BreakerHandle, Refusal> {
+    SANDBOX.with(|s| {
+        if s.borrow().breakers.contains_key(name) {
+            Ok(BreakerHandle(name.to_owned()))
+        } else {
+            Err(Refusal::NotGranted(format!(
+                "no breaker `{name}` is defined"
+            )))
+        }
+    })
+}
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_state(breaker: &BreakerHandle) -> crate::BreakerState {
+    SANDBOX.with(|s| match s.borrow().breakers[&breaker.0].is_open() {
+        true => crate::BreakerState::Open,
+        false => crate::BreakerState::Closed,
+    })
+}
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_invoke(
+    breaker: &BreakerHandle,
+    effect: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, crate::BreakerError> {
+    let open = SANDBOX.with(|s| s.borrow().breakers[&breaker.0].is_open());
+    let record = |rejected| {
+        SANDBOX.with(|s| {
+            s.borrow_mut().breaker_calls.push(RecordedBreakerCall {
+                breaker: breaker.0.clone(),
+                effect: effect.to_owned(),
+                rejected,
+            })
+        })
+    };
+    if open {
+        record(true);
+        return Err(crate::BreakerError::CircuitOpen {
+            retry_after: std::time::Duration::ZERO,
+        });
+    }
+    record(false);
+    let result = invoke(effect, payload, None);
+    SANDBOX.with(|s| {
+        let mut s = s.borrow_mut();
+        let breaker = s
+            .breakers
+            .get_mut(&breaker.0)
+            .expect("an opened breaker is defined");
+        breaker.count(matches!(result, Err(Error::Failed(_))));
+    });
+    result.map_err(crate::BreakerError::Effect)
 }

@@ -128,3 +128,44 @@ pub(crate) fn guard_token(guard: &GuardHandle) -> u64 {
 pub(crate) fn guard_keep(guard: GuardHandle) {
     std::mem::forget(guard);
 }
+
+#[cfg(feature = "breakers")]
+pub(crate) type BreakerHandle = bindings::escrow::host::breakers::Breaker;
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_open(name: &str) -> Result<BreakerHandle, Refusal> {
+    BreakerHandle::open(name).map_err(Refusal::from)
+}
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_state(breaker: &BreakerHandle) -> crate::BreakerState {
+    use bindings::escrow::host::breakers::BreakerState as Wit;
+    match breaker.state() {
+        Wit::Closed => crate::BreakerState::Closed,
+        Wit::Open => crate::BreakerState::Open,
+        Wit::HalfOpen => crate::BreakerState::HalfOpen,
+    }
+}
+
+#[cfg(feature = "breakers")]
+pub(crate) fn breaker_invoke(
+    breaker: &BreakerHandle,
+    effect: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, crate::BreakerError> {
+    use bindings::escrow::host::breakers::BreakerError as Wit;
+    use bindings::escrow::host::effects::EffectError;
+    breaker
+        .invoke(effect, payload)
+        .map_err(|error| match error {
+            Wit::CircuitOpen(ms) => crate::BreakerError::CircuitOpen {
+                retry_after: std::time::Duration::from_millis(ms),
+            },
+            Wit::Effect(EffectError::Refused(refusal)) => {
+                crate::BreakerError::Effect(crate::Error::Refused(refusal.into()))
+            }
+            Wit::Effect(EffectError::Failed(message)) => {
+                crate::BreakerError::Effect(crate::Error::Failed(message))
+            }
+        })
+}

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::breakers::{Admission, BreakerStore, CallResult, Circuit, StoreError, Transition};
 use super::locks::{Lease, LockBackend, LockError};
+use crate::breakers::{BreakerConfig, BreakerState};
 
 /// Locks in this process. Waiting is async and fair: requests are granted
 /// in arrival order among those that want a common key, without polling.
@@ -146,6 +148,59 @@ fn lease_of(id: u64, keys: &[String], token: u64) -> Lease {
         token,
         holder: id.to_string(),
         keepalive: None,
+    }
+}
+
+/// Breaker state in this process, shared by every run of the host.
+#[derive(Debug, Default)]
+pub struct MemoryBreakers {
+    circuits: Mutex<HashMap<String, Circuit>>,
+}
+
+impl MemoryBreakers {
+    /// Every breaker closed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, name: &str, f: impl FnOnce(&mut Circuit) -> T) -> T {
+        let mut circuits = self
+            .circuits
+            .lock()
+            .expect("the breaker table is never poisoned");
+        f(circuits.entry(name.to_owned()).or_default())
+    }
+}
+
+#[async_trait::async_trait]
+impl BreakerStore for MemoryBreakers {
+    async fn admit(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        Ok(self.with(name, |c| c.admit(config, now_ms)))
+    }
+
+    async fn record(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Result<Option<Transition>, StoreError> {
+        Ok(self.with(name, |c| c.record(config, now_ms, trial, result)))
+    }
+
+    async fn state(
+        &self,
+        name: &str,
+        _: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<BreakerState, StoreError> {
+        Ok(self.with(name, |c| c.state_at(now_ms)))
     }
 }
 

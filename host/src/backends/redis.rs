@@ -5,6 +5,11 @@
 //! host that dies stops renewing, and its leases expire. Fencing tokens come
 //! from one Redis counter, so they increase across hosts.
 //!
+//! Breakers are one hash per breaker (and a list of recent calls when a
+//! failure rate is set); every admission and every result runs one Lua
+//! script, the same rules as the in-memory store, so hosts sharing a Redis
+//! never let more trials through than configured.
+//!
 //! One Redis without a quorum is one point of truth: if it fails, or fails
 //! over to a replica that missed a write, two holders can believe they hold a
 //! key. Fencing tokens are the defence: a store that remembers the highest
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use super::breakers::{Admission, BreakerStore, CallResult, StoreError, Transition};
 use super::locks::{Lease, LockBackend, LockError};
+use crate::breakers::{BreakerConfig, BreakerState};
 
 /// How long a lease lives without renewal by default. A dead host's locks
 /// are free again at most this long after its last renewal.
@@ -211,6 +218,228 @@ impl LockBackend for RedisLocks {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// The breaker state machine (see `crate::breakers`), in Lua. KEYS: the
+/// breaker's hash, its window list. ARGV: op (`admit`, `record`, `state`),
+/// now, threshold, recovery, trials, ratio (-1 for none), window, min calls,
+/// trial (1/0), result (`s`, `f`, `n`). States: 0 closed, 1 open, 2 half-open.
+const BREAKER: &str = r"
+local h, w = KEYS[1], KEYS[2]
+local op, now = ARGV[1], tonumber(ARGV[2])
+local threshold, recovery, trials_max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ratio, window, min_calls = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local function get(f) return tonumber(redis.call('HGET', h, f) or '0') end
+local state = get('state')
+local from = state
+local function enter(to)
+  redis.call('DEL', h, w)
+  redis.call('HSET', h, 'state', to)
+  state = to
+end
+local function open()
+  enter(1)
+  redis.call('HSET', h, 'open_until', now + recovery)
+end
+if op == 'state' then
+  if state == 1 and now >= get('open_until') then return {2} end
+  return {state}
+end
+if op == 'admit' then
+  local moved = -1
+  if state == 1 and now >= get('open_until') then enter(2); moved = 2 end
+  if state == 0 then return {1, 0, 0, from, moved} end
+  if state == 1 then return {0, 0, get('open_until') - now, from, moved} end
+  local trials = get('trials')
+  if trials < trials_max then
+    redis.call('HSET', h, 'trials', trials + 1)
+    return {1, 1, 0, from, moved}
+  end
+  return {0, 0, 0, from, moved}
+end
+local trial, result = ARGV[9] == '1', ARGV[10]
+if state == 2 and trial then
+  if result == 'n' then
+    redis.call('HSET', h, 'trials', math.max(get('trials') - 1, 0))
+    return {from, -1}
+  end
+  if result == 'f' then open(); return {from, 1} end
+  local successes = get('successes') + 1
+  if successes >= trials_max then enter(0); return {from, 0} end
+  redis.call('HSET', h, 'successes', successes)
+  return {from, -1}
+end
+if state == 0 and not trial and result ~= 'n' then
+  local failures = 0
+  if result == 'f' then failures = get('failures') + 1 end
+  redis.call('HSET', h, 'failures', failures)
+  local tripped = failures >= threshold
+  if ratio >= 0 then
+    redis.call('RPUSH', w, now .. ':' .. (result == 'f' and '1' or '0'))
+    while true do
+      local first = redis.call('LINDEX', w, 0)
+      if not first then break end
+      local at = tonumber(string.match(first, '^(%d+):'))
+      if at + window <= now then redis.call('LPOP', w) else break end
+    end
+    local entries = redis.call('LRANGE', w, 0, -1)
+    local failed = 0
+    for _, e in ipairs(entries) do
+      if string.sub(e, -1) == '1' then failed = failed + 1 end
+    end
+    if #entries >= min_calls and failed >= ratio * #entries then tripped = true end
+  end
+  if tripped then open(); return {from, 1} end
+end
+return {from, -1}
+";
+
+/// Breaker state in Redis, shared by every host connected to it.
+#[derive(Clone)]
+pub struct RedisBreakers {
+    connection: ConnectionManager,
+    prefix: String,
+    script: Script,
+}
+
+impl std::fmt::Debug for RedisBreakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBreakers")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn state_of(code: i64) -> BreakerState {
+    match code {
+        1 => BreakerState::Open,
+        2 => BreakerState::HalfOpen,
+        _ => BreakerState::Closed,
+    }
+}
+
+fn transition(from: i64, to: i64) -> Option<Transition> {
+    (to >= 0).then(|| Transition {
+        from: state_of(from),
+        to: state_of(to),
+    })
+}
+
+impl RedisBreakers {
+    /// Connects to the Redis at `url`. Keys are prefixed with `escrow:`.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is malformed or Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(Self {
+            connection,
+            prefix: "escrow:".into(),
+            script: Script::new(BREAKER),
+        })
+    }
+
+    /// The prefix of every Redis key this store uses (default `escrow:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    async fn run(
+        &self,
+        op: &str,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Result<Vec<i64>, StoreError> {
+        let (ratio, window, min_calls) =
+            config.failure_rate.as_ref().map_or((-1.0, 0, 0), |rate| {
+                (rate.ratio, rate.window.as_millis() as u64, rate.min_calls)
+            });
+        let result = match result {
+            CallResult::Success => "s",
+            CallResult::Failure => "f",
+            CallResult::NotCalled => "n",
+        };
+        self.script
+            .key(format!("{}breaker:{name}", self.prefix))
+            .key(format!("{}breaker-window:{name}", self.prefix))
+            .arg(op)
+            .arg(now_ms)
+            .arg(config.failure_threshold.max(1))
+            .arg(config.recovery.as_millis() as u64)
+            .arg(config.half_open_trials.max(1))
+            .arg(ratio)
+            .arg(window)
+            .arg(min_calls.max(1))
+            .arg(u8::from(trial))
+            .arg(result)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl BreakerStore for RedisBreakers {
+    async fn admit(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        let answer = self
+            .run("admit", name, config, now_ms, false, CallResult::NotCalled)
+            .await?;
+        let [allowed, trial, retry_after, from, to] = answer[..] else {
+            return Err(StoreError(format!("unexpected answer {answer:?}")));
+        };
+        Ok(if allowed == 1 {
+            Admission::Allowed {
+                trial: trial == 1,
+                transition: transition(from, to),
+            }
+        } else {
+            Admission::Rejected {
+                retry_after_ms: retry_after.max(0) as u64,
+            }
+        })
+    }
+
+    async fn record(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Result<Option<Transition>, StoreError> {
+        let answer = self
+            .run("record", name, config, now_ms, trial, result)
+            .await?;
+        let [from, to] = answer[..] else {
+            return Err(StoreError(format!("unexpected answer {answer:?}")));
+        };
+        Ok(transition(from, to))
+    }
+
+    async fn state(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<BreakerState, StoreError> {
+        let answer = self
+            .run("state", name, config, now_ms, false, CallResult::NotCalled)
+            .await?;
+        Ok(state_of(answer.first().copied().unwrap_or(0)))
     }
 }
 

@@ -46,7 +46,7 @@ enum Called {
 impl EscrowCtx {
     /// Checks, performs and records one immediate effect. Returns `Err` (a
     /// trap) only when the run's deadline passes while the handler runs.
-    async fn perform(
+    pub(crate) async fn perform(
         &mut self,
         effect: String,
         payload: Vec<u8>,

@@ -136,6 +136,7 @@ fn delivery_value(delivery: &Delivery) -> Value {
         Delivery::Delivered => json!("delivered"),
         Delivery::Failed(error) => json!({ "failed": error }),
         Delivery::NoSink => json!("no-sink"),
+        Delivery::NotAttempted(why) => json!({ "not_attempted": why }),
     }
 }
 
@@ -172,6 +173,9 @@ pub(crate) fn human(outcome: &Outcome) -> String {
                 format!("dispatched, delivery failed: {error}")
             }
             Fate::Dispatched(Delivery::NoSink) => "dispatched, no sink".to_owned(),
+            Fate::Dispatched(Delivery::NotAttempted(why)) => {
+                format!("dispatched, not attempted: {why}")
+            }
             Fate::Refused(refusal) => format!("refused {}", refusal.kind()),
             other => other.name().to_owned(),
         };

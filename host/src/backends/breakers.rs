@@ -1,0 +1,234 @@
+//! The breaker store trait: the shared state of every breaker, and its
+//! transitions.
+
+use std::fmt;
+
+use crate::breakers::{BreakerConfig, BreakerState};
+
+/// The shared state could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the breaker state is unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// A change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: BreakerState,
+    /// The state entered.
+    pub to: BreakerState,
+}
+
+/// Whether a call may go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It may; `trial` when it is one of a half-open breaker's trials.
+    Allowed {
+        /// Whether the call is a trial.
+        trial: bool,
+        /// The change of state admitting it caused (open → half-open).
+        transition: Option<Transition>,
+    },
+    /// It fails fast.
+    Rejected {
+        /// Milliseconds before a trial is let through (0 while the admitted
+        /// trials still run).
+        retry_after_ms: u64,
+    },
+}
+
+/// How an admitted call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// The handler answered (or failed in a way the breaker ignores).
+    Success,
+    /// The handler failed.
+    Failure,
+    /// The host refused the call before the handler ran: not counted, and a
+    /// trial it held is given back.
+    NotCalled,
+}
+
+/// Where breaker state lives. Every method applies the rules of
+/// [`crate::breakers`] atomically for one breaker, so that hosts sharing a
+/// store never let more trials through than configured.
+#[async_trait::async_trait]
+pub trait BreakerStore: fmt::Debug + Send + Sync + 'static {
+    /// Decides whether a call may go through breaker `name` at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    async fn admit(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<Admission, StoreError>;
+
+    /// Counts the result of an admitted call; returns the transition it
+    /// caused.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    async fn record(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Result<Option<Transition>, StoreError>;
+
+    /// The state of `name` at `now_ms`, changing nothing: an open breaker
+    /// whose recovery time has passed reads as half-open.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    async fn state(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+    ) -> Result<BreakerState, StoreError>;
+}
+
+/// The state machine of one breaker, shared by the stores: the in-memory
+/// store keeps it in a map, the Redis store runs the same rules in Lua.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Circuit {
+    pub(crate) state: State,
+    /// Failures in a row while closed.
+    pub(crate) failures: u32,
+    /// Recent calls while closed, oldest first: when, and whether it failed.
+    pub(crate) window: std::collections::VecDeque<(u64, bool)>,
+    /// While open: when a trial may go through.
+    pub(crate) open_until: u64,
+    /// While half-open: trials let through, and trials that succeeded.
+    pub(crate) trials: u32,
+    pub(crate) successes: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum State {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl From<State> for BreakerState {
+    fn from(state: State) -> Self {
+        match state {
+            State::Closed => BreakerState::Closed,
+            State::Open => BreakerState::Open,
+            State::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+impl Circuit {
+    pub(crate) fn state_at(&self, now: u64) -> BreakerState {
+        match self.state {
+            State::Open if now >= self.open_until => BreakerState::HalfOpen,
+            state => state.into(),
+        }
+    }
+
+    fn enter(&mut self, to: State) -> Option<Transition> {
+        let from = self.state;
+        *self = Circuit {
+            state: to,
+            ..Circuit::default()
+        };
+        Some(Transition {
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    pub(crate) fn admit(&mut self, config: &BreakerConfig, now: u64) -> Admission {
+        let mut transition = None;
+        if self.state == State::Open && now >= self.open_until {
+            transition = self.enter(State::HalfOpen);
+        }
+        match self.state {
+            State::Closed => Admission::Allowed {
+                trial: false,
+                transition,
+            },
+            State::Open => Admission::Rejected {
+                retry_after_ms: self.open_until - now,
+            },
+            State::HalfOpen if self.trials < config.half_open_trials.max(1) => {
+                self.trials += 1;
+                Admission::Allowed {
+                    trial: true,
+                    transition,
+                }
+            }
+            State::HalfOpen => Admission::Rejected { retry_after_ms: 0 },
+        }
+    }
+
+    pub(crate) fn record(
+        &mut self,
+        config: &BreakerConfig,
+        now: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Option<Transition> {
+        match (self.state, trial, result) {
+            (State::HalfOpen, true, CallResult::NotCalled) => {
+                self.trials = self.trials.saturating_sub(1);
+                None
+            }
+            (State::HalfOpen, true, CallResult::Failure) => self.open(config, now),
+            (State::HalfOpen, true, CallResult::Success) => {
+                self.successes += 1;
+                (self.successes >= config.half_open_trials.max(1))
+                    .then(|| self.enter(State::Closed))
+                    .flatten()
+            }
+            (State::Closed, false, CallResult::Success | CallResult::Failure) => {
+                let failed = result == CallResult::Failure;
+                self.failures = if failed { self.failures + 1 } else { 0 };
+                if let Some(rate) = &config.failure_rate {
+                    let window = rate.window.as_millis() as u64;
+                    self.window.push_back((now, failed));
+                    while self
+                        .window
+                        .front()
+                        .is_some_and(|(at, _)| at + window <= now)
+                    {
+                        self.window.pop_front();
+                    }
+                }
+                self.tripped(config)
+                    .then(|| self.open(config, now))
+                    .flatten()
+            }
+            // A late result from another state changes nothing.
+            _ => None,
+        }
+    }
+
+    fn tripped(&self, config: &BreakerConfig) -> bool {
+        if self.failures >= config.failure_threshold.max(1) {
+            return true;
+        }
+        config.failure_rate.as_ref().is_some_and(|rate| {
+            let calls = self.window.len();
+            let failed = self.window.iter().filter(|(_, failed)| *failed).count();
+            calls >= rate.min_calls.max(1) as usize && failed as f64 >= rate.ratio * calls as f64
+        })
+    }
+
+    fn open(&mut self, config: &BreakerConfig, now: u64) -> Option<Transition> {
+        let transition = self.enter(State::Open);
+        self.open_until = now + config.recovery.as_millis() as u64;
+        transition
+    }
+}

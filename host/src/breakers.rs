@@ -1,0 +1,373 @@
+//! Circuit breakers: named by the operator, granted to plugins, with state
+//! shared by every run of a host (and every host on one Redis).
+//!
+//! ```text
+//!             failures reach the threshold
+//!   ┌────────┐ ───────────────────────────▶ ┌──────┐
+//!   │ closed │                              │ open │ ◀──┐
+//!   └────────┘ ◀──────────┐                 └──────┘    │ a trial fails
+//!                         │ the trials         │        │
+//!                         │ all succeed        │ the recovery time passed
+//!                         │                    ▼        │
+//!                         │              ┌───────────┐  │
+//!                         └───────────── │ half-open │ ─┘
+//!                                        └───────────┘
+//! ```
+//!
+//! While closed, calls go through and their results are counted: the
+//! breaker opens after `failure_threshold` failures in a row, or, if a
+//! failure rate is set, when at least `min_calls` calls in the last `window`
+//! failed at `ratio` or more. While open, calls fail fast, without reaching
+//! the handler. Once `recovery` has passed, the next call moves it to
+//! half-open, where `half_open_trials` calls are let through: if one fails it
+//! opens again (for another `recovery`); when all succeed it closes. Calls
+//! beyond the trials fail fast too. Handler errors whose message matches an
+//! `ignore` pattern do not count as failures (the dependency answered), and a
+//! call the host refused before the handler ran does not count at all.
+//!
+//! Every state change and every rejected call is a [`BreakerEvent`]:
+//! subscribe with [`Breakers::subscribe`]; each is also logged.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+use wildmatch::WildMatch;
+
+use crate::backends::{Admission, BreakerStore, CallResult, MemoryBreakers, Transition};
+use crate::patterns::{NameError, check_effect_name};
+
+/// Default consecutive failures that open a breaker.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// Default time a breaker stays open before a trial.
+pub const DEFAULT_RECOVERY: Duration = Duration::from_secs(30);
+/// Default number of trial calls a half-open breaker lets through.
+pub const DEFAULT_HALF_OPEN_TRIALS: u32 = 1;
+/// Events kept for a subscriber that reads slower than they happen.
+const EVENT_BUFFER: usize = 1024;
+
+pub use crate::bindings::escrow::host::breakers::BreakerState;
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Opens a breaker on a failure rate as well as on failures in a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRate {
+    /// The share of failed calls (0 to 1) that opens the breaker.
+    pub ratio: f64,
+    /// The calls counted: those of the last `window`.
+    pub window: Duration,
+    /// The least number of calls in the window before the rate counts.
+    pub min_calls: u32,
+}
+
+/// How one breaker behaves. Chosen by the operator, never by the plugin.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker (default
+    /// [`DEFAULT_FAILURE_THRESHOLD`]).
+    pub failure_threshold: u32,
+    /// A failure rate that opens it too, if set.
+    pub failure_rate: Option<FailureRate>,
+    /// How long it stays open before a trial (default [`DEFAULT_RECOVERY`]).
+    pub recovery: Duration,
+    /// Trial calls let through when half-open (default
+    /// [`DEFAULT_HALF_OPEN_TRIALS`]); all must succeed to close it.
+    pub half_open_trials: u32,
+    /// Patterns (`*` matches anything) on handler error messages that do
+    /// not count as failures, such as `*insufficient funds*`.
+    pub ignore: Vec<String>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            failure_rate: None,
+            recovery: DEFAULT_RECOVERY,
+            half_open_trials: DEFAULT_HALF_OPEN_TRIALS,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+/// A clock in milliseconds. Breakers ask it for the time, so that tests and
+/// simulations can move time by hand ([`ManualClock`]).
+pub trait Clock: fmt::Debug + Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch (or any fixed origin shared by the
+    /// hosts that share breaker state).
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default, Clone)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock at `start_ms`.
+    pub fn new(start_ms: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(start_ms)))
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Something that happened to a breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerEvent {
+    /// The breaker's name.
+    pub breaker: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When, by the breakers' clock (milliseconds).
+    pub at_ms: u64,
+}
+
+/// What happened to a breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// It changed state.
+    StateChanged {
+        /// The state it left.
+        from: BreakerState,
+        /// The state it entered.
+        to: BreakerState,
+    },
+    /// A call failed fast.
+    Rejected {
+        /// Milliseconds left before a trial is let through.
+        retry_after_ms: u64,
+    },
+    /// The shared state could not be reached: calls go through (fail open)
+    /// until it can be.
+    StoreUnavailable(String),
+}
+
+/// A breaker's definition with its compiled ignore patterns.
+#[derive(Debug)]
+pub(crate) struct Defined {
+    pub(crate) config: BreakerConfig,
+    ignore: Vec<WildMatch>,
+}
+
+/// The breakers of a host: their definitions, where their state lives, the
+/// clock, and the event stream.
+pub struct Breakers {
+    defined: HashMap<String, Defined>,
+    store: Arc<dyn BreakerStore>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<BreakerEvent>,
+}
+
+impl fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breakers")
+            .field("defined", &self.defined.keys().collect::<Vec<_>>())
+            .field("store", &self.store)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryBreakers::new()))
+    }
+}
+
+impl Breakers {
+    /// No breakers yet, their state kept in `store`, on the system clock.
+    pub fn new(store: Arc<dyn BreakerStore>) -> Self {
+        Self {
+            defined: HashMap::new(),
+            store,
+            clock: Arc::new(SystemClock),
+            events: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
+    /// Defines the breaker `name` (an effect-like name, `payments`).
+    ///
+    /// # Errors
+    ///
+    /// A malformed name.
+    pub fn define(&mut self, name: &str, config: BreakerConfig) -> Result<&mut Self, NameError> {
+        check_effect_name(name)?;
+        let ignore = config.ignore.iter().map(|p| WildMatch::new(p)).collect();
+        self.defined
+            .insert(name.to_owned(), Defined { config, ignore });
+        Ok(self)
+    }
+
+    /// Uses `clock` for time (default [`SystemClock`]).
+    pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Every later event, in the order they happen. A subscriber that falls
+    /// more than 1024 events behind loses the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<BreakerEvent> {
+        self.events.subscribe()
+    }
+
+    /// The names of the defined breakers, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.defined.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether `name` is defined.
+    pub fn is_defined(&self, name: &str) -> bool {
+        self.defined.contains_key(name)
+    }
+
+    /// The state of `name` now, as the store sees it.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached, or `name` is not defined.
+    pub async fn state(&self, name: &str) -> Result<BreakerState, String> {
+        let defined = self
+            .defined
+            .get(name)
+            .ok_or_else(|| format!("no breaker `{name}` is defined"))?;
+        self.store
+            .state(name, &defined.config, self.clock.now_ms())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn defined(&self, name: &str) -> Option<&Defined> {
+        self.defined.get(name)
+    }
+
+    /// Asks whether a call may go through `name` now. A store that cannot be
+    /// reached lets the call through (fail open) and says so in an event.
+    pub(crate) async fn admit(&self, name: &str, defined: &Defined) -> Admission {
+        let now = self.clock.now_ms();
+        match self.store.admit(name, &defined.config, now).await {
+            Ok(admission) => {
+                match &admission {
+                    Admission::Allowed { transition, .. } => {
+                        self.transitioned(name, *transition, now)
+                    }
+                    Admission::Rejected { retry_after_ms } => self.emit(
+                        name,
+                        EventKind::Rejected {
+                            retry_after_ms: *retry_after_ms,
+                        },
+                        now,
+                    ),
+                }
+                admission
+            }
+            Err(error) => {
+                self.emit(name, EventKind::StoreUnavailable(error.to_string()), now);
+                Admission::Allowed {
+                    trial: false,
+                    transition: None,
+                }
+            }
+        }
+    }
+
+    /// Counts the result of a call admitted by [`Breakers::admit`]; returns
+    /// the transition it caused.
+    pub(crate) async fn record(
+        &self,
+        name: &str,
+        defined: &Defined,
+        trial: bool,
+        result: CallResult,
+    ) -> Option<Transition> {
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .record(name, &defined.config, now, trial, result)
+            .await
+        {
+            Ok(transition) => {
+                self.transitioned(name, transition, now);
+                transition
+            }
+            Err(error) => {
+                self.emit(name, EventKind::StoreUnavailable(error.to_string()), now);
+                None
+            }
+        }
+    }
+
+    fn transitioned(&self, name: &str, transition: Option<Transition>, now: u64) {
+        if let Some(Transition { from, to }) = transition {
+            self.emit(name, EventKind::StateChanged { from, to }, now);
+        }
+    }
+
+    fn emit(&self, name: &str, kind: EventKind, at_ms: u64) {
+        match &kind {
+            EventKind::StateChanged { from, to } => {
+                tracing::info!(breaker = name, %from, %to, "breaker changed state")
+            }
+            EventKind::Rejected { retry_after_ms } => {
+                tracing::debug!(breaker = name, retry_after_ms, "breaker rejected a call")
+            }
+            EventKind::StoreUnavailable(error) => {
+                tracing::warn!(breaker = name, %error, "breaker state unreachable; letting calls through")
+            }
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(BreakerEvent {
+            breaker: name.to_owned(),
+            kind,
+            at_ms,
+        });
+    }
+}
+
+impl Defined {
+    /// Whether a handler's failure message is one the breaker ignores.
+    pub(crate) fn ignores(&self, message: &str) -> bool {
+        self.ignore.iter().any(|p| p.matches(message))
+    }
+}

@@ -1,0 +1,118 @@
+//! `escrow:host/breakers`: immediate effects through named circuit breakers
+//! whose state every run of the host shares.
+
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
+use crate::backends::{Admission, CallResult};
+use crate::bindings::escrow::host::breakers::{
+    Breaker, BreakerError, BreakerState, Host, HostBreaker,
+};
+use crate::bindings::escrow::host::effects::EffectError;
+use crate::ctx::EscrowCtx;
+use crate::outcome::{BreakerDecision, BreakerVerdict, Refusal};
+use crate::patterns::check_effect_name;
+
+impl Host for EscrowCtx {}
+
+impl HostBreaker for EscrowCtx {
+    async fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<Breaker>, Refusal>> {
+        if let Err(error) = check_effect_name(&name) {
+            return Ok(Err(Refusal::Invalid(error.to_string())));
+        }
+        if self.grants.breaker_grant(&name).is_none() {
+            return Ok(Err(Refusal::NotGranted(format!(
+                "breaker `{name}` is not covered by the plugin's grants"
+            ))));
+        }
+        if !self.breakers.is_defined(&name) {
+            return Ok(Err(Refusal::NotGranted(format!(
+                "no breaker `{name}` is defined"
+            ))));
+        }
+        // Opening the same breaker again gives the same handle's meaning.
+        let index = match self.opened_breakers.iter().position(|n| *n == name) {
+            Some(index) => index,
+            None => {
+                self.opened_breakers.push(name);
+                self.opened_breakers.len() - 1
+            }
+        };
+        Ok(Ok(Resource::new_own(index as u32)))
+    }
+
+    async fn state(&mut self, breaker: Resource<Breaker>) -> wasmtime::Result<BreakerState> {
+        let name = self.breaker_name(&breaker)?;
+        // An unreachable store reads as closed: calls would go through.
+        Ok(self
+            .breakers
+            .state(&name)
+            .await
+            .unwrap_or(BreakerState::Closed))
+    }
+
+    async fn invoke(
+        &mut self,
+        breaker: Resource<Breaker>,
+        effect: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
+        let name = self.breaker_name(&breaker)?;
+        let breakers = Arc::clone(&self.breakers);
+        let defined = breakers
+            .defined(&name)
+            .expect("only defined breakers are opened");
+        let mut transitions = Vec::new();
+        let trial = match breakers.admit(&name, defined).await {
+            Admission::Rejected { retry_after_ms } => {
+                let seq = self.next_seq().unwrap_or(0);
+                self.breaker_decisions.push(BreakerDecision {
+                    seq,
+                    breaker: name,
+                    effect,
+                    verdict: BreakerVerdict::Rejected { retry_after_ms },
+                    transitions,
+                });
+                return Ok(Err(BreakerError::CircuitOpen(retry_after_ms)));
+            }
+            Admission::Allowed { trial, transition } => {
+                transitions.extend(transition);
+                trial
+            }
+        };
+        let performed = self.perform(effect.clone(), payload, None).await;
+        let counted = match &performed {
+            Ok(Ok(_)) => CallResult::Success,
+            Ok(Err(EffectError::Refused(_))) => CallResult::NotCalled,
+            Ok(Err(EffectError::Failed(message))) if defined.ignores(message) => {
+                CallResult::Success
+            }
+            // A failed call, or one still running at the deadline.
+            Ok(Err(EffectError::Failed(_))) | Err(_) => CallResult::Failure,
+        };
+        transitions.extend(breakers.record(&name, defined, trial, counted).await);
+        self.breaker_decisions.push(BreakerDecision {
+            seq: self.requests(),
+            breaker: name,
+            effect,
+            verdict: BreakerVerdict::Allowed { trial, counted },
+            transitions,
+        });
+        Ok(performed?.map_err(BreakerError::Effect))
+    }
+
+    async fn drop(&mut self, _breaker: Resource<Breaker>) -> wasmtime::Result<()> {
+        // Breakers belong to the host; a handle holds nothing.
+        Ok(())
+    }
+}
+
+impl EscrowCtx {
+    fn breaker_name(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<String> {
+        self.opened_breakers
+            .get(breaker.rep() as usize)
+            .cloned()
+            .ok_or_else(|| wasmtime::format_err!("unknown breaker handle"))
+    }
+}
