@@ -3,6 +3,7 @@
 //!
 //! One binary, one module per area, one shared harness (`harness.rs`).
 
+mod breakers;
 mod commit;
 mod effects;
 mod fixtures;
