@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod breakers;
 mod inspect;
 mod report;
 mod run;
@@ -31,6 +32,7 @@ struct Cli {
 enum Command {
     Run(run::RunArgs),
     Inspect(inspect::InspectArgs),
+    Breakers(breakers::BreakersArgs),
 }
 
 /// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
@@ -55,6 +57,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Inspect(args) => inspect::main(args),
+        Command::Breakers(args) => breakers::main(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -149,6 +149,12 @@ pub struct Config {
     /// Where locks live.
     #[serde(default)]
     pub locks: LocksConfig,
+    /// The circuit breakers, by name.
+    #[serde(default)]
+    pub breakers: BTreeMap<String, BreakerTable>,
+    /// Where breaker state lives.
+    #[serde(default)]
+    pub breaker_state: BreakerStateConfig,
     /// The run's limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -173,6 +179,9 @@ pub struct GrantsConfig {
     /// Lock-key patterns the plugin may lock.
     #[serde(default)]
     pub locks: Vec<String>,
+    /// Breaker-name patterns the plugin may open.
+    #[serde(default)]
+    pub breakers: Vec<String>,
 }
 
 /// One entry of `grants.dirs`.
@@ -233,6 +242,45 @@ pub struct LocksConfig {
     pub lease_ms: Option<u64>,
 }
 
+/// One `[breakers.NAME]` table; missing keys keep the defaults of
+/// [`crate::breakers`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerTable {
+    /// Failures in a row that open it.
+    pub failure_threshold: Option<u32>,
+    /// How long it stays open before a trial, in milliseconds.
+    pub recovery_ms: Option<u64>,
+    /// Trial calls let through when half-open.
+    pub half_open_trials: Option<u32>,
+    /// A failure rate that opens it too.
+    pub failure_rate: Option<FailureRateTable>,
+    /// Patterns on handler error messages that do not count as failures.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+}
+
+/// `failure_rate = { ratio, window_ms, min_calls }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRateTable {
+    /// The share of failed calls (0 to 1) that opens the breaker.
+    pub ratio: f64,
+    /// The window of calls counted, in milliseconds.
+    pub window_ms: u64,
+    /// The least number of calls in the window before the rate counts.
+    pub min_calls: u32,
+}
+
+/// `[breaker_state]`: where breaker state lives.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerStateConfig {
+    /// `memory` (default: state shared by the runs of one process) or a
+    /// Redis URL (shared by every host on that Redis).
+    pub backend: Option<String>,
+}
+
 /// `[limits]`; each missing key keeps its default from [`crate::limits`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,15 +326,19 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.grants()?;
-        match self.locks.backend.as_deref() {
-            None | Some("memory") => {}
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
-            Some(other) => {
-                return Err(format!(
-                    "locks.backend `{other}`: use `memory` or a redis:// URL"
-                ));
+        for (key, backend) in [
+            ("locks.backend", &self.locks.backend),
+            ("breaker_state.backend", &self.breaker_state.backend),
+        ] {
+            match backend.as_deref() {
+                None | Some("memory") => {}
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {}
+                Some(other) => {
+                    return Err(format!("{key} `{other}`: use `memory` or a redis:// URL"));
+                }
             }
         }
+        self.breaker_configs()?;
         self.handlers()?;
         self.run_policy()?;
         if let Some(sink) = &self.sink {
@@ -308,7 +360,9 @@ impl Config {
             .effects(self.grants.effects.iter().cloned())
             .map_err(|e: NameError| format!("effect grant: {e}"))?
             .locks(self.grants.locks.iter().cloned())
-            .map_err(|e: NameError| format!("lock grant: {e}"))?;
+            .map_err(|e: NameError| format!("lock grant: {e}"))?
+            .breakers(self.grants.breakers.iter().cloned())
+            .map_err(|e: NameError| format!("breaker grant: {e}"))?;
         for dir in &self.grants.dirs {
             grants = grants.dir(self.base.join(&dir.host), dir.guest.clone(), dir.writable);
         }
@@ -389,6 +443,82 @@ impl Config {
                 "locks.backend `{url}` needs escrow-host's `redis` feature"
             )),
         }
+    }
+
+    /// The breakers' definitions.
+    ///
+    /// # Errors
+    ///
+    /// A malformed name, a failure rate outside 0 to 1, a zero threshold or
+    /// trial count.
+    pub fn breaker_configs(&self) -> Result<Vec<(String, crate::breakers::BreakerConfig)>, String> {
+        use crate::breakers::{BreakerConfig, FailureRate};
+        self.breakers
+            .iter()
+            .map(|(name, table)| {
+                let at = |message: &str| format!("breakers.{name}: {message}");
+                crate::patterns::check_effect_name(name).map_err(|e| at(&e.to_string()))?;
+                let defaults = BreakerConfig::default();
+                let failure_rate = match &table.failure_rate {
+                    Some(rate) if !(0.0..=1.0).contains(&rate.ratio) => {
+                        return Err(at("failure_rate.ratio must be from 0 to 1"));
+                    }
+                    Some(rate) => Some(FailureRate {
+                        ratio: rate.ratio,
+                        window: Duration::from_millis(rate.window_ms),
+                        min_calls: rate.min_calls,
+                    }),
+                    None => None,
+                };
+                let config = BreakerConfig {
+                    failure_threshold: table
+                        .failure_threshold
+                        .unwrap_or(defaults.failure_threshold),
+                    failure_rate,
+                    recovery: table
+                        .recovery_ms
+                        .map_or(defaults.recovery, Duration::from_millis),
+                    half_open_trials: table.half_open_trials.unwrap_or(defaults.half_open_trials),
+                    ignore: table.ignore.clone(),
+                };
+                if config.failure_threshold == 0 || config.half_open_trials == 0 {
+                    return Err(at(
+                        "failure_threshold and half_open_trials must be at least 1",
+                    ));
+                }
+                Ok((name.clone(), config))
+            })
+            .collect()
+    }
+
+    /// The breakers, their state store connected.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached, or was named without the `redis`
+    /// feature.
+    pub async fn breakers(&self) -> Result<crate::breakers::Breakers, String> {
+        let store: Arc<dyn crate::backends::BreakerStore> =
+            match self.breaker_state.backend.as_deref() {
+                None | Some("memory") => Arc::new(crate::backends::MemoryBreakers::new()),
+                #[cfg(feature = "redis")]
+                Some(url) => Arc::new(
+                    crate::backends::RedisBreakers::connect(url)
+                        .await
+                        .map_err(|e| format!("breaker_state.backend `{url}`: {e}"))?,
+                ),
+                #[cfg(not(feature = "redis"))]
+                Some(url) => {
+                    return Err(format!(
+                        "breaker_state.backend `{url}` needs escrow-host's `redis` feature"
+                    ));
+                }
+            };
+        let mut breakers = crate::breakers::Breakers::new(store);
+        for (name, config) in self.breaker_configs()? {
+            breakers.define(&name, config).map_err(|e| e.to_string())?;
+        }
+        Ok(breakers)
     }
 
     /// The policy named by `policy` and `block`.
@@ -582,6 +712,21 @@ mod tests {
             config.locks.backend.as_deref(),
             Some("redis://127.0.0.1:6379/")
         );
+    }
+
+    #[test]
+    fn breakers_are_defined_from_their_tables_with_defaults_for_missing_keys() {
+        let config =
+            parse("[breakers.upstream]\nfailure_threshold = 2\nignore = [\"*404*\"]\n").unwrap();
+        let (name, breaker) = &config.breaker_configs().unwrap()[0];
+        assert_eq!(name, "upstream");
+        assert_eq!(breaker.failure_threshold, 2);
+        assert_eq!(breaker.recovery, crate::breakers::DEFAULT_RECOVERY);
+        assert_eq!(breaker.ignore, ["*404*"]);
+        let bad =
+            parse("[breakers.x]\nfailure_rate = { ratio = 2.0, window_ms = 1, min_calls = 1 }")
+                .unwrap_err();
+        assert!(bad.to_string().contains("from 0 to 1"), "{bad}");
     }
 
     #[test]

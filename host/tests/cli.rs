@@ -818,3 +818,96 @@ fn a_killed_holders_locks_are_free_again_once_its_lease_expires() {
         killed_at.elapsed()
     );
 }
+
+fn flaky(state: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let config = example_config("flaky-upstream");
+    let mut args = vec![
+        "run",
+        fixtures::FLAKY_UPSTREAM,
+        "--config",
+        &config,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let output = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(&args)
+        .env("FLAKY_STATE", state)
+        .output()
+        .unwrap();
+    (output.status.code(), json_report(&output))
+}
+
+#[test]
+fn the_flaky_upstream_example_shows_the_breaker_opening_failing_fast_and_recovering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, report) = flaky(&dir.path().join("calls"), &[]);
+
+    assert_eq!(code, Some(0), "{report}");
+    let verdicts: Vec<&str> = report["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "allowed", "allowed", "allowed", "rejected", "allowed", "allowed", "allowed", "allowed"
+        ]
+    );
+    assert_eq!(
+        report["breakers"][2]["transitions"],
+        serde_json::json!(["closed → open"])
+    );
+    assert_eq!(report["breakers"][3]["retry_after_ms"], 300);
+    assert_eq!(report["breakers"][4]["trial"], true);
+    assert_eq!(
+        report["breakers"][4]["transitions"],
+        serde_json::json!(["open → half-open", "half-open → closed"])
+    );
+    assert_eq!(
+        report["invocations"].as_array().unwrap().len(),
+        7,
+        "the rejected call never ran"
+    );
+}
+
+#[test]
+fn escrow_breakers_lists_the_state_every_host_shares_through_redis() {
+    let server = escrow_fixtures::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flaky-upstream");
+    let text = std::fs::read_to_string(example.join("escrow.toml"))
+        .unwrap()
+        .replace("recovery_ms = 300", "recovery_ms = 60000")
+        .replace("./handlers/", &format!("{}/handlers/", example.display()))
+        + &format!("\n[breaker_state]\nbackend = \"{}\"\n", server.url());
+    let config = dir.path().join("escrow.toml");
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+
+    let list = || json_report(&escrow(&["breakers", "--config", config, "--json"]));
+    assert_eq!(
+        list()["breakers"],
+        serde_json::json!([{ "breaker": "upstream", "state": "closed" }])
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args([
+            "run",
+            fixtures::FLAKY_UPSTREAM,
+            "--config",
+            config,
+            "--input",
+            r#"{"calls": 3}"#,
+        ])
+        .env("FLAKY_STATE", dir.path().join("calls"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        list()["breakers"][0]["state"],
+        "open",
+        "another process sees what the run did"
+    );
+}

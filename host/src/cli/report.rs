@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use escrow_host::{Delivery, EffectError, Fate, Fence, Outcome, Refusal};
+use escrow_host::backends::{CallResult, Transition};
+use escrow_host::{
+    BreakerDecision, BreakerVerdict, Delivery, EffectError, Fate, Fence, Outcome, Refusal,
+};
 use serde_json::{Value, json};
 
 /// The guest's bytes as JSON when they are JSON, else as text.
@@ -105,6 +108,7 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
     }
     report["intents"] = Value::Array(intents);
     report["invocations"] = Value::Array(invocations);
+    report["breakers"] = outcome.breakers.iter().map(breaker_value).collect();
     report["locks"] = outcome
         .locks
         .iter()
@@ -122,6 +126,39 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
         report["guest_stderr"] = json!(String::from_utf8_lossy(&outcome.guest_stderr));
     }
     report
+}
+
+fn counted(result: CallResult) -> &'static str {
+    match result {
+        CallResult::Success => "success",
+        CallResult::Failure => "failure",
+        CallResult::NotCalled => "not-called",
+    }
+}
+
+fn transition_text(t: &Transition) -> String {
+    format!("{} → {}", t.from, t.to)
+}
+
+fn breaker_value(decision: &BreakerDecision) -> Value {
+    let mut entry = json!({
+        "seq": decision.seq,
+        "breaker": decision.breaker,
+        "effect": decision.effect,
+        "transitions": decision.transitions.iter().map(transition_text).collect::<Vec<_>>(),
+    });
+    match decision.verdict {
+        BreakerVerdict::Allowed { trial, counted: c } => {
+            entry["verdict"] = json!("allowed");
+            entry["trial"] = json!(trial);
+            entry["counted"] = json!(counted(c));
+        }
+        BreakerVerdict::Rejected { retry_after_ms } => {
+            entry["verdict"] = json!("rejected");
+            entry["retry_after_ms"] = json!(retry_after_ms);
+        }
+    }
+    entry
 }
 
 fn fences_value(fences: &[Fence]) -> Value {
@@ -197,6 +234,32 @@ pub(crate) fn human(outcome: &Outcome) -> String {
     lines.sort_by_key(|(seq, _)| *seq);
     for (seq, line) in lines {
         let _ = writeln!(out, "  #{seq:<3} {line}");
+    }
+    for decision in &outcome.breakers {
+        let verdict = match decision.verdict {
+            BreakerVerdict::Allowed {
+                trial: true,
+                counted: c,
+            } => format!("trial, {}", counted(c)),
+            BreakerVerdict::Allowed {
+                trial: false,
+                counted: c,
+            } => format!("allowed, {}", counted(c)),
+            BreakerVerdict::Rejected { retry_after_ms } => {
+                format!("rejected, a trial in {retry_after_ms} ms")
+            }
+        };
+        let moved: Vec<String> = decision.transitions.iter().map(transition_text).collect();
+        let moved = if moved.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", moved.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "breaker {} #{} {}: {verdict}{moved}",
+            decision.breaker, decision.seq, decision.effect
+        );
     }
     for lock in &outcome.locks {
         let _ = writeln!(

@@ -99,7 +99,12 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         (None, true) => host.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?,
     };
     let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
-    let host = host.handlers(handlers).locks(locks).build()?;
+    let breakers = config.breakers().await.map_err(anyhow::Error::msg)?;
+    let host = host
+        .handlers(handlers)
+        .locks(locks)
+        .breakers(breakers)
+        .build()?;
     let plugin = host.load_file(&args.plugin)?;
 
     let options = RunOptions::new()
