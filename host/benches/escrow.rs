@@ -6,6 +6,8 @@
 //!   over a host function that does nothing);
 //! - one `invoke` of a no-op handler, against a bare host call with the
 //!   signature of `invoke`;
+//! - one `invoke` through a closed circuit breaker, against the same
+//!   `invoke` without one;
 //! - one uncontended lock taken and released from a guest, with the
 //!   in-memory backend and with Redis, against a bare host call and a raw
 //!   Redis round trip (`SET` then `DEL` from the same client);
@@ -24,6 +26,7 @@ use criterion::Criterion;
 use escrow_fixtures as fixtures;
 use escrow_host::CallError;
 use escrow_host::backends::{LockBackend, RedisLocks};
+use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
@@ -125,6 +128,30 @@ fn per_call(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let outcome = invoking.run(invoke_options.clone()).await.unwrap();
             assert_eq!(outcome.invocations.len(), CALLS_PER_RUN as usize);
+        })
+    });
+
+    // escrow: the same invocations through a closed breaker.
+    let mut breakers = Breakers::default();
+    breakers.define("bench", BreakerConfig::default()).unwrap();
+    let guarded = invoking.with_breakers(Arc::new(breakers));
+    let breaker_options = RunOptions::new()
+        .grants(
+            Grants::new()
+                .effects(["bench.*"])
+                .unwrap()
+                .breakers(["bench"])
+                .unwrap(),
+        )
+        .limits(Limits {
+            max_intents: CALLS_PER_RUN as usize,
+            ..Limits::default()
+        })
+        .input(format!("breaker:{CALLS_PER_RUN}"));
+    group.bench_function("invoke_through_breaker", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = guarded.run(breaker_options.clone()).await.unwrap();
+            assert_eq!(outcome.breakers.len(), CALLS_PER_RUN as usize);
         })
     });
 
@@ -313,6 +340,12 @@ fn summary() {
             ours: ("per_call", "invoke", CALLS_PER_RUN),
             baseline_name: "bare host call",
             baseline: ("per_call", "bare_invoke_call", CALLS_PER_RUN),
+        },
+        Row {
+            name: "invoke through a closed breaker",
+            ours: ("per_call", "invoke_through_breaker", CALLS_PER_RUN),
+            baseline_name: "invoke without one",
+            baseline: ("per_call", "invoke", CALLS_PER_RUN),
         },
         Row {
             name: "lock + release, memory",

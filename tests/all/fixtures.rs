@@ -174,6 +174,34 @@ pub mod bench {
     }
 
     #[tokio::test]
+    async fn invokes_through_a_breaker_as_often_as_its_input_says() {
+        let mut handlers = escrow_host::handlers::Handlers::new();
+        handlers
+            .query(
+                "bench.noop",
+                escrow_host::handlers::FnHandler(|_: &[u8]| {
+                    Ok::<_, escrow_host::CallError>(Vec::new())
+                }),
+            )
+            .unwrap();
+        let mut breakers = escrow_host::breakers::Breakers::default();
+        breakers.define("bench", Default::default()).unwrap();
+        let grants = escrow_host::Grants::new()
+            .effects(["bench.*"])
+            .unwrap()
+            .breakers(["bench"])
+            .unwrap();
+        let outcome = plugin(fixtures::BENCH)
+            .with_handlers(handlers)
+            .with_breakers(std::sync::Arc::new(breakers))
+            .run(RunOptions::new().grants(grants).input("breaker:3"))
+            .await
+            .unwrap();
+        assert_eq!(outcome.breakers.len(), 3);
+        assert_eq!(outcome.invocations.len(), 3);
+    }
+
+    #[tokio::test]
     async fn locks_and_unlocks_as_often_as_its_input_says() {
         let grants = escrow_host::Grants::new().locks(["bench:*"]).unwrap();
         let outcome = plugin(fixtures::BENCH)
