@@ -56,23 +56,67 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
 
     writeln!(out, "grants:")?;
     let effects = grants.effect_patterns();
-    if capabilities.contains(&"deferred effects") {
-        if effects.is_empty() {
-            writeln!(
-                out,
-                "  effects: none — every effect this plugin requests will be refused `not-granted`"
-            )?;
-        } else {
-            writeln!(
-                out,
-                "  effects: {} (effect names are chosen at run time; others are refused)",
-                effects.join(", ")
-            )?;
-        }
+    let asks_effects =
+        capabilities.contains(&"deferred effects") || capabilities.contains(&"immediate effects");
+    if !asks_effects {
+        writeln!(
+            out,
+            "  effects: the plugin imports no effect interface, so it cannot request effects"
+        )?;
+    } else if effects.is_empty() {
+        writeln!(
+            out,
+            "  effects: none — every effect this plugin requests will be refused `not-granted`"
+        )?;
     } else {
         writeln!(
             out,
-            "  effects: the plugin does not import escrow:host/intents, so it cannot request deferred effects"
+            "  effects: {} (effect names are chosen at run time; others are refused)",
+            effects.join(", ")
+        )?;
+    }
+    if capabilities.contains(&"immediate effects") {
+        let handlers: Vec<String> = config
+            .handlers
+            .iter()
+            .map(|(effect, h)| format!("{effect} ({})", h.kind.as_str()))
+            .collect();
+        let handlers = if handlers.is_empty() {
+            "none".to_owned()
+        } else {
+            handlers.join(", ")
+        };
+        writeln!(out, "  handlers: {handlers}")?;
+    }
+    if capabilities.contains(&"locks") {
+        let locks = grants.lock_patterns();
+        let locks = if locks.is_empty() {
+            "none — every lock request will be refused".to_owned()
+        } else {
+            locks.join(", ")
+        };
+        writeln!(out, "  locks: {locks}")?;
+    }
+    if capabilities.contains(&"circuit breakers") {
+        let granted = grants.breaker_patterns();
+        let defined: Vec<&String> = config.breakers.keys().collect();
+        writeln!(
+            out,
+            "  breakers: granted {}; defined {}",
+            if granted.is_empty() {
+                "none".to_owned()
+            } else {
+                granted.join(", ")
+            },
+            if defined.is_empty() {
+                "none".to_owned()
+            } else {
+                defined
+                    .iter()
+                    .map(|d| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         )?;
     }
 
@@ -92,6 +136,9 @@ fn capability(import: &str) -> Option<&'static str> {
     Some(match interface {
         "intents" => "deferred effects",
         "scopes" => "nested scopes",
+        "effects" => "immediate effects",
+        "locks" => "locks",
+        "breakers" => "circuit breakers",
         "types" => "shared types",
         _ => return None,
     })
