@@ -16,4 +16,4 @@ pub use breakers::{Admission, BreakerStore, CallResult, StoreError, Transition};
 pub use locks::{Lease, LockBackend, LockError};
 pub use memory::{MemoryBreakers, MemoryLocks};
 #[cfg(feature = "redis")]
-pub use redis::{RedisBreakers, RedisLocks};
+pub use redis::{DEFAULT_LEASE, RedisBreakers, RedisLocks};
