@@ -58,7 +58,7 @@ pub struct EscrowCtx {
     /// while they are held.
     pub(crate) fences: Arc<[Fence]>,
     /// The breakers the guest opened, by handle.
-    pub(crate) opened_breakers: Vec<String>,
+    pub(crate) opened_breakers: Vec<Arc<str>>,
     /// Every call through a breaker, for the outcome.
     pub(crate) breaker_decisions: Vec<BreakerDecision>,
     /// Open nested scopes, outermost first.
@@ -122,7 +122,6 @@ impl EscrowCtx {
         static NO_HANDLERS: OnceLock<Arc<Handlers>> = OnceLock::new();
         static NO_BREAKERS: OnceLock<Arc<Breakers>> = OnceLock::new();
         static OWN_LOCKS: OnceLock<Arc<dyn LockBackend>> = OnceLock::new();
-        static NO_FENCES: OnceLock<Arc<[Fence]>> = OnceLock::new();
         Self {
             grants,
             policy,
@@ -141,7 +140,7 @@ impl EscrowCtx {
             },
             next_guard: 1,
             lock_records: Vec::new(),
-            fences: Arc::clone(NO_FENCES.get_or_init(|| Arc::from([]))),
+            fences: Arc::clone(no_fences()),
             opened_breakers: Vec::new(),
             breaker_decisions: Vec::new(),
             frames: Vec::new(),
@@ -360,6 +359,12 @@ impl EscrowCtx {
             locks: self.held,
         }
     }
+}
+
+/// The fences of intents recorded while no lock is held, shared.
+pub(crate) fn no_fences() -> &'static Arc<[Fence]> {
+    static NO_FENCES: OnceLock<Arc<[Fence]>> = OnceLock::new();
+    NO_FENCES.get_or_init(|| Arc::from([]))
 }
 
 /// A finished run: its outcome, and the locks it still holds.

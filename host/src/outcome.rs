@@ -145,7 +145,7 @@ pub struct BreakerDecision {
     /// The request's sequence number.
     pub seq: u64,
     /// The breaker.
-    pub breaker: String,
+    pub breaker: Arc<str>,
     /// The immediate effect called through it.
     pub effect: String,
     /// What the breaker did with the call.

@@ -23,7 +23,7 @@ pub struct Lease {
     /// of these keys.
     pub token: u64,
     /// Identifies the holder to the backend: only the holder can release.
-    pub(crate) holder: String,
+    pub(crate) holder: u128,
     /// Renews the lease while it is held, where the backend needs it; stops
     /// when the lease is dropped.
     pub(crate) keepalive: Option<tokio::task::AbortHandle>,

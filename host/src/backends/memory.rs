@@ -131,10 +131,7 @@ impl LockBackend for MemoryLocks {
     }
 
     async fn release(&self, lease: Lease) -> Result<(), LockError> {
-        let id: u64 = lease
-            .holder
-            .parse()
-            .expect("a memory lease's holder is its id");
+        let id = lease.holder as u64;
         let mut state = self.state.lock().expect("the lock table is never poisoned");
         state.release(id, &lease.keys);
         state.grant_waiting();
@@ -146,7 +143,7 @@ fn lease_of(id: u64, keys: &[String], token: u64) -> Lease {
     Lease {
         keys: keys.to_vec(),
         token,
-        holder: id.to_string(),
+        holder: u128::from(id),
         keepalive: None,
     }
 }

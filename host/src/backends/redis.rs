@@ -168,7 +168,8 @@ fn unavailable(error: redis::RedisError) -> LockError {
 #[async_trait::async_trait]
 impl LockBackend for RedisLocks {
     async fn acquire(&self, keys: &[String], timeout: Duration) -> Result<Lease, LockError> {
-        let holder = uuid::Uuid::new_v4().to_string();
+        let holder = uuid::Uuid::new_v4().as_u128();
+        let holder_text = format!("{holder:032x}");
         let redis_keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
         let fence = format!("{}lock-fence", self.prefix);
         let give_up = Instant::now() + timeout;
@@ -181,13 +182,13 @@ impl LockBackend for RedisLocks {
             }
             let token: u64 = call
                 .key(&fence)
-                .arg(&holder)
+                .arg(&holder_text)
                 .arg(self.lease_ms())
                 .invoke_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
             if token > 0 {
-                let keepalive = Some(self.keep_alive(redis_keys, holder.clone()));
+                let keepalive = Some(self.keep_alive(redis_keys, holder_text));
                 return Ok(Lease {
                     keys: keys.to_vec(),
                     token,
@@ -213,7 +214,7 @@ impl LockBackend for RedisLocks {
             call.key(self.key(key));
         }
         let _released: usize = call
-            .arg(&lease.holder)
+            .arg(format!("{:032x}", lease.holder))
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;

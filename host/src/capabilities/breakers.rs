@@ -32,10 +32,10 @@ impl HostBreaker for EscrowCtx {
             ))));
         }
         // Opening the same breaker again gives the same handle's meaning.
-        let index = match self.opened_breakers.iter().position(|n| *n == name) {
+        let index = match self.opened_breakers.iter().position(|n| **n == *name) {
             Some(index) => index,
             None => {
-                self.opened_breakers.push(name);
+                self.opened_breakers.push(Arc::from(name));
                 self.opened_breakers.len() - 1
             }
         };
@@ -109,7 +109,7 @@ impl HostBreaker for EscrowCtx {
 }
 
 impl EscrowCtx {
-    fn breaker_name(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<String> {
+    fn breaker_name(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<Arc<str>> {
         self.opened_breakers
             .get(breaker.rep() as usize)
             .cloned()

@@ -143,6 +143,10 @@ impl EscrowCtx {
     }
 
     fn refresh_fences(&mut self) {
+        if self.held.leases.is_empty() {
+            self.fences = Arc::clone(crate::ctx::no_fences());
+            return;
+        }
         let fences: Vec<Fence> = self
             .held
             .leases

@@ -143,7 +143,7 @@ fn transition_text(t: &Transition) -> String {
 fn breaker_value(decision: &BreakerDecision) -> Value {
     let mut entry = json!({
         "seq": decision.seq,
-        "breaker": decision.breaker,
+        "breaker": &*decision.breaker,
         "effect": decision.effect,
         "transitions": decision.transitions.iter().map(transition_text).collect::<Vec<_>>(),
     });
