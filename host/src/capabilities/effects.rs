@@ -104,6 +104,7 @@ impl EscrowCtx {
             compensate
         });
         let max = self.limits.max_payload_bytes;
+        let past_deadline = matches!(called, Called::PastDeadline);
         let result = match called {
             Called::Answered(Ok(answer)) if answer.len() > max => {
                 Err(EffectError::Failed(format!(
@@ -116,20 +117,9 @@ impl EscrowCtx {
             Called::TimedOut(timeout) => Err(EffectError::Failed(format!(
                 "the handler did not answer within {timeout:?}"
             ))),
-            Called::PastDeadline => {
-                let result = Err(EffectError::Failed(
-                    "the run's deadline passed during the call".into(),
-                ));
-                self.record(
-                    seq,
-                    effect,
-                    payload,
-                    Some(registered.kind),
-                    &result,
-                    compensation,
-                );
-                return Err(LimitExceeded(Limit::Deadline).into());
-            }
+            Called::PastDeadline => Err(EffectError::Failed(
+                "the run's deadline passed during the call".into(),
+            )),
         };
         self.record(
             seq,
@@ -139,6 +129,9 @@ impl EscrowCtx {
             &result,
             compensation,
         );
+        if past_deadline {
+            return Err(LimitExceeded(Limit::Deadline).into());
+        }
         Ok(result)
     }
 
