@@ -342,7 +342,9 @@ mod suite {
                         let calls = Arc::clone(&calls);
                         async move {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            // Long enough that every run asks while the
+                            // trials still run, even on a loaded machine.
+                            tokio::time::sleep(Duration::from_millis(1000)).await;
                             Ok::<_, CallError>(Vec::new())
                         }
                     }),

@@ -266,13 +266,14 @@ mod suite {
             tokio::spawn(async move {
                 run_steps(
                     &plugin,
-                    json!([lock(&["k"], "g"), { "sleep_ms": 400 }]),
+                    json!([lock(&["k"], "g"), { "sleep_ms": 1500 }]),
                     options(),
                 )
                 .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Ample time for the holder to take the key, even on a loaded machine.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let blocked = run_steps(
             &other,
             json!([{ "lock": ["k"], "as": "g", "timeout_ms": 50 }]),
@@ -411,11 +412,12 @@ mod redis_leases {
         let holder = RedisLocks::connect(&server.url())
             .await
             .unwrap()
-            .lease(Duration::from_millis(300));
+            .lease(Duration::from_millis(1000));
         let other = RedisLocks::connect(&server.url()).await.unwrap();
         let lease = holder.acquire(&keys(&["k"]), Duration::ZERO).await.unwrap();
 
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        // Two and a half lease lifetimes: still held only because it is renewed.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(
             other
                 .acquire(&keys(&["k"]), Duration::ZERO)
