@@ -48,9 +48,10 @@
 //! An embedder's world may `include escrow:host/imports@0.1.0;` and export
 //! its own functions. Generate its bindings with
 //! `with: { "escrow:host": escrow_host::bindings::escrow::host }`, keep an
-//! [`EscrowCtx`] in the store, link escrow with [`add_to_linker`], bound the
-//! call with [`set_deadline`], then [`EscrowCtx::finish`] the run and
-//! [`Host::dispatch`] its intents.
+//! [`EscrowCtx`] in the store (given the host's handlers, locks and
+//! breakers), link escrow with [`add_to_linker`], bound the call with
+//! [`set_deadline`], then [`EscrowCtx::finish`] the run, [`Host::dispatch`]
+//! its committed intents, and release the [`Settled::locks`].
 
 pub mod backends;
 pub mod bindings;
