@@ -84,8 +84,7 @@ impl Default for Limits {
 }
 
 /// Which limit a run exceeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     /// [`Limits::deadline`].
     Deadline,

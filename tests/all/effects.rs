@@ -290,6 +290,26 @@ async fn compensations_run_in_reverse_order_when_the_deadline_stops_the_guest() 
 }
 
 #[tokio::test]
+async fn compensations_run_in_reverse_order_when_the_run_exceeds_a_limit() {
+    let (journal, handlers) = journal_of(&["a.do", "b.do", "a.undo", "b.undo"]);
+    let limits = Limits {
+        max_payload_bytes: 1024,
+        ..Limits::default()
+    };
+    let steps = json!([
+        reversible("a.do", "a.undo"),
+        reversible("b.do", "b.undo"),
+        { "defer_size": "c.big", "bytes": 2048 },
+    ]);
+    let outcome =
+        run_script_with(steps, granted().limits(limits), &Recorder::new(), handlers).await;
+
+    assert_eq!(outcome.result, Err(Failure::Limit(Limit::PayloadSize)));
+    assert_eq!(compensated(&outcome), ["b.undo", "a.undo"]);
+    assert_eq!(journal.effects(), ["a.do", "b.do", "b.undo", "a.undo"]);
+}
+
+#[tokio::test]
 async fn nothing_is_compensated_when_the_run_succeeds_and_deferred_intents_dispatch() {
     let recorder = Recorder::new();
     let (journal, handlers) = journal_of(&["a.do", "a.undo"]);

@@ -140,6 +140,8 @@ mod suite {
             json!({ "fail": "err" }),
             json!("panic"),
             json!("spin"),
+            // A payload above the limit: the run fails on a limit.
+            json!({ "defer_size": "a.big", "bytes": 2 << 20 }),
         ];
         for ending in endings {
             let limits = Limits {
