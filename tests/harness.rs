@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use escrow_host::CallError;
-use escrow_host::handlers::{EffectKind, Handler, Handlers};
+use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
 use escrow_host::sinks::{Sink, Sinks};
 use escrow_host::{Fate, Grants, Host, Intent, Outcome, Plugin, RunOptions};
 use serde_json::Value;
@@ -226,7 +226,8 @@ impl Journal {
 
 #[async_trait::async_trait]
 impl Handler for Journal {
-    async fn call(&self, effect: &str, _payload: &[u8]) -> Result<Vec<u8>, CallError> {
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        let effect = call.effect;
         self.calls.lock().unwrap().push(effect.to_owned());
         if effect.contains("fail") {
             return Err(CallError::new(format!("{effect} went wrong")));

@@ -4,10 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use escrow_host::config::SinkSpec;
+use escrow_host::sinks::{FnSink, JsonLines, Sinks};
+use escrow_host::{CallError, Intent};
 
 mod breakers;
 mod inspect;
+mod outbox;
 mod report;
 mod run;
 
@@ -33,6 +38,33 @@ enum Command {
     Run(run::RunArgs),
     Inspect(inspect::InspectArgs),
     Breakers(breakers::BreakersArgs),
+    Outbox(outbox::OutboxArgs),
+}
+
+/// The sinks of `escrow run` and `escrow outbox deliver`: JSON lines on
+/// stdout, or appended to a file. With `--json` the report is the output,
+/// so committed intents are listed in it unless a file sink is named.
+pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks> {
+    let mut sinks = Sinks::new();
+    match (sink, json) {
+        (Some(SinkSpec::Stdout), true) => {
+            bail!("--json prints the report on stdout; send intents to --sink file:PATH")
+        }
+        (Some(SinkSpec::Stdout), false) | (None, false) => {
+            sinks.route("*", JsonLines::stdout())?;
+        }
+        (Some(SinkSpec::File(path)), _) => {
+            sinks.route(
+                "*",
+                JsonLines::append_to(&path)
+                    .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
+            )?;
+        }
+        (None, true) => {
+            sinks.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?;
+        }
+    }
+    Ok(sinks)
 }
 
 /// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
@@ -58,6 +90,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Inspect(args) => inspect::main(args),
         Command::Breakers(args) => breakers::main(args),
+        Command::Outbox(args) => outbox::main(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -158,6 +158,8 @@ pub struct Config {
     /// The run's limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The durable outbox, if commit is durable.
+    pub outbox: Option<OutboxConfig>,
     /// The directory relative paths are resolved against.
     #[serde(skip)]
     pub base: PathBuf,
@@ -281,6 +283,27 @@ pub struct BreakerStateConfig {
     pub backend: Option<String>,
 }
 
+/// `[outbox]`: where committed intents are made durable, and how their
+/// delivery is retried. Missing keys keep the defaults of [`crate::outbox`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// A SQLite file (relative to the config's directory) or a
+    /// `postgres://` URL.
+    pub url: Option<String>,
+    /// Attempts before an intent is dead.
+    pub max_attempts: Option<u32>,
+    /// The delay before the first retry, in milliseconds.
+    pub backoff_base_ms: Option<u64>,
+    /// The longest delay between attempts, in milliseconds.
+    pub backoff_max_ms: Option<u64>,
+    /// How long a worker's claim lasts without renewal, in milliseconds.
+    pub lease_ms: Option<u64>,
+    /// How long after a run's deadline its unresolved compensations are
+    /// owed, in milliseconds.
+    pub compensation_grace_ms: Option<u64>,
+}
+
 /// `[limits]`; each missing key keeps its default from [`crate::limits`].
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +366,14 @@ impl Config {
         self.run_policy()?;
         if let Some(sink) = &self.sink {
             sink.parse::<SinkSpec>()?;
+        }
+        if let Some(outbox) = &self.outbox {
+            if outbox.max_attempts == Some(0) {
+                return Err("outbox.max_attempts must be at least 1".into());
+            }
+            if outbox.lease_ms == Some(0) {
+                return Err("outbox.lease_ms must be at least 1".into());
+            }
         }
         if self.limits.timeout_ms == Some(0) {
             return Err("limits.timeout_ms must be at least 1".into());
@@ -521,6 +552,63 @@ impl Config {
         Ok(breakers)
     }
 
+    /// The outbox `url` names (or, without one, the config's `[outbox] url`),
+    /// opened and migrated, with the config's retry settings. `None` when
+    /// neither names one.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be opened, or Postgres was named without the
+    /// `postgres` feature.
+    pub async fn outbox(
+        &self,
+        url: Option<&str>,
+    ) -> Result<Option<crate::outbox::Outbox>, crate::outbox::OutboxError> {
+        use crate::outbox::{Outbox, RetryPolicy, SqliteOutbox};
+        let table = self.outbox.clone().unwrap_or_default();
+        let Some(url) = url.map(str::to_owned).or_else(|| {
+            table
+                .url
+                .as_ref()
+                .map(|u| resolve_store_url(&self.base, u))
+        }) else {
+            return Ok(None);
+        };
+        let outbox = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            {
+                Outbox::new(crate::outbox::PostgresOutbox::connect(&url).await?)
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                return Err(crate::outbox::OutboxError::Open {
+                    what: url,
+                    message: "Postgres needs escrow-host's `postgres` feature".into(),
+                });
+            }
+        } else {
+            let path = url.strip_prefix("sqlite:").unwrap_or(&url);
+            Outbox::new(SqliteOutbox::open(path)?)
+        };
+        let defaults = RetryPolicy::default();
+        let mut outbox = outbox.retry_policy(RetryPolicy {
+            max_attempts: table.max_attempts.unwrap_or(defaults.max_attempts),
+            base: table
+                .backoff_base_ms
+                .map_or(defaults.base, Duration::from_millis),
+            max: table
+                .backoff_max_ms
+                .map_or(defaults.max, Duration::from_millis),
+        });
+        if let Some(ms) = table.lease_ms {
+            outbox = outbox.lease(Duration::from_millis(ms));
+        }
+        if let Some(ms) = table.compensation_grace_ms {
+            outbox = outbox.compensation_grace(Duration::from_millis(ms));
+        }
+        Ok(Some(outbox))
+    }
+
     /// The policy named by `policy` and `block`.
     ///
     /// # Errors
@@ -557,6 +645,16 @@ impl Config {
             other => other,
         })
     }
+}
+
+/// A store URL from a config file: a relative SQLite path is resolved
+/// against the config's directory.
+fn resolve_store_url(base: &Path, url: &str) -> String {
+    if url.contains("://") {
+        return url.to_owned();
+    }
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    base.join(path).to_string_lossy().into_owned()
 }
 
 /// The policy for a policy name and block patterns.

@@ -15,9 +15,11 @@ use crate::breakers::Breakers;
 use crate::grants::Grants;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
+use crate::handlers::Call;
+use crate::outbox::{Claim, NewEntry, Outbox, Write};
 use crate::outcome::{
     BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
-    Refusal,
+    Refusal, RunId,
 };
 use crate::patterns::check_effect_name;
 use crate::policy::{Decision, Policy};
@@ -28,6 +30,22 @@ use crate::policy::{Decision, Policy};
 /// [`add_to_linker`](crate::add_to_linker), call the guest, then
 /// [`finish`](EscrowCtx::finish) it with what the guest returned.
 pub struct EscrowCtx {
+    pub(crate) run_id: RunId,
+    pub(crate) plugin: Arc<str>,
+    /// Where a successful run's intents are made durable, and compensations
+    /// journaled.
+    pub(crate) outbox: Option<Outbox>,
+    /// Whether the run delivers its own intents right after the durable
+    /// commit (they are written claimed by it).
+    deliver_inline: bool,
+    /// Whether a successful run leaves its committed intents to the
+    /// embedder instead of writing them to the outbox.
+    hold: bool,
+    /// Compensations journaled in the outbox, to resolve when the run ends.
+    pub(crate) journaled: bool,
+    /// Compensations performed in-process that failed: they stay owed in the
+    /// outbox.
+    failed_compensations: Vec<(u64, String)>,
     pub(crate) grants: Arc<Grants>,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) handlers: Arc<Handlers>,
@@ -123,6 +141,13 @@ impl EscrowCtx {
         static NO_BREAKERS: OnceLock<Arc<Breakers>> = OnceLock::new();
         static OWN_LOCKS: OnceLock<Arc<dyn LockBackend>> = OnceLock::new();
         Self {
+            run_id: RunId::new(),
+            plugin: Arc::from("plugin"),
+            outbox: None,
+            deliver_inline: false,
+            hold: false,
+            journaled: false,
+            failed_compensations: Vec::new(),
             grants,
             policy,
             handlers: Arc::clone(NO_HANDLERS.get_or_init(Arc::default)),
@@ -149,6 +174,42 @@ impl EscrowCtx {
             violation: None,
             last_rule: None,
         }
+    }
+
+    /// The run's identity and the plugin's name (by default a fresh id and
+    /// `plugin`).
+    pub fn with_run(mut self, run_id: RunId, plugin: Arc<str>) -> Self {
+        self.run_id = run_id;
+        self.plugin = plugin;
+        self
+    }
+
+    /// Makes the run durable in `outbox`: compensations are journaled before
+    /// their action runs, and [`finish`](EscrowCtx::finish) writes the
+    /// committed intents in one transaction before the run counts as
+    /// committed.
+    pub fn with_outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// With an outbox: write the committed intents claimed by this run, so
+    /// that it can deliver them itself before any worker does.
+    pub(crate) fn deliver_inline(mut self) -> Self {
+        self.deliver_inline = true;
+        self
+    }
+
+    /// With an outbox: a successful run writes nothing to it; the embedder
+    /// stages the committed intents itself.
+    pub(crate) fn hold(mut self) -> Self {
+        self.hold = true;
+        self
+    }
+
+    /// The run's identity.
+    pub fn run_id(&self) -> RunId {
+        self.run_id
     }
 
     /// The handlers that perform this run's immediate effects.
@@ -290,16 +351,26 @@ impl EscrowCtx {
         let timeout = self.handlers.call_timeout();
         let pending: Vec<_> = self.compensations.drain(start..).collect();
         for undo in pending.into_iter().rev() {
-            let result =
-                match tokio::time::timeout(timeout, undo.handler.call(&undo.effect, &undo.payload))
-                    .await
-                {
+            let call = Call {
+                effect: &undo.effect,
+                payload: &undo.payload,
+                run_id: self.run_id,
+                seq: undo.seq,
+                compensation: true,
+            };
+            let result = match tokio::time::timeout(timeout, undo.handler.call(call)).await {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(error)) => Err(error.to_string()),
                     Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
                 };
             if let Err(error) = &result {
-                tracing::warn!(seq = undo.seq, effect = %undo.effect, %error, "compensation failed");
+                tracing::warn!(
+                    run_id = %self.run_id, seq = undo.seq, effect = %undo.effect, %error,
+                    "compensation failed"
+                );
+                if self.journaled {
+                    self.failed_compensations.push((undo.seq, error.clone()));
+                }
             }
             self.compensated.push(Compensation {
                 seq: undo.seq,
@@ -323,11 +394,15 @@ impl EscrowCtx {
     /// blocked intent becomes [`Fate::Discarded`] and the remaining
     /// compensations run, newest first. Refused requests stay refused.
     ///
+    /// With an [outbox](EscrowCtx::with_outbox), a successful run's
+    /// committed intents are written to it, durably, before the run counts
+    /// as committed; if that fails the run fails with [`Failure::Outbox`].
+    ///
     /// The locks the run still holds are handed back in [`Settled::locks`]:
     /// release them once the committed intents are dispatched. The outcome's
     /// stderr and timings are left empty for the caller.
     pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Settled {
-        let result = match self.violation.take() {
+        let mut result = match self.violation.take() {
             Some(failure) => Err(failure),
             None => guest,
         };
@@ -339,12 +414,37 @@ impl EscrowCtx {
             self.discard_from(frame.start, &rule);
             self.compensate_from(frame.compensations, &rule).await;
         }
+        let mut claim = None;
+        // Whether the store, not this process, decides what is owed: the
+        // commit's answer was lost, so it may or may not have landed.
+        let mut in_doubt = false;
+        if result.is_ok()
+            && !self.hold
+            && let Some(outbox) = self.outbox.clone()
+        {
+            match self.commit_durably(&outbox).await {
+                Ok(claimed) => claim = claimed,
+                Err((failure, doubt)) => {
+                    result = Err(failure);
+                    in_doubt = doubt;
+                }
+            }
+        }
         if result.is_err() {
             let failed: Arc<str> = Arc::from("the run failed");
             self.discard_from(0, &failed);
-            self.compensate_from(0, &failed).await;
+            if in_doubt {
+                // Left journaled: if the commit landed they are resolved, and
+                // if not a worker performs them once they are due.
+                self.compensations.clear();
+            } else {
+                self.compensate_from(0, &failed).await;
+                self.resolve_journal().await;
+            }
         }
         let outcome = Outcome {
+            run_id: self.run_id,
+            plugin: self.plugin,
             result,
             intents: self.records,
             invocations: self.invocations,
@@ -357,6 +457,76 @@ impl EscrowCtx {
         Settled {
             outcome,
             locks: self.held,
+            claim,
+        }
+    }
+
+    /// Writes the committed intents, and resolves the journaled
+    /// compensations, in one durable transaction. Returns the claim the
+    /// intents were written under, or the failure and whether the commit is
+    /// in doubt.
+    async fn commit_durably(&mut self, outbox: &Outbox) -> Result<Option<Claim>, (Failure, bool)> {
+        let intents: Vec<NewEntry> = self
+            .records
+            .iter()
+            .filter(|i| i.fate == Fate::Committed)
+            .map(NewEntry::intent)
+            .collect();
+        if intents.is_empty() && !self.journaled {
+            return Ok(None);
+        }
+        let now_ms = outbox.now_ms();
+        let claim = (self.deliver_inline && !intents.is_empty())
+            .then(|| Claim::new(now_ms, outbox.lease_duration()));
+        let has_intents = !intents.is_empty();
+        let write = Write::Commit {
+            run_id: self.run_id,
+            intents,
+            claim: claim.clone(),
+            now_ms,
+            failed_compensations: std::mem::take(&mut self.failed_compensations),
+        };
+        let Err(error) = outbox.write(write).await else {
+            return Ok(claim);
+        };
+        // The answer may have been lost after the transaction committed: ask.
+        let landed = if has_intents {
+            outbox.store().committed(self.run_id).await
+        } else {
+            Err(error.clone())
+        };
+        match landed {
+            Ok(true) => Ok(claim),
+            Ok(false) => Err((
+                Failure::Outbox(format!("the committed intents could not be stored: {error}")),
+                false,
+            )),
+            Err(_) => Err((
+                Failure::Outbox(format!(
+                    "the commit is in doubt ({error}); the store decides whether its intents \
+                     are delivered or its compensations performed"
+                )),
+                true,
+            )),
+        }
+    }
+
+    /// After a failed run performed its compensations: forgets the journaled
+    /// ones that succeeded, and leaves those that failed owed.
+    async fn resolve_journal(&mut self) {
+        let Some(outbox) = self.outbox.clone().filter(|_| self.journaled) else {
+            return;
+        };
+        let write = Write::Resolve {
+            run_id: self.run_id,
+            failed: std::mem::take(&mut self.failed_compensations),
+            due_at_ms: outbox.now_ms(),
+        };
+        if let Err(error) = outbox.write(write).await {
+            tracing::warn!(
+                run_id = %self.run_id, %error,
+                "the performed compensations could not be marked done; a worker performs them again"
+            );
         }
     }
 }
@@ -377,6 +547,9 @@ pub struct Settled {
     /// before another run can take the same keys. Dropping them releases
     /// them too, in the background.
     pub locks: HeldLocks,
+    /// The claim the committed intents were written under in the outbox,
+    /// for the run to deliver them itself.
+    pub(crate) claim: Option<Claim>,
 }
 
 /// Locks held by a run, with the backend they came from.

@@ -70,6 +70,9 @@ pub enum Error {
         /// Why.
         error: wasmtime::Error,
     },
+    /// The run asked for delivery by a worker, and the host has no outbox.
+    #[error("`Dispatch::Later` needs a host with an outbox (`HostBuilder::outbox`)")]
+    NoOutbox,
     /// The host could not be built.
     #[error("cannot build the host: {0:#}")]
     Engine(wasmtime::Error),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::CallError;
+use crate::outcome::RunId;
 use crate::patterns::{NameError, check_effect_name};
 
 mod exec;
@@ -49,16 +50,48 @@ impl EffectKind {
     }
 }
 
+/// One call of a handler: the effect, its payload, and the request it
+/// answers, so that the handler can make the effect idempotent.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The effect to perform.
+    pub effect: &'a str,
+    /// The payload exactly as the guest passed it (for a compensation: as
+    /// the guest registered it).
+    pub payload: &'a [u8],
+    /// The run that asked.
+    pub run_id: RunId,
+    /// The request's sequence number in the run (for a compensation: that of
+    /// the call it undoes).
+    pub seq: u64,
+    /// Whether this call is a compensation.
+    pub compensation: bool,
+}
+
+impl Call<'_> {
+    /// `{run_id}:{seq}`, or `{run_id}:{seq}:compensate` for a compensation:
+    /// the same each time this very request is performed again (a
+    /// compensation retried after a crash, say).
+    pub fn idempotency_key(&self) -> String {
+        if self.compensation {
+            self.run_id.compensation_key(self.seq)
+        } else {
+            self.run_id.idempotency_key(self.seq)
+        }
+    }
+}
+
 /// Performs one immediate effect.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
-    /// Performs `effect` with `payload` and returns the answer for the guest.
+    /// Performs `call.effect` with `call.payload` and returns the answer for
+    /// the guest.
     ///
     /// # Errors
     ///
     /// A [`CallError`] reaches the guest as `effect-error::failed` with its
     /// message.
-    async fn call(&self, effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError>;
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError>;
 }
 
 /// A handler that calls a synchronous closure with the payload.
@@ -81,8 +114,8 @@ where
     F: Fn(&[u8]) -> Result<Vec<u8>, E> + Send + Sync + 'static,
     E: Into<CallError>,
 {
-    async fn call(&self, _effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
-        (self.0)(payload).map_err(Into::into)
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        (self.0)(call.payload).map_err(Into::into)
     }
 }
 
@@ -96,8 +129,8 @@ where
     Fut: Future<Output = Result<Vec<u8>, E>> + Send,
     E: Into<CallError>,
 {
-    async fn call(&self, _effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
-        (self.0)(payload.to_vec()).await.map_err(Into::into)
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        (self.0)(call.payload.to_vec()).await.map_err(Into::into)
     }
 }
 

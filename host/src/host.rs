@@ -14,6 +14,7 @@ use crate::breakers::Breakers;
 use crate::error::Error;
 use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
+use crate::outbox::Outbox;
 use crate::outcome::Intent;
 use crate::plugin::Plugin;
 use crate::run::RunState;
@@ -65,6 +66,7 @@ struct Inner {
     handlers: Arc<Handlers>,
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
+    outbox: Option<Outbox>,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -86,6 +88,7 @@ pub struct HostBuilder {
     handlers: Handlers,
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
+    outbox: Option<Outbox>,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -99,6 +102,7 @@ impl Default for HostBuilder {
             handlers: Handlers::new(),
             locks: Arc::new(MemoryLocks::new()),
             breakers: Arc::default(),
+            outbox: None,
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -147,6 +151,17 @@ impl HostBuilder {
     /// state and event stream.
     pub fn breakers(mut self, breakers: impl Into<Arc<Breakers>>) -> Self {
         self.breakers = breakers.into();
+        self
+    }
+
+    /// Makes commit durable: a successful run writes its committed intents
+    /// to `outbox` in one transaction before it counts as committed, then
+    /// delivers them and marks them delivered; what a sink fails to take is
+    /// retried by a [`Worker`](crate::outbox::Worker). Compensations are
+    /// journaled there before their action runs. Without an outbox (the
+    /// default) intents live in memory until dispatched, with one attempt.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
         self
     }
 
@@ -232,6 +247,7 @@ impl HostBuilder {
                 handlers: Arc::new(self.handlers),
                 locks: self.locks,
                 breakers: self.breakers,
+                outbox: self.outbox,
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -311,6 +327,23 @@ impl Host {
         &self.inner.handlers
     }
 
+    /// The host's outbox, if commit is durable.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.inner.outbox.as_ref()
+    }
+
+    /// A delivery worker for the host's outbox, delivering through the
+    /// host's sinks and performing owed compensations with its handlers.
+    /// `None` without an outbox.
+    pub fn worker(&self) -> Option<crate::outbox::Worker> {
+        let outbox = self.inner.outbox.clone()?;
+        Some(crate::outbox::Worker::new(
+            outbox,
+            self.inner.sinks.clone(),
+            Arc::clone(&self.inner.handlers),
+        ))
+    }
+
     /// Delivers the committed intents of a finished run to the host's sinks,
     /// in order. See [`Sinks::dispatch`].
     pub async fn dispatch(&self, intents: &mut [Intent]) {
@@ -326,7 +359,7 @@ impl Host {
     /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
         let what = "the plugin";
-        self.link_named(what, compile(&self.inner.engine, what, bytes)?)
+        self.link_named(what, "plugin", compile(&self.inner.engine, what, bytes)?)
     }
 
     /// Reads and compiles the component at `path`. See [`Host::load`].
@@ -337,7 +370,10 @@ impl Host {
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
         let path = path.as_ref();
         let component = self.compile_file(path)?;
-        self.link_named(&format!("`{}`", path.display()), component)
+        let name = path
+            .file_stem()
+            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
+        self.link_named(&format!("`{}`", path.display()), &name, component)
     }
 
     /// Reads and compiles the component at `path` without linking it, to
@@ -363,10 +399,10 @@ impl Host {
     /// Fails if the component imports something the host does not provide or
     /// lacks the `run` export.
     pub fn link(&self, component: Component) -> Result<Plugin, Error> {
-        self.link_named("the plugin", component)
+        self.link_named("the plugin", "plugin", component)
     }
 
-    fn link_named(&self, what: &str, component: Component) -> Result<Plugin, Error> {
+    fn link_named(&self, what: &str, name: &str, component: Component) -> Result<Plugin, Error> {
         let link = |error| Error::Link {
             what: what.to_owned(),
             error,
@@ -377,7 +413,7 @@ impl Host {
             .instantiate_pre(&component)
             .map_err(link)?;
         let pre = crate::bindings::PluginPre::new(pre).map_err(link)?;
-        Ok(Plugin::new(self.clone(), component, pre))
+        Ok(Plugin::new(self.clone(), name, component, pre))
     }
 
     pub(crate) fn max_memory_bytes(&self) -> usize {

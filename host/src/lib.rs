@@ -64,6 +64,7 @@ pub mod grants;
 pub mod handlers;
 mod host;
 pub mod limits;
+pub mod outbox;
 mod outcome;
 pub mod patterns;
 mod plugin;
@@ -79,11 +80,12 @@ pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
 pub use limits::Limits;
 pub use outcome::{
     BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
-    Intent, Invocation, LockRecord, Outcome, Refusal, Status, Timings,
+    Intent, Invocation, LockRecord, Outcome, Refusal, RunId, Status, Timings,
 };
+pub use outbox::Outbox;
 pub use plugin::Plugin;
 pub use policy::Policy;
-pub use run::{MAX_TABLE_ELEMENTS, RunOptions, set_deadline};
+pub use run::{Dispatch, MAX_TABLE_ELEMENTS, RunOptions, set_deadline};
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,62 @@ pub use crate::bindings::escrow::host::types::Refusal;
 use crate::handlers::EffectKind;
 use crate::limits::Limit;
 
+/// A run's identity: a UUIDv7, so ids sort by the time the run started and
+/// are unique across hosts without coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(uuid::Uuid);
+
+impl RunId {
+    /// A fresh id for a run starting now.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
+    /// The idempotency key of the request `seq` of this run:
+    /// `{run_id}:{seq}`. It is the same on every retry and redelivery.
+    pub fn idempotency_key(&self, seq: u64) -> String {
+        format!("{self}:{seq}")
+    }
+
+    /// The idempotency key of the compensation that undoes request `seq` of
+    /// this run: `{run_id}:{seq}:compensate`.
+    pub fn compensation_key(&self, seq: u64) -> String {
+        format!("{self}:{seq}:compensate")
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl std::str::FromStr for RunId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
 /// What a run returned.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The run's identity; every intent's idempotency key derives from it.
+    pub run_id: RunId,
+    /// The plugin's name (its file name, or what the embedder called it).
+    pub plugin: Arc<str>,
     /// The guest's output if the run succeeded, otherwise why it failed.
     pub result: Result<Vec<u8>, Failure>,
     /// Every deferred effect the run requested, in request order, with its
@@ -74,10 +127,15 @@ impl Outcome {
             .filter(|i| matches!(i.fate, Fate::Dispatched(_)))
     }
 
-    /// The intents a sink failed to deliver, or that had no sink.
+    /// The intents a sink failed to deliver, or that had no sink. Intents
+    /// [`Delivery::Queued`] in the outbox are not among them.
     pub fn undelivered(&self) -> impl Iterator<Item = &Intent> {
-        self.dispatched()
-            .filter(|i| !matches!(i.fate, Fate::Dispatched(Delivery::Delivered)))
+        self.dispatched().filter(|i| {
+            !matches!(
+                i.fate,
+                Fate::Dispatched(Delivery::Delivered | Delivery::Queued)
+            )
+        })
     }
 }
 
@@ -113,6 +171,10 @@ impl fmt::Display for Status {
 /// One effect request of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
+    /// The run that recorded it.
+    pub run_id: RunId,
+    /// The plugin that recorded it.
+    pub plugin: Arc<str>,
     /// The request's sequence number within the run, from 1.
     pub seq: u64,
     /// The effect's name.
@@ -128,6 +190,14 @@ pub struct Intent {
     /// The locks the run held when it recorded the intent, with their
     /// fencing tokens: a sink can reject work from a stale holder.
     pub fences: Arc<[Fence]>,
+}
+
+impl Intent {
+    /// `{run_id}:{seq}`: the same on every retry and redelivery of this
+    /// intent, so that a consumer can deliver it at most once.
+    pub fn idempotency_key(&self) -> String {
+        self.run_id.idempotency_key(self.seq)
+    }
 }
 
 /// One lock key held, and the fencing token of its acquisition.
@@ -231,6 +301,10 @@ pub enum Delivery {
     /// The route's breaker is open: delivery was not attempted, and the
     /// intent is ready to be retried later. The message says until when.
     NotAttempted(String),
+    /// Stored in the durable outbox and not attempted yet: a delivery worker
+    /// delivers it (after the run's earlier intents, where one of them must
+    /// be retried first).
+    Queued,
 }
 
 /// One immediate effect the run requested.
@@ -275,6 +349,10 @@ pub enum Failure {
     Trap(String),
     /// The run exceeded one of its limits.
     Limit(Limit),
+    /// The run succeeded but its committed intents could not be made durable
+    /// in the outbox; nothing of it is delivered (unless the message says the
+    /// commit is in doubt: see `docs/delivery.md`).
+    Outbox(String),
     /// The guest requested an effect where a policy forbids effects; the run
     /// fails even if the guest handled the refusal.
     Forbidden {
@@ -291,6 +369,7 @@ impl fmt::Display for Failure {
             Failure::GuestError(message) => write!(f, "the plugin returned an error: {message}"),
             Failure::Trap(message) => write!(f, "the plugin trapped: {message}"),
             Failure::Limit(limit) => write!(f, "the run exceeded its {limit} limit"),
+            Failure::Outbox(message) => write!(f, "outbox: {message}"),
             Failure::Forbidden { effect, rule } => {
                 write!(
                     f,

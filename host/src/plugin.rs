@@ -9,6 +9,7 @@ use crate::bindings::PluginPre;
 use crate::breakers::Breakers;
 use crate::handlers::Handlers;
 use crate::host::Host;
+use crate::outbox::Outbox;
 use crate::run::RunState;
 use crate::sinks::Sinks;
 
@@ -24,6 +25,9 @@ pub struct Plugin {
     pub(crate) handlers: Arc<Handlers>,
     pub(crate) locks: Arc<dyn LockBackend>,
     pub(crate) breakers: Arc<Breakers>,
+    pub(crate) outbox: Option<Outbox>,
+    /// What intents and outcomes call the plugin.
+    pub(crate) name: Arc<str>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -35,19 +39,50 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    pub(crate) fn new(host: Host, component: Component, pre: PluginPre<RunState>) -> Self {
+    pub(crate) fn new(
+        host: Host,
+        name: &str,
+        component: Component,
+        pre: PluginPre<RunState>,
+    ) -> Self {
         let sinks = host.sinks().clone();
         let handlers = Arc::clone(host.handlers());
         let locks = Arc::clone(host.locks());
         let breakers = Arc::clone(host.breakers());
+        let outbox = host.outbox().cloned();
         Self {
             host,
             sinks,
             handlers,
             locks,
             breakers,
+            outbox,
+            name: Arc::from(name),
             component,
             pre,
+        }
+    }
+
+    /// This plugin under another name: the name its intents and outcomes
+    /// carry (by default its file name without `.wasm`, or `plugin`).
+    pub fn with_name(&self, name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            ..self.clone()
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This plugin, committing into `outbox` instead of the host's (or into
+    /// none). The compiled component is shared, not copied.
+    pub fn with_outbox(&self, outbox: Option<Outbox>) -> Self {
+        Self {
+            outbox,
+            ..self.clone()
         }
     }
 

@@ -13,8 +13,8 @@ use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
 use crate::limits::{Limit, Limits, MAX_GUEST_STDERR_BYTES};
-use crate::outcome::Outcome;
-use crate::outcome::{Failure, Timings};
+use crate::outbox::{Claim, Outbox};
+use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
 
@@ -32,6 +32,7 @@ pub struct RunOptions {
     grants: Arc<Grants>,
     policy: Arc<dyn Policy>,
     limits: Limits,
+    dispatch: Dispatch,
 }
 
 impl Default for RunOptions {
@@ -41,8 +42,27 @@ impl Default for RunOptions {
             grants: Arc::new(Grants::new()),
             policy: Arc::new(Commit),
             limits: Limits::default(),
+            dispatch: Dispatch::Now,
         }
     }
+}
+
+/// What a successful run does with its committed intents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// Deliver them now, in order, through the sinks. With an outbox they
+    /// are first written to it, durably; those a sink fails to take stay
+    /// there for a worker to retry. The default.
+    #[default]
+    Now,
+    /// Write them to the host's outbox and leave them to a delivery worker
+    /// (`escrow run --no-deliver`). Needs an outbox.
+    Later,
+    /// Neither: they stay [`Fate::Committed`](crate::Fate::Committed) in the
+    /// outcome, for the embedder to stage in a transaction of its own
+    /// (`PostgresOutbox::stage`) or to dispatch. Compensations journaled in
+    /// the host's outbox stay owed until that transaction resolves them.
+    Hold,
 }
 
 impl RunOptions {
@@ -79,6 +99,13 @@ impl RunOptions {
     /// The run's limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// What a successful run does with its committed intents (default
+    /// [`Dispatch::Now`]).
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
         self
     }
 }
@@ -174,6 +201,9 @@ impl Plugin {
                 options.limits.max_memory_bytes
             )));
         }
+        if options.dispatch == Dispatch::Later && self.outbox.is_none() {
+            return Err(Error::NoOutbox);
+        }
         // Slots bound the instances alive at once; the permit is given back
         // as soon as the store is gone, before delivery.
         let slot = self
@@ -188,12 +218,23 @@ impl Plugin {
         let wasi = wasi_ctx(&options.grants, stderr.clone())?;
         let limits = options.limits;
         let deadline = limits.deadline;
+        let memory = MemoryCap(limits.max_memory_bytes);
+        let mut escrow = EscrowCtx::new(options.grants, options.policy, limits)
+            .with_run(RunId::new(), Arc::clone(&self.name))
+            .with_handlers(Arc::clone(&self.handlers))
+            .with_locks(Arc::clone(&self.locks))
+            .with_breakers(Arc::clone(&self.breakers));
+        if let Some(outbox) = &self.outbox {
+            escrow = escrow.with_outbox(outbox.clone());
+            escrow = match options.dispatch {
+                Dispatch::Now => escrow.deliver_inline(),
+                Dispatch::Later => escrow,
+                Dispatch::Hold => escrow.hold(),
+            };
+        }
         let state = RunState {
-            memory: MemoryCap(limits.max_memory_bytes),
-            escrow: EscrowCtx::new(options.grants, options.policy, limits)
-                .with_handlers(Arc::clone(&self.handlers))
-                .with_locks(Arc::clone(&self.locks))
-                .with_breakers(Arc::clone(&self.breakers)),
+            memory,
+            escrow,
             wasi,
             table: ResourceTable::new(),
         };
@@ -214,10 +255,18 @@ impl Plugin {
         let called = Instant::now();
         let state = store.into_data();
         drop(slot);
-        let Settled { mut outcome, locks } = state.escrow.finish(guest).await;
+        let Settled {
+            mut outcome,
+            locks,
+            claim,
+        } = state.escrow.finish(guest).await;
         let settled = Instant::now();
         if outcome.result.is_ok() {
-            self.sinks.dispatch(&mut outcome.intents).await;
+            match (&self.outbox, options.dispatch) {
+                (_, Dispatch::Hold) => {}
+                (None, _) => self.sinks.dispatch(&mut outcome.intents).await,
+                (Some(outbox), _) => self.deliver_stored(outbox, claim, &mut outcome).await,
+            }
         }
         // Locks protect the run's effects, and deferred effects happen at
         // dispatch: they are released only now.
@@ -230,6 +279,51 @@ impl Plugin {
             dispatch: settled.elapsed(),
         };
         Ok(outcome)
+    }
+
+    /// Delivers the intents a run wrote to the outbox under `claim`, through
+    /// the sinks, settling each in the outbox; without a claim (or when the
+    /// store cannot be read) they are left to a worker.
+    async fn deliver_stored(&self, outbox: &Outbox, claim: Option<Claim>, outcome: &mut Outcome) {
+        let deliveries = match claim {
+            None => Vec::new(),
+            Some(mut claim) => match outbox.store().claimed(&claim).await {
+                Ok(entries) => {
+                    let (_stop, stopped) = tokio::sync::watch::channel(false);
+                    let delivered = crate::outbox::deliver_run(
+                        outbox,
+                        &self.sinks,
+                        &self.handlers,
+                        &mut claim,
+                        &entries,
+                        &stopped,
+                    )
+                    .await;
+                    match delivered {
+                        Ok(done) => entries
+                            .iter()
+                            .map(|e| e.entry.seq)
+                            .zip(done.deliveries)
+                            .collect(),
+                        Err(error) => {
+                            tracing::warn!(run_id = %outcome.run_id, %error, "settling inline deliveries failed; a worker delivers them again");
+                            Vec::new()
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(run_id = %outcome.run_id, %error, "reading back the stored intents failed; a worker delivers them");
+                    Vec::new()
+                }
+            },
+        };
+        for intent in outcome.intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
+            let delivery = deliveries
+                .iter()
+                .find(|(seq, _)| *seq == intent.seq)
+                .map_or(Delivery::Queued, |(_, d)| d.clone());
+            intent.fate = Fate::Dispatched(delivery);
+        }
     }
 
     /// [`Plugin::run`] for callers that are not async: blocks the calling

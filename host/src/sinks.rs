@@ -136,52 +136,81 @@ impl Sinks {
     /// Delivers every [`Fate::Committed`] intent of `intents`, in order, and
     /// turns its fate into [`Fate::Dispatched`] with the sink's answer.
     pub async fn dispatch(&self, intents: &mut [Intent]) {
-        let timeout = self.timeout;
         for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
-            let delivery = match self
-                .routes
-                .iter()
-                .find(|r| r.patterns.is_match(&intent.effect))
-            {
-                None => Delivery::NoSink,
-                Some(route) => route.deliver(intent, timeout).await,
-            };
-            if let Delivery::Failed(error) = &delivery {
-                tracing::warn!(seq = intent.seq, effect = %intent.effect, %error, "delivery failed");
-            }
-            intent.fate = Fate::Dispatched(delivery);
+            intent.fate = Fate::Dispatched(self.attempt(intent).await.into());
+        }
+    }
+
+    /// One delivery attempt of `intent` through the first matching route.
+    pub(crate) async fn attempt(&self, intent: &Intent) -> Attempt {
+        let attempt = match self
+            .routes
+            .iter()
+            .find(|r| r.patterns.is_match(&intent.effect))
+        {
+            None => Attempt::NoSink,
+            Some(route) => route.deliver(intent, self.timeout).await,
+        };
+        if let Attempt::Failed(error) = &attempt {
+            tracing::warn!(
+                run_id = %intent.run_id, seq = intent.seq, effect = %intent.effect, %error,
+                "delivery failed"
+            );
+        }
+        attempt
+    }
+}
+
+/// How one delivery attempt ended.
+pub(crate) enum Attempt {
+    Delivered,
+    Failed(String),
+    NoSink,
+    BreakerOpen { retry_after_ms: u64, message: String },
+}
+
+impl From<Attempt> for Delivery {
+    fn from(attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::Delivered => Delivery::Delivered,
+            Attempt::Failed(error) => Delivery::Failed(error),
+            Attempt::NoSink => Delivery::NoSink,
+            Attempt::BreakerOpen { message, .. } => Delivery::NotAttempted(message),
         }
     }
 }
 
 impl Route {
-    async fn deliver(&self, intent: &Intent, timeout: Duration) -> Delivery {
+    async fn deliver(&self, intent: &Intent, timeout: Duration) -> Attempt {
         let admitted = match &self.breaker {
             None => None,
             Some((breakers, name)) => {
                 let defined = breakers.defined(name).expect("checked by route_through");
                 match breakers.admit(name, defined).await {
                     Admission::Rejected { retry_after_ms } => {
-                        return Delivery::NotAttempted(format!(
-                            "breaker `{name}` is open; a trial in {retry_after_ms} ms"
-                        ));
+                        return Attempt::BreakerOpen {
+                            retry_after_ms,
+                            message: format!(
+                                "breaker `{name}` is open; a trial in {retry_after_ms} ms"
+                            ),
+                        };
                     }
                     Admission::Allowed { trial, .. } => Some((breakers, name, defined, trial)),
                 }
             }
         };
-        let delivery = match tokio::time::timeout(timeout, self.sink.deliver(intent)).await {
-            Ok(Ok(())) => Delivery::Delivered,
-            Ok(Err(error)) => Delivery::Failed(error.to_string()),
-            Err(_) => Delivery::Failed(format!("the sink did not answer within {timeout:?}")),
+        let attempt = match tokio::time::timeout(timeout, self.sink.deliver(intent)).await {
+            Ok(Ok(())) => Attempt::Delivered,
+            Ok(Err(error)) => Attempt::Failed(error.to_string()),
+            Err(_) => Attempt::Failed(format!("the sink did not answer within {timeout:?}")),
         };
         if let Some((breakers, name, defined, trial)) = admitted {
-            let counted = match &delivery {
-                Delivery::Failed(error) if !defined.ignores(error) => CallResult::Failure,
+            let counted = match &attempt {
+                Attempt::Failed(error) if !defined.ignores(error) => CallResult::Failure,
                 _ => CallResult::Success,
             };
             breakers.record(name, defined, trial, counted).await;
         }
-        delivery
+        attempt
     }
 }

@@ -12,6 +12,7 @@ mod isolation;
 mod limits;
 mod loading;
 mod locks;
+mod outbox;
 mod policies;
 mod scopes;
 mod sinks;

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use crate::bindings::escrow::host::effects::{EffectError, Host};
 use crate::ctx::{EscrowCtx, PendingCompensation, Refused, truncated};
-use crate::handlers::{EffectKind, Registered};
+use crate::handlers::{Call, EffectKind, Registered};
+use crate::outbox::{EntryKind, NewEntry, Write};
 use crate::limits::Limit;
 use crate::outcome::{Failure, Invocation, Refusal};
 use crate::policy::Decision;
@@ -67,8 +68,25 @@ impl EscrowCtx {
             }
         };
 
+        if let Some((compensate, compensate_payload)) = &undo
+            && let Err(error) = self.journal(seq, compensate, compensate_payload).await
+        {
+            // The undo could not be made durable: the action is not performed.
+            let result = Err(EffectError::Failed(format!(
+                "the compensation could not be journaled, so `{effect}` was not performed: {error}"
+            )));
+            self.record(seq, effect, payload, Some(registered.kind), &result, None);
+            return Ok(result);
+        }
+
         let called = {
-            let mut call = registered.handler.call(&effect, &payload);
+            let mut call = registered.handler.call(Call {
+                effect: &effect,
+                payload: &payload,
+                run_id: self.run_id,
+                seq,
+                compensation: false,
+            });
             // A handler that answers at once needs no timer: poll it once first.
             match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                 Poll::Ready(answer) => Called::Answered(answer),
@@ -133,6 +151,38 @@ impl EscrowCtx {
             return Err(LimitExceeded(Limit::Deadline).into());
         }
         Ok(result)
+    }
+
+    /// With an outbox, writes the compensation of call `seq` durably before
+    /// its action is performed, owed once the run's deadline and the
+    /// outbox's grace have passed unless the run resolves it.
+    async fn journal(
+        &mut self,
+        seq: u64,
+        compensate: &str,
+        payload: &[u8],
+    ) -> Result<(), crate::outbox::OutboxError> {
+        let Some(outbox) = self.outbox.clone() else {
+            return Ok(());
+        };
+        let now_ms = outbox.now_ms();
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let write = Write::Journal {
+            entry: NewEntry {
+                kind: EntryKind::Compensation,
+                run_id: self.run_id,
+                seq,
+                plugin: self.plugin.to_string(),
+                effect: compensate.to_owned(),
+                payload: payload.to_vec(),
+                fences: self.fences.to_vec(),
+            },
+            due_at_ms: now_ms + (left + outbox.grace()).as_millis() as i64,
+            now_ms,
+        };
+        outbox.write(write).await?;
+        self.journaled = true;
+        Ok(())
     }
 
     /// The checks before a handler is called: the request's own checks for

@@ -38,6 +38,8 @@ impl Host for EscrowCtx {
         };
         self.payload_bytes += payload.len();
         self.records.push(Intent {
+            run_id: self.run_id,
+            plugin: Arc::clone(&self.plugin),
             seq,
             effect,
             payload,
@@ -75,6 +77,8 @@ impl EscrowCtx {
         self.payload_bytes += payload.len();
         let rule = self.rule(rule);
         self.records.push(Intent {
+            run_id: self.run_id,
+            plugin: Arc::clone(&self.plugin),
             seq,
             effect,
             payload,

@@ -46,6 +46,7 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
         .map(|intent| {
             let mut entry = json!({
                 "seq": intent.seq,
+                "idempotency_key": intent.idempotency_key(),
                 "effect": intent.effect,
                 "payload": bytes_value(&intent.payload),
                 "fate": intent.fate.name(),
@@ -101,7 +102,11 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
         })
         .collect();
 
-    let mut report = json!({ "status": outcome.status().as_str() });
+    let mut report = json!({
+        "status": outcome.status().as_str(),
+        "run_id": outcome.run_id.to_string(),
+        "plugin": &*outcome.plugin,
+    });
     match (&outcome.result, error_text(outcome)) {
         (Ok(output), _) => report["result"] = bytes_value(output),
         (Err(_), error) => report["error"] = json!(error),
@@ -174,6 +179,7 @@ fn delivery_value(delivery: &Delivery) -> Value {
         Delivery::Failed(error) => json!({ "failed": error }),
         Delivery::NoSink => json!("no-sink"),
         Delivery::NotAttempted(why) => json!({ "not_attempted": why }),
+        Delivery::Queued => json!("queued"),
     }
 }
 
@@ -195,6 +201,7 @@ pub(crate) fn human(outcome: &Outcome) -> String {
             );
         }
     }
+    let _ = writeln!(out, "run id: {}", outcome.run_id);
     let width = outcome
         .intents
         .iter()
@@ -213,6 +220,7 @@ pub(crate) fn human(outcome: &Outcome) -> String {
             Fate::Dispatched(Delivery::NotAttempted(why)) => {
                 format!("dispatched, not attempted: {why}")
             }
+            Fate::Dispatched(Delivery::Queued) => "queued in the outbox".to_owned(),
             Fate::Refused(refusal) => format!("refused {}", refusal.kind()),
             other => other.name().to_owned(),
         };

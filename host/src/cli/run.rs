@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use escrow_host::CallError;
 use escrow_host::config::{Config, PolicyName, SinkSpec};
-use escrow_host::sinks::{FnSink, JsonLines};
-use escrow_host::{Host, Intent, RunOptions, Status};
+use escrow_host::{Dispatch, Host, RunOptions, Status};
 
 use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
 
@@ -52,6 +50,14 @@ pub(crate) struct RunArgs {
     /// Compile the plugin afresh instead of using the on-disk cache.
     #[arg(long)]
     no_cache: bool,
+    /// Make commit durable: write committed intents to this outbox (a SQLite
+    /// file, or a postgres:// URL) before delivering them.
+    #[arg(long, value_name = "URL")]
+    outbox: Option<String>,
+    /// With an outbox: commit into it and leave delivery to
+    /// `escrow outbox deliver`.
+    #[arg(long)]
+    no_deliver: bool,
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
@@ -77,27 +83,21 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let limits = config.limits();
     let input = read_input(&args)?;
 
-    // With --json the report is the output: committed intents are listed in
-    // it unless a sink is named.
+    let outbox = config.outbox(args.outbox.as_deref()).await?;
+    if args.no_deliver && outbox.is_none() {
+        bail!("--no-deliver needs an outbox: give --outbox or [outbox] url in the config");
+    }
     let sink = args.sink.clone().or(config.sink());
     let mut host = Host::builder()
         .max_concurrent_runs(1)
-        .max_memory_bytes(limits.max_memory_bytes);
+        .max_memory_bytes(limits.max_memory_bytes)
+        .sinks(super::sinks(sink, args.json)?);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
         host = host.cache_dir(dir);
     }
-    host = match (sink, args.json) {
-        (Some(SinkSpec::Stdout), true) => {
-            bail!("--json prints the report on stdout; send intents to --sink file:PATH")
-        }
-        (Some(SinkSpec::Stdout), false) | (None, false) => host.route("*", JsonLines::stdout())?,
-        (Some(SinkSpec::File(path)), _) => host.route(
-            "*",
-            JsonLines::append_to(&path)
-                .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
-        )?,
-        (None, true) => host.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?,
-    };
+    if let Some(outbox) = outbox {
+        host = host.outbox(outbox);
+    }
     let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
     let breakers = config.breakers().await.map_err(anyhow::Error::msg)?;
     let host = host
@@ -111,7 +111,12 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .input(input)
         .grants(grants)
         .shared_policy(policy)
-        .limits(limits);
+        .limits(limits)
+        .dispatch(if args.no_deliver {
+            Dispatch::Later
+        } else {
+            Dispatch::Now
+        });
     let outcome = plugin.run(options).await?;
 
     if args.json {

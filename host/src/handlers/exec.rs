@@ -6,7 +6,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::Handler;
+use super::{Call, Handler};
 use crate::error::CallError;
 
 /// Most bytes of a program's stdout taken as its answer (16 MiB); more is a
@@ -19,7 +19,9 @@ const STDERR_IN_MESSAGE_BYTES: usize = 1024;
 /// Runs a program for each call: the payload is written to its stdin, and
 /// its stdout, if it exits with status 0, is the answer. A non-zero exit is
 /// a failure whose message carries the start of its stderr. The program gets
-/// the effect's name in `ESCROW_EFFECT`, and is killed if the call times out.
+/// the effect's name in `ESCROW_EFFECT`, the run id in `ESCROW_RUN_ID` and the
+/// request's idempotency key in `ESCROW_IDEMPOTENCY_KEY`, and is killed if the
+/// call times out.
 ///
 /// The command is the operator's: the guest chooses only the payload.
 #[derive(Debug, Clone)]
@@ -43,10 +45,13 @@ impl Exec {
 
 #[async_trait::async_trait]
 impl Handler for Exec {
-    async fn call(&self, effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        let payload = call.payload;
         let mut child = Command::new(&self.program)
             .args(&self.args)
-            .env("ESCROW_EFFECT", effect)
+            .env("ESCROW_EFFECT", call.effect)
+            .env("ESCROW_RUN_ID", call.run_id.to_string())
+            .env("ESCROW_IDEMPOTENCY_KEY", call.idempotency_key())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

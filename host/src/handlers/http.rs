@@ -1,6 +1,6 @@
 //! A handler that makes an HTTP request to one fixed URL.
 
-use super::Handler;
+use super::{Call, Handler};
 use crate::error::CallError;
 
 /// Most bytes of a response body taken as the answer (16 MiB).
@@ -12,7 +12,8 @@ const BODY_IN_MESSAGE_BYTES: usize = 1024;
 /// Sends each call to one URL, fixed by the operator: the payload is the
 /// request body, and a `2xx` response's body is the answer. Any other status
 /// is a failure whose message carries the start of the body. The request
-/// carries the effect's name in the `escrow-effect` header.
+/// carries the effect's name in the `escrow-effect` header, the run id in
+/// `escrow-run-id`, and the request's idempotency key in `idempotency-key`.
 ///
 /// The URL is the allowlist: the guest chooses only the body.
 #[derive(Debug, Clone)]
@@ -65,13 +66,15 @@ impl Http {
 
 #[async_trait::async_trait]
 impl Handler for Http {
-    async fn call(&self, effect: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
         let mut response = self
             .client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone())
-            .header("escrow-effect", effect)
-            .body(payload.to_vec())
+            .header("escrow-effect", call.effect)
+            .header("escrow-run-id", call.run_id.to_string())
+            .header("idempotency-key", call.idempotency_key())
+            .body(call.payload.to_vec())
             .send()
             .await
             .map_err(|e| CallError::new(format!("{} {}: {e}", self.method, self.url)))?;

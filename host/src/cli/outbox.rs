@@ -1,0 +1,266 @@
+//! `escrow outbox`: deliver, list, retry and count what a durable outbox
+//! holds.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use escrow_host::config::{Config, SinkSpec};
+use escrow_host::outbox::{Entry, EntryStatus, Filter, Outbox, Retry, Worker};
+use serde_json::{Value, json};
+
+use super::EXIT_UNDELIVERED;
+
+/// Work with a durable outbox: deliver what is due, list entries, retry dead
+/// ones, and count them.
+#[derive(Debug, Args)]
+pub(crate) struct OutboxArgs {
+    #[command(subcommand)]
+    command: OutboxCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    Deliver(DeliverArgs),
+    List(ListArgs),
+    Retry(RetryArgs),
+    Stats(StatsArgs),
+}
+
+/// Where the outbox is: a flag, or the config's `[outbox] url`.
+#[derive(Debug, Args)]
+struct Store {
+    /// The outbox: a SQLite file, or a postgres:// URL.
+    #[arg(long, value_name = "URL")]
+    outbox: Option<String>,
+    /// Read `[outbox]` (and the handlers and sink) from this file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Store {
+    fn config(&self) -> anyhow::Result<Config> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        })
+    }
+
+    async fn open(&self, config: &Config) -> anyhow::Result<Outbox> {
+        match config.outbox(self.outbox.as_deref()).await? {
+            Some(outbox) => Ok(outbox),
+            None => bail!("no outbox: give --outbox or [outbox] url in the config"),
+        }
+    }
+}
+
+/// Deliver due intents (and perform owed compensations) through the same
+/// sinks and handlers `escrow run` uses. Exit code 0 when nothing failed,
+/// 3 when an attempt failed (it is retried later, or dead).
+#[derive(Debug, Args)]
+struct DeliverArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Where intents go: stdout or file:PATH.
+    #[arg(long, value_name = "SINK")]
+    sink: Option<SinkSpec>,
+    /// Deliver what is due now, then exit (the default).
+    #[arg(long, conflicts_with = "follow")]
+    once: bool,
+    /// Keep delivering as intents come due, until interrupted (Ctrl-C).
+    #[arg(long)]
+    follow: bool,
+    /// How often to look for due intents with --follow, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    poll_ms: u64,
+}
+
+/// List entries, oldest first.
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Only entries with this status: pending, delivered or dead.
+    #[arg(long, value_name = "STATUS")]
+    status: Option<String>,
+    /// At most this many.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Make entries pending again, with their attempts reset.
+#[derive(Debug, Args)]
+struct RetryArgs {
+    #[command(flatten)]
+    store: Store,
+    /// The ids of the entries to retry.
+    #[arg(value_name = "ID", required_unless_present = "dead", conflicts_with = "dead")]
+    ids: Vec<i64>,
+    /// Retry every dead entry.
+    #[arg(long)]
+    dead: bool,
+}
+
+/// Counts by status, attempts, and the age of the oldest pending entry.
+#[derive(Debug, Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    store: Store,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn main(args: OutboxArgs) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            match args.command {
+                OutboxCommand::Deliver(args) => deliver(args).await,
+                OutboxCommand::List(args) => list(args).await,
+                OutboxCommand::Retry(args) => retry(args).await,
+                OutboxCommand::Stats(args) => stats(args).await,
+            }
+        })
+}
+
+async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {
+    let config = args.store.config()?;
+    let outbox = args.store.open(&config).await?;
+    let handlers = config.handlers().map_err(anyhow::Error::msg)?;
+    let sinks = super::sinks(args.sink.clone().or(config.sink()), false)?;
+    let worker = Worker::new(outbox, sinks, handlers)
+        .poll_interval(Duration::from_millis(args.poll_ms.max(1)));
+    let report = if args.follow {
+        let handle = worker.spawn();
+        tokio::signal::ctrl_c().await?;
+        eprintln!("escrow: stopping: finishing the delivery in flight");
+        handle.stop().await?
+    } else {
+        worker.run_once().await?
+    };
+    eprintln!(
+        "escrow: delivered {}, retrying {}, dead {}, not attempted {}",
+        report.delivered, report.retried, report.dead, report.rescheduled
+    );
+    Ok(if report.retried + report.dead > 0 {
+        EXIT_UNDELIVERED
+    } else {
+        0
+    })
+}
+
+fn time_text(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn entry_value(entry: &Entry) -> Value {
+    let e = &entry.entry;
+    let payload = serde_json::from_slice::<Value>(&e.payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.payload).into_owned()));
+    json!({
+        "id": entry.id,
+        "kind": e.kind.as_str(),
+        "status": entry.status.as_str(),
+        "run_id": e.run_id.to_string(),
+        "seq": e.seq,
+        "idempotency_key": entry.idempotency_key(),
+        "plugin": e.plugin,
+        "effect": e.effect,
+        "payload": payload,
+        "attempts": entry.attempts,
+        "due_at": time_text(entry.due_at_ms),
+        "created_at": time_text(entry.created_at_ms),
+        "last_error": entry.last_error,
+    })
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<u8> {
+    let config = args.store.config()?;
+    let outbox = args.store.open(&config).await?;
+    let status = args
+        .status
+        .as_deref()
+        .map(str::parse::<EntryStatus>)
+        .transpose()?;
+    let entries = outbox
+        .store()
+        .list(&Filter {
+            status,
+            limit: Some(args.limit),
+        })
+        .await?;
+    if args.json {
+        let values: Vec<Value> = entries.iter().map(entry_value).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(0);
+    }
+    for entry in &entries {
+        let e = &entry.entry;
+        let error = entry
+            .last_error
+            .as_deref()
+            .map(|m| format!("  last error: {m}"))
+            .unwrap_or_default();
+        println!(
+            "{:>6}  {:<9} {:<12} {}  {}  attempts {}{error}",
+            entry.id,
+            entry.status.as_str(),
+            e.kind.as_str(),
+            entry.idempotency_key(),
+            e.effect,
+            entry.attempts,
+        );
+    }
+    Ok(0)
+}
+
+async fn retry(args: RetryArgs) -> anyhow::Result<u8> {
+    let config = args.store.config()?;
+    let outbox = args.store.open(&config).await?;
+    let which = if args.dead {
+        Retry::Dead
+    } else {
+        Retry::Ids(args.ids)
+    };
+    let changed = outbox.store().retry(&which, outbox.now_ms()).await?;
+    eprintln!("escrow: {changed} entries are pending again");
+    Ok(0)
+}
+
+async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
+    let config = args.store.config()?;
+    let outbox = args.store.open(&config).await?;
+    let stats = outbox.store().stats().await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let lag_ms = stats.oldest_pending_ms.map(|t| (now - t).max(0));
+    if args.json {
+        let value = json!({
+            "pending": stats.pending,
+            "retrying": stats.retrying,
+            "delivered": stats.delivered,
+            "dead": stats.dead,
+            "attempts": stats.attempts,
+            "oldest_pending_age_ms": lag_ms,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(0);
+    }
+    println!("pending    {} ({} retrying)", stats.pending, stats.retrying);
+    println!("delivered  {}", stats.delivered);
+    println!("dead       {}", stats.dead);
+    println!("attempts   {}", stats.attempts);
+    match lag_ms {
+        Some(ms) => println!("lag        {:.1?}", Duration::from_millis(ms as u64)),
+        None => println!("lag        none"),
+    }
+    Ok(0)
+}

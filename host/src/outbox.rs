@@ -1,0 +1,710 @@
+//! The durable outbox: where a committed run's intents are written, in one
+//! transaction, before the run reports `committed`, and where delivery
+//! workers find them.
+//!
+//! ```text
+//! run ends ok ─▶ Outbox::write(Commit) ─▶ group commit (one transaction, one fsync
+//!                                          for every run waiting) ─▶ `committed`
+//! Worker: claim (lease + token) ─▶ deliver through the sinks, in seq order per run
+//!         ─▶ settle: delivered │ retry later (backoff) │ dead
+//! ```
+//!
+//! Two stores implement [`OutboxStore`]: [`SqliteOutbox`] (a file, the
+//! embedded default) and, with the `postgres` feature, `PostgresOutbox`
+//! (many hosts, any number of workers). Both keep one table,
+//! `escrow_outbox`, whose schema is migrated by the code (`docs/delivery.md`).
+//!
+//! The same table journals the compensations of immediate actions: a
+//! compensation is written before its action's handler is called, deleted
+//! when the run commits, and performed by a worker once it is due if the
+//! run never finished (its host died). Delivery of both kinds is
+//! at-least-once; every entry carries an idempotency key.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::breakers::{Clock, SystemClock};
+use crate::outcome::{Fence, Intent, RunId};
+
+mod sqlite;
+mod worker;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresOutbox;
+pub use sqlite::SqliteOutbox;
+pub use worker::{DEFAULT_POLL_INTERVAL, Report, Worker, WorkerHandle};
+pub(crate) use worker::deliver_run;
+
+/// Default number of delivery attempts before an entry is dead.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Default delay before the first retry; each retry doubles it.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Default longest delay between two attempts.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Default lease of a claim: a worker that has not settled or renewed its
+/// claim by then is presumed dead, and its entries may be claimed again.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// Default time, after a run's deadline, before the compensations it
+/// journaled and never resolved are owed (its host is presumed dead).
+pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
+/// Most writes one group commit takes at once.
+const MAX_GROUP: usize = 256;
+/// Longest text of a delivery error kept with an entry.
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+/// What went wrong with the outbox's store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// The store could not be opened or reached.
+    #[error("cannot open the outbox `{what}`: {message}")]
+    Open {
+        /// The file or URL.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// The store holds something this version cannot read: a schema from a
+    /// newer escrow, or a file that is not an outbox.
+    #[error("the outbox `{what}` is unusable: {message}")]
+    Corrupt {
+        /// The file or URL.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// An operation failed.
+    #[error("outbox: {0}")]
+    Store(String),
+    /// The outbox's writer is gone (its thread panicked).
+    #[error("outbox: the writer has stopped")]
+    Closed,
+}
+
+/// Whether an entry is an intent to deliver or a compensation to perform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A committed intent, delivered through the sinks in seq order.
+    Intent,
+    /// A journaled compensation, performed by its handler in reverse seq
+    /// order if its run never resolved it.
+    Compensation,
+}
+
+impl EntryKind {
+    /// `intent` or `compensation`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Intent => "intent",
+            EntryKind::Compensation => "compensation",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, OutboxError> {
+        match s {
+            "intent" => Ok(EntryKind::Intent),
+            "compensation" => Ok(EntryKind::Compensation),
+            other => Err(OutboxError::Store(format!("unknown entry kind `{other}`"))),
+        }
+    }
+
+    /// The delivery order of entry `seq` within its run: intents in seq
+    /// order, compensations in reverse.
+    pub(crate) fn ord(self, seq: u64) -> i64 {
+        match self {
+            EntryKind::Intent => seq as i64,
+            EntryKind::Compensation => -(seq as i64),
+        }
+    }
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryStatus {
+    /// Waiting to be delivered (or performed), now or at its due time.
+    Pending,
+    /// Delivered: a sink accepted it, or its compensation succeeded.
+    Delivered,
+    /// Given up after the configured number of attempts; kept with its last
+    /// error until retried by hand.
+    Dead,
+}
+
+impl EntryStatus {
+    /// `pending`, `delivered` or `dead`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryStatus::Pending => "pending",
+            EntryStatus::Delivered => "delivered",
+            EntryStatus::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for EntryStatus {
+    type Err = OutboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(EntryStatus::Pending),
+            "delivered" => Ok(EntryStatus::Delivered),
+            "dead" => Ok(EntryStatus::Dead),
+            other => Err(OutboxError::Store(format!(
+                "unknown status `{other}`; use pending, delivered or dead"
+            ))),
+        }
+    }
+}
+
+/// One entry as it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// Intent or compensation.
+    pub kind: EntryKind,
+    /// The run that recorded it.
+    pub run_id: RunId,
+    /// Its sequence number in the run (for a compensation: the call it
+    /// undoes).
+    pub seq: u64,
+    /// The plugin that recorded it.
+    pub plugin: String,
+    /// The effect to deliver, or the compensating effect to perform.
+    pub effect: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// The locks held when it was recorded.
+    pub fences: Vec<Fence>,
+}
+
+impl NewEntry {
+    /// The entry for a committed intent.
+    pub fn intent(intent: &Intent) -> Self {
+        Self {
+            kind: EntryKind::Intent,
+            run_id: intent.run_id,
+            seq: intent.seq,
+            plugin: intent.plugin.to_string(),
+            effect: intent.effect.clone(),
+            payload: intent.payload.clone(),
+            fences: intent.fences.to_vec(),
+        }
+    }
+}
+
+/// One entry as it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The store's id for it.
+    pub id: i64,
+    /// What was written.
+    pub entry: NewEntry,
+    /// Where it stands.
+    pub status: EntryStatus,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When it may next be attempted (ms since the Unix epoch).
+    pub due_at_ms: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was written (ms since the Unix epoch).
+    pub created_at_ms: i64,
+}
+
+impl Entry {
+    /// `{run_id}:{seq}` for an intent, `{run_id}:{seq}:compensate` for a
+    /// compensation: the same on every attempt.
+    pub fn idempotency_key(&self) -> String {
+        match self.entry.kind {
+            EntryKind::Intent => self.entry.run_id.idempotency_key(self.entry.seq),
+            EntryKind::Compensation => self.entry.run_id.compensation_key(self.entry.seq),
+        }
+    }
+
+    /// The entry as an [`Intent`], for the sinks.
+    pub fn to_intent(&self) -> Intent {
+        let e = &self.entry;
+        Intent {
+            run_id: e.run_id,
+            plugin: Arc::from(e.plugin.as_str()),
+            seq: e.seq,
+            effect: e.effect.clone(),
+            payload: e.payload.clone(),
+            fate: crate::outcome::Fate::Committed,
+            rule: Arc::from("committed to the outbox"),
+            fences: Arc::from(e.fences.clone()),
+        }
+    }
+}
+
+/// A claim on entries: only its holder can settle them, and only until its
+/// lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Random and unique per claim.
+    pub token: String,
+    /// Until when (ms since the Unix epoch) nobody else may claim the entries.
+    pub lease_until_ms: i64,
+}
+
+impl Claim {
+    /// A fresh claim lasting `lease` from `now_ms`.
+    pub fn new(now_ms: i64, lease: Duration) -> Self {
+        Self {
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            lease_until_ms: now_ms + lease.as_millis() as i64,
+        }
+    }
+}
+
+/// A durable change, applied with others in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A run committed: its committed intents become pending entries, due
+    /// now, and the compensations it journaled are resolved: dropped, but
+    /// for those that failed in a nested scope's rollback, which stay owed.
+    /// With a claim, the intents are written already claimed by it, for the
+    /// run to deliver them itself.
+    Commit {
+        /// The run.
+        run_id: RunId,
+        /// Its committed intents, in seq order.
+        intents: Vec<NewEntry>,
+        /// A claim the entries are written under.
+        claim: Option<Claim>,
+        /// When the entries are written (ms since the Unix epoch).
+        now_ms: i64,
+        /// Compensations performed during the run that failed (the seq of
+        /// the call they undo, and the error): they stay owed, due now.
+        failed_compensations: Vec<(u64, String)>,
+    },
+    /// A compensation is about to be owed: journaled before its action's
+    /// handler is called, due at `due_at_ms` unless the run resolves it.
+    Journal {
+        /// The compensation.
+        entry: NewEntry,
+        /// When it is owed if its run never ends (ms since the Unix epoch).
+        due_at_ms: i64,
+        /// When it is written.
+        now_ms: i64,
+    },
+    /// A failed run performed its compensations: those that failed stay
+    /// owed, due at `due_at_ms`; the others are forgotten.
+    Resolve {
+        /// The run.
+        run_id: RunId,
+        /// Compensations that failed: the seq of the call they undo, and the
+        /// error.
+        failed: Vec<(u64, String)>,
+        /// When the failed ones are due again.
+        due_at_ms: i64,
+    },
+}
+
+/// How a claimed entry's attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Delivered (or performed).
+    Delivered,
+    /// Failed; attempted again at `due_at_ms`. Counts an attempt.
+    Retry {
+        /// When.
+        due_at_ms: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Failed for the last time. Counts an attempt.
+    Dead {
+        /// Why it failed.
+        error: String,
+    },
+    /// Not attempted (its sink's breaker is open); due again at
+    /// `due_at_ms`. Counts no attempt.
+    Reschedule {
+        /// When.
+        due_at_ms: i64,
+        /// Why it was not attempted.
+        reason: String,
+    },
+    /// Not attempted; the claim is given up and the entry is due as before.
+    Release,
+}
+
+/// Which entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only entries with this status.
+    pub status: Option<EntryStatus>,
+    /// At most this many, oldest first (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Counts and lag of an outbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Pending entries.
+    pub pending: u64,
+    /// Delivered entries.
+    pub delivered: u64,
+    /// Dead entries.
+    pub dead: u64,
+    /// Pending entries that already failed at least once.
+    pub retrying: u64,
+    /// Attempts made, over every entry.
+    pub attempts: u64,
+    /// When the oldest pending entry was written (ms since the Unix epoch).
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// Which entries to bring back to `pending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// These ids (dead or pending ones; delivered ones are left alone).
+    Ids(Vec<i64>),
+    /// Every dead entry.
+    Dead,
+}
+
+/// A store of outbox entries. Implementations apply a batch of writes in
+/// one durable transaction, and never let two claims hold an entry.
+#[async_trait::async_trait]
+pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
+    /// Applies every write of `batch` in one transaction, durable when this
+    /// returns `Ok`; none of them on `Err`.
+    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError>;
+
+    /// Claims up to `max_runs` runs whose next entry is due at `now_ms` and
+    /// not claimed, with every pending entry of each (at most `max_entries`
+    /// in all, the first ones in delivery order). Returns the entries, run
+    /// by run, in delivery order.
+    async fn claim(
+        &self,
+        claim: &Claim,
+        now_ms: i64,
+        max_runs: u32,
+        max_entries: u32,
+    ) -> Result<Vec<Entry>, OutboxError>;
+
+    /// Applies `settlements` (entry id, how it ended) for entries held by
+    /// `claim`, in one transaction, and extends the claim's other entries to
+    /// its lease. Returns how many entries were still held by the claim; an
+    /// entry whose lease expired and was claimed again is left alone.
+    async fn settle(
+        &self,
+        claim: &Claim,
+        settlements: &[(i64, Settlement)],
+    ) -> Result<u64, OutboxError>;
+
+    /// Whether the intents of `run_id` are in the store: asked when the
+    /// answer to a commit was lost.
+    async fn committed(&self, run_id: RunId) -> Result<bool, OutboxError>;
+
+    /// The entries `claim` holds, run by run, in delivery order.
+    async fn claimed(&self, claim: &Claim) -> Result<Vec<Entry>, OutboxError>;
+
+    /// Gives up every entry `claim` still holds.
+    async fn release(&self, claim: &Claim) -> Result<(), OutboxError>;
+
+    /// Entries by filter, oldest first.
+    async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, OutboxError>;
+
+    /// Counts by status and the age of the oldest pending entry.
+    async fn stats(&self) -> Result<Stats, OutboxError>;
+
+    /// Makes entries pending again, due at `now_ms`, with their attempts
+    /// reset. Returns how many.
+    async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError>;
+}
+
+/// How failed deliveries are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before an entry is dead (default [`DEFAULT_MAX_ATTEMPTS`]).
+    pub max_attempts: u32,
+    /// The delay before the first retry (default [`DEFAULT_BACKOFF_BASE`]).
+    pub base: Duration,
+    /// The longest delay (default [`DEFAULT_BACKOFF_MAX`]).
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            base: DEFAULT_BACKOFF_BASE,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after the `attempts`-th failed attempt: `base · 2^(attempts-1)`,
+    /// capped at `max`, of which a random half is taken away (jitter), so
+    /// that entries that failed together do not all come back together.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(32);
+        let full = self.base.saturating_mul(1u32 << exp.min(31)).min(self.max);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    /// How a failed attempt settles: retried later, or dead after the last
+    /// attempt. `attempts` counts the attempts before this one.
+    pub fn after_failure(&self, attempts: u32, now_ms: i64, error: String) -> Settlement {
+        let error = truncate_error(error);
+        if attempts + 1 >= self.max_attempts {
+            Settlement::Dead { error }
+        } else {
+            Settlement::Retry {
+                due_at_ms: now_ms + self.delay(attempts + 1).as_millis() as i64,
+                error,
+            }
+        }
+    }
+}
+
+fn truncate_error(mut error: String) -> String {
+    if error.len() > MAX_ERROR_BYTES {
+        error.truncate(error.floor_char_boundary(MAX_ERROR_BYTES));
+    }
+    error
+}
+
+/// A durable outbox: a store, written through a group committer, with its
+/// retry policy and clock.
+///
+/// Writes from concurrent runs that arrive while a transaction is being
+/// committed wait and go together into the next one: durable throughput is
+/// one fsync per group, not per run. `Outbox` is cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+/// Clones share the store and the group committer.
+#[derive(Clone)]
+struct Inner {
+    store: Arc<dyn OutboxStore>,
+    writes: mpsc::UnboundedSender<Pending>,
+    retry: RetryPolicy,
+    lease: Duration,
+    compensation_grace: Duration,
+    clock: Arc<dyn Clock>,
+    /// Transactions the group committer made, and the writes they held.
+    groups: Arc<(AtomicU64, AtomicU64)>,
+}
+
+type Pending = (Write, oneshot::Sender<Result<(), OutboxError>>);
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("store", &self.inner.store)
+            .field("retry", &self.inner.retry)
+            .field("lease", &self.inner.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// An outbox over `store`, with the default retry policy, lease and
+    /// compensation grace, and the system clock.
+    pub fn new(store: impl OutboxStore) -> Self {
+        Self::with_store(Arc::new(store))
+    }
+
+    /// An outbox over a shared store.
+    pub fn with_store(store: Arc<dyn OutboxStore>) -> Self {
+        Self::build(
+            store,
+            RetryPolicy::default(),
+            DEFAULT_LEASE,
+            DEFAULT_COMPENSATION_GRACE,
+            Arc::new(SystemClock),
+        )
+    }
+
+    fn build(
+        store: Arc<dyn OutboxStore>,
+        retry: RetryPolicy,
+        lease: Duration,
+        compensation_grace: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (writes, queue) = mpsc::unbounded_channel();
+        let groups = Arc::default();
+        spawn_committer(Arc::clone(&store), queue, Arc::clone(&groups));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                writes,
+                retry,
+                lease,
+                compensation_grace,
+                clock,
+                groups,
+            }),
+        }
+    }
+
+    /// This outbox with another retry policy.
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        Arc::make_mut(&mut self.inner).retry = retry;
+        self
+    }
+
+    /// This outbox with another claim lease (default [`DEFAULT_LEASE`]).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).lease = lease;
+        self
+    }
+
+    /// This outbox with another compensation grace (default
+    /// [`DEFAULT_COMPENSATION_GRACE`]): how long after a run's deadline its
+    /// unresolved compensations are owed.
+    pub fn compensation_grace(mut self, grace: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).compensation_grace = grace;
+        self
+    }
+
+    /// This outbox reading the time from `clock` (for tests of backoff).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        Arc::make_mut(&mut self.inner).clock = clock;
+        self
+    }
+
+    /// Applies `write` durably, in a transaction shared with the writes of
+    /// other runs waiting at the same time.
+    ///
+    /// # Errors
+    ///
+    /// When the store failed; the write was not applied, unless the store
+    /// lost its answer after committing (see `docs/delivery.md`).
+    pub async fn write(&self, write: Write) -> Result<(), OutboxError> {
+        let (done, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send((write, done))
+            .map_err(|_| OutboxError::Closed)?;
+        answer.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// How many transactions the group committer made, and how many writes
+    /// they held: with concurrent runs, fewer transactions than writes.
+    pub fn group_commits(&self) -> (u64, u64) {
+        let (transactions, writes) = &*self.inner.groups;
+        (
+            transactions.load(Ordering::Relaxed),
+            writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn OutboxStore> {
+        &self.inner.store
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// The lease of a claim.
+    pub fn lease_duration(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// How long after a run's deadline its unresolved compensations are owed.
+    pub fn grace(&self) -> Duration {
+        self.inner.compensation_grace
+    }
+
+    /// The time, in ms since the Unix epoch, by the outbox's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms() as i64
+    }
+}
+
+/// Starts the thread that applies writes in groups: it takes every write
+/// that is waiting, applies them in one transaction, answers each, and
+/// starts over. It ends when the last `Outbox` sharing its queue is gone.
+fn spawn_committer(
+    store: Arc<dyn OutboxStore>,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    groups: Arc<(AtomicU64, AtomicU64)>,
+) {
+    std::thread::Builder::new()
+        .name("escrow-outbox".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the outbox writer's runtime");
+            runtime.block_on(async move {
+                let mut group: Vec<Pending> = Vec::new();
+                while let Some(first) = queue.recv().await {
+                    group.push(first);
+                    while group.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let (writes, answers): (Vec<Write>, Vec<_>) = group.drain(..).unzip();
+                    let result = store.write(&writes).await;
+                    groups.0.fetch_add(1, Ordering::Relaxed);
+                    groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                    if let Err(error) = &result {
+                        tracing::warn!(%error, writes = writes.len(), "outbox write failed");
+                    }
+                    for answer in answers {
+                        let _ = answer.send(result.clone());
+                    }
+                }
+            });
+        })
+        .expect("spawning the outbox writer thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap_with_at_most_half_taken_away() {
+        let policy = RetryPolicy {
+            max_attempts: 20,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        for attempts in 1..=12u32 {
+            let full = Duration::from_secs(1 << (attempts - 1)).min(Duration::from_secs(60));
+            for _ in 0..50 {
+                let delay = policy.delay(attempts);
+                assert!(delay >= full / 2 && delay <= full, "{attempts}: {delay:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_attempt_makes_an_entry_dead() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        assert!(matches!(
+            policy.after_failure(1, 0, "x".into()),
+            Settlement::Retry { .. }
+        ));
+        assert_eq!(
+            policy.after_failure(2, 0, "x".into()),
+            Settlement::Dead { error: "x".into() }
+        );
+    }
+}

@@ -1,0 +1,637 @@
+//! The outbox in Postgres, for many hosts: any number of workers on any
+//! number of hosts claim runs with `FOR UPDATE SKIP LOCKED`, a lease and a
+//! claim token.
+//!
+//! Built on `tokio-postgres`: asynchronous, small, and without the compile
+//! time of a query-checking toolkit; escrow's dozen statements need no more.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
+
+use super::sqlite::{fences_from_json, fences_json};
+use super::{
+    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
+    Write,
+};
+use crate::outcome::{Fate, Outcome, RunId};
+
+/// How long connecting to Postgres may take, unless the URL says otherwise.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one statement may run before Postgres cancels it.
+pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema, one migration per version; `escrow_schema` records the last
+/// one applied.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE escrow_outbox (
+    id          BIGSERIAL PRIMARY KEY,
+    kind        TEXT   NOT NULL CHECK (kind IN ('intent', 'compensation')),
+    run_id      TEXT   NOT NULL,
+    seq         BIGINT NOT NULL,
+    ord         BIGINT NOT NULL,
+    plugin      TEXT   NOT NULL,
+    effect      TEXT   NOT NULL,
+    payload     BYTEA  NOT NULL,
+    fences      TEXT   NOT NULL,
+    status      TEXT   NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts    BIGINT NOT NULL DEFAULT 0,
+    due_at      BIGINT NOT NULL,
+    claim_token TEXT,
+    lease_until BIGINT,
+    last_error  TEXT,
+    created_at  BIGINT NOT NULL,
+    delivered_at BIGINT,
+    UNIQUE (run_id, kind, seq)
+);
+CREATE INDEX escrow_outbox_runs ON escrow_outbox (status, run_id, ord);
+CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
+"];
+
+const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
+                             attempts, due_at, last_error, created_at";
+
+/// An outbox in a Postgres database.
+///
+/// One connection, shared by the writes (already grouped) and the claims of
+/// this process; it is opened again after it breaks.
+#[derive(Clone)]
+pub struct PostgresOutbox {
+    url: String,
+    config: tokio_postgres::Config,
+    client: Arc<Mutex<Option<Client>>>,
+}
+
+impl std::fmt::Debug for PostgresOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOutbox")
+            .field("url", &redacted(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PostgresOutbox {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`)
+    /// and migrates its schema.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Open`] when the URL is malformed or the server cannot
+    /// be reached, [`OutboxError::Corrupt`] when its schema is from a newer
+    /// escrow.
+    pub async fn connect(url: &str) -> Result<Self, OutboxError> {
+        let what = redacted(url);
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| OutboxError::Open {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+        }
+        config.options(format!(
+            "-c statement_timeout={}",
+            POSTGRES_STATEMENT_TIMEOUT.as_millis()
+        ));
+        let outbox = Self {
+            url: url.to_owned(),
+            config,
+            client: Arc::new(Mutex::new(None)),
+        };
+        {
+            let mut client = outbox.client.lock().await;
+            let conn = outbox
+                .open()
+                .await
+                .map_err(|message| OutboxError::Open {
+                    what: what.clone(),
+                    message,
+                })?;
+            migrate(&mut *client.insert(conn))
+                .await
+                .map_err(|message| OutboxError::Corrupt { what, message })?;
+        }
+        Ok(outbox)
+    }
+
+    /// A fresh connection, driven by a thread of its own so that it does
+    /// not depend on the caller's runtime staying alive.
+    async fn open(&self) -> Result<Client, String> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| error_text(&e))?;
+        std::thread::Builder::new()
+            .name("escrow-postgres".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building the Postgres connection's runtime");
+                if let Err(error) = runtime.block_on(connection) {
+                    tracing::warn!(error = %error_text(&error), "the Postgres connection ended");
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(client)
+    }
+
+    /// Runs `f` with the connection, opening it again if it broke.
+    async fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, OutboxError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = None;
+            let client = self.open().await.map_err(OutboxError::Store)?;
+            *guard = Some(client);
+        }
+        let client = guard.as_mut().expect("connected above");
+        f(client)
+            .await
+            .map_err(|e| OutboxError::Store(error_text(&e)))
+    }
+
+    /// Stages the committed intents of `outcome` (a run made with
+    /// [`Dispatch::Hold`](crate::Dispatch::Hold)) in `tx`, an open
+    /// transaction of the embedder's on the outbox's database, and resolves
+    /// the compensations the run journaled there. When `tx` commits, the
+    /// intents are pending for the workers, in the same commit as the
+    /// embedder's own writes; when it rolls back, nothing was staged, and the
+    /// run's journaled compensations stay owed. Returns how many intents were
+    /// staged.
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails (the schema is missing: connect a
+    /// [`PostgresOutbox`] to the database once first); `tx` should then be
+    /// rolled back.
+    pub async fn stage(
+        tx: &tokio_postgres::Transaction<'_>,
+        outcome: &Outcome,
+    ) -> Result<usize, OutboxError> {
+        let now_ms = now_ms();
+        let intents: Vec<NewEntry> = outcome
+            .intents
+            .iter()
+            .filter(|i| i.fate == Fate::Committed)
+            .map(NewEntry::intent)
+            .collect();
+        let write = Write::Commit {
+            run_id: outcome.run_id,
+            intents,
+            claim: None,
+            now_ms,
+            failed_compensations: outcome
+                .compensations
+                .iter()
+                .filter_map(|c| Some((c.seq, c.result.clone().err()?)))
+                .collect(),
+        };
+        apply(tx, &write)
+            .await
+            .map_err(|e| OutboxError::Store(error_text(&e)))?;
+        let Write::Commit { intents, .. } = write else {
+            unreachable!()
+        };
+        Ok(intents.len())
+    }
+}
+
+/// A Postgres error with its server message, which `Display` leaves out.
+fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{error}: {}", db.message()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn migrate(client: &mut Client) -> Result<(), String> {
+    let text = |e: tokio_postgres::Error| error_text(&e);
+    let tx = client.transaction().await.map_err(text)?;
+    // Hosts starting together migrate one at a time.
+    tx.execute("SELECT pg_advisory_xact_lock(7301948263)", &[])
+        .await
+        .map_err(text)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS escrow_schema (version BIGINT NOT NULL)")
+        .await
+        .map_err(text)?;
+    let version: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM escrow_schema", &[])
+        .await
+        .map_err(text)?
+        .get(0);
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(format!(
+            "its schema is version {version}, written by a newer escrow; this one knows up to {known}"
+        ));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(migration).await.map_err(text)?;
+        tx.execute("DELETE FROM escrow_schema", &[])
+            .await
+            .map_err(text)?;
+        tx.execute(
+            "INSERT INTO escrow_schema (version) VALUES ($1)",
+            &[&(i as i64 + 1)],
+        )
+        .await
+        .map_err(text)?;
+    }
+    tx.commit().await.map_err(text)
+}
+
+async fn insert(
+    client: &impl GenericClient,
+    entry: &NewEntry,
+    due_at: i64,
+    claim: Option<&Claim>,
+    now: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare(
+            "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+             status, attempts, due_at, claim_token, lease_until, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12)",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &entry.kind.as_str(),
+                &entry.run_id.to_string(),
+                &(entry.seq as i64),
+                &entry.kind.ord(entry.seq),
+                &entry.plugin,
+                &entry.effect,
+                &entry.payload,
+                &fences_json(&entry.fences),
+                &due_at,
+                &claim.map(|c| c.token.as_str()),
+                &claim.map(|c| c.lease_until_ms),
+                &now,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn resolve(
+    client: &impl GenericClient,
+    run: &str,
+    failed: &[(u64, String)],
+    due_at: i64,
+) -> Result<(), tokio_postgres::Error> {
+    for (seq, error) in failed {
+        client
+            .execute(
+                "UPDATE escrow_outbox SET attempts = attempts + 1, last_error = $3, due_at = $4 \
+                 WHERE run_id = $1 AND kind = 'compensation' AND seq = $2 AND status = 'pending'",
+                &[&run, &(*seq as i64), error, &due_at],
+            )
+            .await?;
+    }
+    client
+        .execute(
+            "DELETE FROM escrow_outbox WHERE run_id = $1 AND kind = 'compensation' \
+             AND status = 'pending' AND attempts = 0",
+            &[&run],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn apply(client: &impl GenericClient, write: &Write) -> Result<(), tokio_postgres::Error> {
+    match write {
+        Write::Commit {
+            run_id,
+            intents,
+            claim,
+            now_ms,
+            failed_compensations,
+        } => {
+            for intent in intents {
+                insert(client, intent, *now_ms, claim.as_ref(), *now_ms).await?;
+            }
+            resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await
+        }
+        Write::Journal {
+            entry,
+            due_at_ms,
+            now_ms,
+        } => insert(client, entry, *due_at_ms, None, *now_ms).await,
+        Write::Resolve {
+            run_id,
+            failed,
+            due_at_ms,
+        } => resolve(client, &run_id.to_string(), failed, *due_at_ms).await,
+    }
+}
+
+fn entry_from_row(row: &Row) -> Result<Entry, OutboxError> {
+    let run_id: String = row.get(2);
+    Ok(Entry {
+        id: row.get(0),
+        entry: NewEntry {
+            kind: EntryKind::parse(row.get(1))?,
+            run_id: run_id
+                .parse()
+                .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))?,
+            seq: row.get::<_, i64>(3) as u64,
+            plugin: row.get(4),
+            effect: row.get(5),
+            payload: row.get(6),
+            fences: fences_from_json(row.get(7)),
+        },
+        status: row.get::<_, &str>(8).parse()?,
+        attempts: row.get::<_, i64>(9) as u32,
+        due_at_ms: row.get(10),
+        last_error: row.get(11),
+        created_at_ms: row.get(12),
+    })
+}
+
+fn entries(rows: &[Row]) -> Result<Vec<Entry>, OutboxError> {
+    rows.iter().map(entry_from_row).collect()
+}
+
+#[async_trait::async_trait]
+impl OutboxStore for PostgresOutbox {
+    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError> {
+        self.with(async |client| {
+            let tx = client.transaction().await?;
+            for write in batch {
+                apply(&tx, write).await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        claim: &Claim,
+        now_ms: i64,
+        max_runs: u32,
+        max_entries: u32,
+    ) -> Result<Vec<Entry>, OutboxError> {
+        let rows = self
+            .with(async |client| {
+                let tx = client.transaction().await?;
+                let heads = tx
+                    .query(
+                        "SELECT h.run_id FROM escrow_outbox h \
+                         WHERE h.status = 'pending' AND h.due_at <= $1 \
+                           AND (h.lease_until IS NULL OR h.lease_until < $1) \
+                           AND NOT EXISTS (SELECT 1 FROM escrow_outbox p \
+                                           WHERE p.run_id = h.run_id AND p.status = 'pending' \
+                                             AND p.ord < h.ord) \
+                         ORDER BY h.due_at, h.id LIMIT $2 \
+                         FOR UPDATE SKIP LOCKED",
+                        &[&now_ms, &i64::from(max_runs)],
+                    )
+                    .await?;
+                let mut claimed = Vec::new();
+                let mut left = i64::from(max_entries);
+                for head in heads {
+                    if left <= 0 {
+                        break;
+                    }
+                    let run: String = head.get(0);
+                    let mut rows = tx
+                        .query(
+                            &format!(
+                                "UPDATE escrow_outbox SET claim_token = $1, lease_until = $2 \
+                                 WHERE id IN (SELECT id FROM escrow_outbox WHERE run_id = $3 \
+                                              AND status = 'pending' ORDER BY ord LIMIT $4 \
+                                              FOR UPDATE SKIP LOCKED) \
+                                 RETURNING {ENTRY_COLUMNS}, ord"
+                            ),
+                            &[&claim.token, &claim.lease_until_ms, &run, &left],
+                        )
+                        .await?;
+                    rows.sort_by_key(|r| r.get::<_, i64>(13));
+                    left -= rows.len() as i64;
+                    claimed.extend(rows);
+                }
+                tx.commit().await?;
+                Ok(claimed)
+            })
+            .await?;
+        entries(&rows)
+    }
+
+    async fn settle(
+        &self,
+        claim: &Claim,
+        settlements: &[(i64, Settlement)],
+    ) -> Result<u64, OutboxError> {
+        self.with(async |client| {
+            let tx = client.transaction().await?;
+            let now = now_ms();
+            let token = &claim.token;
+            let mut held = 0;
+            for (id, settlement) in settlements {
+                held += match settlement {
+                    Settlement::Delivered => {
+                        tx.execute(
+                            "UPDATE escrow_outbox SET status = 'delivered', \
+                             attempts = attempts + 1, delivered_at = $3, claim_token = NULL, \
+                             lease_until = NULL WHERE id = $1 AND claim_token = $2",
+                            &[id, token, &now],
+                        )
+                        .await?
+                    }
+                    Settlement::Retry { due_at_ms, error } => {
+                        tx.execute(
+                            "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = $3, \
+                             last_error = $4, claim_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND claim_token = $2",
+                            &[id, token, due_at_ms, error],
+                        )
+                        .await?
+                    }
+                    Settlement::Dead { error } => {
+                        tx.execute(
+                            "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
+                             last_error = $3, claim_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND claim_token = $2",
+                            &[id, token, error],
+                        )
+                        .await?
+                    }
+                    Settlement::Reschedule { due_at_ms, reason } => {
+                        tx.execute(
+                            "UPDATE escrow_outbox SET due_at = $3, last_error = $4, \
+                             claim_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND claim_token = $2",
+                            &[id, token, due_at_ms, reason],
+                        )
+                        .await?
+                    }
+                    Settlement::Release => {
+                        tx.execute(
+                            "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                             WHERE id = $1 AND claim_token = $2",
+                            &[id, token],
+                        )
+                        .await?
+                    }
+                };
+            }
+            tx.execute(
+                "UPDATE escrow_outbox SET lease_until = $2 WHERE claim_token = $1",
+                &[token, &claim.lease_until_ms],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn committed(&self, run_id: RunId) -> Result<bool, OutboxError> {
+        let run = run_id.to_string();
+        self.with(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM escrow_outbox WHERE run_id = $1 \
+                     AND kind = 'intent')",
+                    &[&run],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+    }
+
+    async fn claimed(&self, claim: &Claim) -> Result<Vec<Entry>, OutboxError> {
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {ENTRY_COLUMNS} FROM escrow_outbox WHERE claim_token = $1 \
+                             ORDER BY run_id, ord"
+                        ),
+                        &[&claim.token],
+                    )
+                    .await
+            })
+            .await?;
+        entries(&rows)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<(), OutboxError> {
+        self.with(async |client| {
+            client
+                .execute(
+                    "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                     WHERE claim_token = $1",
+                    &[&claim.token],
+                )
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, OutboxError> {
+        let status = filter.status.map(|s| s.as_str());
+        let limit = i64::from(filter.limit.unwrap_or(100));
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {ENTRY_COLUMNS} FROM escrow_outbox \
+                             WHERE ($1::TEXT IS NULL OR status = $1) ORDER BY id LIMIT $2"
+                        ),
+                        &[&status, &limit],
+                    )
+                    .await
+            })
+            .await?;
+        entries(&rows)
+    }
+
+    async fn stats(&self) -> Result<Stats, OutboxError> {
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(
+                        "SELECT status, COUNT(*)::BIGINT, SUM(attempts)::BIGINT, \
+                         SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END)::BIGINT, MIN(created_at) \
+                         FROM escrow_outbox GROUP BY status",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let count = row.get::<_, i64>(1) as u64;
+            stats.attempts += row.get::<_, Option<i64>>(2).unwrap_or(0) as u64;
+            match row.get::<_, &str>(0) {
+                "pending" => {
+                    stats.pending = count;
+                    stats.retrying = row.get::<_, Option<i64>>(3).unwrap_or(0) as u64;
+                    stats.oldest_pending_ms = row.get(4);
+                }
+                "delivered" => stats.delivered = count,
+                _ => stats.dead = count,
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
+        self.with(async |client| {
+            let set = "UPDATE escrow_outbox SET status = 'pending', attempts = 0, due_at = $1, \
+                       claim_token = NULL, lease_until = NULL";
+            match which {
+                Retry::Dead => {
+                    client
+                        .execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
+                        .await
+                }
+                Retry::Ids(ids) => {
+                    client
+                        .execute(
+                            &format!("{set} WHERE id = ANY($2) AND status != 'delivered'"),
+                            &[&now_ms, ids],
+                        )
+                        .await
+                }
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,606 @@
+//! The outbox in a SQLite file: the embedded default. WAL mode with
+//! `synchronous = FULL`, so a committed transaction is on disk (fsync'd)
+//! before it returns; several processes may share the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+
+use super::{
+    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry,
+    Settlement, Stats, Write,
+};
+use crate::outcome::{Fence, RunId};
+
+/// How long an operation waits for another process's transaction on the
+/// same file before it fails.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one migration per version; `escrow_schema` records the last
+/// one applied.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE escrow_outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT    NOT NULL CHECK (kind IN ('intent', 'compensation')),
+    run_id      TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    ord         INTEGER NOT NULL,
+    plugin      TEXT    NOT NULL,
+    effect      TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    fences      TEXT    NOT NULL,
+    status      TEXT    NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    due_at      INTEGER NOT NULL,
+    claim_token TEXT,
+    lease_until INTEGER,
+    last_error  TEXT,
+    created_at  INTEGER NOT NULL,
+    delivered_at INTEGER,
+    UNIQUE (run_id, kind, seq)
+);
+CREATE INDEX escrow_outbox_runs ON escrow_outbox (status, run_id, ord);
+CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
+"];
+
+/// An outbox in a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteOutbox {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteOutbox {
+    /// Opens (creating if needed) the outbox file at `path` and migrates its
+    /// schema.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Open`] when the file cannot be opened or created,
+    /// [`OutboxError::Corrupt`] when it is not an outbox this version can use.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
+        let path = path.as_ref().to_owned();
+        let what = path.display().to_string();
+        let open = |message: String| OutboxError::Open {
+            what: what.clone(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(open(format!(
+                "the directory `{}` does not exist",
+                parent.display()
+            )));
+        }
+        let mut conn = Connection::open(&path).map_err(|e| open(e.to_string()))?;
+        let corrupt = |e: rusqlite::Error| OutboxError::Corrupt {
+            what: what.clone(),
+            message: e.to_string(),
+        };
+        conn.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(corrupt)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open(format!("WAL mode is not available (got `{mode}`)")));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(corrupt)?;
+        migrate(&mut conn).map_err(|message| OutboxError::Corrupt {
+            what: what.clone(),
+            message,
+        })?;
+        Ok(Self {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(|e| OutboxError::Store(e.to_string()))
+        })
+        .await
+        .map_err(|e| OutboxError::Store(format!("the outbox task failed: {e}")))?
+    }
+}
+
+/// Applies the migrations the file lacks, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS escrow_schema (version INTEGER NOT NULL)")
+        .map_err(|e| e.to_string())?;
+    let version: i64 = tx
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM escrow_schema", [], |r| {
+            r.get(0)
+        })
+        .map_err(|e| e.to_string())?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(format!(
+            "its schema is version {version}, written by a newer escrow; this one knows up to {known}"
+        ));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(migration).map_err(|e| e.to_string())?;
+        tx.execute("DELETE FROM escrow_schema", [])
+            .map_err(|e| e.to_string())?;
+        tx.execute("INSERT INTO escrow_schema (version) VALUES (?1)", [i as i64 + 1])
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+pub(crate) fn fences_json(fences: &[Fence]) -> String {
+    serde_json::Value::Array(
+        fences
+            .iter()
+            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
+            .collect(),
+    )
+    .to_string()
+}
+
+pub(crate) fn fences_from_json(text: &str) -> Vec<Fence> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    value
+        .as_array()
+        .map(|fences| {
+            fences
+                .iter()
+                .filter_map(|f| {
+                    Some(Fence {
+                        key: f["key"].as_str()?.to_owned(),
+                        token: f["token"].as_u64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn insert(
+    tx: &Transaction<'_>,
+    entry: &NewEntry,
+    due_at: i64,
+    claim: Option<&Claim>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+         status, attempts, due_at, claim_token, lease_until, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12)",
+    )?;
+    insert.execute(params![
+        entry.kind.as_str(),
+        entry.run_id.to_string(),
+        entry.seq as i64,
+        entry.kind.ord(entry.seq),
+        entry.plugin,
+        entry.effect,
+        entry.payload,
+        fences_json(&entry.fences),
+        due_at,
+        claim.map(|c| c.token.as_str()),
+        claim.map(|c| c.lease_until_ms),
+        now,
+    ])?;
+    Ok(())
+}
+
+/// Keeps the failed compensations of `run` owed (an attempt counted, due at
+/// `due_at`) and forgets its other journaled ones.
+fn resolve(
+    tx: &Transaction<'_>,
+    run: &str,
+    failed: &[(u64, String)],
+    due_at: i64,
+) -> rusqlite::Result<()> {
+    let mut owe = tx.prepare_cached(
+        "UPDATE escrow_outbox SET attempts = attempts + 1, last_error = ?3, due_at = ?4 \
+         WHERE run_id = ?1 AND kind = 'compensation' AND seq = ?2 AND status = 'pending'",
+    )?;
+    for (seq, error) in failed {
+        owe.execute(params![run, *seq as i64, error, due_at])?;
+    }
+    tx.prepare_cached(
+        "DELETE FROM escrow_outbox WHERE run_id = ?1 AND kind = 'compensation' \
+         AND status = 'pending' AND attempts = 0",
+    )?
+    .execute([run])?;
+    Ok(())
+}
+
+fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
+    match write {
+        Write::Commit {
+            run_id,
+            intents,
+            claim,
+            now_ms,
+            failed_compensations,
+        } => {
+            for intent in intents {
+                insert(tx, intent, *now_ms, claim.as_ref(), *now_ms)?;
+            }
+            resolve(tx, &run_id.to_string(), failed_compensations, *now_ms)?;
+        }
+        Write::Journal {
+            entry,
+            due_at_ms,
+            now_ms,
+        } => insert(tx, entry, *due_at_ms, None, *now_ms)?,
+        Write::Resolve {
+            run_id,
+            failed,
+            due_at_ms,
+        } => resolve(tx, &run_id.to_string(), failed, *due_at_ms)?,
+    }
+    Ok(())
+}
+
+const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
+                             attempts, due_at, last_error, created_at";
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let kind: String = row.get(1)?;
+    let run_id: String = row.get(2)?;
+    let fences: String = row.get(7)?;
+    let status: String = row.get(8)?;
+    let bad = |i: usize, e: OutboxError| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    Ok(Entry {
+        id: row.get(0)?,
+        entry: NewEntry {
+            kind: EntryKind::parse(&kind).map_err(|e| bad(1, e))?,
+            run_id: run_id
+                .parse()
+                .map_err(|e: uuid::Error| bad(2, OutboxError::Store(e.to_string())))?,
+            seq: row.get::<_, i64>(3)? as u64,
+            plugin: row.get(4)?,
+            effect: row.get(5)?,
+            payload: row.get(6)?,
+            fences: fences_from_json(&fences),
+        },
+        status: status.parse().map_err(|e| bad(8, e))?,
+        attempts: row.get::<_, i64>(9)? as u32,
+        due_at_ms: row.get(10)?,
+        last_error: row.get(11)?,
+        created_at_ms: row.get(12)?,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[async_trait::async_trait]
+impl OutboxStore for SqliteOutbox {
+    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError> {
+        let batch = batch.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for write in &batch {
+                apply(&tx, write)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        claim: &Claim,
+        now_ms: i64,
+        max_runs: u32,
+        max_entries: u32,
+    ) -> Result<Vec<Entry>, OutboxError> {
+        let claim = claim.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let runs: Vec<String> = {
+                let mut heads = tx.prepare_cached(
+                    "SELECT h.run_id FROM escrow_outbox h \
+                     WHERE h.status = 'pending' AND h.due_at <= ?1 \
+                       AND (h.lease_until IS NULL OR h.lease_until < ?1) \
+                       AND NOT EXISTS (SELECT 1 FROM escrow_outbox p WHERE p.run_id = h.run_id \
+                                       AND p.status = 'pending' AND p.ord < h.ord) \
+                     ORDER BY h.due_at, h.id LIMIT ?2",
+                )?;
+                heads
+                    .query_map(params![now_ms, max_runs], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut entries = Vec::new();
+            let mut left = max_entries as i64;
+            for run in &runs {
+                if left <= 0 {
+                    break;
+                }
+                let mut take = tx.prepare_cached(&format!(
+                    "UPDATE escrow_outbox SET claim_token = ?1, lease_until = ?2 \
+                     WHERE id IN (SELECT id FROM escrow_outbox WHERE run_id = ?3 \
+                                  AND status = 'pending' ORDER BY ord LIMIT ?4) \
+                     RETURNING {ENTRY_COLUMNS}, ord"
+                ))?;
+                let mut claimed: Vec<(i64, Entry)> = take
+                    .query_map(params![claim.token, claim.lease_until_ms, run, left], |r| {
+                        Ok((r.get(13)?, entry_from_row(r)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                claimed.sort_by_key(|(ord, _)| *ord);
+                left -= claimed.len() as i64;
+                entries.extend(claimed.into_iter().map(|(_, e)| e));
+            }
+            tx.commit()?;
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        claim: &Claim,
+        settlements: &[(i64, Settlement)],
+    ) -> Result<u64, OutboxError> {
+        let claim = claim.clone();
+        let settlements = settlements.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let mut held = 0;
+            for (id, settlement) in &settlements {
+                let token = &claim.token;
+                held += match settlement {
+                    Settlement::Delivered => tx.execute(
+                        "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
+                         delivered_at = ?3, claim_token = NULL, lease_until = NULL \
+                         WHERE id = ?1 AND claim_token = ?2",
+                        params![id, token, now],
+                    )?,
+                    Settlement::Retry { due_at_ms, error } => tx.execute(
+                        "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = ?3, \
+                         last_error = ?4, claim_token = NULL, lease_until = NULL \
+                         WHERE id = ?1 AND claim_token = ?2",
+                        params![id, token, due_at_ms, error],
+                    )?,
+                    Settlement::Dead { error } => tx.execute(
+                        "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
+                         last_error = ?3, claim_token = NULL, lease_until = NULL \
+                         WHERE id = ?1 AND claim_token = ?2",
+                        params![id, token, error],
+                    )?,
+                    Settlement::Reschedule { due_at_ms, reason } => tx.execute(
+                        "UPDATE escrow_outbox SET due_at = ?3, last_error = ?4, \
+                         claim_token = NULL, lease_until = NULL \
+                         WHERE id = ?1 AND claim_token = ?2",
+                        params![id, token, due_at_ms, reason],
+                    )?,
+                    Settlement::Release => tx.execute(
+                        "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                         WHERE id = ?1 AND claim_token = ?2",
+                        params![id, token],
+                    )?,
+                } as u64;
+            }
+            tx.execute(
+                "UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1",
+                params![claim.token, claim.lease_until_ms],
+            )?;
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn committed(&self, run_id: RunId) -> Result<bool, OutboxError> {
+        let run = run_id.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM escrow_outbox WHERE run_id = ?1 AND kind = 'intent')",
+                [run],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn claimed(&self, claim: &Claim) -> Result<Vec<Entry>, OutboxError> {
+        let token = claim.token.clone();
+        self.with(move |conn| {
+            let mut query = conn.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM escrow_outbox WHERE claim_token = ?1 \
+                 ORDER BY run_id, ord"
+            ))?;
+            query.query_map([token], entry_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<(), OutboxError> {
+        let token = claim.token.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                 WHERE claim_token = ?1",
+                [token],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, OutboxError> {
+        let status = filter.status.map(|s| s.as_str());
+        let limit = filter.limit.unwrap_or(100);
+        self.with(move |conn| {
+            let mut query = conn.prepare(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM escrow_outbox \
+                 WHERE (?1 IS NULL OR status = ?1) ORDER BY id LIMIT ?2"
+            ))?;
+            query
+                .query_map(params![status, limit], entry_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Stats, OutboxError> {
+        self.with(|conn| {
+            let mut stats = Stats::default();
+            let mut counts = conn.prepare(
+                "SELECT status, COUNT(*), SUM(attempts), \
+                 SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created_at) \
+                 FROM escrow_outbox GROUP BY status",
+            )?;
+            let rows = counts.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (status, count, attempts, retrying, oldest) = row?;
+                stats.attempts += attempts.unwrap_or(0) as u64;
+                match status.as_str() {
+                    "pending" => {
+                        stats.pending = count as u64;
+                        stats.retrying = retrying.unwrap_or(0) as u64;
+                        stats.oldest_pending_ms = oldest;
+                    }
+                    "delivered" => stats.delivered = count as u64,
+                    _ => stats.dead = count as u64,
+                }
+            }
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
+        let which = which.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let set = "UPDATE escrow_outbox SET status = 'pending', attempts = 0, due_at = ?1, \
+                       claim_token = NULL, lease_until = NULL";
+            let changed = match &which {
+                Retry::Dead => tx.execute(&format!("{set} WHERE status = 'dead'"), [now_ms])?,
+                Retry::Ids(ids) => {
+                    let mut changed = 0;
+                    for id in ids {
+                        changed += tx.execute(
+                            &format!("{set} WHERE id = ?2 AND status != 'delivered'"),
+                            params![now_ms, id],
+                        )?;
+                    }
+                    changed
+                }
+            };
+            tx.commit()?;
+            Ok(changed as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::OptionalExtension;
+
+    fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+        conn.query_row("SELECT MAX(version) FROM escrow_schema", [], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+    }
+
+    fn entry(run_id: RunId, seq: u64) -> NewEntry {
+        NewEntry {
+            kind: EntryKind::Intent,
+            run_id,
+            seq,
+            plugin: "p".into(),
+            effect: "email.send".into(),
+            payload: b"{}".to_vec(),
+            fences: vec![Fence {
+                key: "k".into(),
+                token: 3,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_an_outbox_is_refused_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        std::fs::write(&path, b"this is not a database, just some text of some length").unwrap();
+        let error = SqliteOutbox::open(&path).unwrap_err();
+        assert!(matches!(error, OutboxError::Corrupt { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_schema_from_a_newer_escrow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        drop(SqliteOutbox::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE escrow_schema SET version = 99", [])
+            .unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), Some(99));
+        drop(conn);
+        let error = SqliteOutbox::open(&path).unwrap_err().to_string();
+        assert!(error.contains("newer escrow"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_named() {
+        let error = SqliteOutbox::open("/nonexistent/dir/o.db")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`/nonexistent/dir` does not exist"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn entries_round_trip_with_their_fences() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOutbox::open(dir.path().join("o.db")).unwrap();
+        let run = RunId::new();
+        store
+            .write(&[Write::Commit {
+                run_id: run,
+                intents: vec![entry(run, 1), entry(run, 2)],
+                claim: None,
+                now_ms: 5,
+                failed_compensations: Vec::new(),
+            }])
+            .await
+            .unwrap();
+        let listed = store.list(&Filter::default()).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].entry, entry(run, 1));
+        assert_eq!(listed[1].idempotency_key(), format!("{run}:2"));
+        assert_eq!(listed[0].status, EntryStatus::Pending);
+    }
+}

@@ -1,0 +1,344 @@
+//! Delivery workers: claim due entries, deliver intents through the sinks
+//! and perform owed compensations through the handlers, in order per run,
+//! and settle each attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Claim, Entry, EntryKind, Outbox, OutboxError, Settlement};
+use crate::handlers::{Call, Handlers};
+use crate::outcome::Delivery;
+use crate::sinks::{Attempt, Sinks};
+
+/// Default pause between two looks at the outbox when nothing was due.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Runs one claim takes at most.
+const CLAIM_RUNS: u32 = 32;
+/// Entries one claim takes at most.
+const CLAIM_ENTRIES: u32 = 1024;
+/// Settled entries written back together; the claim's lease is renewed
+/// with them.
+const SETTLE_EVERY: usize = 64;
+
+/// What a worker did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Entries delivered (or compensations performed).
+    pub delivered: u64,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Entries that failed for the last time.
+    pub dead: u64,
+    /// Entries not attempted because their sink's breaker was open.
+    pub rescheduled: u64,
+    /// Entries whose claim was lost (its lease ran out and another worker
+    /// took them) before they were settled.
+    pub lost: u64,
+}
+
+impl std::ops::AddAssign for Report {
+    fn add_assign(&mut self, other: Self) {
+        self.delivered += other.delivered;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.rescheduled += other.rescheduled;
+        self.lost += other.lost;
+    }
+}
+
+/// A delivery worker over an outbox: what it claims, it delivers through
+/// `sinks` (their routes and breakers) and, for owed compensations,
+/// performs through `handlers`.
+///
+/// Any number of workers, in any number of processes, may share a store:
+/// a claim holds a run's entries under a token and a lease, so no two
+/// workers attempt one entry at once, and a worker whose lease ran out can
+/// no longer settle what another has claimed since.
+#[derive(Clone)]
+pub struct Worker {
+    outbox: Outbox,
+    sinks: Sinks,
+    handlers: Arc<Handlers>,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("outbox", &self.outbox)
+            .field("poll", &self.poll)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker running on a tokio task. [`WorkerHandle::stop`] ends it
+/// gracefully.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<Report, OutboxError>>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop: it finishes the delivery in flight, settles
+    /// what it delivered, gives back the rest of its claim, and ends.
+    /// Returns what it did over its life.
+    ///
+    /// # Errors
+    ///
+    /// The store's error if the worker stopped on one.
+    pub async fn stop(self) -> Result<Report, OutboxError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| OutboxError::Store(format!("the worker task failed: {e}")))?
+    }
+}
+
+impl Worker {
+    /// A worker delivering `outbox`'s entries through `sinks`, performing
+    /// owed compensations with `handlers`.
+    pub fn new(outbox: Outbox, sinks: Sinks, handlers: impl Into<Arc<Handlers>>) -> Self {
+        Self {
+            outbox,
+            sinks,
+            handlers: handlers.into(),
+            poll: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// How long to wait before looking again when nothing was due (default
+    /// [`DEFAULT_POLL_INTERVAL`]).
+    pub fn poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Delivers what is due now, claim after claim, until nothing due is
+    /// left to claim; then returns. Entries that fail are rescheduled, not
+    /// retried within this call.
+    ///
+    /// # Errors
+    ///
+    /// When the store fails; what was settled before stays settled.
+    pub async fn run_once(&self) -> Result<Report, OutboxError> {
+        let (_stop, stopped) = watch::channel(false);
+        self.drain(&stopped).await
+    }
+
+    async fn drain(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
+        let mut report = Report::default();
+        loop {
+            let now = self.outbox.now_ms();
+            let mut claim = Claim::new(now, self.outbox.lease_duration());
+            let entries = self
+                .outbox
+                .store()
+                .claim(&claim, now, CLAIM_RUNS, CLAIM_ENTRIES)
+                .await?;
+            if entries.is_empty() {
+                return Ok(report);
+            }
+            let mut rest = entries.as_slice();
+            while let Some(first) = rest.first() {
+                let run = first.entry.run_id;
+                let end = rest
+                    .iter()
+                    .position(|e| e.entry.run_id != run)
+                    .unwrap_or(rest.len());
+                let (entries, next) = rest.split_at(end);
+                rest = next;
+                if *stopped.borrow() {
+                    break;
+                }
+                let done = deliver_run(
+                    &self.outbox,
+                    &self.sinks,
+                    &self.handlers,
+                    &mut claim,
+                    entries,
+                    stopped,
+                )
+                .await?;
+                report += done.report;
+            }
+            // Whatever was not attempted goes back for another worker.
+            self.outbox.store().release(&claim).await?;
+            if *stopped.borrow() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Delivers until `stop` is sent `true`, looking for due entries every
+    /// poll interval.
+    async fn follow(self, mut stopped: watch::Receiver<bool>) -> Result<Report, OutboxError> {
+        let mut report = Report::default();
+        loop {
+            match self.drain(&stopped).await {
+                Ok(done) => report += done,
+                Err(error) => {
+                    tracing::warn!(%error, "the outbox worker could not claim; trying again");
+                }
+            }
+            if *stopped.borrow() {
+                return Ok(report);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = stopped.changed() => {}
+            }
+            if *stopped.borrow() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Runs the worker on the current tokio runtime until
+    /// [`WorkerHandle::stop`]. A store error is logged and the worker tries
+    /// again after the poll interval.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn spawn(self) -> WorkerHandle {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(self.follow(stopped));
+        WorkerHandle { stop, task }
+    }
+}
+
+/// What delivering one run's claimed entries came to.
+pub(crate) struct RunDelivery {
+    pub(crate) report: Report,
+    /// For each entry given, in order: what happened to it.
+    pub(crate) deliveries: Vec<Delivery>,
+}
+
+/// Delivers the claimed `entries` of one run, in order, settling as it
+/// goes. An entry that must be retried later stops the run's delivery: the
+/// entries after it are given back unattempted, so that order holds.
+pub(crate) async fn deliver_run(
+    outbox: &Outbox,
+    sinks: &Sinks,
+    handlers: &Handlers,
+    claim: &mut Claim,
+    entries: &[Entry],
+    stopped: &watch::Receiver<bool>,
+) -> Result<RunDelivery, OutboxError> {
+    let mut report = Report::default();
+    let mut deliveries = Vec::with_capacity(entries.len());
+    let mut settled: Vec<(i64, Settlement)> = Vec::new();
+    let mut blocked = false;
+    for entry in entries {
+        if blocked || *stopped.borrow() {
+            settled.push((entry.id, Settlement::Release));
+            deliveries.push(Delivery::Queued);
+            continue;
+        }
+        let (settlement, delivery) = attempt(outbox, sinks, handlers, entry).await;
+        match &settlement {
+            Settlement::Delivered => report.delivered += 1,
+            Settlement::Dead { .. } => report.dead += 1,
+            Settlement::Retry { .. } => (report.retried, blocked) = (report.retried + 1, true),
+            Settlement::Reschedule { .. } => {
+                (report.rescheduled, blocked) = (report.rescheduled + 1, true);
+            }
+            Settlement::Release => blocked = true,
+        }
+        settled.push((entry.id, settlement));
+        deliveries.push(delivery);
+        if settled.len() >= SETTLE_EVERY {
+            let lost = flush(outbox, claim, &mut settled).await?;
+            if lost > 0 {
+                report.lost += lost;
+                // Another worker holds this run now: leave the rest to it.
+                blocked = true;
+            }
+        }
+    }
+    report.lost += flush(outbox, claim, &mut settled).await?;
+    Ok(RunDelivery { report, deliveries })
+}
+
+/// Writes `settled` back under `claim`, renewing its lease; returns how
+/// many of them the claim no longer held.
+async fn flush(
+    outbox: &Outbox,
+    claim: &mut Claim,
+    settled: &mut Vec<(i64, Settlement)>,
+) -> Result<u64, OutboxError> {
+    if settled.is_empty() {
+        return Ok(0);
+    }
+    claim.lease_until_ms = outbox.now_ms() + outbox.lease_duration().as_millis() as i64;
+    let held = outbox.store().settle(claim, settled).await?;
+    let lost = settled.len() as u64 - held.min(settled.len() as u64);
+    if lost > 0 {
+        tracing::warn!(
+            lost,
+            "the claim's lease ran out; another worker holds those entries"
+        );
+    }
+    settled.clear();
+    Ok(lost)
+}
+
+/// One attempt at one entry.
+async fn attempt(
+    outbox: &Outbox,
+    sinks: &Sinks,
+    handlers: &Handlers,
+    entry: &Entry,
+) -> (Settlement, Delivery) {
+    let retry = outbox.retry();
+    let failed = |error: String| {
+        let now = outbox.now_ms();
+        retry.after_failure(entry.attempts, now, error)
+    };
+    match entry.entry.kind {
+        EntryKind::Intent => match sinks.attempt(&entry.to_intent()).await {
+            Attempt::Delivered => (Settlement::Delivered, Delivery::Delivered),
+            Attempt::Failed(error) => (failed(error.clone()), Delivery::Failed(error)),
+            Attempt::NoSink => (
+                failed("no sink route matches the effect".into()),
+                Delivery::NoSink,
+            ),
+            Attempt::BreakerOpen {
+                retry_after_ms,
+                message,
+            } => (
+                Settlement::Reschedule {
+                    due_at_ms: outbox.now_ms() + retry_after_ms as i64,
+                    reason: message.clone(),
+                },
+                Delivery::NotAttempted(message),
+            ),
+        },
+        EntryKind::Compensation => {
+            let e = &entry.entry;
+            let Some(registered) = handlers.get(&e.effect) else {
+                let error = format!("no handler performs the compensation `{}`", e.effect);
+                return (failed(error.clone()), Delivery::Failed(error));
+            };
+            let timeout = handlers.call_timeout();
+            let call = Call {
+                effect: &e.effect,
+                payload: &e.payload,
+                run_id: e.run_id,
+                seq: e.seq,
+                compensation: true,
+            };
+            match tokio::time::timeout(timeout, registered.handler.call(call)).await {
+                Ok(Ok(_)) => (Settlement::Delivered, Delivery::Delivered),
+                Ok(Err(error)) => (failed(error.to_string()), Delivery::Failed(error.to_string())),
+                Err(_) => {
+                    let error = format!("the handler did not answer within {timeout:?}");
+                    (failed(error.clone()), Delivery::Failed(error))
+                }
+            }
+        }
+    }
+}

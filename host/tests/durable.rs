@@ -1,0 +1,330 @@
+//! Durable delivery through the `escrow` binary: `run --outbox`, the
+//! `outbox` subcommands, and hosts killed with SIGKILL while they commit,
+//! deliver, or wait with a compensation owed, on a real SQLite file and a
+//! real Postgres server.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use escrow_fixtures as fixtures;
+use escrow_fixtures::postgres::PostgresServer;
+use serde_json::{Value, json};
+
+fn escrow_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_escrow"));
+    command
+        .args(args)
+        .env_remove("ESCROW_LOG")
+        .env(
+            "ESCROW_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+        );
+    command
+}
+
+fn escrow(args: &[&str]) -> Output {
+    escrow_command(args).output().expect("running escrow")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A config granting every effect, with an `[outbox]` table of `extra`
+/// lines, written into `dir`.
+fn config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("escrow.toml");
+    std::fs::write(
+        &path,
+        format!("[grants]\neffects = [\"*\"]\n[limits]\ntimeout_ms = 20000\n{extra}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn steps_file(dir: &Path, steps: Value) -> String {
+    let path = dir.join("input.json");
+    std::fs::write(&path, json!({ "steps": steps }).to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn stats(outbox: &str) -> Value {
+    let output = escrow(&["outbox", "stats", "--outbox", outbox, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Every line of a JSON-lines file, parsed; a torn or garbled line fails
+/// the test.
+fn lines(path: &Path) -> Vec<Value> {
+    let content = std::fs::read_to_string(path).unwrap_or_default();
+    content
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("an unparseable line ({e}): {line:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn run_with_an_outbox_stores_then_delivers_and_the_outbox_says_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let db = db.to_str().unwrap();
+    let input = steps_file(
+        dir.path(),
+        json!([{ "defer": "email.send", "payload": { "to": "ada" } }, { "defer": "orders.save", "payload": 7 }]),
+    );
+    let cfg = config(dir.path(), "");
+    let output = escrow(&[
+        "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox", db,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let delivered: Vec<Value> = text(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    let run_id = delivered[0]["run_id"].as_str().unwrap();
+    assert_eq!(delivered[1]["idempotency_key"], format!("{run_id}:2"));
+    assert_eq!(delivered[0]["plugin"], "scripted");
+    assert!(delivered[0]["ts"].as_str().unwrap().ends_with('Z'));
+
+    let stats = stats(db);
+    assert_eq!((stats["delivered"].as_u64(), stats["pending"].as_u64()), (Some(2), Some(0)));
+}
+
+#[test]
+fn no_deliver_leaves_the_intents_to_outbox_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let db = db.to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let input = steps_file(dir.path(), json!([{ "defer": "email.send", "payload": 1 }]));
+    let cfg = config(dir.path(), "");
+    let output = escrow(&[
+        "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox", db,
+        "--no-deliver", "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["intents"][0]["delivery"], "queued");
+    assert_eq!(stats(db)["pending"], 1);
+
+    let listed = escrow(&["outbox", "list", "--outbox", db, "--status", "pending", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["effect"], "email.send");
+    assert_eq!(
+        listed[0]["idempotency_key"],
+        format!("{}:1", report["run_id"].as_str().unwrap())
+    );
+
+    let deliver = escrow(&["outbox", "deliver", "--once", "--outbox", db, "--sink", &sink]);
+    assert_eq!(deliver.status.code(), Some(0), "{}", text(&deliver.stderr));
+    assert!(text(&deliver.stderr).contains("delivered 1"), "{}", text(&deliver.stderr));
+    assert_eq!(lines(&out).len(), 1);
+    assert_eq!(stats(db)["delivered"], 1);
+}
+
+#[test]
+fn an_unusable_outbox_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("not-a-db");
+    std::fs::write(&garbage, "some text that is certainly not a SQLite database file").unwrap();
+    let refused = escrow(&["outbox", "stats", "--outbox", garbage.to_str().unwrap()]);
+    let missing = escrow(&["outbox", "stats", "--outbox", "/nonexistent/o.db"]);
+    let unreachable = escrow(&["outbox", "stats", "--outbox", "postgres://escrow@127.0.0.1:1/x"]);
+    for (output, says) in [
+        (refused, "is unusable"),
+        (missing, "`/nonexistent` does not exist"),
+        (unreachable, "cannot open the outbox `postgres://escrow@127.0.0.1:1/x`"),
+    ] {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+/// Kills `escrow run` of a 1,000-intent run at random points, `trials`
+/// times, then delivers what is owed with `escrow outbox deliver --once`,
+/// and checks that every committed intent was delivered, whole, and that
+/// every run committed all of its intents or none.
+fn crash_while_committing_and_delivering(outbox: &str, trials: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let cfg = config(dir.path(), "[outbox]\nlease_ms = 50\n");
+    let input = steps_file(
+        dir.path(),
+        json!([{ "repeat": 1000, "steps": [{ "defer": "orders.save", "payload": { "total": 1999 } }] }]),
+    );
+    let run = || {
+        escrow_command(&[
+            "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox",
+            outbox, "--sink", &sink,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running escrow")
+    };
+    // One run to the end: it warms the compile cache and tells how long a
+    // run takes, so that kills land all through it.
+    let started = Instant::now();
+    assert!(run().wait().unwrap().success());
+    let whole = started.elapsed().max(Duration::from_millis(20));
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..trials {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = whole.mul_f64((seed % 1000) as f64 / 1000.0 * 1.2);
+        let mut child = run();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Claims of killed runs end with their lease.
+    std::thread::sleep(Duration::from_millis(100));
+    let deliver = escrow(&[
+        "outbox", "deliver", "--once", "--config", &cfg, "--outbox", outbox, "--sink", &sink,
+    ]);
+    assert_eq!(deliver.status.code(), Some(0), "{}", text(&deliver.stderr));
+
+    let stats = stats(outbox);
+    assert_eq!(stats["pending"], 0, "{stats}");
+    assert_eq!(stats["dead"], 0, "{stats}");
+    let mut runs: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    let mut keys = BTreeSet::new();
+    for line in lines(&out) {
+        let key = line["idempotency_key"].as_str().unwrap().to_owned();
+        let run = line["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(key, format!("{run}:{}", line["seq"]), "a duplicate repeats its key");
+        runs.entry(run).or_default().insert(line["seq"].as_u64().unwrap());
+        keys.insert(key);
+    }
+    assert_eq!(
+        keys.len() as u64,
+        stats["delivered"].as_u64().unwrap(),
+        "every committed intent was delivered, and nothing else"
+    );
+    for (run, seqs) in &runs {
+        assert_eq!(seqs.len(), 1000, "run {run} committed all of its intents or none");
+    }
+    assert!(runs.len() >= 2, "the first run and at least one killed run committed");
+}
+
+#[test]
+fn a_host_killed_while_committing_and_delivering_loses_no_committed_intent_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    crash_while_committing_and_delivering(db.to_str().unwrap(), 100);
+}
+
+#[test]
+fn a_host_killed_while_committing_and_delivering_loses_no_committed_intent_on_postgres() {
+    let server = PostgresServer::start();
+    crash_while_committing_and_delivering(&server.url(), 100);
+}
+
+/// An exec handler that appends `WORD $ESCROW_IDEMPOTENCY_KEY` to `log`.
+fn logging_handler(dir: &Path, word: &str, log: &Path) -> PathBuf {
+    let path = dir.join(format!("{word}.sh"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"{word} $ESCROW_IDEMPOTENCY_KEY\" >> '{}'\necho '{{}}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    path
+}
+
+fn owed_compensation_after_a_kill(outbox: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.log");
+    let book = logging_handler(dir.path(), "booked", &log);
+    let cancel = logging_handler(dir.path(), "cancelled", &log);
+    let cfg_path = dir.path().join("escrow.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[grants]\neffects = [\"flight.*\"]\n[limits]\ntimeout_ms = 1500\n\
+             [outbox]\ncompensation_grace_ms = 0\n\
+             [handlers.\"flight.book\"]\nkind = \"action\"\nexec = [\"{}\"]\n\
+             [handlers.\"flight.cancel\"]\nkind = \"action\"\nexec = [\"{}\"]\n",
+            book.display(),
+            cancel.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let book_step = json!({ "invoke_reversible": "flight.book", "payload": 1, "compensate": "flight.cancel", "compensate_payload": 1 });
+    let slow = steps_file(dir.path(), json!([book_step, { "sleep_ms": 60000 }]));
+    let calls = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let started = Instant::now();
+    let mut child = escrow_command(&[
+        "run", fixtures::SCRIPTED, "--config", cfg, "--input-file", &slow, "--outbox", outbox,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    while !calls().contains("booked") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the flight was never booked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let deliver = || {
+        let output = escrow(&["outbox", "deliver", "--once", "--config", cfg, "--outbox", outbox]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    };
+    deliver();
+    assert!(!calls().contains("cancelled"), "not owed before the run's deadline: {}", calls());
+    std::thread::sleep(Duration::from_millis(1600).saturating_sub(started.elapsed()));
+    deliver();
+    deliver();
+    let booked = calls()
+        .lines()
+        .find_map(|l| l.strip_prefix("booked ").map(str::to_owned))
+        .unwrap();
+    let cancelled: Vec<String> = calls()
+        .lines()
+        .filter_map(|l| l.strip_prefix("cancelled ").map(str::to_owned))
+        .collect();
+    assert_eq!(cancelled, [format!("{booked}:compensate")], "performed exactly once");
+
+    // A run that succeeds leaves nothing owed.
+    let quick = steps_file(dir.path(), json!([book_step]));
+    let output = escrow(&[
+        "run", fixtures::SCRIPTED, "--config", cfg, "--input-file", &quick, "--outbox", outbox,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(stats(outbox)["pending"], 0);
+}
+
+#[test]
+fn a_compensation_owed_by_a_killed_host_is_performed_once_after_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    owed_compensation_after_a_kill(db.to_str().unwrap());
+}
+
+#[test]
+fn a_compensation_owed_by_a_killed_host_is_performed_once_after_restart_on_postgres() {
+    let server = PostgresServer::start();
+    owed_compensation_after_a_kill(&server.url());
+}

@@ -1,0 +1,539 @@
+//! The durable outbox, on a real SQLite file and a real Postgres server:
+//! commit is durable before a run reports `committed`, failed runs write
+//! nothing, workers deliver in order per run with backoff and dead letters,
+//! claims are exclusive, compensations are journaled and performed after a
+//! crash, and an embedder's own transaction can stage a run's intents.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use escrow_fixtures::postgres::PostgresServer;
+use escrow_host::breakers::ManualClock;
+use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
+use escrow_host::outbox::{
+    Claim, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry, RetryPolicy,
+    Settlement, SqliteOutbox, Worker, Write,
+};
+use escrow_host::sinks::{Sink, Sinks};
+use escrow_host::{CallError, Delivery, Dispatch, Fate, Intent, RunId, RunOptions, Status};
+use escrow_tests::{all_effects, scripted};
+use serde_json::{Value, json};
+
+/// Where an outbox lives for a test.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(PostgresServer),
+}
+
+impl Backend {
+    fn both() -> Vec<Backend> {
+        vec![
+            Backend::Sqlite(tempfile::tempdir().unwrap()),
+            Backend::Postgres(PostgresServer::start()),
+        ]
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A new connection to the same store, as another process would open.
+    async fn open(&self) -> Outbox {
+        match self {
+            Backend::Sqlite(dir) => Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap()),
+            Backend::Postgres(server) => {
+                Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap())
+            }
+        }
+    }
+}
+
+/// A sink that records every delivery (effect, seq, idempotency key) and
+/// fails effects ending in `.flaky` as long as `failures` lasts.
+#[derive(Clone, Default)]
+struct Flaky {
+    seen: Arc<Mutex<Vec<(String, u64, String)>>>,
+    failures: Arc<AtomicU32>,
+}
+
+impl Flaky {
+    fn failing(times: u32) -> Self {
+        let sink = Self::default();
+        sink.failures.store(times, Ordering::SeqCst);
+        sink
+    }
+
+    fn sinks(&self) -> Sinks {
+        let mut sinks = Sinks::new();
+        sinks.route("*", self.clone()).unwrap();
+        sinks
+    }
+
+    fn effects(&self) -> Vec<String> {
+        self.seen.lock().unwrap().iter().map(|d| d.0.clone()).collect()
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.seen.lock().unwrap().iter().map(|d| d.2.clone()).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Flaky {
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
+        if intent.effect.ends_with(".flaky")
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(CallError::new("the queue is down"));
+        }
+        self.seen.lock().unwrap().push((
+            intent.effect.clone(),
+            intent.seq,
+            intent.idempotency_key(),
+        ));
+        Ok(())
+    }
+}
+
+fn script(steps: Value) -> RunOptions {
+    RunOptions::new()
+        .grants(all_effects())
+        .input(serde_json::to_vec(&json!({ "steps": steps })).unwrap())
+}
+
+fn three_intents() -> Value {
+    json!([
+        { "defer": "a.first", "payload": 1 },
+        { "defer": "b.flaky", "payload": 2 },
+        { "defer": "c.third", "payload": 3 },
+    ])
+}
+
+#[tokio::test]
+async fn a_committed_run_is_in_the_outbox_before_it_reports_committed() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        let outcome = scripted()
+            .with_outbox(Some(outbox))
+            .run(script(three_intents()).dispatch(Dispatch::Later))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status(), Status::Committed);
+        assert!(
+            outcome
+                .intents
+                .iter()
+                .all(|i| i.fate == Fate::Dispatched(Delivery::Queued)),
+            "{:?}",
+            outcome.intents
+        );
+
+        // Another connection, as another process, sees every intent.
+        let stored = backend.open().await.store().list(&Filter::default()).await.unwrap();
+        let keys: Vec<String> = stored.iter().map(|e| e.idempotency_key()).collect();
+        let expected: Vec<String> = outcome.intents.iter().map(Intent::idempotency_key).collect();
+        assert_eq!(keys, expected, "{}", backend.name());
+        assert!(stored.iter().all(|e| e.status == EntryStatus::Pending));
+        assert_eq!(stored[0].entry.plugin, "scripted");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_run_writes_nothing_to_the_outbox() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        let steps = json!([{ "defer": "a.first", "payload": 1 }, { "fail": "no" }]);
+        let outcome = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .run(script(steps))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status(), Status::Failed);
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!(stats.pending + stats.delivered + stats.dead, 0, "{}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn a_run_delivers_its_stored_intents_itself_and_marks_them_delivered() {
+    for backend in Backend::both() {
+        let sink = Flaky::default();
+        let outcome = scripted()
+            .with_outbox(Some(backend.open().await))
+            .with_sinks(sink.sinks())
+            .run(script(three_intents()))
+            .await
+            .unwrap();
+        assert!(
+            outcome
+                .intents
+                .iter()
+                .all(|i| i.fate == Fate::Dispatched(Delivery::Delivered))
+        );
+        assert_eq!(sink.effects(), ["a.first", "b.flaky", "c.third"]);
+        let stats = backend.open().await.store().stats().await.unwrap();
+        assert_eq!((stats.delivered, stats.pending), (3, 0), "{}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_after_its_backoff_and_later_intents_wait_for_it() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000);
+        let outbox = backend.open().await.clock(Arc::new(clock.clone()));
+        let sink = Flaky::failing(1);
+        let plugin = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_sinks(sink.sinks());
+        let outcome = plugin.run(script(three_intents())).await.unwrap();
+
+        // #2 failed: it waits for a retry, and #3 waits behind it.
+        assert_eq!(
+            outcome.intents[1].fate,
+            Fate::Dispatched(Delivery::Failed("the queue is down".into()))
+        );
+        assert_eq!(outcome.intents[2].fate, Fate::Dispatched(Delivery::Queued));
+        assert_eq!(sink.effects(), ["a.first"]);
+
+        let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new());
+        let report = worker.run_once().await.unwrap();
+        assert_eq!(report.delivered, 0, "nothing is due before the backoff");
+
+        clock.advance(escrow_host::outbox::DEFAULT_BACKOFF_BASE);
+        let report = worker.run_once().await.unwrap();
+        assert_eq!(report.delivered, 2, "{}", backend.name());
+        assert_eq!(sink.effects(), ["a.first", "b.flaky", "c.third"]);
+        let entries = outbox.store().list(&Filter::default()).await.unwrap();
+        assert_eq!(entries[1].attempts, 2);
+        assert_eq!(entries[1].last_error.as_deref(), Some("the queue is down"));
+    }
+}
+
+#[tokio::test]
+async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000);
+        let outbox = backend
+            .open()
+            .await
+            .clock(Arc::new(clock.clone()))
+            .retry_policy(RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(10),
+            });
+        let sink = Flaky::failing(100);
+        let plugin = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_sinks(sink.sinks());
+        plugin.run(script(three_intents())).await.unwrap();
+        let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new());
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(10));
+            worker.run_once().await.unwrap();
+        }
+        let dead = outbox
+            .store()
+            .list(&Filter {
+                status: Some(EntryStatus::Dead),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{}", backend.name());
+        assert_eq!(dead[0].attempts, 3);
+        assert_eq!(dead[0].entry.effect, "b.flaky");
+        // A dead intent no longer holds back the rest of its run.
+        assert_eq!(sink.effects(), ["a.first", "c.third"]);
+
+        sink.failures.store(0, Ordering::SeqCst);
+        let back = outbox.store().retry(&Retry::Dead, outbox.now_ms()).await.unwrap();
+        assert_eq!(back, 1);
+        let report = worker.run_once().await.unwrap();
+        assert_eq!(report.delivered, 1);
+        assert_eq!(outbox.store().stats().await.unwrap().dead, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_since() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000);
+        let outbox = backend.open().await.clock(Arc::new(clock.clone()));
+        scripted()
+            .with_outbox(Some(outbox.clone()))
+            .run(script(three_intents()).dispatch(Dispatch::Later))
+            .await
+            .unwrap();
+        let store = outbox.store();
+        let now = outbox.now_ms();
+        let first = Claim::new(now, Duration::from_millis(100));
+        let claimed = store.claim(&first, now, 10, 100).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(
+            store.claim(&Claim::new(now, Duration::from_secs(1)), now, 10, 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a held run is not claimed twice"
+        );
+
+        clock.advance(Duration::from_millis(200));
+        let now = outbox.now_ms();
+        let second = Claim::new(now, Duration::from_secs(60));
+        assert_eq!(store.claim(&second, now, 10, 100).await.unwrap().len(), 3);
+
+        let late = store
+            .settle(&first, &[(claimed[0].id, Settlement::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(late, 0, "{}: the stale claim changed nothing", backend.name());
+        let held = store
+            .settle(&second, &[(claimed[0].id, Settlement::Delivered)])
+            .await
+            .unwrap();
+        assert_eq!(held, 1);
+    }
+}
+
+#[tokio::test]
+async fn two_workers_never_deliver_one_intent_at_the_same_time() {
+    let server = PostgresServer::start();
+    let outbox = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
+    let plugin = scripted().with_outbox(Some(outbox.clone()));
+    let steps = json!([{ "repeat": 5, "steps": [{ "defer": "a.x", "payload": 1 }] }]);
+    for _ in 0..40 {
+        plugin
+            .run(script(steps.clone()).dispatch(Dispatch::Later))
+            .await
+            .unwrap();
+    }
+    // Two workers, each with its own connection, as two hosts would have.
+    let sink = Flaky::default();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let own = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
+        let worker = Worker::new(own, sink.sinks(), Handlers::new());
+        workers.push(tokio::spawn(async move { worker.run_once().await.unwrap() }));
+    }
+    let mut delivered = 0;
+    for worker in workers {
+        delivered += worker.await.unwrap().delivered;
+    }
+    assert_eq!(delivered, 200);
+    let keys = sink.keys();
+    let unique: HashSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), 200, "no intent was delivered twice");
+    // Within each run, seq order held.
+    let seen = sink.seen.lock().unwrap().clone();
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    for (_, seq, key) in seen {
+        let run = key.split(':').next().unwrap().to_owned();
+        let before = last.insert(run, seq).unwrap_or(0);
+        assert!(seq > before, "{key} after seq {before}");
+    }
+}
+
+/// A handler that counts the calls it gets by idempotency key.
+#[derive(Clone, Default)]
+struct Booking {
+    calls: Arc<Mutex<Vec<String>>>,
+    /// Whether the outbox held the compensation when the action ran.
+    journaled: Arc<Mutex<Vec<bool>>>,
+    outbox: Option<Outbox>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Booking {
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", call.effect, call.idempotency_key()));
+        if let (Some(outbox), false) = (&self.outbox, call.compensation) {
+            let entries = outbox.store().list(&Filter::default()).await.unwrap();
+            let journaled = entries
+                .iter()
+                .any(|e| e.entry.kind == EntryKind::Compensation && e.entry.run_id == call.run_id);
+            self.journaled.lock().unwrap().push(journaled);
+        }
+        if call.effect.contains("fail") {
+            return Err(CallError::new("no seats"));
+        }
+        Ok(b"{}".to_vec())
+    }
+}
+
+fn booking_handlers(booking: &Booking) -> Handlers {
+    let mut handlers = Handlers::new();
+    for effect in ["flight.book", "flight.cancel", "hotel.fail"] {
+        handlers
+            .register(effect, EffectKind::Action, Arc::new(booking.clone()))
+            .unwrap();
+    }
+    handlers
+}
+
+fn book_flight() -> Value {
+    json!({ "invoke_reversible": "flight.book", "payload": 1, "compensate": "flight.cancel", "compensate_payload": 1 })
+}
+
+#[tokio::test]
+async fn a_compensation_is_journaled_before_its_action_and_a_successful_run_leaves_none_owed() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        let booking = Booking {
+            outbox: Some(outbox.clone()),
+            ..Booking::default()
+        };
+        let outcome = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_handlers(booking_handlers(&booking))
+            .run(script(json!([book_flight()])))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status(), Status::Committed);
+        assert_eq!(*booking.journaled.lock().unwrap(), [true], "{}", backend.name());
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!(stats.pending, 0, "nothing is owed after a success");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_run_performs_its_compensations_and_leaves_none_owed() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        let booking = Booking::default();
+        let steps = json!([book_flight(), { "fail": "the hotel is full" }]);
+        let outcome = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_handlers(booking_handlers(&booking))
+            .run(script(steps))
+            .await
+            .unwrap();
+        assert_eq!(outcome.status(), Status::Failed);
+        assert_eq!(outcome.compensations.len(), 1);
+        assert_eq!(outbox.store().stats().await.unwrap().pending, 0, "{}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn a_compensation_owed_by_a_run_that_never_ended_is_performed_once_after_the_grace() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000);
+        let outbox = backend.open().await.clock(Arc::new(clock.clone()));
+        // What a host killed right after performing `flight.book` leaves.
+        let run_id = RunId::new();
+        outbox
+            .write(Write::Journal {
+                entry: NewEntry {
+                    kind: EntryKind::Compensation,
+                    run_id,
+                    seq: 1,
+                    plugin: "trip".into(),
+                    effect: "flight.cancel".into(),
+                    payload: b"1".to_vec(),
+                    fences: Vec::new(),
+                },
+                due_at_ms: outbox.now_ms() + 5_000,
+                now_ms: outbox.now_ms(),
+            })
+            .await
+            .unwrap();
+        let booking = Booking::default();
+        let worker = Worker::new(outbox.clone(), Sinks::new(), booking_handlers(&booking));
+
+        assert_eq!(worker.run_once().await.unwrap().delivered, 0, "not owed yet");
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(worker.run_once().await.unwrap().delivered, 1);
+        assert_eq!(worker.run_once().await.unwrap().delivered, 0, "only once");
+        assert_eq!(
+            *booking.calls.lock().unwrap(),
+            [format!("flight.cancel {run_id}:1:compensate")],
+            "{}",
+            backend.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_staged_in_a_rolled_back_transaction_delivers_nothing_and_in_a_committed_one_everything()
+ {
+    let server = PostgresServer::start();
+    let outbox = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
+    let (mut client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let plugin = scripted().with_outbox(Some(outbox.clone()));
+    let sink = Flaky::default();
+    let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new());
+
+    for (commit, order) in [(false, 1i64), (true, 2)] {
+        let outcome = plugin
+            .run(script(three_intents()).dispatch(Dispatch::Hold))
+            .await
+            .unwrap();
+        assert!(outcome.intents.iter().all(|i| i.fate == Fate::Committed));
+        let tx = client.transaction().await.unwrap();
+        tx.execute("INSERT INTO orders (id) VALUES ($1)", &[&order])
+            .await
+            .unwrap();
+        assert_eq!(PostgresOutbox::stage(&tx, &outcome).await.unwrap(), 3);
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        worker.run_once().await.unwrap();
+        let expected: &[&str] = if commit {
+            &["a.first", "b.flaky", "c.third"]
+        } else {
+            &[]
+        };
+        assert_eq!(sink.effects(), expected);
+    }
+    let orders: Vec<i64> = client
+        .query("SELECT id FROM orders", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(orders, [2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap());
+    let plugin = scripted().with_outbox(Some(outbox.clone()));
+    let steps = json!([{ "defer": "a.x", "payload": 1 }, { "defer": "b.y", "payload": 2 }]);
+    let runs: Vec<_> = (0..64)
+        .map(|_| {
+            let plugin = plugin.clone();
+            let options = script(steps.clone()).dispatch(Dispatch::Later);
+            tokio::spawn(async move { plugin.run(options).await.unwrap() })
+        })
+        .collect();
+    for run in runs {
+        assert_eq!(run.await.unwrap().status(), Status::Committed);
+    }
+    let stats = outbox.store().stats().await.unwrap();
+    assert_eq!(stats.pending, 128);
+    let (transactions, writes) = outbox.group_commits();
+    assert_eq!(writes, 64);
+    assert!(transactions < writes, "{transactions} transactions for {writes} runs");
+}
