@@ -13,7 +13,11 @@
 //!   Redis round trip (`SET` then `DEL` from the same client);
 //! - a whole run (fresh store, instantiate, call, record 2 intents, commit
 //!   to an in-memory sink), against a bare instantiation from `InstancePre`
-//!   in a fresh store.
+//!   in a fresh store;
+//! - the same run committed durably into a SQLite outbox and into Postgres
+//!   (when a Postgres server can be started), one at a time and 8 at once,
+//!   against the in-memory sink; and one worker delivering stored intents to
+//!   an in-process sink, against handing the same intents to it from memory.
 //!
 //! Both sides use the same engine (pooling allocator) and the loops run in
 //! the guest, so the figures are the host's cost, not the harness's.
@@ -30,7 +34,10 @@ use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
-use escrow_host::{EffectError, EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy};
+use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
+use escrow_host::{
+    Dispatch, EffectError, EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy,
+};
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -299,6 +306,129 @@ fn whole_run(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs committed in one iteration of the concurrent outbox benchmarks.
+const CONCURRENT_RUNS: u64 = 8;
+
+/// Intents a worker delivers in one iteration of the delivery benchmark.
+const DELIVERED_PER_ITERATION: u64 = 1_000;
+
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Committed runs of 2 intents into a SQLite outbox and into Postgres, one
+/// at a time and 8 at once (group commit), and one worker delivering stored
+/// intents to an in-process sink, next to the same work without an outbox.
+fn outbox(c: &mut Criterion) {
+    let rt = multi_thread_runtime();
+    let host = host();
+    let mut group = c.benchmark_group("outbox");
+    group.measurement_time(Duration::from_secs(5)).sample_size(20);
+    let plugin = host.load_file(fixtures::BENCH).unwrap();
+    let options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .input("2")
+        .dispatch(Dispatch::Later);
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = escrow_fixtures::postgres::PostgresServer::try_start();
+    let mut stores = vec![(
+        "sqlite",
+        Outbox::new(SqliteOutbox::open(dir.path().join("bench.db")).unwrap()),
+    )];
+    if let Some(server) = &postgres {
+        let store = rt.block_on(PostgresOutbox::connect(&server.url())).unwrap();
+        stores.push(("postgres", Outbox::new(store)));
+    }
+    for (name, outbox) in &stores {
+        let plugin = plugin.with_outbox(Some(outbox.clone()));
+        group.bench_function(format!("commit_{name}_1"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let outcome = plugin.run(options.clone()).await.unwrap();
+                assert_eq!(outcome.status(), escrow_host::Status::Committed);
+            })
+        });
+        let before = outbox.group_commits();
+        group.bench_function(format!("commit_{name}_{CONCURRENT_RUNS}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let runs: Vec<_> = (0..CONCURRENT_RUNS)
+                    .map(|_| {
+                        let plugin = plugin.clone();
+                        let options = options.clone();
+                        tokio::spawn(async move { plugin.run(options).await.unwrap() })
+                    })
+                    .collect();
+                for run in runs {
+                    run.await.unwrap();
+                }
+            })
+        });
+        let after = outbox.group_commits();
+        println!(
+            "outbox/{name}: {} runs committed in {} transactions while {CONCURRENT_RUNS} ran at once",
+            after.1 - before.1,
+            after.0 - before.0
+        );
+    }
+
+    // One worker delivering stored intents to an in-process sink.
+    let delivery_dir = tempfile::tempdir().unwrap();
+    let store = Outbox::new(SqliteOutbox::open(delivery_dir.path().join("d.db")).unwrap());
+    let filler = plugin.with_outbox(Some(store.clone()));
+    let worker = host.worker_for(store.clone());
+    group.bench_function("deliver_sqlite", |b| {
+        b.to_async(&rt).iter_custom(|iterations| {
+            let filler = filler.clone();
+            let worker = worker.clone();
+            let options = options.clone();
+            async move {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iterations {
+                    for _ in 0..DELIVERED_PER_ITERATION / 2 {
+                        filler.run(options.clone()).await.unwrap();
+                    }
+                    let started = std::time::Instant::now();
+                    let report = worker.run_once().await.unwrap();
+                    spent += started.elapsed();
+                    assert_eq!(report.delivered, DELIVERED_PER_ITERATION);
+                }
+                spent
+            }
+        })
+    });
+    // Baseline: the same intents handed to the same sink from memory.
+    let intents: Vec<Intent> = rt.block_on(async {
+        let outcome = plugin
+            .run(
+                RunOptions::new()
+                    .grants(Grants::new().effects(["bench.*"]).unwrap())
+                    .input(DELIVERED_PER_ITERATION.to_string())
+                    .limits(Limits {
+                        max_intents: DELIVERED_PER_ITERATION as usize,
+                        ..Limits::default()
+                    })
+                    .dispatch(Dispatch::Hold),
+            )
+            .await
+            .unwrap();
+        outcome.intents
+    });
+    group.bench_function("deliver_from_memory", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut intents = intents.clone();
+            let host = host.clone();
+            async move {
+                host.dispatch(&mut intents).await;
+            }
+        })
+    });
+    group.finish();
+    drop(postgres);
+}
+
 /// The figure criterion prints for one benchmark of this run (its slope
 /// estimate, or the mean where there is none), in nanoseconds, read from
 /// criterion's report on disk.
@@ -365,6 +495,36 @@ fn summary() {
             baseline_name: "bare instantiation",
             baseline: ("whole_run", "bare_instantiation", 1),
         },
+        Row {
+            name: "run into SQLite, 1 at a time",
+            ours: ("outbox", "commit_sqlite_1", 1),
+            baseline_name: "in-memory sink",
+            baseline: ("whole_run", "run_two_intents_committed", 1),
+        },
+        Row {
+            name: "run into SQLite, 8 at once",
+            ours: ("outbox", "commit_sqlite_8", CONCURRENT_RUNS),
+            baseline_name: "in-memory sink",
+            baseline: ("whole_run", "run_two_intents_committed", 1),
+        },
+        Row {
+            name: "run into Postgres, 1 at a time",
+            ours: ("outbox", "commit_postgres_1", 1),
+            baseline_name: "in-memory sink",
+            baseline: ("whole_run", "run_two_intents_committed", 1),
+        },
+        Row {
+            name: "run into Postgres, 8 at once",
+            ours: ("outbox", "commit_postgres_8", CONCURRENT_RUNS),
+            baseline_name: "in-memory sink",
+            baseline: ("whole_run", "run_two_intents_committed", 1),
+        },
+        Row {
+            name: "worker delivers one intent",
+            ours: ("outbox", "deliver_sqlite", DELIVERED_PER_ITERATION),
+            baseline_name: "from memory",
+            baseline: ("outbox", "deliver_from_memory", DELIVERED_PER_ITERATION),
+        },
     ];
     println!("\nescrow, each figure next to its baseline from this run:");
     for row in rows {
@@ -373,9 +533,10 @@ fn summary() {
         };
         match (figure(row.ours), figure(row.baseline)) {
             (Some(ours), Some(base)) => println!(
-                "  {:<32} {:>10}   {:<20} {:>10}   ratio {:.2}x",
+                "  {:<32} {:>10} ({:>8.0}/s)   {:<20} {:>10}   ratio {:.2}x",
                 row.name,
                 human(ours),
+                1e9 / ours,
                 row.baseline_name,
                 human(base),
                 ours / base
@@ -400,6 +561,7 @@ fn main() {
     per_call(&mut criterion);
     locks(&mut criterion);
     whole_run(&mut criterion);
+    outbox(&mut criterion);
     criterion.final_summary();
     summary();
 }

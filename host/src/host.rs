@@ -336,12 +336,17 @@ impl Host {
     /// host's sinks and performing owed compensations with its handlers.
     /// `None` without an outbox.
     pub fn worker(&self) -> Option<crate::outbox::Worker> {
-        let outbox = self.inner.outbox.clone()?;
-        Some(crate::outbox::Worker::new(
+        Some(self.worker_for(self.inner.outbox.clone()?))
+    }
+
+    /// A delivery worker for `outbox`, delivering through the host's sinks
+    /// and performing owed compensations with its handlers.
+    pub fn worker_for(&self, outbox: Outbox) -> crate::outbox::Worker {
+        crate::outbox::Worker::new(
             outbox,
             self.inner.sinks.clone(),
             Arc::clone(&self.inner.handlers),
-        ))
+        )
     }
 
     /// Delivers the committed intents of a finished run to the host's sinks,

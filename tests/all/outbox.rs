@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use escrow_fixtures::postgres::PostgresServer;
-use escrow_host::breakers::ManualClock;
+use escrow_host::backends::MemoryBreakers;
+use escrow_host::breakers::{BreakerConfig, Breakers, ManualClock};
 use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
 use escrow_host::outbox::{
     Claim, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry, RetryPolicy,
@@ -142,7 +143,7 @@ async fn a_committed_run_is_in_the_outbox_before_it_reports_committed() {
         let expected: Vec<String> = outcome.intents.iter().map(Intent::idempotency_key).collect();
         assert_eq!(keys, expected, "{}", backend.name());
         assert!(stored.iter().all(|e| e.status == EntryStatus::Pending));
-        assert_eq!(stored[0].entry.plugin, "scripted");
+        assert_eq!(stored[0].entry.plugin, "fixture_scripted", "the file name");
     }
 }
 
@@ -536,4 +537,75 @@ async fn concurrent_runs_share_group_commits() {
     let (transactions, writes) = outbox.group_commits();
     assert_eq!(writes, 64);
     assert!(transactions < writes, "{transactions} transactions for {writes} runs");
+}
+
+#[tokio::test]
+async fn a_sink_behind_an_open_breaker_is_not_attempted_and_comes_due_after_its_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap())
+        .clock(Arc::new(clock.clone()));
+    let mut breakers = Breakers::new(Arc::new(MemoryBreakers::new()));
+    breakers
+        .define(
+            "queue",
+            BreakerConfig {
+                failure_threshold: 1,
+                recovery: Duration::from_secs(30),
+                ..BreakerConfig::default()
+            },
+        )
+        .unwrap();
+    breakers.clock(Arc::new(clock.clone()));
+    let breakers = Arc::new(breakers);
+    let sink = Flaky::failing(1);
+    let mut sinks = Sinks::new();
+    sinks
+        .route_through("*", sink.clone(), Arc::clone(&breakers), "queue")
+        .unwrap();
+    let steps = json!([{ "defer": "a.flaky", "payload": 1 }, { "defer": "b.flaky", "payload": 2 }]);
+    let plugin = scripted().with_outbox(Some(outbox.clone())).with_sinks(sinks.clone());
+    plugin.run(script(steps.clone()).dispatch(Dispatch::Later)).await.unwrap();
+    plugin.run(script(steps).dispatch(Dispatch::Later)).await.unwrap();
+    let worker = Worker::new(outbox.clone(), sinks, Handlers::new());
+
+    // The first run's first intent fails and opens the breaker; the second
+    // run's is not attempted and counts no attempt.
+    let report = worker.run_once().await.unwrap();
+    assert_eq!((report.retried, report.rescheduled), (1, 1), "{report:?}");
+    let entries = outbox.store().list(&Filter::default()).await.unwrap();
+    assert_eq!(entries[2].attempts, 0);
+    assert!(entries[2].due_at_ms >= outbox.now_ms() + 29_000, "after the retry-after");
+    assert!(
+        entries[2].last_error.as_deref().unwrap().contains("breaker `queue` is open"),
+        "{:?}",
+        entries[2].last_error
+    );
+
+    clock.advance(Duration::from_secs(30));
+    let report = worker.run_once().await.unwrap();
+    assert_eq!(report.delivered, 4, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_spawned_worker_delivers_as_intents_come_due_and_stops_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap());
+    let sink = Flaky::default();
+    let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new())
+        .poll_interval(Duration::from_millis(10))
+        .spawn();
+    scripted()
+        .with_outbox(Some(outbox.clone()))
+        .run(script(three_intents()).dispatch(Dispatch::Later))
+        .await
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while sink.effects().len() < 3 {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the worker delivered nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = worker.stop().await.unwrap();
+    assert_eq!(report.delivered, 3);
+    assert_eq!(outbox.store().stats().await.unwrap().delivered, 3);
 }

@@ -88,6 +88,9 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         bail!("--no-deliver needs an outbox: give --outbox or [outbox] url in the config");
     }
     let sink = args.sink.clone().or(config.sink());
+    // With --json and no sink, intents have nowhere to go: with an outbox
+    // they stay there for `escrow outbox deliver`, never marked delivered.
+    let deliver_later = args.no_deliver || (outbox.is_some() && args.json && sink.is_none());
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
@@ -112,7 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .grants(grants)
         .shared_policy(policy)
         .limits(limits)
-        .dispatch(if args.no_deliver {
+        .dispatch(if deliver_later {
             Dispatch::Later
         } else {
             Dispatch::Now

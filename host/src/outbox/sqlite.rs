@@ -528,6 +528,7 @@ impl OutboxStore for SqliteOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::EntryStatus;
     use rusqlite::OptionalExtension;
 
     fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
