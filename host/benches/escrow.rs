@@ -32,9 +32,9 @@ use escrow_host::CallError;
 use escrow_host::backends::{LockBackend, RedisLocks};
 use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{FnHandler, Handlers};
+use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
-use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
 use escrow_host::{
     Dispatch, EffectError, EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy,
 };
@@ -327,7 +327,9 @@ fn outbox(c: &mut Criterion) {
     let rt = multi_thread_runtime();
     let host = host();
     let mut group = c.benchmark_group("outbox");
-    group.measurement_time(Duration::from_secs(5)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
     let plugin = host.load_file(fixtures::BENCH).unwrap();
     let options = RunOptions::new()
         .grants(Grants::new().effects(["bench.*"]).unwrap())

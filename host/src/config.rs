@@ -566,12 +566,10 @@ impl Config {
     ) -> Result<Option<crate::outbox::Outbox>, crate::outbox::OutboxError> {
         use crate::outbox::{Outbox, RetryPolicy, SqliteOutbox};
         let table = self.outbox.clone().unwrap_or_default();
-        let Some(url) = url.map(str::to_owned).or_else(|| {
-            table
-                .url
-                .as_ref()
-                .map(|u| resolve_store_url(&self.base, u))
-        }) else {
+        let Some(url) = url
+            .map(str::to_owned)
+            .or_else(|| table.url.as_ref().map(|u| resolve_store_url(&self.base, u)))
+        else {
             return Ok(None);
         };
         let outbox = if url.starts_with("postgres://") || url.starts_with("postgresql://") {

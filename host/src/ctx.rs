@@ -13,9 +13,9 @@ use std::time::Instant;
 use crate::backends::{Lease, LockBackend, MemoryLocks};
 use crate::breakers::Breakers;
 use crate::grants::Grants;
+use crate::handlers::Call;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
-use crate::handlers::Call;
 use crate::outbox::{Claim, NewEntry, Outbox, Write};
 use crate::outcome::{
     BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
@@ -359,10 +359,10 @@ impl EscrowCtx {
                 compensation: true,
             };
             let result = match tokio::time::timeout(timeout, undo.handler.call(call)).await {
-                    Ok(Ok(answer)) => Ok(answer),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
-                };
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
+            };
             if let Err(error) = &result {
                 tracing::warn!(
                     run_id = %self.run_id, seq = undo.seq, effect = %undo.effect, %error,
@@ -498,7 +498,9 @@ impl EscrowCtx {
         match landed {
             Ok(true) => Ok(claim),
             Ok(false) => Err((
-                Failure::Outbox(format!("the committed intents could not be stored: {error}")),
+                Failure::Outbox(format!(
+                    "the committed intents could not be stored: {error}"
+                )),
                 false,
             )),
             Err(_) => Err((

@@ -78,11 +78,11 @@ pub use error::{CallError, Error};
 pub use grants::Grants;
 pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
 pub use limits::Limits;
+pub use outbox::Outbox;
 pub use outcome::{
     BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
     Intent, Invocation, LockRecord, Outcome, Refusal, RunId, Status, Timings,
 };
-pub use outbox::Outbox;
 pub use plugin::Plugin;
 pub use policy::Policy;
 pub use run::{Dispatch, MAX_TABLE_ELEMENTS, RunOptions, set_deadline};

@@ -317,7 +317,11 @@ impl Plugin {
                 }
             },
         };
-        for intent in outcome.intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
+        for intent in outcome
+            .intents
+            .iter_mut()
+            .filter(|i| i.fate == Fate::Committed)
+        {
             let delivery = deliveries
                 .iter()
                 .find(|(seq, _)| *seq == intent.seq)

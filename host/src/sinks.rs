@@ -166,7 +166,10 @@ pub(crate) enum Attempt {
     Delivered,
     Failed(String),
     NoSink,
-    BreakerOpen { retry_after_ms: u64, message: String },
+    BreakerOpen {
+        retry_after_ms: u64,
+        message: String,
+    },
 }
 
 impl From<Attempt> for Delivery {

@@ -14,13 +14,10 @@ use serde_json::{Value, json};
 
 fn escrow_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_escrow"));
-    command
-        .args(args)
-        .env_remove("ESCROW_LOG")
-        .env(
-            "ESCROW_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
-        );
+    command.args(args).env_remove("ESCROW_LOG").env(
+        "ESCROW_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+    );
     command
 }
 
@@ -80,7 +77,14 @@ fn run_with_an_outbox_stores_then_delivers_and_the_outbox_says_delivered() {
     );
     let cfg = config(dir.path(), "");
     let output = escrow(&[
-        "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox", db,
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        db,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let delivered: Vec<Value> = text(&output.stdout)
@@ -94,7 +98,10 @@ fn run_with_an_outbox_stores_then_delivers_and_the_outbox_says_delivered() {
     assert!(delivered[0]["ts"].as_str().unwrap().ends_with('Z'));
 
     let stats = stats(db);
-    assert_eq!((stats["delivered"].as_u64(), stats["pending"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (stats["delivered"].as_u64(), stats["pending"].as_u64()),
+        (Some(2), Some(0))
+    );
 }
 
 #[test]
@@ -107,15 +114,25 @@ fn no_deliver_leaves_the_intents_to_outbox_deliver() {
     let input = steps_file(dir.path(), json!([{ "defer": "email.send", "payload": 1 }]));
     let cfg = config(dir.path(), "");
     let output = escrow(&[
-        "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox", db,
-        "--no-deliver", "--json",
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        db,
+        "--no-deliver",
+        "--json",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["intents"][0]["delivery"], "queued");
     assert_eq!(stats(db)["pending"], 1);
 
-    let listed = escrow(&["outbox", "list", "--outbox", db, "--status", "pending", "--json"]);
+    let listed = escrow(&[
+        "outbox", "list", "--outbox", db, "--status", "pending", "--json",
+    ]);
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["effect"], "email.send");
     assert_eq!(
@@ -123,9 +140,15 @@ fn no_deliver_leaves_the_intents_to_outbox_deliver() {
         format!("{}:1", report["run_id"].as_str().unwrap())
     );
 
-    let deliver = escrow(&["outbox", "deliver", "--once", "--outbox", db, "--sink", &sink]);
+    let deliver = escrow(&[
+        "outbox", "deliver", "--once", "--outbox", db, "--sink", &sink,
+    ]);
     assert_eq!(deliver.status.code(), Some(0), "{}", text(&deliver.stderr));
-    assert!(text(&deliver.stderr).contains("delivered 1"), "{}", text(&deliver.stderr));
+    assert!(
+        text(&deliver.stderr).contains("delivered 1"),
+        "{}",
+        text(&deliver.stderr)
+    );
     assert_eq!(lines(&out).len(), 1);
     assert_eq!(stats(db)["delivered"], 1);
 }
@@ -134,14 +157,26 @@ fn no_deliver_leaves_the_intents_to_outbox_deliver() {
 fn an_unusable_outbox_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("not-a-db");
-    std::fs::write(&garbage, "some text that is certainly not a SQLite database file").unwrap();
+    std::fs::write(
+        &garbage,
+        "some text that is certainly not a SQLite database file",
+    )
+    .unwrap();
     let refused = escrow(&["outbox", "stats", "--outbox", garbage.to_str().unwrap()]);
     let missing = escrow(&["outbox", "stats", "--outbox", "/nonexistent/o.db"]);
-    let unreachable = escrow(&["outbox", "stats", "--outbox", "postgres://escrow@127.0.0.1:1/x"]);
+    let unreachable = escrow(&[
+        "outbox",
+        "stats",
+        "--outbox",
+        "postgres://escrow@127.0.0.1:1/x",
+    ]);
     for (output, says) in [
         (refused, "is unusable"),
         (missing, "`/nonexistent` does not exist"),
-        (unreachable, "cannot open the outbox `postgres://escrow@127.0.0.1:1/x`"),
+        (
+            unreachable,
+            "cannot open the outbox `postgres://escrow@127.0.0.1:1/x`",
+        ),
     ] {
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -165,8 +200,16 @@ fn crash_while_committing_and_delivering(outbox: &str, trials: u32) {
     );
     let run = || {
         escrow_command(&[
-            "run", fixtures::SCRIPTED, "--config", &cfg, "--input-file", &input, "--outbox",
-            outbox, "--sink", &sink,
+            "run",
+            fixtures::SCRIPTED,
+            "--config",
+            &cfg,
+            "--input-file",
+            &input,
+            "--outbox",
+            outbox,
+            "--sink",
+            &sink,
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -205,8 +248,14 @@ fn crash_while_committing_and_delivering(outbox: &str, trials: u32) {
     for line in lines(&out) {
         let key = line["idempotency_key"].as_str().unwrap().to_owned();
         let run = line["run_id"].as_str().unwrap().to_owned();
-        assert_eq!(key, format!("{run}:{}", line["seq"]), "a duplicate repeats its key");
-        runs.entry(run).or_default().insert(line["seq"].as_u64().unwrap());
+        assert_eq!(
+            key,
+            format!("{run}:{}", line["seq"]),
+            "a duplicate repeats its key"
+        );
+        runs.entry(run)
+            .or_default()
+            .insert(line["seq"].as_u64().unwrap());
         keys.insert(key);
     }
     assert_eq!(
@@ -215,9 +264,16 @@ fn crash_while_committing_and_delivering(outbox: &str, trials: u32) {
         "every committed intent was delivered, and nothing else"
     );
     for (run, seqs) in &runs {
-        assert_eq!(seqs.len(), 1000, "run {run} committed all of its intents or none");
+        assert_eq!(
+            seqs.len(),
+            1000,
+            "run {run} committed all of its intents or none"
+        );
     }
-    assert!(runs.len() >= 2, "the first run and at least one killed run committed");
+    assert!(
+        runs.len() >= 2,
+        "the first run and at least one killed run committed"
+    );
 }
 
 #[test]
@@ -275,32 +331,54 @@ fn owed_compensation_after_a_kill(outbox: &str) {
 
     let started = Instant::now();
     let mut child = escrow_command(&[
-        "run", fixtures::SCRIPTED, "--config", cfg, "--input-file", &slow, "--outbox", outbox,
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        cfg,
+        "--input-file",
+        &slow,
+        "--outbox",
+        outbox,
     ])
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
     while !calls().contains("booked") {
-        assert!(started.elapsed() < Duration::from_secs(20), "the flight was never booked");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the flight was never booked"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
 
     let deliver = || {
-        let output = escrow(&["outbox", "deliver", "--once", "--config", cfg, "--outbox", outbox]);
+        let output = escrow(&[
+            "outbox", "deliver", "--once", "--config", cfg, "--outbox", outbox,
+        ]);
         assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     };
     deliver();
-    assert!(!calls().contains("cancelled"), "not owed before the run's deadline: {}", calls());
+    assert!(
+        !calls().contains("cancelled"),
+        "not owed before the run's deadline: {}",
+        calls()
+    );
     // Owed once the run's deadline (1.5 s after it started) has passed.
     while !calls().contains("cancelled") {
-        assert!(started.elapsed() < Duration::from_secs(20), "the compensation was never performed");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the compensation was never performed"
+        );
         std::thread::sleep(Duration::from_millis(100));
         deliver();
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the deadline"
+    );
     deliver();
     let booked = calls()
         .lines()
@@ -310,12 +388,23 @@ fn owed_compensation_after_a_kill(outbox: &str) {
         .lines()
         .filter_map(|l| l.strip_prefix("cancelled ").map(str::to_owned))
         .collect();
-    assert_eq!(cancelled, [format!("{booked}:compensate")], "performed exactly once");
+    assert_eq!(
+        cancelled,
+        [format!("{booked}:compensate")],
+        "performed exactly once"
+    );
 
     // A run that succeeds leaves nothing owed.
     let quick = steps_file(dir.path(), json!([book_step]));
     let output = escrow(&[
-        "run", fixtures::SCRIPTED, "--config", cfg, "--input-file", &quick, "--outbox", outbox,
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        cfg,
+        "--input-file",
+        &quick,
+        "--outbox",
+        outbox,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(stats(outbox)["pending"], 0);
@@ -332,4 +421,60 @@ fn a_compensation_owed_by_a_killed_host_is_performed_once_after_restart_on_sqlit
 fn a_compensation_owed_by_a_killed_host_is_performed_once_after_restart_on_postgres() {
     let server = PostgresServer::start();
     owed_compensation_after_a_kill(&server.url());
+}
+
+#[test]
+fn the_outbox_example_delivers_a_payroll_after_the_host_left_and_the_bank_applies_it_once() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/outbox");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["escrow.toml", "payroll.json", "bank.py"] {
+        std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
+    }
+    let cfg = dir.path().join("escrow.toml");
+    let cfg = cfg.to_str().unwrap();
+    let input = dir.path().join("payroll.json");
+    let run = escrow(&[
+        "run",
+        fixtures::OUTBOX,
+        "--config",
+        cfg,
+        "--input-file",
+        input.to_str().unwrap(),
+        "--no-deliver",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("queued in the outbox"),
+        "{}",
+        text(&run.stderr)
+    );
+
+    let deliver = escrow(&["outbox", "deliver", "--config", cfg, "--once"]);
+    assert!(
+        text(&deliver.stderr).contains("delivered 3, retrying 0, dead 0"),
+        "{}",
+        text(&deliver.stderr)
+    );
+    let payments = lines(&dir.path().join("payments.jsonl"));
+    let names: Vec<&str> = payments
+        .iter()
+        .map(|p| p["payload"]["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ada", "grace", "edsger"]);
+
+    let bank = |expected: &str| {
+        let Ok(output) = Command::new("python3")
+            .args(["bank.py", "payments.jsonl", "bank.db"])
+            .current_dir(dir.path())
+            .output()
+        else {
+            eprintln!("python3 is not installed; the bank is not checked");
+            return;
+        };
+        let out = text(&output.stdout);
+        assert!(out.starts_with(expected), "{out}{}", text(&output.stderr));
+        assert!(out.contains("ada         4200.00"), "{out}");
+    };
+    bank("applied 3, skipped 0");
+    bank("applied 0, skipped 3");
 }

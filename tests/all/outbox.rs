@@ -46,7 +46,9 @@ impl Backend {
     /// A new connection to the same store, as another process would open.
     async fn open(&self) -> Outbox {
         match self {
-            Backend::Sqlite(dir) => Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap()),
+            Backend::Sqlite(dir) => {
+                Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap())
+            }
             Backend::Postgres(server) => {
                 Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap())
             }
@@ -76,11 +78,21 @@ impl Flaky {
     }
 
     fn effects(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|d| d.0.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.0.clone())
+            .collect()
     }
 
     fn keys(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|d| d.2.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.2.clone())
+            .collect()
     }
 }
 
@@ -138,9 +150,19 @@ async fn a_committed_run_is_in_the_outbox_before_it_reports_committed() {
         );
 
         // Another connection, as another process, sees every intent.
-        let stored = backend.open().await.store().list(&Filter::default()).await.unwrap();
+        let stored = backend
+            .open()
+            .await
+            .store()
+            .list(&Filter::default())
+            .await
+            .unwrap();
         let keys: Vec<String> = stored.iter().map(|e| e.idempotency_key()).collect();
-        let expected: Vec<String> = outcome.intents.iter().map(Intent::idempotency_key).collect();
+        let expected: Vec<String> = outcome
+            .intents
+            .iter()
+            .map(Intent::idempotency_key)
+            .collect();
         assert_eq!(keys, expected, "{}", backend.name());
         assert!(stored.iter().all(|e| e.status == EntryStatus::Pending));
         assert_eq!(stored[0].entry.plugin, "fixture_scripted", "the file name");
@@ -159,7 +181,12 @@ async fn a_failed_run_writes_nothing_to_the_outbox() {
             .unwrap();
         assert_eq!(outcome.status(), Status::Failed);
         let stats = outbox.store().stats().await.unwrap();
-        assert_eq!(stats.pending + stats.delivered + stats.dead, 0, "{}", backend.name());
+        assert_eq!(
+            stats.pending + stats.delivered + stats.dead,
+            0,
+            "{}",
+            backend.name()
+        );
     }
 }
 
@@ -181,7 +208,12 @@ async fn a_run_delivers_its_stored_intents_itself_and_marks_them_delivered() {
         );
         assert_eq!(sink.effects(), ["a.first", "b.flaky", "c.third"]);
         let stats = backend.open().await.store().stats().await.unwrap();
-        assert_eq!((stats.delivered, stats.pending), (3, 0), "{}", backend.name());
+        assert_eq!(
+            (stats.delivered, stats.pending),
+            (3, 0),
+            "{}",
+            backend.name()
+        );
     }
 }
 
@@ -256,7 +288,11 @@ async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back(
         assert_eq!(sink.effects(), ["a.first", "c.third"]);
 
         sink.failures.store(0, Ordering::SeqCst);
-        let back = outbox.store().retry(&Retry::Dead, outbox.now_ms()).await.unwrap();
+        let back = outbox
+            .store()
+            .retry(&Retry::Dead, outbox.now_ms())
+            .await
+            .unwrap();
         assert_eq!(back, 1);
         let report = worker.run_once().await.unwrap();
         assert_eq!(report.delivered, 1);
@@ -280,7 +316,8 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
         let claimed = store.claim(&first, now, 10, 100).await.unwrap();
         assert_eq!(claimed.len(), 3);
         assert!(
-            store.claim(&Claim::new(now, Duration::from_secs(1)), now, 10, 100)
+            store
+                .claim(&Claim::new(now, Duration::from_secs(1)), now, 10, 100)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -296,7 +333,12 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
             .settle(&first, &[(claimed[0].id, Settlement::Delivered)])
             .await
             .unwrap();
-        assert_eq!(late, 0, "{}: the stale claim changed nothing", backend.name());
+        assert_eq!(
+            late,
+            0,
+            "{}: the stale claim changed nothing",
+            backend.name()
+        );
         let held = store
             .settle(&second, &[(claimed[0].id, Settlement::Delivered)])
             .await
@@ -323,7 +365,9 @@ async fn two_workers_never_deliver_one_intent_at_the_same_time() {
     for _ in 0..2 {
         let own = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
         let worker = Worker::new(own, sink.sinks(), Handlers::new());
-        workers.push(tokio::spawn(async move { worker.run_once().await.unwrap() }));
+        workers.push(tokio::spawn(
+            async move { worker.run_once().await.unwrap() },
+        ));
     }
     let mut delivered = 0;
     for worker in workers {
@@ -402,7 +446,12 @@ async fn a_compensation_is_journaled_before_its_action_and_a_successful_run_leav
             .await
             .unwrap();
         assert_eq!(outcome.status(), Status::Committed);
-        assert_eq!(*booking.journaled.lock().unwrap(), [true], "{}", backend.name());
+        assert_eq!(
+            *booking.journaled.lock().unwrap(),
+            [true],
+            "{}",
+            backend.name()
+        );
         let stats = outbox.store().stats().await.unwrap();
         assert_eq!(stats.pending, 0, "nothing is owed after a success");
     }
@@ -422,7 +471,12 @@ async fn a_failed_run_performs_its_compensations_and_leaves_none_owed() {
             .unwrap();
         assert_eq!(outcome.status(), Status::Failed);
         assert_eq!(outcome.compensations.len(), 1);
-        assert_eq!(outbox.store().stats().await.unwrap().pending, 0, "{}", backend.name());
+        assert_eq!(
+            outbox.store().stats().await.unwrap().pending,
+            0,
+            "{}",
+            backend.name()
+        );
     }
 }
 
@@ -452,7 +506,11 @@ async fn a_compensation_owed_by_a_run_that_never_ended_is_performed_once_after_t
         let booking = Booking::default();
         let worker = Worker::new(outbox.clone(), Sinks::new(), booking_handlers(&booking));
 
-        assert_eq!(worker.run_once().await.unwrap().delivered, 0, "not owed yet");
+        assert_eq!(
+            worker.run_once().await.unwrap().delivered,
+            0,
+            "not owed yet"
+        );
         clock.advance(Duration::from_secs(5));
         assert_eq!(worker.run_once().await.unwrap().delivered, 1);
         assert_eq!(worker.run_once().await.unwrap().delivered, 0, "only once");
@@ -536,7 +594,10 @@ async fn concurrent_runs_share_group_commits() {
     assert_eq!(stats.pending, 128);
     let (transactions, writes) = outbox.group_commits();
     assert_eq!(writes, 64);
-    assert!(transactions < writes, "{transactions} transactions for {writes} runs");
+    assert!(
+        transactions < writes,
+        "{transactions} transactions for {writes} runs"
+    );
 }
 
 #[tokio::test]
@@ -564,9 +625,17 @@ async fn a_sink_behind_an_open_breaker_is_not_attempted_and_comes_due_after_its_
         .route_through("*", sink.clone(), Arc::clone(&breakers), "queue")
         .unwrap();
     let steps = json!([{ "defer": "a.flaky", "payload": 1 }, { "defer": "b.flaky", "payload": 2 }]);
-    let plugin = scripted().with_outbox(Some(outbox.clone())).with_sinks(sinks.clone());
-    plugin.run(script(steps.clone()).dispatch(Dispatch::Later)).await.unwrap();
-    plugin.run(script(steps).dispatch(Dispatch::Later)).await.unwrap();
+    let plugin = scripted()
+        .with_outbox(Some(outbox.clone()))
+        .with_sinks(sinks.clone());
+    plugin
+        .run(script(steps.clone()).dispatch(Dispatch::Later))
+        .await
+        .unwrap();
+    plugin
+        .run(script(steps).dispatch(Dispatch::Later))
+        .await
+        .unwrap();
     let worker = Worker::new(outbox.clone(), sinks, Handlers::new());
 
     // The first run's first intent fails and opens the breaker; the second
@@ -575,9 +644,16 @@ async fn a_sink_behind_an_open_breaker_is_not_attempted_and_comes_due_after_its_
     assert_eq!((report.retried, report.rescheduled), (1, 1), "{report:?}");
     let entries = outbox.store().list(&Filter::default()).await.unwrap();
     assert_eq!(entries[2].attempts, 0);
-    assert!(entries[2].due_at_ms >= outbox.now_ms() + 29_000, "after the retry-after");
     assert!(
-        entries[2].last_error.as_deref().unwrap().contains("breaker `queue` is open"),
+        entries[2].due_at_ms >= outbox.now_ms() + 29_000,
+        "after the retry-after"
+    );
+    assert!(
+        entries[2]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("breaker `queue` is open"),
         "{:?}",
         entries[2].last_error
     );
@@ -602,7 +678,10 @@ async fn a_spawned_worker_delivers_as_intents_come_due_and_stops_gracefully() {
         .unwrap();
     let waited = std::time::Instant::now();
     while sink.effects().len() < 3 {
-        assert!(waited.elapsed() < Duration::from_secs(10), "the worker delivered nothing");
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the worker delivered nothing"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let report = worker.stop().await.unwrap();

@@ -178,12 +178,22 @@ async fn the_json_lines_sink_appends_one_line_per_committed_intent() {
             .lines()
             .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
             .collect();
+    let run_id = outcome.run_id.to_string();
+    let ts = lines[1]["ts"].as_str().unwrap().to_owned();
+    assert!(
+        ts.ends_with('Z') && ts.len() == "2026-11-30T21:10:19.297Z".len(),
+        "{ts}"
+    );
     assert_eq!(
         lines,
         [
             json!({ "earlier": true }),
-            json!({ "seq": 1, "effect": "orders.save", "payload": { "id": 7 } }),
-            json!({ "seq": 2, "effect": "blob.put", "payload_base64": "AAAA" }),
+            json!({ "seq": 1, "effect": "orders.save", "payload": { "id": 7 },
+                    "idempotency_key": format!("{run_id}:1"), "run_id": run_id,
+                    "plugin": "fixture_scripted", "ts": ts }),
+            json!({ "seq": 2, "effect": "blob.put", "payload_base64": "AAAA",
+                    "idempotency_key": format!("{run_id}:2"), "run_id": run_id,
+                    "plugin": "fixture_scripted", "ts": lines[2]["ts"] }),
         ]
     );
 }

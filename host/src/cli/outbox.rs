@@ -98,7 +98,11 @@ struct RetryArgs {
     #[command(flatten)]
     store: Store,
     /// The ids of the entries to retry.
-    #[arg(value_name = "ID", required_unless_present = "dead", conflicts_with = "dead")]
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "dead",
+        conflicts_with = "dead"
+    )]
     ids: Vec<i64>,
     /// Retry every dead entry.
     #[arg(long)]

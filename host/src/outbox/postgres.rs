@@ -114,13 +114,10 @@ impl PostgresOutbox {
         };
         {
             let mut client = outbox.client.lock().await;
-            let conn = outbox
-                .open()
-                .await
-                .map_err(|message| OutboxError::Open {
-                    what: what.clone(),
-                    message,
-                })?;
+            let conn = outbox.open().await.map_err(|message| OutboxError::Open {
+                what: what.clone(),
+                message,
+            })?;
             migrate(&mut *client.insert(conn))
                 .await
                 .map_err(|message| OutboxError::Corrupt { what, message })?;
@@ -267,36 +264,46 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
     tx.commit().await.map_err(text)
 }
 
+/// Inserts `entries` (all of one kind) in one statement.
 async fn insert(
     client: &impl GenericClient,
-    entry: &NewEntry,
+    entries: &[NewEntry],
     due_at: i64,
     claim: Option<&Claim>,
     now: i64,
 ) -> Result<(), tokio_postgres::Error> {
-    let statement = client
-        .prepare(
-            "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
-             status, attempts, due_at, claim_token, lease_until, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12)",
-        )
-        .await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: &dyn Fn(&NewEntry) -> String| entries.iter().map(f).collect::<Vec<_>>();
+    let kinds = column(&|e| e.kind.as_str().to_owned());
+    let runs = column(&|e| e.run_id.to_string());
+    let plugins = column(&|e| e.plugin.clone());
+    let effects = column(&|e| e.effect.clone());
+    let fences = column(&|e| fences_json(&e.fences));
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq as i64).collect();
+    let ords: Vec<i64> = entries.iter().map(|e| e.kind.ord(e.seq)).collect();
+    let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
     client
         .execute(
-            &statement,
+            "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+             status, attempts, due_at, claim_token, lease_until, created_at) \
+             SELECT k, r, s, o, p, e, b, f, 'pending', 0, $1, $2, $3, $4 \
+             FROM UNNEST($5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], \
+                         $10::TEXT[], $11::BYTEA[], $12::TEXT[]) AS t(k, r, s, o, p, e, b, f)",
             &[
-                &entry.kind.as_str(),
-                &entry.run_id.to_string(),
-                &(entry.seq as i64),
-                &entry.kind.ord(entry.seq),
-                &entry.plugin,
-                &entry.effect,
-                &entry.payload,
-                &fences_json(&entry.fences),
                 &due_at,
                 &claim.map(|c| c.token.as_str()),
                 &claim.map(|c| c.lease_until_ms),
                 &now,
+                &kinds,
+                &runs,
+                &seqs,
+                &ords,
+                &plugins,
+                &effects,
+                &payloads,
+                &fences,
             ],
         )
         .await?;
@@ -337,16 +344,23 @@ async fn apply(client: &impl GenericClient, write: &Write) -> Result<(), tokio_p
             now_ms,
             failed_compensations,
         } => {
-            for intent in intents {
-                insert(client, intent, *now_ms, claim.as_ref(), *now_ms).await?;
-            }
+            insert(client, intents, *now_ms, claim.as_ref(), *now_ms).await?;
             resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await
         }
         Write::Journal {
             entry,
             due_at_ms,
             now_ms,
-        } => insert(client, entry, *due_at_ms, None, *now_ms).await,
+        } => {
+            insert(
+                client,
+                std::slice::from_ref(entry),
+                *due_at_ms,
+                None,
+                *now_ms,
+            )
+            .await
+        }
         Write::Resolve {
             run_id,
             failed,
@@ -457,18 +471,23 @@ impl OutboxStore for PostgresOutbox {
             let tx = client.transaction().await?;
             let now = now_ms();
             let token = &claim.token;
-            let mut held = 0;
+            // The common case, delivered entries, in one statement.
+            let delivered: Vec<i64> = settlements
+                .iter()
+                .filter(|(_, s)| *s == Settlement::Delivered)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut held = tx
+                .execute(
+                    "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
+                     delivered_at = $3, claim_token = NULL, lease_until = NULL \
+                     WHERE id = ANY($1) AND claim_token = $2",
+                    &[&delivered, token, &now],
+                )
+                .await?;
             for (id, settlement) in settlements {
                 held += match settlement {
-                    Settlement::Delivered => {
-                        tx.execute(
-                            "UPDATE escrow_outbox SET status = 'delivered', \
-                             attempts = attempts + 1, delivered_at = $3, claim_token = NULL, \
-                             lease_until = NULL WHERE id = $1 AND claim_token = $2",
-                            &[id, token, &now],
-                        )
-                        .await?
-                    }
+                    Settlement::Delivered => 0,
                     Settlement::Retry { due_at_ms, error } => {
                         tx.execute(
                             "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = $3, \

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::{
-    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry,
-    Settlement, Stats, Write,
+    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
+    Write,
 };
 use crate::outcome::{Fence, RunId};
 
@@ -127,9 +127,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
     tx.execute_batch("CREATE TABLE IF NOT EXISTS escrow_schema (version INTEGER NOT NULL)")
         .map_err(|e| e.to_string())?;
     let version: i64 = tx
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM escrow_schema", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM escrow_schema",
+            [],
+            |r| r.get(0),
+        )
         .map_err(|e| e.to_string())?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
@@ -141,8 +143,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(migration).map_err(|e| e.to_string())?;
         tx.execute("DELETE FROM escrow_schema", [])
             .map_err(|e| e.to_string())?;
-        tx.execute("INSERT INTO escrow_schema (version) VALUES (?1)", [i as i64 + 1])
-            .map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT INTO escrow_schema (version) VALUES (?1)",
+            [i as i64 + 1],
+        )
+        .map_err(|e| e.to_string())?;
     }
     tx.commit().map_err(|e| e.to_string())
 }
@@ -556,7 +561,11 @@ mod tests {
     async fn a_file_that_is_not_an_outbox_is_refused_as_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
-        std::fs::write(&path, b"this is not a database, just some text of some length").unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, just some text of some length",
+        )
+        .unwrap();
         let error = SqliteOutbox::open(&path).unwrap_err();
         assert!(matches!(error, OutboxError::Corrupt { .. }), "{error}");
     }
@@ -580,7 +589,10 @@ mod tests {
         let error = SqliteOutbox::open("/nonexistent/dir/o.db")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("`/nonexistent/dir` does not exist"), "{error}");
+        assert!(
+            error.contains("`/nonexistent/dir` does not exist"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -333,7 +333,10 @@ async fn attempt(
             };
             match tokio::time::timeout(timeout, registered.handler.call(call)).await {
                 Ok(Ok(_)) => (Settlement::Delivered, Delivery::Delivered),
-                Ok(Err(error)) => (failed(error.to_string()), Delivery::Failed(error.to_string())),
+                Ok(Err(error)) => (
+                    failed(error.to_string()),
+                    Delivery::Failed(error.to_string()),
+                ),
                 Err(_) => {
                     let error = format!("the handler did not answer within {timeout:?}");
                     (failed(error.clone()), Delivery::Failed(error))

@@ -149,15 +149,18 @@ fn repair(file: &File) -> std::io::Result<()> {
         }
         end = start;
     }
-    tracing::warn!(cut = len, "the JSON-lines file held only a torn line; cutting it off");
+    tracing::warn!(
+        cut = len,
+        "the JSON-lines file held only a torn line; cutting it off"
+    );
     file.set_len(0)
 }
 
 #[async_trait::async_trait]
 impl Sink for JsonLines {
     async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
-        let mut line = serde_json::to_vec(&intent_line(intent, SystemTime::now()))
-            .map_err(CallError::new)?;
+        let mut line =
+            serde_json::to_vec(&intent_line(intent, SystemTime::now())).map_err(CallError::new)?;
         line.push(b'\n');
         let mut out = self
             .out
