@@ -322,6 +322,10 @@ pub struct LimitsConfig {
     pub max_scope_depth: Option<usize>,
     /// Lock keys held at once.
     pub max_locks: Option<usize>,
+    /// Lock acquisitions per run, granted or refused.
+    pub max_lock_acquisitions: Option<usize>,
+    /// Time for a failed run's compensations, all together, in milliseconds.
+    pub compensation_budget_ms: Option<u64>,
 }
 
 impl Config {
@@ -632,6 +636,12 @@ impl Config {
                 .unwrap_or(defaults.max_total_payload_bytes),
             max_scope_depth: l.max_scope_depth.unwrap_or(defaults.max_scope_depth),
             max_locks: l.max_locks.unwrap_or(defaults.max_locks),
+            max_lock_acquisitions: l
+                .max_lock_acquisitions
+                .unwrap_or(defaults.max_lock_acquisitions),
+            compensation_budget: l
+                .compensation_budget_ms
+                .map_or(defaults.compensation_budget, Duration::from_millis),
         }
     }
 

@@ -70,8 +70,10 @@ pub struct EscrowCtx {
     /// dropped, or after the run ([`Settled::locks`]).
     pub(crate) held: HeldLocks,
     pub(crate) next_guard: u32,
-    /// Every acquisition, for the outcome.
+    /// Every lock request, for the outcome.
     pub(crate) lock_records: Vec<LockRecord>,
+    /// Lock requests made so far, refused ones included.
+    pub(crate) lock_requests: usize,
     /// The keys held now with their tokens, shared by the intents recorded
     /// while they are held.
     pub(crate) fences: Arc<[Fence]>,
@@ -165,6 +167,7 @@ impl EscrowCtx {
             },
             next_guard: 1,
             lock_records: Vec::new(),
+            lock_requests: 0,
             fences: Arc::clone(no_fences()),
             opened_breakers: Vec::new(),
             breaker_decisions: Vec::new(),
@@ -240,11 +243,6 @@ impl EscrowCtx {
     /// the one reported.
     pub(crate) fn violate(&mut self, failure: Failure) {
         self.violation.get_or_insert(failure);
-    }
-
-    /// The last sequence number taken.
-    pub(crate) fn requests(&self) -> u64 {
-        self.requests
     }
 
     /// Takes the next sequence number, or refuses once the run has made
@@ -346,11 +344,27 @@ impl EscrowCtx {
     }
 
     /// Runs the compensations registered from `start` on, newest first, and
-    /// records each result. A failing compensation does not stop the others.
-    pub(crate) async fn compensate_from(&mut self, start: usize, cause: &Arc<str>) {
+    /// records each result; none waits beyond `until`. A failing
+    /// compensation does not stop the others.
+    ///
+    /// Each stays registered until its handler has answered, so that a run
+    /// cut off in the middle still owes the ones it had not done. During the
+    /// run (`last_chance` false), running out of time leaves the rest
+    /// registered for [`finish`](EscrowCtx::finish), which has a budget of
+    /// its own; at the end they are reported failed.
+    pub(crate) async fn compensate_from(
+        &mut self,
+        start: usize,
+        cause: &Arc<str>,
+        until: Instant,
+        last_chance: bool,
+    ) {
         let timeout = self.handlers.call_timeout();
-        let pending: Vec<_> = self.compensations.drain(start..).collect();
-        for undo in pending.into_iter().rev() {
+        while self.compensations.len() > start {
+            if !last_chance && Instant::now() >= until {
+                return;
+            }
+            let undo = self.compensations.last().expect("checked by the loop");
             let call = Call {
                 effect: &undo.effect,
                 payload: &undo.payload,
@@ -358,11 +372,22 @@ impl EscrowCtx {
                 seq: undo.seq,
                 compensation: true,
             };
-            let result = match tokio::time::timeout(timeout, undo.handler.call(call)).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
+            let left = until.saturating_duration_since(Instant::now());
+            let result = if left.is_zero() {
+                Err("the time for compensations ran out before this one".to_owned())
+            } else {
+                let wait = timeout.min(left);
+                match tokio::time::timeout(wait, undo.handler.call(call)).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(_) if wait < timeout && !last_chance => return,
+                    Err(_) if wait < timeout => {
+                        Err(format!("the time for compensations ran out after {wait:?}"))
+                    }
+                    Err(_) => Err(format!("the handler did not answer within {timeout:?}")),
+                }
             };
+            let undo = self.compensations.pop().expect("still registered");
             if let Err(error) = &result {
                 tracing::warn!(
                     run_id = %self.run_id, seq = undo.seq, effect = %undo.effect, %error,
@@ -402,6 +427,8 @@ impl EscrowCtx {
     /// release them once the committed intents are dispatched. The outcome's
     /// stderr and timings are left empty for the caller.
     pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Settled {
+        // Undoing has a budget of its own, from when the guest stopped.
+        let until = Instant::now() + self.limits.compensation_budget;
         let mut result = match self.violation.take() {
             Some(failure) => Err(failure),
             None => guest,
@@ -412,7 +439,8 @@ impl EscrowCtx {
                 frame.id
             ));
             self.discard_from(frame.start, &rule);
-            self.compensate_from(frame.compensations, &rule).await;
+            self.compensate_from(frame.compensations, &rule, until, true)
+                .await;
         }
         let mut claim = None;
         // Whether the store, not this process, decides what is owed: the
@@ -438,7 +466,7 @@ impl EscrowCtx {
                 // if not a worker performs them once they are due.
                 self.compensations.clear();
             } else {
-                self.compensate_from(0, &failed).await;
+                self.compensate_from(0, &failed, until, true).await;
                 self.resolve_journal().await;
             }
         }

@@ -72,6 +72,17 @@ struct Inner {
     blocking: OnceLock<tokio::runtime::Runtime>,
 }
 
+impl Drop for Inner {
+    /// The last clone of a host may be dropped on an async task, where a
+    /// runtime must not be dropped (it would block): the blocking runtime is
+    /// shut down without waiting instead.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.blocking.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")

@@ -35,6 +35,21 @@ pub const DEFAULT_MAX_SCOPE_DEPTH: usize = 32;
 /// its keys).
 pub const DEFAULT_MAX_LOCKS: usize = 16;
 
+/// Default maximum of lock acquisitions a run may ask for, granted or
+/// refused: each is recorded for the outcome, so a guest that takes and drops
+/// a lock in a loop cannot grow the host's record without bound.
+pub const DEFAULT_MAX_LOCK_ACQUISITIONS: usize = 1_000;
+
+/// Default time a failed run's compensations may take, all together, after
+/// the guest stopped. What is left when it runs out is reported failed (and
+/// stays owed in the outbox, if there is one).
+pub const DEFAULT_COMPENSATION_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long after its deadline a run blocked in a host call (a WASI sleep or
+/// poll, a store round trip) is cut off. Escrow's own waits end at the
+/// deadline and record what they did; the grace lets them.
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// Longest effect name the host accepts, in bytes. Effect names are
 /// identifiers (`payments.charge`), not data; a longer one is `invalid`.
 pub const MAX_EFFECT_NAME_BYTES: usize = 128;
@@ -67,6 +82,10 @@ pub struct Limits {
     pub max_scope_depth: usize,
     /// Maximum of lock keys held at once.
     pub max_locks: usize,
+    /// Maximum of lock acquisitions asked for, granted or refused.
+    pub max_lock_acquisitions: usize,
+    /// Time for a failed run's compensations, all together.
+    pub compensation_budget: Duration,
 }
 
 impl Default for Limits {
@@ -79,6 +98,8 @@ impl Default for Limits {
             max_total_payload_bytes: DEFAULT_MAX_TOTAL_PAYLOAD_BYTES,
             max_scope_depth: DEFAULT_MAX_SCOPE_DEPTH,
             max_locks: DEFAULT_MAX_LOCKS,
+            max_lock_acquisitions: DEFAULT_MAX_LOCK_ACQUISITIONS,
+            compensation_budget: DEFAULT_COMPENSATION_BUDGET,
         }
     }
 }
@@ -100,6 +121,8 @@ pub enum Limit {
     ScopeDepth,
     /// [`Limits::max_locks`].
     Locks,
+    /// [`Limits::max_lock_acquisitions`].
+    LockAcquisitions,
 }
 
 impl Limit {
@@ -113,6 +136,7 @@ impl Limit {
             Limit::TotalPayload => "max_total_payload_bytes",
             Limit::ScopeDepth => "max_scope_depth",
             Limit::Locks => "max_locks",
+            Limit::LockAcquisitions => "max_lock_acquisitions",
         }
     }
 }

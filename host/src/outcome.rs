@@ -225,8 +225,12 @@ pub struct BreakerDecision {
 }
 
 /// What a breaker did with one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerVerdict {
+    /// Refused before the breaker was asked: the breaker could not be opened
+    /// (not granted, not defined, a malformed name; `effect` is then empty),
+    /// or the call's effect name was malformed. The guest got this refusal.
+    Refused(Refusal),
     /// Let through (as a trial when half-open); how its result counted.
     Allowed {
         /// Whether it was a half-open trial.
@@ -241,13 +245,23 @@ pub enum BreakerVerdict {
     },
 }
 
-/// One acquisition of locks by a run.
+/// One lock request of a run, granted or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockRecord {
-    /// The keys, sorted and deduplicated.
+    /// The keys: sorted and deduplicated when granted; as asked (at most
+    /// `max_locks` of them, each cut to
+    /// [`MAX_LOCK_KEY_BYTES`](crate::limits::MAX_LOCK_KEY_BYTES)) when not.
     pub keys: Vec<String>,
-    /// The fencing token of the acquisition.
-    pub token: u64,
+    /// The fencing token of the acquisition, or why no lock was given (what
+    /// the guest was told).
+    pub result: Result<u64, String>,
+}
+
+impl LockRecord {
+    /// The fencing token, if the locks were given.
+    pub fn token(&self) -> Option<u64> {
+        self.result.as_ref().ok().copied()
+    }
 }
 
 /// What became of an intent.

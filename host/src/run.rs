@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
-use crate::limits::{Limit, Limits, MAX_GUEST_STDERR_BYTES};
+use crate::limits::{DEADLINE_GRACE, Limit, Limits, MAX_GUEST_STDERR_BYTES};
 use crate::outbox::{Claim, Outbox};
 use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
 use crate::plugin::Plugin;
@@ -242,10 +242,21 @@ impl Plugin {
         store.limiter(|state| &mut state.memory);
         set_deadline(&mut store, deadline);
 
+        // Epoch interruption stops a guest that computes; a guest blocked in
+        // a host call (a WASI sleep, say) is cut off here, a little after the
+        // deadline so that escrow's own waits, which end at the deadline,
+        // can record what they did.
+        let cut_off = started + deadline + DEADLINE_GRACE;
         let instance = self.pre.instantiate_async(&mut store).await;
         let instantiated = Instant::now();
         let guest = match instance {
-            Ok(instance) => guest_result(instance.call_run(&mut store, &options.input).await),
+            Ok(instance) => {
+                let call = instance.call_run(&mut store, &options.input);
+                match tokio::time::timeout_at(cut_off.into(), call).await {
+                    Ok(returned) => guest_result(returned),
+                    Err(_) => Err(Failure::Limit(Limit::Deadline)),
+                }
+            }
             // The initial memory may already exceed the cap.
             Err(error) => match error.downcast_ref::<LimitExceeded>() {
                 Some(LimitExceeded(limit)) => Err(Failure::Limit(*limit)),

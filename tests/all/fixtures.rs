@@ -209,7 +209,12 @@ pub mod bench {
             .await
             .unwrap();
         assert_eq!(outcome.locks.len(), 3);
-        assert!(outcome.locks.windows(2).all(|w| w[0].token < w[1].token));
+        assert!(
+            outcome
+                .locks
+                .windows(2)
+                .all(|w| w[0].token() < w[1].token())
+        );
     }
 
     #[tokio::test]

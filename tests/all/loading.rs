@@ -67,6 +67,25 @@ fn run_blocking_runs_a_plugin_without_an_async_runtime() {
     assert_eq!(outcome.intents.len(), 1);
 }
 
+#[test]
+fn a_host_that_served_run_blocking_can_be_dropped_on_an_async_task() {
+    let host = escrow_host::Host::new().unwrap();
+    let plugin = host.load_file(fixtures::SCRIPTED).unwrap();
+    let outcome = plugin
+        .run_blocking(RunOptions::new().input(br#"{"steps": []}"#.to_vec()))
+        .unwrap();
+    assert_eq!(outcome.status(), Status::Committed);
+    drop(plugin);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // The last clone goes with the task: no panic about dropping a runtime
+    // where blocking is not allowed.
+    runtime
+        .block_on(tokio::spawn(async move { drop(host) }))
+        .unwrap();
+}
+
 #[tokio::test]
 async fn run_blocking_inside_an_async_runtime_is_an_error_not_a_deadlock() {
     let error = escrow_tests::scripted()

@@ -235,7 +235,7 @@ mod suite {
         let mut tokens = Vec::new();
         for plugin in [locks.plugin(), other.clone(), locks.plugin(), other] {
             let outcome = run_steps(&plugin, json!([lock(&["k"], "g")]), options()).await;
-            tokens.push(outcome.locks[0].token);
+            tokens.push(outcome.locks[0].token().unwrap());
         }
         assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
     }
@@ -249,7 +249,7 @@ mod suite {
         ]);
         let outcome = run_steps(&locks.plugin(), steps, options()).await;
 
-        let token = outcome.locks[0].token;
+        let token = outcome.locks[0].token().unwrap();
         assert_eq!(outcome.intents[0].fences.len(), 1);
         assert_eq!(
             (

@@ -5,6 +5,7 @@
 
 mod breakers;
 mod commit;
+mod containment;
 mod effects;
 mod fixtures;
 mod grants;

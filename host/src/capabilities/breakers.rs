@@ -10,7 +10,7 @@ use crate::bindings::escrow::host::breakers::{
     Breaker, BreakerError, BreakerState, Host, HostBreaker,
 };
 use crate::bindings::escrow::host::effects::EffectError;
-use crate::ctx::EscrowCtx;
+use crate::ctx::{EscrowCtx, truncated};
 use crate::outcome::{BreakerDecision, BreakerVerdict, Refusal};
 use crate::patterns::check_effect_name;
 
@@ -18,18 +18,34 @@ impl Host for EscrowCtx {}
 
 impl HostBreaker for EscrowCtx {
     async fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<Breaker>, Refusal>> {
-        if let Err(error) = check_effect_name(&name) {
-            return Ok(Err(Refusal::Invalid(error.to_string())));
-        }
-        if self.grants.breaker_grant(&name).is_none() {
-            return Ok(Err(Refusal::NotGranted(format!(
+        let refusal = if let Err(error) = check_effect_name(&name) {
+            Some(Refusal::Invalid(error.to_string()))
+        } else if self.grants.breaker_grant(&name).is_none() {
+            Some(Refusal::NotGranted(format!(
                 "breaker `{name}` is not covered by the plugin's grants"
-            ))));
-        }
-        if !self.breakers.is_defined(&name) {
-            return Ok(Err(Refusal::NotGranted(format!(
+            )))
+        } else if !self.breakers.is_defined(&name) {
+            Some(Refusal::NotGranted(format!(
                 "no breaker `{name}` is defined"
-            ))));
+            )))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            // A refused open is a request like any other: counted, and
+            // recorded for the audit.
+            let seq = match self.next_seq() {
+                Ok(seq) => seq,
+                Err(limit) => return Ok(Err(limit)),
+            };
+            self.breaker_decisions.push(BreakerDecision {
+                seq,
+                breaker: Arc::from(truncated(name)),
+                effect: String::new(),
+                verdict: BreakerVerdict::Refused(refusal.clone()),
+                transitions: Vec::new(),
+            });
+            return Ok(Err(refusal));
         }
         // Opening the same breaker again gives the same handle's meaning.
         let index = match self.opened_breakers.iter().position(|n| **n == *name) {
@@ -59,6 +75,23 @@ impl HostBreaker for EscrowCtx {
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
         let name = self.breaker_name(&breaker)?;
+        // The limit and the name are checked before the store is asked or
+        // anything is kept: past the limit a call costs nothing.
+        let seq = match self.next_seq() {
+            Ok(seq) => seq,
+            Err(refusal) => return Ok(Err(BreakerError::Effect(EffectError::Refused(refusal)))),
+        };
+        if let Err(error) = check_effect_name(&effect) {
+            let refusal = Refusal::Invalid(error.to_string());
+            self.breaker_decisions.push(BreakerDecision {
+                seq,
+                breaker: name,
+                effect: truncated(effect),
+                verdict: BreakerVerdict::Refused(refusal.clone()),
+                transitions: Vec::new(),
+            });
+            return Ok(Err(BreakerError::Effect(EffectError::Refused(refusal))));
+        }
         let breakers = Arc::clone(&self.breakers);
         let defined = breakers
             .defined(&name)
@@ -66,7 +99,6 @@ impl HostBreaker for EscrowCtx {
         let mut transitions = Vec::new();
         let trial = match breakers.admit(&name, defined).await {
             Admission::Rejected { retry_after_ms } => {
-                let seq = self.next_seq().unwrap_or(0);
                 self.breaker_decisions.push(BreakerDecision {
                     seq,
                     breaker: name,
@@ -81,7 +113,7 @@ impl HostBreaker for EscrowCtx {
                 trial
             }
         };
-        let performed = self.perform(effect.clone(), payload, None).await;
+        let performed = self.perform_as(seq, effect.clone(), payload, None).await;
         let counted = match &performed {
             Ok(Ok(_)) => CallResult::Success,
             Ok(Err(EffectError::Refused(_))) => CallResult::NotCalled,
@@ -93,7 +125,7 @@ impl HostBreaker for EscrowCtx {
         };
         transitions.extend(breakers.record(&name, defined, trial, counted).await);
         self.breaker_decisions.push(BreakerDecision {
-            seq: self.requests(),
+            seq,
             breaker: name,
             effect,
             verdict: BreakerVerdict::Allowed { trial, counted },

@@ -53,10 +53,21 @@ impl EscrowCtx {
         payload: Vec<u8>,
         undo: Option<Undo>,
     ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
-        let seq = match self.next_seq() {
-            Ok(seq) => seq,
-            Err(refusal) => return Ok(Err(EffectError::Refused(refusal))),
-        };
+        match self.next_seq() {
+            Ok(seq) => self.perform_as(seq, effect, payload, undo).await,
+            Err(refusal) => Ok(Err(EffectError::Refused(refusal))),
+        }
+    }
+
+    /// [`perform`](Self::perform) for a request whose sequence number was
+    /// taken already.
+    pub(crate) async fn perform_as(
+        &mut self,
+        seq: u64,
+        effect: String,
+        payload: Vec<u8>,
+        undo: Option<Undo>,
+    ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
         let (registered, undo) = match self.admit(&effect, &payload, undo) {
             Ok(admitted) => admitted,
             Err((refusal, keep_payload)) => {
@@ -180,9 +191,10 @@ impl EscrowCtx {
             due_at_ms: now_ms + (left + outbox.grace()).as_millis() as i64,
             now_ms,
         };
-        outbox.write(write).await?;
+        // Set first: if the run is cut off while the write is in flight, the
+        // write may still land, and the run's end must resolve it.
         self.journaled = true;
-        Ok(())
+        outbox.write(write).await
     }
 
     /// The checks before a handler is called: the request's own checks for

@@ -14,7 +14,7 @@ use wasmtime::component::Resource;
 use crate::backends::LockError as BackendError;
 use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
 use crate::ctx::EscrowCtx;
-use crate::limits::Limit;
+use crate::limits::{Limit, MAX_LOCK_KEY_BYTES};
 use crate::outcome::{Failure, Fence, LockRecord, Refusal};
 use crate::patterns::check_lock_key;
 use crate::run::LimitExceeded;
@@ -25,30 +25,73 @@ impl Host for EscrowCtx {
         keys: Vec<String>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Resource<Guard>, LockError>> {
+        // Counted and checked first: past the limit nothing is recorded, so
+        // a guest locking in a loop cannot grow the host's record.
+        self.lock_requests += 1;
+        let max = self.limits.max_lock_acquisitions;
+        if self.lock_requests > max {
+            self.violate(Failure::Limit(Limit::LockAcquisitions));
+            return Ok(Err(LockError::Refused(Refusal::Limit(format!(
+                "{}: at most {max} lock requests per run",
+                Limit::LockAcquisitions
+            )))));
+        }
+        let asked = recorded_keys(&keys, self.limits.max_locks);
         let keys = match self.check_keys(keys) {
             Ok(keys) => keys,
-            Err(error) => return Ok(Err(error)),
+            Err(error) => return Ok(Err(self.refuse_lock(asked, error))),
         };
         // Never wait beyond the run's deadline: past it the guest is stopped.
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let asked = Duration::from_millis(timeout_ms.into());
-        let lease = match self.held.backend.acquire(&keys, asked.min(left)).await {
+        let asked_for = Duration::from_millis(timeout_ms.into());
+        let lease = match self.held.backend.acquire(&keys, asked_for.min(left)).await {
             Ok(lease) => lease,
-            Err(BackendError::Timeout) if left < asked => {
+            Err(BackendError::Timeout) if left < asked_for => {
+                self.lock_records.push(LockRecord {
+                    keys,
+                    result: Err("the run's deadline passed while waiting".into()),
+                });
                 return Err(LimitExceeded(Limit::Deadline).into());
             }
-            Err(BackendError::Timeout) => return Ok(Err(LockError::Timeout)),
-            Err(BackendError::Unavailable(why)) => return Ok(Err(LockError::Unavailable(why))),
+            Err(BackendError::Timeout) => {
+                return Ok(Err(self.refuse_lock(keys, LockError::Timeout)));
+            }
+            Err(BackendError::Unavailable(why)) => {
+                return Ok(Err(self.refuse_lock(keys, LockError::Unavailable(why))));
+            }
         };
         self.lock_records.push(LockRecord {
             keys: lease.keys.clone(),
-            token: lease.token,
+            result: Ok(lease.token),
         });
         let id = self.next_guard;
         self.next_guard += 1;
         self.held.leases.push((id, lease));
         self.refresh_fences();
         Ok(Ok(Resource::new_own(id)))
+    }
+}
+
+/// The keys of a request as recorded when it is refused: at most `max`,
+/// each cut to [`MAX_LOCK_KEY_BYTES`].
+fn recorded_keys(keys: &[String], max: usize) -> Vec<String> {
+    keys.iter()
+        .take(max)
+        .map(|key| {
+            let mut key = key.clone();
+            key.truncate(key.floor_char_boundary(MAX_LOCK_KEY_BYTES));
+            key
+        })
+        .collect()
+}
+
+/// What a lock error says, for the outcome.
+fn lock_error_text(error: &LockError) -> String {
+    match error {
+        LockError::Refused(refusal) => format!("refused {}: {}", refusal.kind(), refusal.message()),
+        LockError::Timeout => "timed out".into(),
+        LockError::WouldDeadlock(why) => format!("would deadlock: {why}"),
+        LockError::Unavailable(why) => format!("unavailable: {why}"),
     }
 }
 
@@ -81,6 +124,16 @@ impl HostGuard for EscrowCtx {
 }
 
 impl EscrowCtx {
+    /// Records a lock request that got no lock, and hands back its error for
+    /// the guest.
+    fn refuse_lock(&mut self, keys: Vec<String>, error: LockError) -> LockError {
+        self.lock_records.push(LockRecord {
+            keys,
+            result: Err(lock_error_text(&error)),
+        });
+        error
+    }
+
     /// Checks a request's keys against the grants, the limit and the global
     /// order; returns them sorted and deduplicated.
     fn check_keys(&mut self, mut keys: Vec<String>) -> Result<Vec<String>, LockError> {

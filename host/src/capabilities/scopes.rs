@@ -96,6 +96,8 @@ impl EscrowCtx {
 
     async fn roll_back(&mut self, frame: &Frame, rule: &Arc<str>) {
         self.discard_from(frame.start, rule);
-        self.compensate_from(frame.compensations, rule).await;
+        let until = self.deadline;
+        self.compensate_from(frame.compensations, rule, until, false)
+            .await;
     }
 }

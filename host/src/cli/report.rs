@@ -117,7 +117,10 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
     report["locks"] = outcome
         .locks
         .iter()
-        .map(|lock| json!({ "keys": lock.keys, "fencing_token": lock.token }))
+        .map(|lock| match &lock.result {
+            Ok(token) => json!({ "keys": lock.keys, "fencing_token": token }),
+            Err(why) => json!({ "keys": lock.keys, "refused": why }),
+        })
         .collect();
     report["compensations"] = Value::Array(compensations);
     let t = &outcome.timings;
@@ -152,11 +155,15 @@ fn breaker_value(decision: &BreakerDecision) -> Value {
         "effect": decision.effect,
         "transitions": decision.transitions.iter().map(transition_text).collect::<Vec<_>>(),
     });
-    match decision.verdict {
+    match &decision.verdict {
+        BreakerVerdict::Refused(refusal) => {
+            entry["verdict"] = json!("refused");
+            entry["refusal"] = refusal_value(refusal);
+        }
         BreakerVerdict::Allowed { trial, counted: c } => {
             entry["verdict"] = json!("allowed");
             entry["trial"] = json!(trial);
-            entry["counted"] = json!(counted(c));
+            entry["counted"] = json!(counted(*c));
         }
         BreakerVerdict::Rejected { retry_after_ms } => {
             entry["verdict"] = json!("rejected");
@@ -244,15 +251,18 @@ pub(crate) fn human(outcome: &Outcome) -> String {
         let _ = writeln!(out, "  #{seq:<3} {line}");
     }
     for decision in &outcome.breakers {
-        let verdict = match decision.verdict {
+        let verdict = match &decision.verdict {
+            BreakerVerdict::Refused(refusal) => {
+                format!("refused {}: {}", refusal.kind(), refusal.message())
+            }
             BreakerVerdict::Allowed {
                 trial: true,
                 counted: c,
-            } => format!("trial, {}", counted(c)),
+            } => format!("trial, {}", counted(*c)),
             BreakerVerdict::Allowed {
                 trial: false,
                 counted: c,
-            } => format!("allowed, {}", counted(c)),
+            } => format!("allowed, {}", counted(*c)),
             BreakerVerdict::Rejected { retry_after_ms } => {
                 format!("rejected, a trial in {retry_after_ms} ms")
             }
@@ -270,12 +280,14 @@ pub(crate) fn human(outcome: &Outcome) -> String {
         );
     }
     for lock in &outcome.locks {
-        let _ = writeln!(
-            out,
-            "locked {} (fencing token {})",
-            lock.keys.join(", "),
-            lock.token
-        );
+        let _ = match &lock.result {
+            Ok(token) => writeln!(
+                out,
+                "locked {} (fencing token {token})",
+                lock.keys.join(", ")
+            ),
+            Err(why) => writeln!(out, "lock {} not given: {why}", lock.keys.join(", ")),
+        };
     }
     if !outcome.compensations.is_empty() {
         let _ = writeln!(out, "compensations:");

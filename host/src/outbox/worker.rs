@@ -21,6 +21,9 @@ const CLAIM_ENTRIES: u32 = 1024;
 /// Settled entries written back together; the claim's lease is renewed
 /// with them.
 const SETTLE_EVERY: usize = 64;
+/// The least delay before an entry whose breaker was open comes due again,
+/// so that a half-open breaker (retry-after 0) is not asked in a busy loop.
+const MIN_RESCHEDULE_MS: u64 = 100;
 
 /// What a worker did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -311,7 +314,7 @@ async fn attempt(
                 message,
             } => (
                 Settlement::Reschedule {
-                    due_at_ms: outbox.now_ms() + retry_after_ms as i64,
+                    due_at_ms: outbox.now_ms() + retry_after_ms.max(MIN_RESCHEDULE_MS) as i64,
                     reason: message.clone(),
                 },
                 Delivery::NotAttempted(message),

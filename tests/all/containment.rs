@@ -1,0 +1,221 @@
+//! Hostile guests can only crash themselves: a guest blocked in a host call
+//! is stopped at its deadline, compensations have a budget of their own, and
+//! what the host keeps of lock and breaker requests is bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use escrow_host::backends::{LockBackend, MemoryBreakers, MemoryLocks};
+use escrow_host::breakers::{BreakerConfig, Breakers};
+use escrow_host::handlers::{AsyncFnHandler, FnHandler, Handlers};
+use escrow_host::limits::{DEFAULT_MAX_LOCK_ACQUISITIONS, Limit, MAX_EFFECT_NAME_BYTES};
+use escrow_host::{BreakerVerdict, CallError, Failure, Grants, Host, Limits, Refusal, RunOptions};
+use escrow_tests::{all_effects, fixtures, run_steps, scripted};
+use serde_json::json;
+
+fn lock_grants() -> Grants {
+    all_effects().locks(["*"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asleep_in_wasi_is_stopped_at_its_deadline_and_frees_its_slot_and_locks() {
+    // One slot: the next run can only start once the sleeper gave it back.
+    let host = Host::builder().max_concurrent_runs(1).build().unwrap();
+    let locks: Arc<dyn LockBackend> = Arc::new(MemoryLocks::new());
+    let plugin = host
+        .load_file(fixtures::SCRIPTED)
+        .unwrap()
+        .with_locks(Arc::clone(&locks));
+    let sleeper = plugin.clone();
+    let started = Instant::now();
+    let asleep = tokio::spawn(async move {
+        let steps = json!([
+            { "lock": ["vault"], "as": "v", "timeout_ms": 100 },
+            { "keep": "v" },
+            { "wasi_sleep_ms": 30_000 },
+        ]);
+        let options = RunOptions::new().grants(lock_grants()).limits(Limits {
+            deadline: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let outcome = run_steps(&sleeper, steps, options).await;
+        (outcome, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiting = run_steps(
+        &plugin,
+        json!([{ "lock": ["vault"], "as": "v", "timeout_ms": 5_000 }]),
+        RunOptions::new().grants(lock_grants()),
+    )
+    .await;
+    let (outcome, took) = asleep.await.unwrap();
+
+    assert_eq!(outcome.result, Err(Failure::Limit(Limit::Deadline)));
+    assert!(took < Duration::from_secs(1), "the sleeper ran {took:?}");
+    assert!(
+        waiting.locks[0].token().is_some(),
+        "the lock was free once the sleeper was stopped: {:?}",
+        waiting.locks
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_failed_runs_compensations_share_a_budget_of_their_own() {
+    let mut handlers = Handlers::new();
+    handlers
+        .action(
+            "trip.book",
+            FnHandler(|_: &[u8]| Ok::<_, CallError>(b"{}".to_vec())),
+        )
+        .unwrap()
+        .action(
+            "trip.cancel",
+            AsyncFnHandler(|_: Vec<u8>| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok::<_, CallError>(b"{}".to_vec())
+            }),
+        )
+        .unwrap();
+    let book = json!({ "invoke_reversible": "trip.book", "payload": 1,
+                       "compensate": "trip.cancel", "compensate_payload": 1 });
+    let steps = json!([book, book, book, book, { "fail": "no" }]);
+    let options = RunOptions::new().grants(all_effects()).limits(Limits {
+        compensation_budget: Duration::from_millis(1_000),
+        ..Limits::default()
+    });
+    let started = Instant::now();
+    let outcome = run_steps(&scripted().with_handlers(handlers), steps, options).await;
+    let took = started.elapsed();
+
+    assert!(
+        took < Duration::from_millis(1_800),
+        "compensations took {took:?}"
+    );
+    let results: Vec<bool> = outcome
+        .compensations
+        .iter()
+        .map(|c| c.result.is_ok())
+        .collect();
+    assert_eq!(
+        results,
+        [true, true, false, false],
+        "{:?}",
+        outcome.compensations
+    );
+    assert!(
+        outcome.compensations[3]
+            .result
+            .as_ref()
+            .unwrap_err()
+            .contains("time for compensations ran out"),
+        "{:?}",
+        outcome.compensations[3]
+    );
+}
+
+#[tokio::test]
+async fn a_million_lock_requests_keep_at_most_the_limit_in_the_outcome_and_fail_the_run() {
+    let steps = json!([{ "repeat": 1_000_000, "steps": [
+        { "lock": ["k"], "as": "k", "timeout_ms": 0 },
+        { "unlock": "k" },
+    ] }]);
+    let options = RunOptions::new().grants(lock_grants()).limits(Limits {
+        deadline: Duration::from_secs(60),
+        ..Limits::default()
+    });
+    let outcome = run_steps(&scripted(), steps, options).await;
+
+    assert_eq!(
+        outcome.result,
+        Err(Failure::Limit(Limit::LockAcquisitions)),
+        "{:?}",
+        outcome.result
+    );
+    assert_eq!(outcome.locks.len(), DEFAULT_MAX_LOCK_ACQUISITIONS);
+}
+
+fn upstream_plugin() -> escrow_host::Plugin {
+    let mut breakers = Breakers::new(Arc::new(MemoryBreakers::new()));
+    breakers
+        .define("upstream", BreakerConfig::default())
+        .unwrap();
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "upstream.call",
+            FnHandler(|_: &[u8]| Ok::<_, CallError>(b"ok".to_vec())),
+        )
+        .unwrap();
+    scripted()
+        .with_breakers(Arc::new(breakers))
+        .with_handlers(handlers)
+}
+
+fn breaker_grants() -> Grants {
+    all_effects().breakers(["upstream"]).unwrap()
+}
+
+#[tokio::test]
+async fn a_million_breaker_calls_count_as_requests_and_keep_at_most_the_limit() {
+    let steps = json!([{ "repeat": 1_000_000, "steps": [
+        { "breaker": "upstream", "invoke": "upstream.call", "payload": 1 },
+    ] }]);
+    let options = RunOptions::new().grants(breaker_grants()).limits(Limits {
+        deadline: Duration::from_secs(60),
+        ..Limits::default()
+    });
+    let outcome = run_steps(&upstream_plugin(), steps, options).await;
+
+    assert_eq!(outcome.result, Err(Failure::Limit(Limit::Intents)));
+    assert_eq!(outcome.breakers.len(), Limits::default().max_intents);
+    assert_eq!(outcome.invocations.len(), Limits::default().max_intents);
+}
+
+#[tokio::test]
+async fn a_breaker_call_with_a_huge_effect_name_is_refused_and_kept_short() {
+    let name = "x".repeat(1 << 20);
+    let steps = json!([{ "repeat": 50, "steps": [
+        { "breaker": "upstream", "invoke": name, "payload": 1 },
+    ] }]);
+    let outcome = run_steps(
+        &upstream_plugin(),
+        steps,
+        RunOptions::new().grants(breaker_grants()),
+    )
+    .await;
+
+    assert_eq!(outcome.breakers.len(), 50);
+    for decision in &outcome.breakers {
+        assert!(decision.effect.len() <= MAX_EFFECT_NAME_BYTES);
+        assert!(matches!(
+            decision.verdict,
+            BreakerVerdict::Refused(Refusal::Invalid(_))
+        ));
+    }
+    assert!(
+        outcome.invocations.is_empty(),
+        "the handler was never asked"
+    );
+}
+
+#[tokio::test]
+async fn refused_lock_requests_and_breaker_opens_are_in_the_outcome() {
+    let steps = json!([
+        { "lock": ["vault:1"], "as": "v", "timeout_ms": 0 },
+        { "breaker_state": "nope" },
+    ]);
+    let options = RunOptions::new().grants(Grants::new().locks(["account:*"]).unwrap());
+    let outcome = run_steps(&upstream_plugin(), steps, options).await;
+
+    assert_eq!(outcome.locks.len(), 1);
+    assert_eq!(outcome.locks[0].keys, ["vault:1"]);
+    let why = outcome.locks[0].result.as_ref().unwrap_err();
+    assert!(why.contains("not-granted"), "{why}");
+    assert_eq!(outcome.breakers.len(), 1);
+    assert_eq!(&*outcome.breakers[0].breaker, "nope");
+    assert!(matches!(
+        &outcome.breakers[0].verdict,
+        BreakerVerdict::Refused(Refusal::NotGranted(_))
+    ));
+}
