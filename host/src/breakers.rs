@@ -46,6 +46,10 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
 pub const DEFAULT_RECOVERY: Duration = Duration::from_secs(30);
 /// Default number of trial calls a half-open breaker lets through.
 pub const DEFAULT_HALF_OPEN_TRIALS: u32 = 1;
+/// Default time a trial may take to report. A trial that has not reported
+/// by then (its host died, its run was dropped) counts as failed: the
+/// breaker opens again instead of staying half-open for ever.
+pub const DEFAULT_TRIAL_LEASE: Duration = Duration::from_secs(60);
 /// Events kept for a subscriber that reads slower than they happen.
 const EVENT_BUFFER: usize = 1024;
 
@@ -95,6 +99,9 @@ pub struct BreakerConfig {
     /// Patterns (`*` matches anything) on handler error messages that do
     /// not count as failures, such as `*insufficient funds*`.
     pub ignore: Vec<String>,
+    /// How long a half-open trial may take to report (default
+    /// [`DEFAULT_TRIAL_LEASE`]) before it counts as failed.
+    pub trial_lease: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -105,6 +112,7 @@ impl Default for BreakerConfig {
             recovery: DEFAULT_RECOVERY,
             half_open_trials: DEFAULT_HALF_OPEN_TRIALS,
             ignore: Vec::new(),
+            trial_lease: DEFAULT_TRIAL_LEASE,
         }
     }
 }
@@ -180,6 +188,21 @@ pub enum EventKind {
     /// The shared state could not be reached: calls go through (fail open)
     /// until it can be.
     StoreUnavailable(String),
+    /// A half-open trial did not report within its lease (its host died, or
+    /// its run was dropped): it counted as failed, and the breaker opened
+    /// again.
+    TrialLapsed,
+    /// An operator set the state by hand (`escrow breakers open|reset`).
+    Forced(BreakerState),
+}
+
+/// A state an operator sets by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// Isolated: open until reset, whatever the recovery time.
+    Open,
+    /// Closed, with its counts cleared.
+    Closed,
 }
 
 /// A breaker's definition with its compiled ignore patterns.
@@ -282,6 +305,38 @@ impl Breakers {
         self.defined.get(name)
     }
 
+    /// The definition of `name`, if it is defined.
+    pub fn config(&self, name: &str) -> Option<&BreakerConfig> {
+        self.defined.get(name).map(|d| &d.config)
+    }
+
+    /// Sets the state of `name` by hand, on every host sharing the store:
+    /// [`Forced::Open`] isolates it (calls fail fast until it is reset),
+    /// [`Forced::Closed`] closes it with its counts cleared.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached, or `name` is not defined.
+    pub async fn force(&self, name: &str, to: Forced) -> Result<Option<Transition>, String> {
+        let defined = self
+            .defined
+            .get(name)
+            .ok_or_else(|| format!("no breaker `{name}` is defined"))?;
+        let now = self.clock.now_ms();
+        let transition = self
+            .store
+            .force(name, &defined.config, now, to)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = match to {
+            Forced::Open => BreakerState::Open,
+            Forced::Closed => BreakerState::Closed,
+        };
+        self.emit(name, EventKind::Forced(state), now);
+        self.transitioned(name, transition, now);
+        Ok(transition)
+    }
+
     /// Asks whether a call may go through `name` now. A store that cannot be
     /// reached lets the call through (fail open) and says so in an event.
     pub(crate) async fn admit(&self, name: &str, defined: &Defined) -> Admission {
@@ -292,13 +347,22 @@ impl Breakers {
                     Admission::Allowed { transition, .. } => {
                         self.transitioned(name, *transition, now)
                     }
-                    Admission::Rejected { retry_after_ms } => self.emit(
-                        name,
-                        EventKind::Rejected {
-                            retry_after_ms: *retry_after_ms,
-                        },
-                        now,
-                    ),
+                    Admission::Rejected {
+                        retry_after_ms,
+                        lapsed,
+                    } => {
+                        if let Some(transition) = lapsed {
+                            self.emit(name, EventKind::TrialLapsed, now);
+                            self.transitioned(name, Some(*transition), now);
+                        }
+                        self.emit(
+                            name,
+                            EventKind::Rejected {
+                                retry_after_ms: *retry_after_ms,
+                            },
+                            now,
+                        );
+                    }
                 }
                 admission
             }
@@ -354,6 +418,15 @@ impl Breakers {
             }
             EventKind::StoreUnavailable(error) => {
                 tracing::warn!(breaker = name, %error, "breaker state unreachable; letting calls through")
+            }
+            EventKind::TrialLapsed => {
+                tracing::warn!(
+                    breaker = name,
+                    "a half-open trial never reported; counted as failed"
+                )
+            }
+            EventKind::Forced(state) => {
+                tracing::info!(breaker = name, %state, "breaker set by hand")
             }
         }
         // No subscriber is not an error.

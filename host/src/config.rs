@@ -260,6 +260,9 @@ pub struct BreakerTable {
     /// Patterns on handler error messages that do not count as failures.
     #[serde(default)]
     pub ignore: Vec<String>,
+    /// How long a half-open trial may take to report, in milliseconds,
+    /// before it counts as failed.
+    pub trial_lease_ms: Option<u64>,
 }
 
 /// `failure_rate = { ratio, window_ms, min_calls }`.
@@ -515,6 +518,9 @@ impl Config {
                         .map_or(defaults.recovery, Duration::from_millis),
                     half_open_trials: table.half_open_trials.unwrap_or(defaults.half_open_trials),
                     ignore: table.ignore.clone(),
+                    trial_lease: table
+                        .trial_lease_ms
+                        .map_or(defaults.trial_lease, Duration::from_millis),
                 };
                 if config.failure_threshold == 0 || config.half_open_trials == 0 {
                     return Err(at(

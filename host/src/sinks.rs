@@ -190,7 +190,7 @@ impl Route {
             Some((breakers, name)) => {
                 let defined = breakers.defined(name).expect("checked by route_through");
                 match breakers.admit(name, defined).await {
-                    Admission::Rejected { retry_after_ms } => {
+                    Admission::Rejected { retry_after_ms, .. } => {
                         return Attempt::BreakerOpen {
                             retry_after_ms,
                             message: format!(

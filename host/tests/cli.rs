@@ -889,10 +889,11 @@ fn escrow_breakers_lists_the_state_every_host_shares_through_redis() {
     let config = config.to_str().unwrap();
 
     let list = || json_report(&escrow(&["breakers", "--config", config, "--json"]));
-    assert_eq!(
-        list()["breakers"],
-        serde_json::json!([{ "breaker": "upstream", "state": "closed" }])
-    );
+    let listed = list();
+    assert_eq!(listed["breakers"][0]["breaker"], "upstream");
+    assert_eq!(listed["breakers"][0]["state"], "closed");
+    assert_eq!(listed["breakers"][0]["settings"]["recovery_ms"], 60000);
+    assert!(listed["breakers"][0]["settings"]["failure_threshold"].is_u64());
 
     let output = Command::new(env!("CARGO_BIN_EXE_escrow"))
         .args([
@@ -912,4 +913,20 @@ fn escrow_breakers_lists_the_state_every_host_shares_through_redis() {
         "open",
         "another process sees what the run did"
     );
+
+    // Closed and isolated by hand, for every host on that Redis.
+    let reset = escrow(&["breakers", "reset", "upstream", "--config", config]);
+    assert_eq!(reset.status.code(), Some(0), "{}", stderr(&reset));
+    assert_eq!(list()["breakers"][0]["state"], "closed");
+    let isolate = escrow(&["breakers", "open", "upstream", "--config", config]);
+    assert_eq!(isolate.status.code(), Some(0), "{}", stderr(&isolate));
+    assert!(
+        stderr(&isolate).contains("breaker upstream is open"),
+        "{}",
+        stderr(&isolate)
+    );
+    assert_eq!(list()["breakers"][0]["state"], "open");
+    let unknown = escrow(&["breakers", "reset", "nope", "--config", config]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("no breaker `nope` is defined"));
 }

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use escrow_host::backends::{BreakerStore, CallResult, MemoryBreakers, RedisBreakers, Transition};
+use escrow_host::backends::{
+    Admission, BreakerStore, CallResult, MemoryBreakers, RedisBreakers, Transition,
+};
 use escrow_host::breakers::{
-    BreakerConfig, BreakerEvent, BreakerState, Breakers, EventKind, FailureRate, ManualClock,
+    BreakerConfig, BreakerEvent, BreakerState, Breakers, Clock, EventKind, FailureRate, Forced,
+    ManualClock,
 };
 use escrow_host::handlers::{AsyncFnHandler, FnHandler, Handlers};
 use escrow_host::sinks::{FnSink, Sinks};
@@ -463,6 +466,123 @@ mod suite {
         assert_eq!(rig.calls.load(Ordering::SeqCst), 0);
     }
 
+    pub async fn a_trial_that_never_reports_counts_as_failed_after_its_lease(store: Store) {
+        let rig = rig(Arc::clone(&store.store), config());
+        rig.trip().await;
+        rig.clock.advance(RECOVERY);
+        // Another host lets a trial through, and dies before it reports.
+        let dead_host = store.other_host().await;
+        let admitted = dead_host
+            .admit("upstream", &config(), rig.clock.now_ms())
+            .await
+            .unwrap();
+        assert!(matches!(admitted, Admission::Allowed { trial: true, .. }));
+        let mut events = rig.breakers.subscribe();
+        assert_eq!(
+            rig.steps(json!([call("ok")])).await[0],
+            json!({ "circuit_open": 0 })
+        );
+
+        rig.clock.advance(config().trial_lease);
+        let results = rig.steps(json!([call("ok")])).await;
+        assert_eq!(
+            results[0],
+            json!({ "circuit_open": RECOVERY.as_millis() as u64 }),
+            "the lapsed trial failed: open again for a recovery time"
+        );
+        let kinds: Vec<EventKind> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert!(kinds.contains(&EventKind::TrialLapsed), "{kinds:?}");
+        assert!(kinds.contains(&EventKind::StateChanged {
+            from: BreakerState::HalfOpen,
+            to: BreakerState::Open
+        }));
+
+        rig.clock.advance(RECOVERY);
+        rig.steps(json!([call("ok")])).await;
+        assert_eq!(
+            rig.breakers.state("upstream").await.unwrap(),
+            BreakerState::Closed,
+            "a later trial closes it"
+        );
+    }
+
+    pub async fn a_run_dropped_during_its_trial_reports_the_trial_failed(store: Store) {
+        let clock = ManualClock::new(1_000_000);
+        let breakers = breakers(store.store, &clock, config());
+        let mut handlers = Handlers::new();
+        handlers
+            .action(
+                "upstream.call",
+                AsyncFnHandler(|payload: Vec<u8>| async move {
+                    if payload == b"\"fail\"" {
+                        return Err(CallError::from("boom"));
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok::<_, CallError>(b"\"ok\"".to_vec())
+                }),
+            )
+            .unwrap();
+        let plugin = scripted()
+            .with_breakers(Arc::clone(&breakers))
+            .with_handlers(handlers);
+        run_steps(
+            &plugin,
+            json!([call("fail"), call("fail"), call("fail")]),
+            options(),
+        )
+        .await;
+        clock.advance(RECOVERY);
+        let input = serde_json::to_vec(&json!({ "steps": [call("slow")] })).unwrap();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(200),
+            plugin.run(options().input(input)),
+        )
+        .await;
+        assert!(dropped.is_err(), "the embedder gave up on the run");
+        let waited = std::time::Instant::now();
+        while breakers.state("upstream").await.unwrap() != BreakerState::Open {
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "the dropped trial was never reported"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn an_operator_isolates_a_breaker_until_it_is_reset(store: Store) {
+        let rig = rig(store.store, config());
+        let mut events = rig.breakers.subscribe();
+        rig.breakers.force("upstream", Forced::Open).await.unwrap();
+        rig.clock.advance(RECOVERY * 100);
+        assert!(
+            rig.steps(json!([call("ok")])).await[0]["circuit_open"].is_u64(),
+            "isolated: no trial after the recovery time"
+        );
+        assert_eq!(rig.calls.load(Ordering::SeqCst), 0);
+
+        rig.breakers
+            .force("upstream", Forced::Closed)
+            .await
+            .unwrap();
+        assert_eq!(
+            rig.steps(json!([call("ok")])).await[0]["answer"],
+            json!(b"\"ok\"".to_vec())
+        );
+        let kinds: Vec<EventKind> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert!(
+            kinds.contains(&EventKind::Forced(BreakerState::Open)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&EventKind::Forced(BreakerState::Closed)),
+            "{kinds:?}"
+        );
+    }
+
     pub async fn a_sink_behind_an_open_breaker_is_not_attempted(store: Store) {
         let clock = ManualClock::new(1_000_000);
         let breakers = breakers(store.store, &clock, config());
@@ -537,6 +657,9 @@ on_each_store!(
     every_state_change_and_rejection_is_an_event_in_order,
     a_breaker_not_granted_or_not_defined_is_refused,
     a_sink_behind_an_open_breaker_is_not_attempted,
+    a_trial_that_never_reports_counts_as_failed_after_its_lease,
+    a_run_dropped_during_its_trial_reports_the_trial_failed,
+    an_operator_isolates_a_breaker_until_it_is_reset,
 );
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod outbox;
 mod policies;
 mod scopes;
 mod sinks;
+mod store_faults;
 
 /// Every fixture has a module of tests named after it in `fixtures.rs`.
 macro_rules! assert_fixture_has_tests {

@@ -34,6 +34,9 @@ pub enum Admission {
         /// Milliseconds before a trial is let through (0 while the admitted
         /// trials still run).
         retry_after_ms: u64,
+        /// When a half-open trial had not reported within its lease: it
+        /// counted as failed, and the breaker opened again (this transition).
+        lapsed: Option<Transition>,
     },
 }
 
@@ -81,6 +84,20 @@ pub trait BreakerStore: fmt::Debug + Send + Sync + 'static {
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError>;
 
+    /// Sets the state of `name` by hand: isolated (open until reset) or
+    /// closed with its counts cleared. Returns the transition.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    async fn force(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        to: crate::breakers::Forced,
+    ) -> Result<Option<Transition>, StoreError>;
+
     /// The state of `name` at `now_ms`, changing nothing: an open breaker
     /// whose recovery time has passed reads as half-open.
     ///
@@ -109,7 +126,12 @@ pub(crate) struct Circuit {
     /// While half-open: trials let through, and trials that succeeded.
     pub(crate) trials: u32,
     pub(crate) successes: u32,
+    /// While half-open: when the last trial let through must have reported.
+    pub(crate) trial_until: u64,
 }
+
+/// `open_until` of an isolated breaker: later than any clock reads.
+pub(crate) const ISOLATED: u64 = 1 << 60;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum State {
@@ -161,16 +183,41 @@ impl Circuit {
             },
             State::Open => Admission::Rejected {
                 retry_after_ms: self.open_until - now,
+                lapsed: None,
             },
             State::HalfOpen if self.trials < config.half_open_trials.max(1) => {
                 self.trials += 1;
+                self.trial_until = now + config.trial_lease.as_millis() as u64;
                 Admission::Allowed {
                     trial: true,
                     transition,
                 }
             }
-            State::HalfOpen => Admission::Rejected { retry_after_ms: 0 },
+            // A trial that never reported counts as failed.
+            State::HalfOpen if now >= self.trial_until => {
+                let lapsed = self.open(config, now);
+                Admission::Rejected {
+                    retry_after_ms: self.open_until - now,
+                    lapsed,
+                }
+            }
+            State::HalfOpen => Admission::Rejected {
+                retry_after_ms: 0,
+                lapsed: None,
+            },
         }
+    }
+
+    pub(crate) fn force(&mut self, to: crate::breakers::Forced) -> Option<Transition> {
+        let transition = match to {
+            crate::breakers::Forced::Open => {
+                let transition = self.enter(State::Open);
+                self.open_until = ISOLATED;
+                transition
+            }
+            crate::breakers::Forced::Closed => self.enter(State::Closed),
+        };
+        transition.filter(|t| t.from != t.to)
     }
 
     pub(crate) fn record(

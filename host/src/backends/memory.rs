@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::breakers::{Admission, BreakerStore, CallResult, Circuit, StoreError, Transition};
 use super::locks::{Lease, LockBackend, LockError};
-use crate::breakers::{BreakerConfig, BreakerState};
+use crate::breakers::{BreakerConfig, BreakerState, Forced};
 
 /// Locks in this process. Waiting is async and fair: requests are granted
 /// in arrival order among those that want a common key, without polling.
@@ -189,6 +189,16 @@ impl BreakerStore for MemoryBreakers {
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError> {
         Ok(self.with(name, |c| c.record(config, now_ms, trial, result)))
+    }
+
+    async fn force(
+        &self,
+        name: &str,
+        _: &BreakerConfig,
+        _now_ms: u64,
+        to: Forced,
+    ) -> Result<Option<Transition>, StoreError> {
+        Ok(self.with(name, |c| c.force(to)))
     }
 
     async fn state(

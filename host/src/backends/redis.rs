@@ -15,14 +15,16 @@
 //! key. Fencing tokens are the defence: a store that remembers the highest
 //! token it saw for a key rejects writes from a stale holder.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::breakers::{Admission, BreakerStore, CallResult, StoreError, Transition};
+use super::breakers::{Admission, BreakerStore, CallResult, ISOLATED, StoreError, Transition};
 use super::locks::{Lease, LockBackend, LockError};
-use crate::breakers::{BreakerConfig, BreakerState};
+use crate::breakers::{BreakerConfig, BreakerState, Forced};
 
 /// How long a lease lives without renewal by default. A dead host's locks
 /// are free again at most this long after its last renewal.
@@ -31,14 +33,163 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// The longest pause between two attempts to take contended keys.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(25);
 
+/// How long one Redis operation may take by default, connecting included.
+/// Past it the store counts as down: breakers fail open and locks are
+/// `unavailable` at once, without waiting, until a background probe finds it
+/// answering again.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often a store known to be down is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// A Redis connection that is opened on first use, bounds every operation
+/// by a timeout, and, once an operation failed for want of Redis, answers
+/// "down" at once while a background task probes until Redis answers again.
+#[derive(Clone)]
+struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    /// The URL without its password, for messages.
+    what: String,
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    timeout: Duration,
+    down: AtomicBool,
+    probing: AtomicBool,
+}
+
+impl Store {
+    fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let what = match url.rfind('@') {
+            Some(at) => format!("redis://{}", &url[at + 1..]),
+            None => url.to_owned(),
+        };
+        Ok(Self::open_client(client, &what, timeout))
+    }
+
+    fn with_timeout(&self, timeout: Duration) -> Self {
+        Self::open_client(self.inner.client.clone(), &self.inner.what, timeout)
+    }
+
+    fn open_client(client: redis::Client, what: &str, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(StoreInner {
+                what: what.to_owned(),
+                client,
+                connection: tokio::sync::OnceCell::new(),
+                timeout,
+                down: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The connection, created (lazily, without connecting) on first use.
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        let timeout = self.inner.timeout;
+        self.inner
+            .connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(timeout);
+                ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `op` on the connection within the timeout. When Redis is known to
+    /// be down, fails at once.
+    async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        if self.inner.down.load(Ordering::Acquire) {
+            return Err(format!(
+                "Redis at {} is down (probing in the background)",
+                self.inner.what
+            ));
+        }
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.inner.timeout, op(&mut connection)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => {
+                if error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                {
+                    self.mark_down();
+                }
+                Err(format!("Redis at {}: {error}", self.inner.what))
+            }
+            Err(_) => {
+                self.mark_down();
+                Err(format!(
+                    "Redis at {} did not answer within {:?}",
+                    self.inner.what, self.inner.timeout
+                ))
+            }
+        }
+    }
+
+    /// Marks the store down and, unless a probe runs already, starts one.
+    fn mark_down(&self) {
+        if !self.inner.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(redis = %self.inner.what, "Redis is down; deciding without it until it answers");
+        }
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.probing.store(false, Ordering::Release);
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Ok(mut connection) = store.connection().await else {
+                    continue;
+                };
+                let ping = redis::cmd("PING");
+                let ping = ping.query_async::<String>(&mut connection);
+                if let Ok(Ok(_)) = tokio::time::timeout(store.inner.timeout, ping).await {
+                    store.inner.down.store(false, Ordering::Release);
+                    store.inner.probing.store(false, Ordering::Release);
+                    tracing::info!(redis = %store.inner.what, "Redis answers again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// Takes every key or none. KEYS: the lock keys, then the fence counter.
 /// ARGV: the holder, the lease in milliseconds. Returns the new token, or 0
 /// when a key is held.
+///
+/// A token is at least Redis's clock in microseconds, so that tokens keep
+/// increasing after a restart that lost the counter (no persistence): a
+/// stale holder's token is then still below every new one.
 const ACQUIRE: &str = r"
 for i = 1, #KEYS - 1 do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
 local token = redis.call('INCR', KEYS[#KEYS])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if token < floor then
+  token = floor
+  redis.call('SET', KEYS[#KEYS], token)
+end
 for i = 1, #KEYS - 1 do
   redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
 end
@@ -73,7 +224,7 @@ return renewed
 /// Locks in Redis, shared by every host connected to it.
 #[derive(Clone)]
 pub struct RedisLocks {
-    connection: ConnectionManager,
+    store: Store,
     prefix: String,
     lease: Duration,
     acquire: Script,
@@ -91,17 +242,20 @@ impl std::fmt::Debug for RedisLocks {
 }
 
 impl RedisLocks {
-    /// Connects to the Redis at `url` (`redis://host:port/db`). Keys are
-    /// prefixed with `escrow:`; leases last [`DEFAULT_LEASE`].
+    /// Locks in the Redis at `url` (`redis://host:port/db`). Keys are
+    /// prefixed with `escrow:`; leases last [`DEFAULT_LEASE`]; each
+    /// operation is bounded by [`DEFAULT_STORE_TIMEOUT`].
+    ///
+    /// The connection is opened on first use: a host whose plugins take no
+    /// lock runs while Redis is down.
     ///
     /// # Errors
     ///
-    /// When the URL is malformed or Redis cannot be reached.
+    /// When the URL is malformed.
     pub async fn connect(url: &str) -> Result<Self, LockError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = ConnectionManager::new(client).await.map_err(unavailable)?;
+        let store = Store::open(url, DEFAULT_STORE_TIMEOUT).map_err(LockError::Unavailable)?;
         Ok(Self {
-            connection,
+            store,
             prefix: "escrow:".into(),
             lease: DEFAULT_LEASE,
             acquire: Script::new(ACQUIRE),
@@ -114,6 +268,14 @@ impl RedisLocks {
     /// that while held.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// How long one Redis operation may take (default
+    /// [`DEFAULT_STORE_TIMEOUT`]); a lock request never waits longer for
+    /// Redis than this, nor than its run's deadline.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store = self.store.with_timeout(timeout);
         self
     }
 
@@ -136,7 +298,7 @@ impl RedisLocks {
 
     /// Renews `keys` for `holder` every third of the lease until aborted.
     fn keep_alive(&self, keys: Vec<String>, holder: String) -> tokio::task::AbortHandle {
-        let mut connection = self.connection.clone();
+        let store = self.store.clone();
         let renew = self.renew.clone();
         let (lease_ms, every) = (self.lease_ms(), self.lease / 3);
         tokio::spawn(async move {
@@ -146,7 +308,8 @@ impl RedisLocks {
                 for key in &keys {
                     call.key(key);
                 }
-                let renewed: Result<usize, _> = call.arg(&holder).arg(lease_ms).invoke_async(&mut connection).await;
+                call.arg(&holder).arg(lease_ms);
+                let renewed: Result<usize, _> = store.run(async |c| call.invoke_async(c).await).await;
                 match renewed {
                     Ok(n) if n == keys.len() => {}
                     Ok(_) => {
@@ -161,10 +324,6 @@ impl RedisLocks {
     }
 }
 
-fn unavailable(error: redis::RedisError) -> LockError {
-    LockError::Unavailable(error.to_string())
-}
-
 #[async_trait::async_trait]
 impl LockBackend for RedisLocks {
     async fn acquire(&self, keys: &[String], timeout: Duration) -> Result<Lease, LockError> {
@@ -174,19 +333,17 @@ impl LockBackend for RedisLocks {
         let fence = format!("{}lock-fence", self.prefix);
         let give_up = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
-        let mut connection = self.connection.clone();
         loop {
             let mut call = self.acquire.prepare_invoke();
             for key in &redis_keys {
                 call.key(key);
             }
-            let token: u64 = call
-                .key(&fence)
-                .arg(&holder_text)
-                .arg(self.lease_ms())
-                .invoke_async(&mut connection)
+            call.key(&fence).arg(&holder_text).arg(self.lease_ms());
+            let token: u64 = self
+                .store
+                .run(async |c| call.invoke_async(c).await)
                 .await
-                .map_err(unavailable)?;
+                .map_err(LockError::Unavailable)?;
             if token > 0 {
                 let keepalive = Some(self.keep_alive(redis_keys, holder_text));
                 return Ok(Lease {
@@ -213,24 +370,28 @@ impl LockBackend for RedisLocks {
         for key in &lease.keys {
             call.key(self.key(key));
         }
-        let _released: usize = call
-            .arg(format!("{:032x}", lease.holder))
-            .invoke_async(&mut self.connection.clone())
+        call.arg(format!("{:032x}", lease.holder));
+        let _released: usize = self
+            .store
+            .run(async |c| call.invoke_async(c).await)
             .await
-            .map_err(unavailable)?;
+            .map_err(LockError::Unavailable)?;
         Ok(())
     }
 }
 
 /// The breaker state machine (see `crate::breakers`), in Lua. KEYS: the
-/// breaker's hash, its window list. ARGV: op (`admit`, `record`, `state`),
-/// now, threshold, recovery, trials, ratio (-1 for none), window, min calls,
-/// trial (1/0), result (`s`, `f`, `n`). States: 0 closed, 1 open, 2 half-open.
+/// breaker's hash, its window list. ARGV: op (`admit`, `record`, `state`,
+/// `isolate`, `reset`), now, threshold, recovery, trials, ratio (-1 for
+/// none), window, min calls, trial (1/0), result (`s`, `f`, `n`), trial
+/// lease, the `open_until` of an isolated breaker. States: 0 closed, 1 open,
+/// 2 half-open.
 const BREAKER: &str = r"
 local h, w = KEYS[1], KEYS[2]
 local op, now = ARGV[1], tonumber(ARGV[2])
 local threshold, recovery, trials_max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ratio, window, min_calls = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local lease, isolated = tonumber(ARGV[11]), ARGV[12]
 local function get(f) return tonumber(redis.call('HGET', h, f) or '0') end
 local state = get('state')
 local from = state
@@ -247,6 +408,15 @@ if op == 'state' then
   if state == 1 and now >= get('open_until') then return {2} end
   return {state}
 end
+if op == 'isolate' then
+  enter(1)
+  redis.call('HSET', h, 'open_until', isolated)
+  return {from, 1}
+end
+if op == 'reset' then
+  enter(0)
+  return {from, 0}
+end
 if op == 'admit' then
   local moved = -1
   if state == 1 and now >= get('open_until') then enter(2); moved = 2 end
@@ -254,8 +424,12 @@ if op == 'admit' then
   if state == 1 then return {0, 0, get('open_until') - now, from, moved} end
   local trials = get('trials')
   if trials < trials_max then
-    redis.call('HSET', h, 'trials', trials + 1)
+    redis.call('HSET', h, 'trials', trials + 1, 'trial_until', now + lease)
     return {1, 1, 0, from, moved}
+  end
+  if now >= get('trial_until') then
+    open()
+    return {0, 0, recovery, 2, 1}
   end
   return {0, 0, 0, from, moved}
 end
@@ -299,7 +473,7 @@ return {from, -1}
 /// Breaker state in Redis, shared by every host connected to it.
 #[derive(Clone)]
 pub struct RedisBreakers {
-    connection: ConnectionManager,
+    store: Store,
     prefix: String,
     script: Script,
 }
@@ -328,21 +502,30 @@ fn transition(from: i64, to: i64) -> Option<Transition> {
 }
 
 impl RedisBreakers {
-    /// Connects to the Redis at `url`. Keys are prefixed with `escrow:`.
+    /// Breaker state in the Redis at `url`. Keys are prefixed with
+    /// `escrow:`; each operation is bounded by [`DEFAULT_STORE_TIMEOUT`].
+    ///
+    /// The connection is opened on first use: a host whose plugins open no
+    /// breaker runs while Redis is down.
     ///
     /// # Errors
     ///
-    /// When the URL is malformed or Redis cannot be reached.
+    /// When the URL is malformed.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| StoreError(e.to_string()))?;
+        let store = Store::open(url, DEFAULT_STORE_TIMEOUT).map_err(StoreError)?;
         Ok(Self {
-            connection,
+            store,
             prefix: "escrow:".into(),
             script: Script::new(BREAKER),
         })
+    }
+
+    /// How long one Redis operation may take (default
+    /// [`DEFAULT_STORE_TIMEOUT`]); past it, and while Redis stays down,
+    /// breakers fail open at once.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store = self.store.with_timeout(timeout);
+        self
     }
 
     /// The prefix of every Redis key this store uses (default `escrow:`).
@@ -369,8 +552,8 @@ impl RedisBreakers {
             CallResult::Failure => "f",
             CallResult::NotCalled => "n",
         };
-        self.script
-            .key(format!("{}breaker:{name}", self.prefix))
+        let mut call = self.script.prepare_invoke();
+        call.key(format!("{}breaker:{name}", self.prefix))
             .key(format!("{}breaker-window:{name}", self.prefix))
             .arg(op)
             .arg(now_ms)
@@ -382,9 +565,12 @@ impl RedisBreakers {
             .arg(min_calls.max(1))
             .arg(u8::from(trial))
             .arg(result)
-            .invoke_async(&mut self.connection.clone())
+            .arg(config.trial_lease.as_millis() as u64)
+            .arg(ISOLATED);
+        self.store
+            .run(async |c| call.invoke_async(c).await)
             .await
-            .map_err(|e| StoreError(e.to_string()))
+            .map_err(StoreError)
     }
 }
 
@@ -410,6 +596,10 @@ impl BreakerStore for RedisBreakers {
         } else {
             Admission::Rejected {
                 retry_after_ms: retry_after.max(0) as u64,
+                lapsed: (to == 1).then(|| Transition {
+                    from: state_of(from),
+                    to: BreakerState::Open,
+                }),
             }
         })
     }
@@ -429,6 +619,26 @@ impl BreakerStore for RedisBreakers {
             return Err(StoreError(format!("unexpected answer {answer:?}")));
         };
         Ok(transition(from, to))
+    }
+
+    async fn force(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        to: Forced,
+    ) -> Result<Option<Transition>, StoreError> {
+        let op = match to {
+            Forced::Open => "isolate",
+            Forced::Closed => "reset",
+        };
+        let answer = self
+            .run(op, name, config, now_ms, false, CallResult::NotCalled)
+            .await?;
+        let [from, to] = answer[..] else {
+            return Err(StoreError(format!("unexpected answer {answer:?}")));
+        };
+        Ok(transition(from, to).filter(|t| t.from != t.to))
     }
 
     async fn state(

@@ -98,7 +98,11 @@ impl HostBreaker for EscrowCtx {
             .expect("only defined breakers are opened");
         let mut transitions = Vec::new();
         let trial = match breakers.admit(&name, defined).await {
-            Admission::Rejected { retry_after_ms } => {
+            Admission::Rejected {
+                retry_after_ms,
+                lapsed,
+            } => {
+                transitions.extend(lapsed);
                 self.breaker_decisions.push(BreakerDecision {
                     seq,
                     breaker: name,
@@ -113,7 +117,16 @@ impl HostBreaker for EscrowCtx {
                 trial
             }
         };
+        // If the run is dropped or cut off while the call runs, the trial
+        // still reports: as failed, at once, not after its lease.
+        let unreported = trial.then(|| UnreportedTrial {
+            breakers: Arc::clone(&breakers),
+            name: Some(Arc::clone(&name)),
+        });
         let performed = self.perform_as(seq, effect.clone(), payload, None).await;
+        if let Some(unreported) = unreported {
+            unreported.reported();
+        }
         let counted = match &performed {
             Ok(Ok(_)) => CallResult::Success,
             Ok(Err(EffectError::Refused(_))) => CallResult::NotCalled,
@@ -137,6 +150,38 @@ impl HostBreaker for EscrowCtx {
     async fn drop(&mut self, _breaker: Resource<Breaker>) -> wasmtime::Result<()> {
         // Breakers belong to the host; a handle holds nothing.
         Ok(())
+    }
+}
+
+/// A half-open trial in flight; dropped before it reported (its run's future
+/// was dropped), it records the trial as failed.
+struct UnreportedTrial {
+    breakers: Arc<crate::breakers::Breakers>,
+    /// `None` once the trial is about to report.
+    name: Option<Arc<str>>,
+}
+
+impl UnreportedTrial {
+    fn reported(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for UnreportedTrial {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        let breakers = Arc::clone(&self.breakers);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(defined) = breakers.defined(&name) {
+                    breakers
+                        .record(&name, defined, true, CallResult::Failure)
+                        .await;
+                }
+            });
+        }
     }
 }
 
