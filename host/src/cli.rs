@@ -53,6 +53,9 @@ pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks>
         (Some(SinkSpec::Stdout), false) | (None, false) => {
             sinks.route("*", JsonLines::stdout())?;
         }
+        (Some(SinkSpec::Stderr), _) => {
+            sinks.route("*", JsonLines::stderr())?;
+        }
         (Some(SinkSpec::File(path)), _) => {
             sinks.route(
                 "*",
@@ -81,7 +84,20 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
 }
 
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            // One line: clap's own error line, without its usage and hints.
+            let rendered = error.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("escrow: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("ESCROW_LOG"))
         .with_writer(std::io::stderr)

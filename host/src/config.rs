@@ -49,7 +49,7 @@ use crate::policy::{self, Policy};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config `{}`: {source}", path.display())]
+    #[error("cannot read config `{}`", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -109,6 +109,8 @@ pub enum SinkSpec {
     /// JSON lines on standard output.
     #[default]
     Stdout,
+    /// JSON lines on standard error.
+    Stderr,
     /// JSON lines appended to a file.
     File(PathBuf),
 }
@@ -118,9 +120,12 @@ impl std::str::FromStr for SinkSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            _ if s == "stdout" => Ok(Self::Stdout),
+            _ if s == "stdout" || s == "file:/dev/stdout" => Ok(Self::Stdout),
+            _ if s == "stderr" || s == "file:/dev/stderr" => Ok(Self::Stderr),
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-            _ => Err(format!("unknown sink `{s}`; use stdout or file:PATH")),
+            _ => Err(format!(
+                "unknown sink `{s}`; use stdout, stderr or file:PATH"
+            )),
         }
     }
 }
@@ -381,6 +386,13 @@ impl Config {
             if outbox.lease_ms == Some(0) {
                 return Err("outbox.lease_ms must be at least 1".into());
             }
+        }
+        if self
+            .limits
+            .max_memory_bytes
+            .is_some_and(|bytes| bytes < 64 << 10)
+        {
+            return Err("limits.max_memory_bytes must be at least 65536 (one wasm page)".into());
         }
         if self.limits.timeout_ms == Some(0) {
             return Err("limits.timeout_ms must be at least 1".into());

@@ -103,6 +103,7 @@ pub struct HostBuilder {
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
+    backtraces: bool,
     cache_dir: Option<PathBuf>,
 }
 
@@ -117,6 +118,7 @@ impl Default for HostBuilder {
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
+            backtraces: false,
             cache_dir: None,
         }
     }
@@ -200,6 +202,13 @@ impl HostBuilder {
         self
     }
 
+    /// Whether a trap's message carries the guest's wasm backtrace (default
+    /// off: messages stay one line, and traps are cheaper to take).
+    pub fn backtraces(mut self, backtraces: bool) -> Self {
+        self.backtraces = backtraces;
+        self
+    }
+
     /// Keeps compiled components in `dir` (created if needed), so that loading
     /// the same component again, in this process or a later one, skips
     /// compilation. Entries are keyed by the component's bytes and the
@@ -216,7 +225,17 @@ impl HostBuilder {
     ///
     /// Fails if the engine cannot be created with this configuration.
     pub fn build(self) -> Result<Host, Error> {
+        const WASM_PAGE: usize = 64 << 10;
+        if self.max_memory_bytes < WASM_PAGE {
+            return Err(Error::Limits(format!(
+                "max_memory_bytes is {}; it must be at least {WASM_PAGE} (one wasm page)",
+                self.max_memory_bytes
+            )));
+        }
         let mut config = Config::new();
+        /// Frames of a wasm backtrace kept when backtraces are asked for.
+        const BACKTRACE_FRAMES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(20).unwrap();
+        config.wasm_backtrace_max_frames(self.backtraces.then_some(BACKTRACE_FRAMES));
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // escrow runs each call to completion; the component-model-async

@@ -50,6 +50,18 @@ pub const DEFAULT_COMPENSATION_BUDGET: Duration = Duration::from_secs(10);
 /// deadline and record what they did; the grace lets them.
 pub const DEADLINE_GRACE: Duration = Duration::from_millis(100);
 
+/// Most bytes one host call may copy out of the guest (its arguments: an
+/// effect name, a payload, a list of lock keys), set on every run's store.
+/// A call past it traps and the run fails; escrow's own payload limits
+/// refuse far smaller payloads first, so a well-behaved guest never meets
+/// it. (wasmtime's default, made explicit.)
+pub const MAX_HOST_CALL_COPY_BYTES: usize = 128 << 20;
+
+/// Most component-model handles (resources: scopes, lock guards, breakers,
+/// WASI streams) a run may hold at once, set on every run's store. Creating
+/// one more traps and the run fails. (wasmtime's default, made explicit.)
+pub const MAX_RESOURCE_HANDLES: usize = 100_000;
+
 /// Longest effect name the host accepts, in bytes. Effect names are
 /// identifiers (`payments.charge`), not data; a longer one is `invalid`.
 pub const MAX_EFFECT_NAME_BYTES: usize = 128;

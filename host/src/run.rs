@@ -12,7 +12,10 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
-use crate::limits::{DEADLINE_GRACE, Limit, Limits, MAX_GUEST_STDERR_BYTES};
+use crate::limits::{
+    DEADLINE_GRACE, Limit, Limits, MAX_GUEST_STDERR_BYTES, MAX_HOST_CALL_COPY_BYTES,
+    MAX_RESOURCE_HANDLES,
+};
 use crate::outbox::{Claim, Outbox};
 use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
 use crate::plugin::Plugin;
@@ -240,6 +243,8 @@ impl Plugin {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.memory);
+        store.set_hostcall_fuel(MAX_HOST_CALL_COPY_BYTES);
+        store.set_max_component_handles(MAX_RESOURCE_HANDLES);
         set_deadline(&mut store, deadline);
 
         // Epoch interruption stops a guest that computes; a guest blocked in
@@ -387,7 +392,11 @@ fn guest_result(returned: wasmtime::Result<Result<Vec<u8>, String>>) -> Result<V
         Err(error) => Err(match error.downcast_ref::<LimitExceeded>() {
             Some(LimitExceeded(limit)) => Failure::Limit(*limit),
             None => Failure::Trap(match error.downcast_ref::<wasmtime::Trap>() {
-                Some(trap) => trap.to_string(),
+                // The backtrace is there only when the host asked for it.
+                Some(trap) => match error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    Some(backtrace) => format!("{trap}\n{backtrace}"),
+                    None => trap.to_string(),
+                },
                 None => format!("{error:#}"),
             }),
         }),

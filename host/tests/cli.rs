@@ -930,3 +930,143 @@ fn escrow_breakers_lists_the_state_every_host_shares_through_redis() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no breaker `nope` is defined"));
 }
+
+fn scripted(steps: Value, extra: &[&str]) -> Output {
+    let input = serde_json::json!({ "steps": steps }).to_string();
+    let mut args = vec!["run", fixtures::SCRIPTED, "--input", &input, "--grant", "*"];
+    args.extend_from_slice(extra);
+    escrow(&args)
+}
+
+#[test]
+fn guest_text_reaches_the_terminal_with_its_control_characters_escaped() {
+    let forged =
+        "\u{1b}[32mpayments.charge dispatched\u{1b}[0m\n  #9   payments.charge  dispatched";
+    let output = scripted(
+        serde_json::json!([{ "stderr": forged }, { "fail": forged }]),
+        &[],
+    );
+    let stderr = stderr(&output);
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert!(stderr.contains("\\u{1b}[32mpayments.charge"), "{stderr}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("  #9")),
+        "no forged line: {stderr}"
+    );
+}
+
+#[test]
+fn a_trap_is_one_line_unless_a_backtrace_is_asked_for() {
+    let plain = scripted(serde_json::json!(["unreachable"]), &[]);
+    let line = stderr(&plain)
+        .lines()
+        .find(|l| l.contains("trapped"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.ends_with("wasm `unreachable` instruction executed"),
+        "{line}"
+    );
+    assert!(
+        !stderr(&plain).contains("wasm backtrace"),
+        "{}",
+        stderr(&plain)
+    );
+
+    let traced = scripted(serde_json::json!(["unreachable"]), &["--backtrace"]);
+    assert!(
+        stderr(&traced).contains("wasm backtrace"),
+        "{}",
+        stderr(&traced)
+    );
+}
+
+#[test]
+fn a_payload_that_is_not_utf8_is_shown_exactly_in_json() {
+    let output = scripted(
+        serde_json::json!([{ "defer_hex": "blob.put", "hex": "ff00fe" }]),
+        &["--json"],
+    );
+    let report = json_report(&output);
+    assert_eq!(
+        report["intents"][0]["payload"],
+        serde_json::json!({ "$bytes_base64": "/wD+" })
+    );
+}
+
+#[test]
+fn every_usage_error_is_one_line_and_exit_two() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[limits]\nmax_memory_bytes = 0\n").unwrap();
+    for (args, says) in [
+        (
+            vec!["run", "x.wasm", "--timeout-ms", "abc"],
+            "invalid value 'abc'",
+        ),
+        (
+            vec!["run", "/nonexistent/p.wasm"],
+            "cannot read `/nonexistent/p.wasm`",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+        (
+            vec![
+                "run",
+                fixtures::SCRIPTED,
+                "--config",
+                config.path().to_str().unwrap(),
+            ],
+            "max_memory_bytes must be at least 65536",
+        ),
+    ] {
+        let output = escrow(&args);
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("os error").count().min(1),
+            stderr.matches("os error").count(),
+            "the OS error once: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_sink_of_dev_stdout_writes_to_stdout() {
+    let output = scripted(
+        serde_json::json!([{ "defer": "a.b", "payload": 1 }]),
+        &["--sink", "file:/dev/stdout"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let line: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(line["effect"], "a.b");
+}
+
+#[test]
+fn a_plugin_that_takes_no_lock_and_opens_no_breaker_runs_while_their_redis_is_down() {
+    let mut server = escrow_fixtures::redis::RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("escrow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[grants]\neffects = [\"*\"]\n[locks]\nbackend = \"{url}\"\n\
+             [breaker_state]\nbackend = \"{url}\"\n[breakers.upstream]\n"
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let input = r#"{"steps": [{"defer": "a.b", "payload": 1}]}"#;
+    let output = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -101,6 +101,23 @@ async fn a_run_that_traps_discards_every_intent() {
 }
 
 #[tokio::test]
+async fn a_guest_that_exits_fails_the_run_even_with_status_zero() {
+    let recorder = Recorder::new();
+    let steps = json!([{ "defer": "payments.charge", "payload": 5 }, { "exit": 0 }]);
+    let outcome = run_script(steps, granted(), &recorder).await;
+
+    let Err(Failure::Trap(why)) = &outcome.result else {
+        panic!(
+            "expected the exit to fail the run, got {:?}",
+            outcome.result
+        );
+    };
+    assert!(why.contains("exit status 0"), "{why}");
+    assert_eq!(outcome.intents[0].fate, Fate::Discarded);
+    assert!(recorder.seen().is_empty());
+}
+
+#[tokio::test]
 async fn a_run_stopped_at_its_deadline_discards_every_intent() {
     let recorder = Recorder::new();
     let limits = Limits {

@@ -9,10 +9,32 @@ use escrow_host::{
 };
 use serde_json::{Value, json};
 
-/// The guest's bytes as JSON when they are JSON, else as text.
+/// The guest's bytes exactly: as JSON when they are JSON, else as text when
+/// they are UTF-8, else as `{"$bytes_base64": "..."}`.
 fn bytes_value(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    use base64::Engine as _;
+    serde_json::from_slice(bytes).unwrap_or_else(|_| match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => json!({
+            "$bytes_base64": base64::engine::general_purpose::STANDARD.encode(bytes)
+        }),
+    })
+}
+
+/// Guest-controlled text made safe for a terminal: control characters
+/// (escape sequences, carriage returns) are shown escaped, so a plugin
+/// cannot forge or hide lines of the summary. Newlines are kept only where
+/// `multi_line`.
+pub(crate) fn printable(text: &str, multi_line: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(multi_line && c == '\n') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Why the run failed, and whether its undo is incomplete.
@@ -131,7 +153,7 @@ pub(crate) fn json(outcome: &Outcome) -> Value {
         "dispatch": t.dispatch.as_micros() as u64,
     });
     if !outcome.guest_stderr.is_empty() {
-        report["guest_stderr"] = json!(String::from_utf8_lossy(&outcome.guest_stderr));
+        report["guest_stderr"] = bytes_value(&outcome.guest_stderr);
     }
     report
 }
@@ -191,20 +213,25 @@ fn delivery_value(delivery: &Delivery) -> Value {
 }
 
 /// The summary for people: one line per request, in request order, then
-/// the compensations in the order they ran.
-pub(crate) fn human(outcome: &Outcome) -> String {
+/// the compensations in the order they ran. Guest-controlled text is
+/// escaped; a failure's message keeps its lines only with `backtrace`.
+pub(crate) fn human(outcome: &Outcome, backtrace: bool) -> String {
     let mut out = String::new();
     let total = outcome.timings.total();
     match (&outcome.result, error_text(outcome)) {
         (Ok(output), _) => {
             let _ = writeln!(out, "escrow: run {} in {total:.1?}", outcome.status());
-            let _ = writeln!(out, "result: {}", String::from_utf8_lossy(output));
+            let _ = writeln!(
+                out,
+                "result: {}",
+                printable(&String::from_utf8_lossy(output), false)
+            );
         }
         (Err(_), error) => {
             let _ = writeln!(
                 out,
                 "escrow: run failed in {total:.1?}: {}",
-                error.unwrap_or_default()
+                printable(&error.unwrap_or_default(), backtrace)
             );
         }
     }
@@ -233,7 +260,10 @@ pub(crate) fn human(outcome: &Outcome) -> String {
         };
         lines.push((
             intent.seq,
-            format!("{:<width$}  {fate} ({})", intent.effect, intent.rule),
+            printable(
+                &format!("{:<width$}  {fate} ({})", intent.effect, intent.rule),
+                false,
+            ),
         ));
     }
     for call in &outcome.invocations {
@@ -244,7 +274,10 @@ pub(crate) fn human(outcome: &Outcome) -> String {
             }
             Err(EffectError::Failed(message)) => format!("failed: {message}"),
         };
-        lines.push((call.seq, format!("{:<width$}  {result}", call.effect)));
+        lines.push((
+            call.seq,
+            printable(&format!("{:<width$}  {result}", call.effect), false),
+        ));
     }
     lines.sort_by_key(|(seq, _)| *seq);
     for (seq, line) in lines {
@@ -273,21 +306,18 @@ pub(crate) fn human(outcome: &Outcome) -> String {
         } else {
             format!("; {}", moved.join(", "))
         };
-        let _ = writeln!(
-            out,
+        let line = format!(
             "breaker {} #{} {}: {verdict}{moved}",
             decision.breaker, decision.seq, decision.effect
         );
+        let _ = writeln!(out, "{}", printable(&line, false));
     }
     for lock in &outcome.locks {
-        let _ = match &lock.result {
-            Ok(token) => writeln!(
-                out,
-                "locked {} (fencing token {token})",
-                lock.keys.join(", ")
-            ),
-            Err(why) => writeln!(out, "lock {} not given: {why}", lock.keys.join(", ")),
+        let line = match &lock.result {
+            Ok(token) => format!("locked {} (fencing token {token})", lock.keys.join(", ")),
+            Err(why) => format!("lock {} not given: {why}", lock.keys.join(", ")),
         };
+        let _ = writeln!(out, "{}", printable(&line, false));
     }
     if !outcome.compensations.is_empty() {
         let _ = writeln!(out, "compensations:");
@@ -296,19 +326,20 @@ pub(crate) fn human(outcome: &Outcome) -> String {
                 Ok(_) => "done".to_owned(),
                 Err(message) => format!("FAILED: {message}"),
             };
-            let _ = writeln!(
-                out,
+            let line = format!(
                 "  undo #{:<3} {}  {result} ({})",
                 undo.seq, undo.effect, undo.cause
             );
+            let _ = writeln!(out, "{}", printable(&line, false));
         }
     }
     if !outcome.guest_stderr.is_empty() {
-        let _ = writeln!(
-            out,
-            "guest stderr:\n{}",
-            String::from_utf8_lossy(&outcome.guest_stderr).trim_end()
-        );
+        // Each line marked as the guest's, so that none passes for escrow's.
+        let _ = writeln!(out, "guest stderr:");
+        let text = String::from_utf8_lossy(&outcome.guest_stderr);
+        for line in printable(text.trim_end(), true).lines() {
+            let _ = writeln!(out, "  | {line}");
+        }
     }
     out
 }

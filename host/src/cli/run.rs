@@ -58,6 +58,9 @@ pub(crate) struct RunArgs {
     /// `escrow outbox deliver`.
     #[arg(long)]
     no_deliver: bool,
+    /// Add the guest's wasm backtrace to the message of a trap.
+    #[arg(long)]
+    backtrace: bool,
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
@@ -94,6 +97,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
+        .backtraces(args.backtrace)
         .sinks(super::sinks(sink, args.json)?);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
         host = host.cache_dir(dir);
@@ -125,7 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report::json(&outcome))?);
     } else {
-        eprint!("{}", report::human(&outcome));
+        eprint!("{}", report::human(&outcome, args.backtrace));
     }
     Ok(match outcome.status() {
         Status::Failed => EXIT_RUN_FAILED,

@@ -51,6 +51,11 @@ impl JsonLines {
         Self::to_writer(std::io::stdout())
     }
 
+    /// Writes to the process's standard error.
+    pub fn stderr() -> Self {
+        Self::to_writer(std::io::stderr())
+    }
+
     /// Writes to any writer.
     pub fn to_writer(out: impl Write + Send + 'static) -> Self {
         Self {
