@@ -247,6 +247,8 @@ pub struct LocksConfig {
     /// How long a Redis lease lives without renewal, in milliseconds
     /// (default 10 000).
     pub lease_ms: Option<u64>,
+    /// How long one Redis operation may take, in milliseconds (default 500).
+    pub store_timeout_ms: Option<u64>,
 }
 
 /// One `[breakers.NAME]` table; missing keys keep the defaults of
@@ -289,6 +291,8 @@ pub struct BreakerStateConfig {
     /// `memory` (default: state shared by the runs of one process) or a
     /// Redis URL (shared by every host on that Redis).
     pub backend: Option<String>,
+    /// How long one Redis operation may take, in milliseconds (default 500).
+    pub store_timeout_ms: Option<u64>,
 }
 
 /// `[outbox]`: where committed intents are made durable, and how their
@@ -469,12 +473,11 @@ impl Config {
         Ok(handlers)
     }
 
-    /// The lock backend the config names, connected.
+    /// The lock backend the config names (Redis is connected on first use).
     ///
     /// # Errors
     ///
-    /// When Redis cannot be reached, or was named without the `redis`
-    /// feature.
+    /// A malformed Redis URL, or Redis named without the `redis` feature.
     pub async fn lock_backend(&self) -> Result<Arc<dyn crate::backends::LockBackend>, String> {
         match self.locks.backend.as_deref() {
             None | Some("memory") => Ok(Arc::new(crate::backends::MemoryLocks::new())),
@@ -485,6 +488,9 @@ impl Config {
                     .map_err(|e| format!("locks.backend `{url}`: {e}"))?;
                 if let Some(ms) = self.locks.lease_ms {
                     redis = redis.lease(Duration::from_millis(ms));
+                }
+                if let Some(ms) = self.locks.store_timeout_ms {
+                    redis = redis.store_timeout(Duration::from_millis(ms.max(1)));
                 }
                 Ok(Arc::new(redis))
             }
@@ -544,22 +550,26 @@ impl Config {
             .collect()
     }
 
-    /// The breakers, their state store connected.
+    /// The breakers and their state store (Redis is connected on first use).
     ///
     /// # Errors
     ///
-    /// When Redis cannot be reached, or was named without the `redis`
-    /// feature.
+    /// A malformed Redis URL, a malformed breaker definition, or Redis named
+    /// without the `redis` feature.
     pub async fn breakers(&self) -> Result<crate::breakers::Breakers, String> {
         let store: Arc<dyn crate::backends::BreakerStore> =
             match self.breaker_state.backend.as_deref() {
                 None | Some("memory") => Arc::new(crate::backends::MemoryBreakers::new()),
                 #[cfg(feature = "redis")]
-                Some(url) => Arc::new(
-                    crate::backends::RedisBreakers::connect(url)
+                Some(url) => {
+                    let mut redis = crate::backends::RedisBreakers::connect(url)
                         .await
-                        .map_err(|e| format!("breaker_state.backend `{url}`: {e}"))?,
-                ),
+                        .map_err(|e| format!("breaker_state.backend `{url}`: {e}"))?;
+                    if let Some(ms) = self.breaker_state.store_timeout_ms {
+                        redis = redis.store_timeout(Duration::from_millis(ms.max(1)));
+                    }
+                    Arc::new(redis)
+                }
                 #[cfg(not(feature = "redis"))]
                 Some(url) => {
                     return Err(format!(
