@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use escrow_host::backends::{LockBackend, MemoryBreakers, MemoryLocks};
+use escrow_host::backends::{LockBackend, MemoryBreakers, RedisLocks};
 use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{AsyncFnHandler, FnHandler, Handlers};
 use escrow_host::limits::{DEFAULT_MAX_LOCK_ACQUISITIONS, Limit, MAX_EFFECT_NAME_BYTES};
 use escrow_host::{BreakerVerdict, CallError, Failure, Grants, Host, Limits, Refusal, RunOptions};
+use escrow_tests::fixtures::redis::RedisServer;
 use escrow_tests::{all_effects, fixtures, run_steps, scripted};
 use serde_json::json;
 
@@ -19,14 +20,19 @@ fn lock_grants() -> Grants {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_asleep_in_wasi_is_stopped_at_its_deadline_and_frees_its_slot_and_locks() {
-    // One slot: the next run can only start once the sleeper gave it back.
+    // One slot: the next run on this host can only start once the sleeper
+    // gave it back; the lock lives in Redis, where another host waits for it.
+    let redis = RedisServer::start();
     let host = Host::builder().max_concurrent_runs(1).build().unwrap();
-    let locks: Arc<dyn LockBackend> = Arc::new(MemoryLocks::new());
-    let plugin = host
+    let locks: Arc<dyn LockBackend> = Arc::new(RedisLocks::connect(&redis.url()).await.unwrap());
+    let sleeper = host
         .load_file(fixtures::SCRIPTED)
         .unwrap()
         .with_locks(Arc::clone(&locks));
-    let sleeper = plugin.clone();
+    let other_host: Arc<dyn LockBackend> =
+        Arc::new(RedisLocks::connect(&redis.url()).await.unwrap());
+    let plugin = scripted().with_locks(other_host);
+    let same_host = sleeper.clone();
     let started = Instant::now();
     let asleep = tokio::spawn(async move {
         let steps = json!([
@@ -49,6 +55,12 @@ async fn a_guest_asleep_in_wasi_is_stopped_at_its_deadline_and_frees_its_slot_an
     )
     .await;
     let (outcome, took) = asleep.await.unwrap();
+    let next = Instant::now();
+    run_steps(&same_host, json!([]), RunOptions::new()).await;
+    assert!(
+        next.elapsed() < Duration::from_millis(500),
+        "the slot was given back"
+    );
 
     assert_eq!(outcome.result, Err(Failure::Limit(Limit::Deadline)));
     assert!(took < Duration::from_secs(1), "the sleeper ran {took:?}");
