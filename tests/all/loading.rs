@@ -81,9 +81,9 @@ fn a_host_that_served_run_blocking_can_be_dropped_on_an_async_task() {
         .unwrap();
     // The last clone goes with the task: no panic about dropping a runtime
     // where blocking is not allowed.
-    runtime
-        .block_on(tokio::spawn(async move { drop(host) }))
-        .unwrap();
+    runtime.block_on(async move {
+        tokio::spawn(async move { drop(host) }).await.unwrap();
+    });
 }
 
 #[tokio::test]
