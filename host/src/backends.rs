@@ -16,4 +16,4 @@ pub use breakers::{Admission, BreakerStore, CallResult, StoreError, Transition};
 pub use locks::{Lease, LockBackend, LockError};
 pub use memory::{MemoryBreakers, MemoryLocks};
 #[cfg(feature = "redis")]
-pub use redis::{DEFAULT_LEASE, RedisBreakers, RedisLocks};
+pub use redis::{DEFAULT_LEASE, DEFAULT_STORE_TIMEOUT, RedisBreakers, RedisLocks};
