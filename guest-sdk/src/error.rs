@@ -51,6 +51,9 @@ pub enum Error {
     /// through after this long.
     #[cfg(feature = "breakers")]
     CircuitOpen(std::time::Duration),
+    /// The plugin's own failure (`Error::msg`, or `?` on a `String` or
+    /// `&str`): the run returns `err` with this message.
+    Plugin(String),
 }
 
 impl fmt::Display for Error {
@@ -68,6 +71,7 @@ impl fmt::Display for Error {
                 "the circuit is open; a trial in {} ms",
                 retry.as_millis()
             ),
+            Error::Plugin(message) => f.write_str(message),
         }
     }
 }
@@ -82,6 +86,7 @@ impl std::error::Error for Error {
             Error::Lock(e) => Some(e),
             #[cfg(feature = "breakers")]
             Error::CircuitOpen(_) => None,
+            Error::Plugin(_) => None,
         }
     }
 }
@@ -114,7 +119,34 @@ impl From<Error> for String {
     }
 }
 
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error::Plugin(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error::Plugin(message.to_owned())
+    }
+}
+
 impl Error {
+    /// The plugin's own failure, with `message`.
+    ///
+    /// ```
+    /// fn check(quantity: u32) -> Result<(), escrow_guest::Error> {
+    ///     if quantity == 0 {
+    ///         return Err(escrow_guest::Error::msg("an order needs at least one item"));
+    ///     }
+    ///     Ok(())
+    /// }
+    /// assert_eq!(check(0).unwrap_err().to_string(), "an order needs at least one item");
+    /// ```
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Error::Plugin(message.to_string())
+    }
+
     /// The refusal, if the host refused the request.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {

@@ -70,7 +70,7 @@ impl Scope {
 /// # fn demo(vip: bool) -> Result<(), Error> {
 /// let upgraded = scope(|| {
 ///     defer("seats.upgrade", &"12A")?;
-///     if !vip { return Err(Error::from(escrow_guest::Refusal::Invalid("not a VIP".into()))); }
+///     if !vip { return Err(Error::msg("not a VIP")); }
 ///     Ok(())
 /// });
 /// // On `Err`, the upgrade intent is gone; the rest of the run goes on.

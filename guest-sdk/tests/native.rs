@@ -79,7 +79,7 @@ fn scope_commits_on_ok_and_rolls_back_on_err() {
         scope(|| defer("a.kept", &1).map(drop))?;
         let failed: Result<(), Error> = scope(|| {
             defer("b.discarded", &2)?;
-            Err(Refusal::Invalid("the step failed".into()).into())
+            Err(Error::msg("the step failed"))
         });
         assert!(failed.is_err());
         Ok::<_, Error>(())
@@ -314,4 +314,27 @@ mod effects {
         assert!(matches!(recording.output, Err(Error::Failed(_))));
         assert_eq!(recording.registered_compensations[0].effect, "car.cancel");
     }
+}
+
+#[test]
+fn a_plugin_fails_with_its_own_message_through_error_msg_or_a_string() {
+    fn check(quantity: u32) -> Result<u32, Error> {
+        if quantity == 0 {
+            return Err(Error::msg("an order needs at least one item"));
+        }
+        let parsed: u32 = "x"
+            .parse()
+            .map_err(|_| "quantity is not a number".to_owned())?;
+        Ok(parsed)
+    }
+    assert_eq!(
+        check(0).unwrap_err().to_string(),
+        "an order needs at least one item"
+    );
+    assert_eq!(
+        check(1).unwrap_err().to_string(),
+        "quantity is not a number"
+    );
+    let from_str: Error = "plain".into();
+    assert!(from_str.refusal().is_none());
 }

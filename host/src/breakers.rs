@@ -404,6 +404,7 @@ impl Breakers {
 
     fn transitioned(&self, name: &str, transition: Option<Transition>, now: u64) {
         if let Some(Transition { from, to }) = transition {
+            crate::observe::breaker_state(name, to);
             self.emit(name, EventKind::StateChanged { from, to }, now);
         }
     }

@@ -26,11 +26,24 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) const EXIT_UNDELIVERED: u8 = 3;
 
 /// Run WebAssembly plugins with their side effects held in escrow.
+///
+/// Logs go to stderr; `ESCROW_LOG` filters them (`info`, `escrow_host=debug`,
+/// tracing's filter syntax; default: errors only).
 #[derive(Debug, Parser)]
 #[command(name = "escrow", version, about)]
 struct Cli {
+    /// How logs are written: text (coloured only on a terminal) or json,
+    /// one object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,10 +111,16 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("ESCROW_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::from_env("ESCROW_LOG");
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let result = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Inspect(args) => inspect::main(args),

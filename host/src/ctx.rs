@@ -388,6 +388,10 @@ impl EscrowCtx {
                 }
             };
             let undo = self.compensations.pop().expect("still registered");
+            tracing::debug!(
+                seq = undo.seq, effect = %undo.effect, ok = result.is_ok(), %cause,
+                "compensation"
+            );
             if let Err(error) = &result {
                 tracing::warn!(
                     run_id = %self.run_id, seq = undo.seq, effect = %undo.effect, %error,

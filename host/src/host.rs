@@ -67,6 +67,7 @@ struct Inner {
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
+    observers: crate::observe::Observers,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -100,6 +101,7 @@ pub struct HostBuilder {
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
+    observers: crate::observe::Observers,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -115,6 +117,7 @@ impl Default for HostBuilder {
             locks: Arc::new(MemoryLocks::new()),
             breakers: Arc::default(),
             outbox: None,
+            observers: Default::default(),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -175,6 +178,14 @@ impl HostBuilder {
     /// default) intents live in memory until dispatched, with one attempt.
     pub fn outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// Calls `observer` with every finished run's outcome, after delivery,
+    /// for audit logs and metrics of one's own. Observers run in the order
+    /// added, on the run's task: keep them quick.
+    pub fn observe(mut self, observer: impl Fn(&crate::Outcome) + Send + Sync + 'static) -> Self {
+        self.observers.0.push(Arc::new(observer));
         self
     }
 
@@ -278,6 +289,7 @@ impl HostBuilder {
                 locks: self.locks,
                 breakers: self.breakers,
                 outbox: self.outbox,
+                observers: self.observers,
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -449,6 +461,10 @@ impl Host {
             .map_err(link)?;
         let pre = crate::bindings::PluginPre::new(pre).map_err(link)?;
         Ok(Plugin::new(self.clone(), name, component, pre))
+    }
+
+    pub(crate) fn observers(&self) -> &[crate::observe::Observer] {
+        &self.inner.observers.0
     }
 
     pub(crate) fn max_memory_bytes(&self) -> usize {

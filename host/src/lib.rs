@@ -64,6 +64,7 @@ pub mod grants;
 pub mod handlers;
 mod host;
 pub mod limits;
+pub mod observe;
 pub mod outbox;
 mod outcome;
 pub mod patterns;
@@ -81,7 +82,7 @@ pub use limits::Limits;
 pub use outbox::Outbox;
 pub use outcome::{
     BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
-    Intent, Invocation, LockRecord, Outcome, Refusal, RunId, Status, Timings,
+    Intent, Invocation, LockRecord, OUTCOME_SCHEMA, Outcome, Refusal, RunId, Status, Timings,
 };
 pub use plugin::Plugin;
 pub use policy::Policy;

@@ -11,6 +11,10 @@ pub use crate::bindings::escrow::host::types::Refusal;
 use crate::handlers::EffectKind;
 use crate::limits::Limit;
 
+mod json;
+
+pub use json::OUTCOME_SCHEMA;
+
 /// A run's identity: a UUIDv7, so ids sort by the time the run started and
 /// are unique across hosts without coordination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +116,18 @@ impl Outcome {
         } else {
             Status::Committed
         }
+    }
+
+    /// The guest's output decoded from JSON: `None` when the run failed.
+    ///
+    /// # Errors
+    ///
+    /// When the output is not JSON of type `T`.
+    pub fn output<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+        self.result
+            .as_ref()
+            .ok()
+            .map(|output| serde_json::from_slice(output))
     }
 
     /// Whether a compensation failed: the undo of the run, or of one of its

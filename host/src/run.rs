@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -197,6 +199,34 @@ impl Plugin {
     /// created. A guest that fails gives an `Ok` [`Outcome`] whose result says
     /// why.
     pub async fn run(&self, options: RunOptions) -> Result<Outcome, Error> {
+        let run_id = RunId::new();
+        let span = tracing::info_span!(
+            "escrow.run",
+            plugin = %self.name,
+            %run_id,
+            policy = ?options.policy,
+            status = tracing::field::Empty,
+            intents = tracing::field::Empty,
+            dispatched = tracing::field::Empty,
+            withheld = tracing::field::Empty,
+            refused = tracing::field::Empty,
+            discarded = tracing::field::Empty,
+            instantiate_us = tracing::field::Empty,
+            call_us = tracing::field::Empty,
+            dispatch_us = tracing::field::Empty,
+        );
+        let outcome = self
+            .run_as(run_id, options)
+            .instrument(span.clone())
+            .await?;
+        crate::observe::close_span(&span, &outcome);
+        for observer in self.host.observers() {
+            observer(&outcome);
+        }
+        Ok(outcome)
+    }
+
+    async fn run_as(&self, run_id: RunId, options: RunOptions) -> Result<Outcome, Error> {
         let host_max = self.host.max_memory_bytes();
         if options.limits.max_memory_bytes > host_max {
             return Err(Error::Limits(format!(
@@ -209,6 +239,7 @@ impl Plugin {
         }
         // Slots bound the instances alive at once; the permit is given back
         // as soon as the store is gone, before delivery.
+        let waiting = Instant::now();
         let slot = self
             .host
             .slots()
@@ -223,7 +254,7 @@ impl Plugin {
         let deadline = limits.deadline;
         let memory = MemoryCap(limits.max_memory_bytes);
         let mut escrow = EscrowCtx::new(options.grants, options.policy, limits)
-            .with_run(RunId::new(), Arc::clone(&self.name))
+            .with_run(run_id, Arc::clone(&self.name))
             .with_handlers(Arc::clone(&self.handlers))
             .with_locks(Arc::clone(&self.locks))
             .with_breakers(Arc::clone(&self.breakers));
@@ -294,6 +325,7 @@ impl Plugin {
             settle: settled - called,
             dispatch: settled.elapsed(),
         };
+        crate::observe::record_run(&outcome, started - waiting, waiting.elapsed());
         Ok(outcome)
     }
 
@@ -344,6 +376,38 @@ impl Plugin {
                 .map_or(Delivery::Queued, |(_, d)| d.clone());
             intent.fate = Fate::Dispatched(delivery);
         }
+    }
+
+    /// [`Plugin::run`] with `input` encoded as JSON; read the output with
+    /// [`Outcome::output`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(plugin: escrow_host::Plugin) -> Result<(), Box<dyn std::error::Error>> {
+    /// #[derive(serde::Serialize)]
+    /// struct Order { id: u64 }
+    /// #[derive(serde::Deserialize)]
+    /// struct Receipt { order: u64 }
+    ///
+    /// let outcome = plugin.run_json(&Order { id: 7 }, escrow_host::RunOptions::new()).await?;
+    /// if let Some(receipt) = outcome.output::<Receipt>() {
+    ///     println!("order {}", receipt?.order);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Plugin::run`], and [`Error::Input`] when `input` cannot be
+    /// encoded.
+    pub async fn run_json<In: serde::Serialize + ?Sized>(
+        &self,
+        input: &In,
+        options: RunOptions,
+    ) -> Result<Outcome, Error> {
+        let input = serde_json::to_vec(input).map_err(|e| Error::Input(e.to_string()))?;
+        self.run(options.input(input)).await
     }
 
     /// [`Plugin::run`] for callers that are not async: blocks the calling

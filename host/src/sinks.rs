@@ -151,6 +151,14 @@ impl Sinks {
             None => Attempt::NoSink,
             Some(route) => route.deliver(intent, self.timeout).await,
         };
+        if matches!(attempt, Attempt::Failed(_) | Attempt::NoSink) {
+            crate::observe::delivery_failed();
+        }
+        tracing::debug!(
+            run_id = %intent.run_id, seq = intent.seq,
+            delivered = matches!(attempt, Attempt::Delivered),
+            "delivery"
+        );
         if let Attempt::Failed(error) = &attempt {
             tracing::warn!(
                 run_id = %intent.run_id, seq = intent.seq, effect = %intent.effect, %error,

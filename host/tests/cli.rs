@@ -238,9 +238,61 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
     for _ in 0..2 {
         let output = checkout(&["--sink", &sink]);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-        assert_eq!(stdout(&output), "");
+        // With the intents in the file, stdout carries the plugin's result.
+        assert_eq!(stdout(&output), "{\"order\":42,\"intents\":3}\n");
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 6);
+}
+
+#[test]
+fn the_input_can_come_from_stdin() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args([
+            "run",
+            fixtures::CHECKOUT,
+            "--config",
+            &example_config("checkout"),
+        ])
+        .args(["--input", "-", "--json"])
+        .env(
+            "ESCROW_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), br#"{"id": 9}"#).unwrap();
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json_report(&output)["result"]["order"], 9);
+}
+
+#[test]
+fn dir_and_env_flags_grant_what_the_config_would() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("note.txt"), "hello").unwrap();
+    let mount = format!("{}:/data", dir.path().display());
+    let input = r#"{"steps": [{"read_file": "/data/note.txt"}, {"env": "REGION"}]}"#;
+    let output = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--input",
+        input,
+        "--dir",
+        &mount,
+        "--env",
+        "REGION=eu",
+        "--json",
+    ]);
+    let report = json_report(&output);
+    assert_eq!(report["result"]["results"][0]["ok"], "hello", "{report}");
+    assert_eq!(report["result"]["results"][1]["ok"], "eu", "{report}");
+    let bad = escrow(&["run", fixtures::SCRIPTED, "--dir", "nocolon"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("give HOST:GUEST"), "{}", stderr(&bad));
 }
 
 #[test]

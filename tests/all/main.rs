@@ -13,6 +13,7 @@ mod isolation;
 mod limits;
 mod loading;
 mod locks;
+mod observe;
 mod outbox;
 mod policies;
 mod scopes;

@@ -19,6 +19,12 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} → {}", self.from, self.to)
+    }
+}
+
 /// Whether a call may go through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -50,6 +56,17 @@ pub enum CallResult {
     /// The host refused the call before the handler ran: not counted, and a
     /// trial it held is given back.
     NotCalled,
+}
+
+impl CallResult {
+    /// `success`, `failure` or `not-called`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallResult::Success => "success",
+            CallResult::Failure => "failure",
+            CallResult::NotCalled => "not-called",
+        }
+    }
 }
 
 /// Where breaker state lives. Every method applies the rules of

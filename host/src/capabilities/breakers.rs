@@ -137,6 +137,7 @@ impl HostBreaker for EscrowCtx {
             Ok(Err(EffectError::Failed(_))) | Err(_) => CallResult::Failure,
         };
         transitions.extend(breakers.record(&name, defined, trial, counted).await);
+        tracing::debug!(seq, breaker = %name, trial, counted = counted.as_str(), "breaker call");
         self.breaker_decisions.push(BreakerDecision {
             seq,
             breaker: name,

@@ -254,6 +254,15 @@ impl EscrowCtx {
         compensation: Option<String>,
     ) {
         let answer = result.as_ref().map_or(0, Vec::len);
+        tracing::debug!(
+            seq, effect = %effect, kind = kind.map(EffectKind::as_str),
+            outcome = match result {
+                Ok(_) => "answered",
+                Err(EffectError::Refused(_)) => "refused",
+                Err(EffectError::Failed(_)) => "failed",
+            },
+            "invocation"
+        );
         self.payload_bytes += payload.len() + answer;
         self.invocations.push(Invocation {
             seq,

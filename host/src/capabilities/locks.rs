@@ -60,6 +60,7 @@ impl Host for EscrowCtx {
                 return Ok(Err(self.refuse_lock(keys, LockError::Unavailable(why))));
             }
         };
+        tracing::debug!(keys = ?lease.keys, token = lease.token, "locks acquired");
         self.lock_records.push(LockRecord {
             keys: lease.keys.clone(),
             result: Ok(lease.token),
@@ -127,6 +128,7 @@ impl EscrowCtx {
     /// Records a lock request that got no lock, and hands back its error for
     /// the guest.
     fn refuse_lock(&mut self, keys: Vec<String>, error: LockError) -> LockError {
+        tracing::debug!(?keys, error = %lock_error_text(&error), "locks not given");
         self.lock_records.push(LockRecord {
             keys,
             result: Err(lock_error_text(&error)),

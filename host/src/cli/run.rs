@@ -13,19 +13,28 @@ use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
 ///
 /// Immediate effects are performed by the handlers of the config file.
 /// Committed intents are written to stdout as JSON lines (or to --sink), and
-/// a summary of every intent, call and compensation to stderr. Exit code: 0 when the
-/// run succeeded, 1 when it failed, 2 for a bad invocation, 3 when it
-/// committed but not every intent was delivered.
+/// a summary of every intent, call and compensation to stderr. When the
+/// intents go elsewhere (--sink file:PATH or stderr) and there is no --json,
+/// the plugin's result is printed on stdout. Exit code: 0 when the run
+/// succeeded, 1 when it failed, 2 for a bad invocation, 3 when it committed
+/// but not every intent was delivered.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The plugin: a component built for wasm32-wasip2.
     plugin: PathBuf,
-    /// The input, as JSON.
+    /// The input, as JSON; `-` reads it from stdin.
     #[arg(long, conflicts_with = "input_file")]
     input: Option<String>,
     /// Read the input (JSON) from this file.
     #[arg(long, value_name = "FILE")]
     input_file: Option<PathBuf>,
+    /// Let the guest see the host directory HOST as GUEST, read-only, or
+    /// read-write with `:rw` (as `[[grants.dirs]]`).
+    #[arg(long, value_name = "HOST:GUEST[:rw]")]
+    dir: Vec<String>,
+    /// Let the guest see the environment variable KEY (as `[grants] env`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
     /// What happens to the intents: commit, drop or assert-none.
     #[arg(long, value_name = "POLICY")]
     policy: Option<PolicyName>,
@@ -77,6 +86,26 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     // Flags add to the file's grants and blocks, and override the rest.
     config.grants.effects.extend(args.grant.iter().cloned());
+    for dir in &args.dir {
+        let (host, rest) = dir
+            .split_once(':')
+            .with_context(|| format!("--dir `{dir}`: give HOST:GUEST or HOST:GUEST:rw"))?;
+        let (guest, writable) = match rest.strip_suffix(":rw") {
+            Some(guest) => (guest, true),
+            None => (rest.strip_suffix(":ro").unwrap_or(rest), false),
+        };
+        config.grants.dirs.push(escrow_host::config::DirConfig {
+            host: std::env::current_dir()?.join(host),
+            guest: guest.to_owned(),
+            writable,
+        });
+    }
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env `{pair}`: give KEY=VALUE"))?;
+        config.grants.env.insert(key.to_owned(), value.to_owned());
+    }
     config.block.extend(args.block.iter().cloned());
     config.policy = args.policy.unwrap_or(config.policy);
     config.limits.timeout_ms = args.timeout_ms.or(config.limits.timeout_ms);
@@ -98,7 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
         .backtraces(args.backtrace)
-        .sinks(super::sinks(sink, args.json)?);
+        .sinks(super::sinks(sink.clone(), args.json)?);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
         host = host.cache_dir(dir);
     }
@@ -127,9 +156,14 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let outcome = plugin.run(options).await?;
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report::json(&outcome))?);
+        println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
     } else {
         eprint!("{}", report::human(&outcome, args.backtrace));
+        // With stdout free of intents, it carries the plugin's result.
+        if let (Ok(output), Some(SinkSpec::File(_) | SinkSpec::Stderr)) = (&outcome.result, &sink) {
+            std::io::Write::write_all(&mut std::io::stdout(), output)?;
+            println!();
+        }
     }
     Ok(match outcome.status() {
         Status::Failed => EXIT_RUN_FAILED,
@@ -140,6 +174,12 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
 fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
     let (bytes, what) = match (&args.input, &args.input_file) {
+        (Some(dash), _) if dash == "-" => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .context("cannot read the input from stdin")?;
+            (bytes, "the input on stdin".to_owned())
+        }
         (Some(text), _) => (text.clone().into_bytes(), "--input".to_owned()),
         (None, Some(path)) => (
             std::fs::read(path)

@@ -132,6 +132,14 @@ impl Worker {
     }
 
     async fn drain(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
+        let report = self.drain_claims(stopped).await?;
+        if let Ok(stats) = self.outbox.store().stats().await {
+            crate::observe::outbox_stats(&stats, self.outbox.now_ms());
+        }
+        Ok(report)
+    }
+
+    async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
         loop {
             let now = self.outbox.now_ms();

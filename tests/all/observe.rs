@@ -1,0 +1,172 @@
+//! Traces and metrics: a span per run with its identity, status and counts,
+//! Prometheus metrics by status, fate and refusal, and observers that see
+//! every outcome.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use escrow_host::{Host, RunOptions, Status};
+use escrow_tests::{all_effects, fixtures};
+use serde_json::json;
+
+/// Log lines written by the subscriber, kept for the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn input(steps: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "steps": steps })).unwrap()
+}
+
+#[test]
+fn a_run_leaves_a_span_with_its_identity_status_and_counts() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plugin = escrow_tests::scripted().with_name("traced");
+    let steps = json!([{ "defer": "a.b", "payload": 1 }, { "defer": "nope", "payload": 2 }]);
+    let outcome = runtime
+        .block_on(
+            plugin.run(
+                RunOptions::new()
+                    .grants(escrow_host::Grants::new().effects(["a.*"]).unwrap())
+                    .input(input(steps)),
+            ),
+        )
+        .unwrap();
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let closed: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["span"]["name"] == "escrow.run" && l["fields"]["message"] == "close")
+        .unwrap_or_else(|| panic!("no closed escrow.run span in {text}"));
+    let span = &closed["span"];
+    assert_eq!(span["plugin"], "traced");
+    assert_eq!(span["run_id"], outcome.run_id.to_string());
+    assert_eq!(span["status"], "committed");
+    assert_eq!(span["intents"], 2);
+    assert_eq!(span["refused"], 1);
+}
+
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| escrow_host::observe::prometheus().unwrap())
+}
+
+/// The value of the sample `name{labels}` in the Prometheus text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn runs_intents_and_refusals_are_counted_in_prometheus_metrics() {
+    let handle = metrics();
+    let plugin = escrow_tests::scripted().with_name("metered");
+    let options = RunOptions::new().grants(escrow_host::Grants::new().effects(["a.*"]).unwrap());
+    let steps = json!([{ "defer": "a.b", "payload": 1 }, { "defer": "nope", "payload": 2 }]);
+    for _ in 0..2 {
+        plugin
+            .run(options.clone().input(input(steps.clone())))
+            .await
+            .unwrap();
+    }
+    plugin
+        .run(options.clone().input(input(json!([{ "fail": "no" }]))))
+        .await
+        .unwrap();
+
+    let text = handle.render();
+    let plugin = ("plugin", "metered");
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_runs_total",
+            &[plugin, ("status", "committed")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "escrow_runs_total", &[plugin, ("status", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_intents_total",
+            &[plugin, ("fate", "refused")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_refusals_total",
+            &[plugin, ("kind", "not-granted")]
+        ),
+        Some(2.0)
+    );
+    assert!(text.contains("escrow_pool_wait_seconds"), "{text}");
+    assert!(text.contains("escrow_run_duration_seconds"), "{text}");
+}
+
+#[tokio::test]
+async fn an_observer_sees_every_finished_outcome() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let host = Host::builder()
+        .observe(move |outcome| {
+            sink.lock()
+                .unwrap()
+                .push((outcome.run_id, outcome.status()))
+        })
+        .build()
+        .unwrap();
+    let plugin = host.load_file(fixtures::SCRIPTED).unwrap();
+    let ok = plugin
+        .run(
+            RunOptions::new()
+                .grants(all_effects())
+                .input(input(json!([]))),
+        )
+        .await
+        .unwrap();
+    let failed = plugin
+        .run(RunOptions::new().input(input(json!([{ "fail": "no" }]))))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (ok.run_id, Status::Committed),
+            (failed.run_id, Status::Failed)
+        ]
+    );
+}
