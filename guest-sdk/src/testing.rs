@@ -36,9 +36,13 @@ pub enum Kind {
     Action,
 }
 
-/// A host stand-in with grants, a policy and fake handlers. By default
-/// everything is granted, the policy commits, and no handler exists.
-#[derive(Clone, Default)]
+/// A host stand-in with grants, a policy and fake handlers. As on the host,
+/// nothing is granted by default: grant what the plugin may request with
+/// [`grant`](Sandbox::grant) and [`grant_lock`](Sandbox::grant_lock), or take
+/// the grants of the plugin's `escrow.toml` with
+/// [`from_config`](Sandbox::from_config). The policy commits, and no handler
+/// exists until one is faked.
+#[derive(Clone)]
 pub struct Sandbox {
     pub(crate) grants: Option<Vec<String>>,
     pub(crate) lock_grants: Option<Vec<String>>,
@@ -65,14 +69,70 @@ impl fmt::Debug for Sandbox {
     }
 }
 
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Sandbox {
-    /// Everything granted, policy commit, no handlers.
+    /// Nothing granted (deny by default, as on the host), policy commit,
+    /// no handlers.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            grants: Some(Vec::new()),
+            lock_grants: Some(Vec::new()),
+            policy: ScopePolicy::default(),
+            handlers: HashMap::new(),
+            breakers: HashMap::new(),
+        }
     }
 
-    /// Grants effects matching `pattern` (`email.*`). Once any pattern is
-    /// granted, effects that match none are refused `not-granted`.
+    /// A sandbox with the grants and policy of an `escrow.toml`: its
+    /// `[grants] effects` and `locks`, its `policy` and `block`. Native tests
+    /// then see the grants production runs get.
+    ///
+    /// # Panics
+    ///
+    /// When the file cannot be read or is not valid TOML of that shape: a
+    /// test should fail loudly.
+    pub fn from_config(path: impl AsRef<std::path::Path>) -> Self {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "escrow-guest sandbox: cannot read `{}`: {e}",
+                path.display()
+            )
+        });
+        let config: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("escrow-guest sandbox: `{}`: {e}", path.display()));
+        let strings = |value: Option<&toml::Value>| -> Vec<String> {
+            value
+                .and_then(toml::Value::as_array)
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let grants = config.get("grants").and_then(toml::Value::as_table);
+        let mut sandbox = Self::new();
+        sandbox.grants = Some(strings(grants.and_then(|g| g.get("effects"))));
+        sandbox.lock_grants = Some(strings(grants.and_then(|g| g.get("locks"))));
+        let block = strings(config.get("block"));
+        sandbox.policy = match config.get("policy").and_then(toml::Value::as_str) {
+            Some("drop") => ScopePolicy::Drop,
+            Some("assert-none") => ScopePolicy::AssertNone,
+            _ if !block.is_empty() => ScopePolicy::Block(block),
+            _ => ScopePolicy::Inherit,
+        };
+        sandbox
+    }
+
+    /// Grants effects matching `pattern` (`email.*`; `*` for all). Effects
+    /// that match no granted pattern are refused `not-granted`.
     pub fn grant(mut self, pattern: impl Into<String>) -> Self {
         self.grants
             .get_or_insert_with(Vec::new)
@@ -80,10 +140,9 @@ impl Sandbox {
         self
     }
 
-    /// Grants locks on keys matching `pattern` (`account:*`). Once any
-    /// pattern is granted, keys that match none are refused. The sandbox
-    /// checks grants, key order and names; it has one run, so no lock is ever
-    /// contended.
+    /// Grants locks on keys matching `pattern` (`account:*`). Keys that
+    /// match no granted pattern are refused. The sandbox checks grants, key
+    /// order and names; it has one run, so no lock is ever contended.
     pub fn grant_lock(mut self, pattern: impl Into<String>) -> Self {
         self.lock_grants
             .get_or_insert_with(Vec::new)
@@ -255,7 +314,7 @@ impl<T> Recording<T> {
 }
 
 /// One deferred request recorded by the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RecordedIntent {
     /// Sequence number, from 1; every request takes one.
     pub seq: u64,
@@ -293,8 +352,32 @@ pub enum Fate {
     Discarded,
 }
 
+impl fmt::Debug for RecordedIntent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordedIntent")
+            .field("seq", &self.seq)
+            .field("effect", &self.effect)
+            .field("payload", &Payload(&self.payload))
+            .field("fate", &self.fate)
+            .finish()
+    }
+}
+
+/// A payload shown as its text when it is UTF-8 (JSON usually is), else as
+/// bytes.
+pub(crate) struct Payload<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => write!(f, "{text}"),
+            Err(_) => write!(f, "{:?}", self.0),
+        }
+    }
+}
+
 /// One immediate request recorded by the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RecordedInvocation {
     /// Sequence number, shared with deferred requests.
     pub seq: u64,
@@ -304,6 +387,17 @@ pub struct RecordedInvocation {
     pub payload: Vec<u8>,
     /// What came back.
     pub result: Answer,
+}
+
+impl fmt::Debug for RecordedInvocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordedInvocation")
+            .field("seq", &self.seq)
+            .field("effect", &self.effect)
+            .field("payload", &Payload(&self.payload))
+            .field("result", &self.result)
+            .finish()
+    }
 }
 
 /// A compensation the sandbox ran, or would run.

@@ -17,7 +17,7 @@ fn fates<T>(recording: &escrow_guest::testing::Recording<T>) -> Vec<(&str, Fate)
 
 #[test]
 fn defer_records_json_payloads_in_order_with_sequence_numbers() {
-    let recording = Sandbox::new().run(|| {
+    let recording = Sandbox::new().grant("*").grant_lock("*").run(|| {
         let first = defer("orders.save", &json!({ "id": 1 }))?;
         let second = defer_bytes("blob.put", &[0, 159, 146, 150])?;
         Ok::<_, Error>((first, second))
@@ -53,7 +53,10 @@ fn an_effect_outside_the_sandbox_grants_is_refused_not_granted() {
 
 #[test]
 fn a_malformed_effect_name_is_refused_invalid() {
-    let recording = Sandbox::new().run(|| defer("not an effect", &1));
+    let recording = Sandbox::new()
+        .grant("*")
+        .grant_lock("*")
+        .run(|| defer("not an effect", &1));
     assert!(matches!(
         recording.output.unwrap_err().refusal(),
         Some(Refusal::Invalid(_))
@@ -62,7 +65,7 @@ fn a_malformed_effect_name_is_refused_invalid() {
 
 #[test]
 fn pending_lists_what_was_recorded_and_not_discarded() {
-    let recording = Sandbox::new().run(|| {
+    let recording = Sandbox::new().grant("*").grant_lock("*").run(|| {
         defer("a.one", &1).unwrap();
         let inner = Scope::open(ScopePolicy::Inherit).unwrap();
         defer("b.two", &2).unwrap();
@@ -75,7 +78,7 @@ fn pending_lists_what_was_recorded_and_not_discarded() {
 
 #[test]
 fn scope_commits_on_ok_and_rolls_back_on_err() {
-    let recording = Sandbox::new().run(|| {
+    let recording = Sandbox::new().grant("*").grant_lock("*").run(|| {
         scope(|| defer("a.kept", &1).map(drop))?;
         let failed: Result<(), Error> = scope(|| {
             defer("b.discarded", &2)?;
@@ -97,7 +100,7 @@ fn scope_commits_on_ok_and_rolls_back_on_err() {
 
 #[test]
 fn dropping_a_scope_unfinished_rolls_it_back() {
-    let recording = Sandbox::new().run(|| {
+    let recording = Sandbox::new().grant("*").grant_lock("*").run(|| {
         let scope = Scope::open(ScopePolicy::Inherit).unwrap();
         defer("a.inside", &1).unwrap();
         drop(scope);
@@ -107,7 +110,7 @@ fn dropping_a_scope_unfinished_rolls_it_back() {
 
 #[test]
 fn narrowing_scopes_drop_block_and_forbid_like_the_host() {
-    let recording = Sandbox::new().run(|| {
+    let recording = Sandbox::new().grant("*").grant_lock("*").run(|| {
         scope_with(ScopePolicy::Drop, || defer("a.simulated", &1).map(drop)).unwrap();
         scope_with(ScopePolicy::Block(vec!["email.*".into()]), || {
             defer("email.send", &2)?;
@@ -138,15 +141,19 @@ fn narrowing_scopes_drop_block_and_forbid_like_the_host() {
 
 #[test]
 fn the_sandbox_policy_applies_to_the_whole_run() {
-    let recording = Sandbox::new().policy(ScopePolicy::Drop).run(|| {
-        scope(|| defer("a.inside", &1).map(drop)).unwrap();
-    });
+    let recording = Sandbox::new()
+        .grant("*")
+        .grant_lock("*")
+        .policy(ScopePolicy::Drop)
+        .run(|| {
+            scope(|| defer("a.inside", &1).map(drop)).unwrap();
+        });
     assert_eq!(fates(&recording), [("a.inside", Fate::Dropped)]);
 }
 
 #[test]
 fn each_sandbox_run_starts_empty() {
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::new().grant("*").grant_lock("*");
     sandbox.run(|| defer("a.one", &1).unwrap());
     let second = sandbox.run(|| defer("b.two", &2).unwrap());
     assert_eq!(second.output, 1);
@@ -166,7 +173,10 @@ fn a_plugin_function_is_called_directly_in_native_mode() {
         Ok(order.id)
     }
 
-    let recording = Sandbox::new().run(|| place(Order { id: 9 }));
+    let recording = Sandbox::new()
+        .grant("*")
+        .grant_lock("*")
+        .run(|| place(Order { id: 9 }));
     assert_eq!(recording.output, Ok(9));
     assert_eq!(recording.committed_effects(), ["orders.save"]);
 }
@@ -186,7 +196,7 @@ mod effects {
     }
 
     fn trips() -> Sandbox {
-        let mut sandbox = Sandbox::new();
+        let mut sandbox = Sandbox::new().grant("*").grant_lock("*");
         for effect in ["flight", "hotel", "car"]
             .map(|leg| [format!("{leg}.book"), format!("{leg}.cancel")])
             .concat()
@@ -199,6 +209,8 @@ mod effects {
     #[test]
     fn invoke_sends_json_and_decodes_the_fake_handlers_answer() {
         let recording = Sandbox::new()
+            .grant("*")
+            .grant_lock("*")
             .query("prices.get", |sku: &[u8]| {
                 Ok(format!(
                     "{{\"sku\":{},\"cents\":1999}}",
@@ -218,6 +230,8 @@ mod effects {
     #[test]
     fn a_query_passes_a_drop_policy_and_an_action_does_not() {
         let recording = Sandbox::new()
+            .grant("*")
+            .grant_lock("*")
             .policy(ScopePolicy::Drop)
             .query("prices.get", |_: &[u8]| Ok(b"1".to_vec()))
             .action("orders.create", |_: &[u8]| Ok(b"2".to_vec()))
@@ -239,7 +253,10 @@ mod effects {
 
     #[test]
     fn an_effect_without_a_fake_handler_is_refused() {
-        let recording = Sandbox::new().run(|| invoke::<u32>("orders.create", &()));
+        let recording = Sandbox::new()
+            .grant("*")
+            .grant_lock("*")
+            .run(|| invoke::<u32>("orders.create", &()));
         assert!(matches!(
             recording.output.unwrap_err().refusal(),
             Some(Refusal::NotGranted(_))
@@ -337,4 +354,44 @@ fn a_plugin_fails_with_its_own_message_through_error_msg_or_a_string() {
     );
     let from_str: Error = "plain".into();
     assert!(from_str.refusal().is_none());
+}
+
+#[test]
+fn a_new_sandbox_grants_nothing_as_the_host_does() {
+    let recording = Sandbox::new().run(|| defer("email.send", &1));
+    assert!(matches!(
+        recording.output.unwrap_err().refusal(),
+        Some(Refusal::NotGranted(_))
+    ));
+}
+
+#[test]
+fn a_sandbox_from_a_config_has_its_grants_and_policy() {
+    let dir = std::env::temp_dir().join(format!("escrow-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("escrow.toml");
+    std::fs::write(
+        &path,
+        "policy = \"drop\"\n[grants]\neffects = [\"email.*\"]\n",
+    )
+    .unwrap();
+    let sandbox = Sandbox::from_config(&path);
+    let granted = sandbox.run(|| defer("email.send", &1));
+    assert!(granted.output.is_ok());
+    assert_eq!(granted.intents[0].fate, Fate::Dropped);
+    let refused = sandbox.run(|| defer("payments.charge", &1));
+    assert!(matches!(
+        refused.output.unwrap_err().refusal(),
+        Some(Refusal::NotGranted(_))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn recorded_payloads_read_as_text_in_debug_output() {
+    let recording = Sandbox::new()
+        .grant("*")
+        .run(|| defer("email.send", &serde_json::json!({ "to": "ada" })));
+    let shown = format!("{:?}", recording.intents[0]);
+    assert!(shown.contains(r#"payload: {"to":"ada"}"#), "{shown}");
 }

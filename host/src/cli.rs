@@ -12,6 +12,7 @@ use escrow_host::{CallError, Intent};
 
 mod breakers;
 mod inspect;
+mod new;
 mod outbox;
 mod report;
 mod run;
@@ -52,6 +53,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Breakers(breakers::BreakersArgs),
     Outbox(outbox::OutboxArgs),
+    New(new::NewArgs),
 }
 
 /// The sinks of `escrow run` and `escrow outbox deliver`: JSON lines on
@@ -126,6 +128,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Inspect(args) => inspect::main(args),
         Command::Breakers(args) => breakers::main(args),
         Command::Outbox(args) => outbox::main(args),
+        Command::New(args) => new::main(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -39,8 +39,8 @@ mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresOutbox;
 pub use sqlite::SqliteOutbox;
-pub(crate) use worker::deliver_run;
 pub use worker::{DEFAULT_POLL_INTERVAL, Report, Worker, WorkerHandle};
+pub(crate) use worker::{Settler, deliver_run};
 
 /// Default number of delivery attempts before an entry is dead.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;

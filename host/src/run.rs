@@ -18,7 +18,7 @@ use crate::limits::{
     DEADLINE_GRACE, Limit, Limits, MAX_GUEST_STDERR_BYTES, MAX_HOST_CALL_COPY_BYTES,
     MAX_RESOURCE_HANDLES,
 };
-use crate::outbox::{Claim, Outbox};
+use crate::outbox::{Claim, Outbox, Settler};
 use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
@@ -335,25 +335,26 @@ impl Plugin {
     async fn deliver_stored(&self, outbox: &Outbox, claim: Option<Claim>, outcome: &mut Outcome) {
         let deliveries = match claim {
             None => Vec::new(),
-            Some(mut claim) => match outbox.store().claimed(&claim).await {
+            Some(claim) => match outbox.store().claimed(&claim).await {
                 Ok(entries) => {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
+                    let mut settler = Settler::new(outbox, claim);
                     let delivered = crate::outbox::deliver_run(
-                        outbox,
                         &self.sinks,
                         &self.handlers,
-                        &mut claim,
+                        &mut settler,
                         &entries,
                         &stopped,
                     )
                     .await;
-                    match delivered {
-                        Ok(done) => entries
+                    let settled = settler.finish().await;
+                    match (delivered, settled) {
+                        (Ok(done), Ok(_)) => entries
                             .iter()
                             .map(|e| e.entry.seq)
                             .zip(done.deliveries)
                             .collect(),
-                        Err(error) => {
+                        (Err(error), _) | (_, Err(error)) => {
                             tracing::warn!(run_id = %outcome.run_id, %error, "settling inline deliveries failed; a worker delivers them again");
                             Vec::new()
                         }

@@ -79,7 +79,8 @@ mod tests {
     #[test]
     fn a_successful_checkout_requests_charge_save_and_receipt_in_order() {
         let order: Order = serde_json::from_str("{}").unwrap();
-        let recording = Sandbox::new().run(|| checkout(order));
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
+            .run(|| checkout(order));
         assert_eq!(recording.output.as_ref().unwrap().intents, 3);
         assert_eq!(
             recording.committed_effects(),
@@ -90,7 +91,8 @@ mod tests {
     #[test]
     fn a_failing_save_returns_an_error() {
         let order: Order = serde_json::from_str(r#"{"fail": true}"#).unwrap();
-        let recording = Sandbox::new().run(|| checkout(order));
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
+            .run(|| checkout(order));
         assert!(
             recording
                 .output

@@ -66,7 +66,7 @@ mod tests {
             calls: 2,
             wait_for_recovery: false,
         };
-        let recording = Sandbox::new()
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
             .open_breaker("upstream")
             .action("upstream.fetch", |_: &[u8]| Ok(b"1".to_vec()))
             .run(|| poll(plan));
@@ -87,7 +87,7 @@ mod tests {
             calls: 4,
             wait_for_recovery: false,
         };
-        let recording = Sandbox::new()
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
             .breaker("upstream", 3)
             .action("upstream.fetch", |_: &[u8]| Err("unavailable".into()))
             .run(|| poll(plan));

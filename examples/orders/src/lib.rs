@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn under_block_the_confirmation_is_blocked_and_the_rest_committed() {
-        let recording = Sandbox::new()
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
             .policy(ScopePolicy::Block(vec!["email.*".into()]))
             .run(|| place(order()));
         assert_eq!(
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn under_assert_none_every_request_is_refused_and_the_plugin_goes_on() {
-        let recording = Sandbox::new()
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
             .policy(ScopePolicy::AssertNone)
             .run(|| place(order()));
         assert_eq!(recording.output.unwrap().refused, 3);

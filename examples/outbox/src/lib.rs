@@ -78,14 +78,16 @@ mod tests {
 
     #[test]
     fn every_employee_gets_one_payment_in_order() {
-        let recording = Sandbox::new().run(|| payroll(payroll_of(&[100, 200, 300])));
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
+            .run(|| payroll(payroll_of(&[100, 200, 300])));
         assert_eq!(recording.output.as_ref().unwrap().total_cents, 600);
         assert_eq!(recording.committed_effects(), ["payments.send"; 3]);
     }
 
     #[test]
     fn an_employee_paid_nothing_fails_the_whole_payroll() {
-        let recording = Sandbox::new().run(|| payroll(payroll_of(&[100, 0])));
+        let recording = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
+            .run(|| payroll(payroll_of(&[100, 0])));
         assert!(recording.output.unwrap_err().contains("paid nothing"));
     }
 }

@@ -98,7 +98,7 @@ mod tests {
     fn bank(balance: i64) -> Sandbox {
         let balances = Arc::new(Mutex::new(balance));
         let read = Arc::clone(&balances);
-        Sandbox::new()
+        Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"))
             .grant_lock("account:*")
             .query("accounts.balance", move |_: &[u8]| {
                 Ok(read.lock().unwrap().to_string().into_bytes())

@@ -86,7 +86,7 @@ mod tests {
     use escrow_guest::testing::Sandbox;
 
     fn providers() -> Sandbox {
-        let mut sandbox = Sandbox::new();
+        let mut sandbox = Sandbox::from_config(concat!(env!("CARGO_MANIFEST_DIR"), "/escrow.toml"));
         for leg in ["flight", "hotel", "car"] {
             sandbox = sandbox
                 .action(format!("{leg}.book"), move |payload: &[u8]| {

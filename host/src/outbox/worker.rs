@@ -143,7 +143,7 @@ impl Worker {
         let mut report = Report::default();
         loop {
             let now = self.outbox.now_ms();
-            let mut claim = Claim::new(now, self.outbox.lease_duration());
+            let claim = Claim::new(now, self.outbox.lease_duration());
             let entries = self
                 .outbox
                 .store()
@@ -152,6 +152,7 @@ impl Worker {
             if entries.is_empty() {
                 return Ok(report);
             }
+            let mut settler = Settler::new(&self.outbox, claim);
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
                 let run = first.entry.run_id;
@@ -161,22 +162,15 @@ impl Worker {
                     .unwrap_or(rest.len());
                 let (entries, next) = rest.split_at(end);
                 rest = next;
-                if *stopped.borrow() {
+                if *stopped.borrow() || settler.lost() {
                     break;
                 }
-                let done = deliver_run(
-                    &self.outbox,
-                    &self.sinks,
-                    &self.handlers,
-                    &mut claim,
-                    entries,
-                    stopped,
-                )
-                .await?;
+                let done = deliver_run(&self.sinks, &self.handlers, &mut settler, entries, stopped)
+                    .await?;
                 report += done.report;
             }
-            // Whatever was not attempted goes back for another worker.
-            self.outbox.store().release(&claim).await?;
+            // What was not attempted goes back for another worker.
+            report.lost += settler.finish().await?;
             if *stopped.borrow() {
                 return Ok(report);
             }
@@ -221,6 +215,68 @@ impl Worker {
     }
 }
 
+/// Settles attempts under one claim, in batches (one transaction, so one
+/// fsync, per batch), renewing the claim's lease with each, and gives back
+/// what the claim still holds when done.
+pub(crate) struct Settler<'a> {
+    outbox: &'a Outbox,
+    claim: Claim,
+    pending: Vec<(i64, Settlement)>,
+    lost: u64,
+}
+
+impl<'a> Settler<'a> {
+    pub(crate) fn new(outbox: &'a Outbox, claim: Claim) -> Self {
+        Self {
+            outbox,
+            claim,
+            pending: Vec::new(),
+            lost: 0,
+        }
+    }
+
+    async fn push(&mut self, id: i64, settlement: Settlement) -> Result<(), OutboxError> {
+        self.pending.push((id, settlement));
+        if self.pending.len() >= SETTLE_EVERY {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the claim's lease ran out and another worker took entries:
+    /// nothing more is attempted under it.
+    fn lost(&self) -> bool {
+        self.lost > 0
+    }
+
+    async fn flush(&mut self) -> Result<(), OutboxError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let outbox = self.outbox;
+        self.claim.lease_until_ms = outbox.now_ms() + outbox.lease_duration().as_millis() as i64;
+        let held = outbox.store().settle(&self.claim, &self.pending).await?;
+        let lost = self.pending.len() as u64 - held.min(self.pending.len() as u64);
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "the claim's lease ran out; another worker holds those entries"
+            );
+        }
+        self.lost += lost;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes back what is pending and gives back the rest of the claim;
+    /// returns how many settled entries the claim had lost.
+    pub(crate) async fn finish(mut self) -> Result<u64, OutboxError> {
+        self.flush().await?;
+        self.outbox.store().release(&self.claim).await?;
+        Ok(self.lost)
+    }
+}
+
 /// What delivering one run's claimed entries came to.
 pub(crate) struct RunDelivery {
     pub(crate) report: Report,
@@ -228,28 +284,25 @@ pub(crate) struct RunDelivery {
     pub(crate) deliveries: Vec<Delivery>,
 }
 
-/// Delivers the claimed `entries` of one run, in order, settling as it
-/// goes. An entry that must be retried later stops the run's delivery: the
-/// entries after it are given back unattempted, so that order holds.
+/// Delivers the claimed `entries` of one run, in order. An entry that must
+/// be retried later stops the run's delivery: the entries after it are not
+/// attempted (they go back with the claim), so that order holds.
 pub(crate) async fn deliver_run(
-    outbox: &Outbox,
     sinks: &Sinks,
     handlers: &Handlers,
-    claim: &mut Claim,
+    settler: &mut Settler<'_>,
     entries: &[Entry],
     stopped: &watch::Receiver<bool>,
 ) -> Result<RunDelivery, OutboxError> {
     let mut report = Report::default();
     let mut deliveries = Vec::with_capacity(entries.len());
-    let mut settled: Vec<(i64, Settlement)> = Vec::new();
     let mut blocked = false;
     for entry in entries {
-        if blocked || *stopped.borrow() {
-            settled.push((entry.id, Settlement::Release));
+        if blocked || settler.lost() || *stopped.borrow() {
             deliveries.push(Delivery::Queued);
             continue;
         }
-        let (settlement, delivery) = attempt(outbox, sinks, handlers, entry).await;
+        let (settlement, delivery) = attempt(settler.outbox, sinks, handlers, entry).await;
         match &settlement {
             Settlement::Delivered => report.delivered += 1,
             Settlement::Dead { .. } => report.dead += 1,
@@ -259,42 +312,10 @@ pub(crate) async fn deliver_run(
             }
             Settlement::Release => blocked = true,
         }
-        settled.push((entry.id, settlement));
+        settler.push(entry.id, settlement).await?;
         deliveries.push(delivery);
-        if settled.len() >= SETTLE_EVERY {
-            let lost = flush(outbox, claim, &mut settled).await?;
-            if lost > 0 {
-                report.lost += lost;
-                // Another worker holds this run now: leave the rest to it.
-                blocked = true;
-            }
-        }
     }
-    report.lost += flush(outbox, claim, &mut settled).await?;
     Ok(RunDelivery { report, deliveries })
-}
-
-/// Writes `settled` back under `claim`, renewing its lease; returns how
-/// many of them the claim no longer held.
-async fn flush(
-    outbox: &Outbox,
-    claim: &mut Claim,
-    settled: &mut Vec<(i64, Settlement)>,
-) -> Result<u64, OutboxError> {
-    if settled.is_empty() {
-        return Ok(0);
-    }
-    claim.lease_until_ms = outbox.now_ms() + outbox.lease_duration().as_millis() as i64;
-    let held = outbox.store().settle(claim, settled).await?;
-    let lost = settled.len() as u64 - held.min(settled.len() as u64);
-    if lost > 0 {
-        tracing::warn!(
-            lost,
-            "the claim's lease ran out; another worker holds those entries"
-        );
-    }
-    settled.clear();
-    Ok(lost)
 }
 
 /// One attempt at one entry.
