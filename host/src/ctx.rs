@@ -516,6 +516,7 @@ impl EscrowCtx {
             intents,
             claim: claim.clone(),
             now_ms,
+            journaled: self.journaled,
             failed_compensations: std::mem::take(&mut self.failed_compensations),
         };
         let Err(error) = outbox.write(write).await else {

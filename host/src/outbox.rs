@@ -280,6 +280,9 @@ pub enum Write {
         claim: Option<Claim>,
         /// When the entries are written (ms since the Unix epoch).
         now_ms: i64,
+        /// Whether the run journaled compensations, which the commit
+        /// resolves.
+        journaled: bool,
         /// Compensations performed during the run that failed (the seq of
         /// the call they undo, and the error): they stay owed, due now.
         failed_compensations: Vec<(u64, String)>,

@@ -338,7 +338,7 @@ impl Plugin {
             Some(claim) => match outbox.store().claimed(&claim).await {
                 Ok(entries) => {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
-                    let mut settler = Settler::new(outbox, claim);
+                    let mut settler = Settler::new(outbox, claim, entries.len());
                     let delivered = crate::outbox::deliver_run(
                         &self.sinks,
                         &self.handlers,

@@ -195,6 +195,8 @@ impl PostgresOutbox {
             intents,
             claim: None,
             now_ms,
+            // The run may have journaled compensations in this database.
+            journaled: true,
             failed_compensations: outcome
                 .compensations
                 .iter()
@@ -342,9 +344,13 @@ async fn apply(client: &impl GenericClient, write: &Write) -> Result<(), tokio_p
             intents,
             claim,
             now_ms,
+            journaled,
             failed_compensations,
         } => {
             insert(client, intents, *now_ms, claim.as_ref(), *now_ms).await?;
+            if !*journaled {
+                return Ok(());
+            }
             resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await
         }
         Write::Journal {

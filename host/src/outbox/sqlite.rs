@@ -239,12 +239,15 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
             intents,
             claim,
             now_ms,
+            journaled,
             failed_compensations,
         } => {
             for intent in intents {
                 insert(tx, intent, *now_ms, claim.as_ref(), *now_ms)?;
             }
-            resolve(tx, &run_id.to_string(), failed_compensations, *now_ms)?;
+            if *journaled {
+                resolve(tx, &run_id.to_string(), failed_compensations, *now_ms)?;
+            }
         }
         Write::Journal {
             entry,
@@ -606,6 +609,7 @@ mod tests {
                 intents: vec![entry(run, 1), entry(run, 2)],
                 claim: None,
                 now_ms: 5,
+                journaled: false,
                 failed_compensations: Vec::new(),
             }])
             .await

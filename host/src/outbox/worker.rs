@@ -15,12 +15,13 @@ use crate::sinks::{Attempt, Sinks};
 /// Default pause between two looks at the outbox when nothing was due.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Runs one claim takes at most.
-const CLAIM_RUNS: u32 = 32;
+const CLAIM_RUNS: u32 = 128;
 /// Entries one claim takes at most.
 const CLAIM_ENTRIES: u32 = 1024;
-/// Settled entries written back together; the claim's lease is renewed
-/// with them.
-const SETTLE_EVERY: usize = 64;
+/// Settled entries written back together (one transaction, one fsync); the
+/// claim's lease is renewed with them. A worker that dies delivers at most
+/// this many entries again.
+const SETTLE_EVERY: usize = 256;
 /// The least delay before an entry whose breaker was open comes due again,
 /// so that a half-open breaker (retry-after 0) is not asked in a busy loop.
 const MIN_RESCHEDULE_MS: u64 = 100;
@@ -152,7 +153,7 @@ impl Worker {
             if entries.is_empty() {
                 return Ok(report);
             }
-            let mut settler = Settler::new(&self.outbox, claim);
+            let mut settler = Settler::new(&self.outbox, claim, entries.len());
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
                 let run = first.entry.run_id;
@@ -222,20 +223,26 @@ pub(crate) struct Settler<'a> {
     outbox: &'a Outbox,
     claim: Claim,
     pending: Vec<(i64, Settlement)>,
+    /// Claimed entries not settled yet: when none is left at the end, there
+    /// is nothing to give back.
+    unsettled: usize,
     lost: u64,
 }
 
 impl<'a> Settler<'a> {
-    pub(crate) fn new(outbox: &'a Outbox, claim: Claim) -> Self {
+    /// A settler for `claimed` entries held by `claim`.
+    pub(crate) fn new(outbox: &'a Outbox, claim: Claim, claimed: usize) -> Self {
         Self {
             outbox,
             claim,
             pending: Vec::new(),
+            unsettled: claimed,
             lost: 0,
         }
     }
 
     async fn push(&mut self, id: i64, settlement: Settlement) -> Result<(), OutboxError> {
+        self.unsettled = self.unsettled.saturating_sub(1);
         self.pending.push((id, settlement));
         if self.pending.len() >= SETTLE_EVERY {
             self.flush().await?;
@@ -272,7 +279,9 @@ impl<'a> Settler<'a> {
     /// returns how many settled entries the claim had lost.
     pub(crate) async fn finish(mut self) -> Result<u64, OutboxError> {
         self.flush().await?;
-        self.outbox.store().release(&self.claim).await?;
+        if self.unsettled > 0 {
+            self.outbox.store().release(&self.claim).await?;
+        }
         Ok(self.lost)
     }
 }
