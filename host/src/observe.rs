@@ -4,7 +4,7 @@
 //! The `metrics` crate is a facade, as `log` is for logs: escrow records,
 //! and the embedder installs the recorder it wants (Prometheus, StatsD,
 //! OpenTelemetry through a bridge). Without one, recording costs next to
-//! nothing. With the `prometheus` feature, [`prometheus`] installs a
+//! nothing. With the `prometheus` feature, `prometheus()` installs a
 //! Prometheus recorder and hands back what renders the text format.
 //!
 //! Labels are bounded: the plugin's name (one per loaded plugin), a run's

@@ -1122,3 +1122,54 @@ fn a_plugin_that_takes_no_lock_and_opens_no_breaker_runs_while_their_redis_is_do
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let new = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(["new", "greeter", "--sdk-path", sdk.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(new.status.code(), Some(0), "{}", stderr(&new));
+    let plugin = dir.path().join("greeter");
+    for file in ["Cargo.toml", ".cargo/config.toml", "src/lib.rs", "escrow.toml", "README.md"] {
+        assert!(plugin.join(file).is_file(), "{file} was not written");
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(["new", "greeter"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "an existing directory is not overwritten");
+
+    // Built as its README says, with a target directory kept between runs.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-new");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&plugin)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", stderr(&build));
+    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    let config = plugin.join("escrow.toml");
+    let run = escrow(&[
+        "run",
+        wasm.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        r#"{"id": 7, "email": "ada@example.com"}"#,
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let effects: Vec<String> = stdout(&run)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["effect"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(effects, ["orders.save", "email.send"]);
+}

@@ -176,3 +176,30 @@ async fn pending_lists_what_the_run_has_recorded_so_far() {
         ])
     );
 }
+
+/// The README's embedding, against the README's own example: everything it
+/// requests is granted, and the run commits.
+#[tokio::test]
+async fn the_readme_embedding_commits_the_checkout_example() {
+    let recorder = Recorder::new();
+    let plugin = escrow_tests::plugin(escrow_tests::fixtures::CHECKOUT).with_sinks(recorder.sinks());
+    let outcome = plugin
+        .run(
+            escrow_host::RunOptions::new()
+                .input(br#"{"id": 7, "email": "ada@example.com"}"#.to_vec())
+                .grants(
+                    escrow_host::Grants::new()
+                        .effects(["payments.charge", "orders.save", "email.send"])
+                        .unwrap(),
+                )
+                .policy(escrow_host::policy::Commit),
+        )
+        .await
+        .unwrap();
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert_eq!(outcome.status(), Status::Committed);
+    assert_eq!(
+        recorder.effects(),
+        ["payments.charge", "orders.save", "email.send"]
+    );
+}
