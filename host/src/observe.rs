@@ -164,6 +164,9 @@ pub(crate) fn outbox_stats(stats: &crate::outbox::Stats, now_ms: i64) {
     metrics::gauge!(OUTBOX_LAG).set(lag);
 }
 
+#[cfg(feature = "prometheus")]
+pub use metrics_exporter_prometheus::PrometheusHandle;
+
 /// Installs a Prometheus recorder as the process's metrics recorder and
 /// returns the handle whose `render()` is the text a `/metrics` endpoint
 /// serves.
@@ -172,7 +175,7 @@ pub(crate) fn outbox_stats(stats: &crate::outbox::Stats, now_ms: i64) {
 ///
 /// When a recorder was installed already.
 #[cfg(feature = "prometheus")]
-pub fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+pub fn prometheus() -> Result<PrometheusHandle, String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| e.to_string())

@@ -1134,7 +1134,13 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
         .unwrap();
     assert_eq!(new.status.code(), Some(0), "{}", stderr(&new));
     let plugin = dir.path().join("greeter");
-    for file in ["Cargo.toml", ".cargo/config.toml", "src/lib.rs", "escrow.toml", "README.md"] {
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "escrow.toml",
+        "README.md",
+    ] {
         assert!(plugin.join(file).is_file(), "{file} was not written");
     }
     let again = Command::new(env!("CARGO_BIN_EXE_escrow"))
@@ -1142,7 +1148,11 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert_eq!(again.status.code(), Some(2), "an existing directory is not overwritten");
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing directory is not overwritten"
+    );
 
     // Built as its README says, with a target directory kept between runs.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-new");
@@ -1169,7 +1179,12 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     let effects: Vec<String> = stdout(&run)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["effect"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["effect"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(effects, ["orders.save", "email.send"]);
 }

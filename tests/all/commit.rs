@@ -182,7 +182,8 @@ async fn pending_lists_what_the_run_has_recorded_so_far() {
 #[tokio::test]
 async fn the_readme_embedding_commits_the_checkout_example() {
     let recorder = Recorder::new();
-    let plugin = escrow_tests::plugin(escrow_tests::fixtures::CHECKOUT).with_sinks(recorder.sinks());
+    let plugin =
+        escrow_tests::plugin(escrow_tests::fixtures::CHECKOUT).with_sinks(recorder.sinks());
     let outcome = plugin
         .run(
             escrow_host::RunOptions::new()
