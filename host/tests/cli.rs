@@ -1188,3 +1188,33 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
         .collect();
     assert_eq!(effects, ["orders.save", "email.send"]);
 }
+
+#[test]
+fn inspect_json_reports_capabilities_grants_and_the_verdict_with_grant_flags_added() {
+    let output = escrow(&[
+        "inspect",
+        fixtures::CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+        "--grant",
+        "audit.*",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = json_report(&output);
+    assert_eq!(report["runs_here"], true);
+    let effects: Vec<&str> = report["grants"]["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(effects.contains(&"payments.charge") && effects.contains(&"audit.*"), "{effects:?}");
+    assert!(
+        report["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("deferred effects"))
+    );
+    assert!(report["exports"][0]["name"].is_string());
+}

@@ -21,43 +21,98 @@ pub(crate) struct InspectArgs {
     /// Check against the grants of this file (escrow.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check as if effects matching PATTERN were granted too (as `run --grant`).
+    #[arg(long, value_name = "PATTERN")]
+    grant: Vec<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    config.grants.effects.extend(args.grant.iter().cloned());
     let grants = config.grants().map_err(anyhow::Error::msg)?;
     let host = Host::builder().pooling(false).build()?;
     let component = host.compile_file(&args.plugin)?;
     let ty = component.component_type();
     let engine = host.engine();
 
-    let mut out = String::new();
-    writeln!(out, "{}", args.plugin.display())?;
-    writeln!(out, "exports:")?;
-    for (name, item) in ty.exports(engine) {
-        writeln!(out, "  {name}{}", item_desc(&item.ty))?;
-    }
-    writeln!(out, "imports:")?;
+    let exports: Vec<(String, String)> = ty
+        .exports(engine)
+        .map(|(name, item)| (name.to_owned(), item_desc(&item.ty)))
+        .collect();
     let mut capabilities = Vec::new();
-    for (name, _) in ty.imports(engine) {
-        let note = match capability(name) {
-            Some(cap) => {
-                capabilities.push(cap);
-                format!("escrow: {cap}")
-            }
-            None if name.starts_with("wasi:") => format!("WASI: {}", wasi_note(name, &config)),
-            None => "not provided by escrow".to_owned(),
-        };
-        writeln!(out, "  {name:<40} {note}")?;
-    }
-
-    writeln!(out, "grants:")?;
+    let imports: Vec<(String, String)> = ty
+        .imports(engine)
+        .map(|(name, _)| {
+            let note = match capability(name) {
+                Some(cap) => {
+                    capabilities.push(cap);
+                    format!("escrow: {cap}")
+                }
+                None if name.starts_with("wasi:") => format!("WASI: {}", wasi_note(name, &config)),
+                None => "not provided by escrow".to_owned(),
+            };
+            (name.to_owned(), note)
+        })
+        .collect();
     let effects = grants.effect_patterns();
     let asks_effects =
         capabilities.contains(&"deferred effects") || capabilities.contains(&"immediate effects");
+    let handlers: Vec<String> = config
+        .handlers
+        .iter()
+        .map(|(effect, h)| format!("{effect} ({})", h.kind.as_str()))
+        .collect();
+    let locks = grants.lock_patterns();
+    let breakers_granted = grants.breaker_patterns();
+    let breakers_defined: Vec<String> = config.breakers.keys().cloned().collect();
+    let verdict = host.link(component);
+    let code = if verdict.is_ok() { 0 } else { EXIT_USAGE };
+
+    if args.json {
+        let report = serde_json::json!({
+            "plugin": args.plugin.display().to_string(),
+            "exports": exports.iter().map(|(n, d)| serde_json::json!({ "name": n, "type": d.trim_start_matches(": ") })).collect::<Vec<_>>(),
+            "imports": imports.iter().map(|(n, note)| serde_json::json!({ "name": n, "note": note })).collect::<Vec<_>>(),
+            "capabilities": capabilities,
+            "grants": {
+                "effects": effects,
+                "handlers": handlers,
+                "locks": locks,
+                "breakers": breakers_granted,
+                "breakers_defined": breakers_defined,
+            },
+            "runs_here": verdict.is_ok(),
+            "why_not": verdict.as_ref().err().map(ToString::to_string),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(code);
+    }
+
+    let mut out = String::new();
+    writeln!(out, "{}", args.plugin.display())?;
+    writeln!(out, "exports:")?;
+    for (name, desc) in &exports {
+        writeln!(out, "  {name}{desc}")?;
+    }
+    writeln!(out, "imports:")?;
+    for (name, note) in &imports {
+        writeln!(out, "  {name:<40} {note}")?;
+    }
+    writeln!(out, "grants:")?;
     if !asks_effects {
         writeln!(
             out,
@@ -76,20 +131,9 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
         )?;
     }
     if capabilities.contains(&"immediate effects") {
-        let handlers: Vec<String> = config
-            .handlers
-            .iter()
-            .map(|(effect, h)| format!("{effect} ({})", h.kind.as_str()))
-            .collect();
-        let handlers = if handlers.is_empty() {
-            "none".to_owned()
-        } else {
-            handlers.join(", ")
-        };
-        writeln!(out, "  handlers: {handlers}")?;
+        writeln!(out, "  handlers: {}", list(&handlers))?;
     }
     if capabilities.contains(&"locks") {
-        let locks = grants.lock_patterns();
         let locks = if locks.is_empty() {
             "none — every lock request will be refused".to_owned()
         } else {
@@ -98,35 +142,19 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
         writeln!(out, "  locks: {locks}")?;
     }
     if capabilities.contains(&"circuit breakers") {
-        let granted = grants.breaker_patterns();
-        let defined: Vec<&String> = config.breakers.keys().collect();
         writeln!(
             out,
             "  breakers: granted {}; defined {}",
-            if granted.is_empty() {
-                "none".to_owned()
-            } else {
-                granted.join(", ")
-            },
-            if defined.is_empty() {
-                "none".to_owned()
-            } else {
-                defined
-                    .iter()
-                    .map(|d| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
+            list(&breakers_granted),
+            list(&breakers_defined)
         )?;
     }
-
-    let verdict = host.link(component);
     match &verdict {
         Ok(_) => writeln!(out, "runs on this host: yes")?,
         Err(error) => writeln!(out, "runs on this host: no — {error}")?,
     }
     print!("{out}");
-    Ok(if verdict.is_ok() { 0 } else { EXIT_USAGE })
+    Ok(code)
 }
 
 /// The escrow capability an import name stands for.
