@@ -103,7 +103,8 @@ pub mod __private {
     {
         let input = decode_input(input)
             .map_err(|e| format!("the input is not valid for this plugin: {e}"))?;
-        let output = plugin(input).map_err(|e| e.to_string())?;
+        // `{:#}`: an error with context (anyhow's) shows all of it.
+        let output = plugin(input).map_err(|e| format!("{e:#}"))?;
         serde_json::to_vec(&output).map_err(|e| format!("cannot encode the plugin's output: {e}"))
     }
 
@@ -123,6 +124,11 @@ pub mod __private {
         input: &[u8],
         plugin: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, E>,
     ) -> Result<Vec<u8>, String> {
-        plugin(input.to_vec()).map_err(|e| e.to_string())
+        plugin(input.to_vec()).map_err(|e| format!("{e:#}"))
     }
+
+    /// Checks, at a plugin's return type, that it is a `Result` whose error
+    /// displays (for `Result` aliases, whose error type the macro cannot
+    /// see).
+    pub fn check_result<T, E: std::fmt::Display>(_: std::marker::PhantomData<Result<T, E>>) {}
 }

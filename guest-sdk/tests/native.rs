@@ -395,3 +395,31 @@ fn recorded_payloads_read_as_text_in_debug_output() {
     let shown = format!("{:?}", recording.intents[0]);
     assert!(shown.contains(r#"payload: {"to":"ada"}"#), "{shown}");
 }
+
+mod aliases {
+    /// A crate's own alias, with an error that displays.
+    type Result<T> = std::result::Result<T, String>;
+
+    #[escrow_guest::plugin]
+    fn with_anyhow(quantity: u32) -> anyhow::Result<u32> {
+        anyhow::ensure!(quantity > 0, "an order needs at least one item");
+        Ok(quantity * 2)
+    }
+
+    #[escrow_guest::plugin]
+    fn with_own_alias(quantity: u32) -> Result<u32> {
+        Ok(quantity + 1)
+    }
+
+    #[test]
+    fn plugins_may_return_result_aliases_such_as_anyhow_result() {
+        assert_eq!(with_anyhow(2).unwrap(), 4);
+        assert!(
+            with_anyhow(0)
+                .unwrap_err()
+                .to_string()
+                .contains("at least one item")
+        );
+        assert_eq!(with_own_alias(1).unwrap(), 2);
+    }
+}

@@ -1209,7 +1209,10 @@ fn inspect_json_reports_capabilities_grants_and_the_verdict_with_grant_flags_add
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect();
-    assert!(effects.contains(&"payments.charge") && effects.contains(&"audit.*"), "{effects:?}");
+    assert!(
+        effects.contains(&"payments.charge") && effects.contains(&"audit.*"),
+        "{effects:?}"
+    );
     assert!(
         report["capabilities"]
             .as_array()

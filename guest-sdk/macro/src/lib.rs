@@ -41,7 +41,7 @@ fn parse_mode(attr: proc_macro2::TokenStream) -> syn::Result<bool> {
 
 fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream> {
     let sig = &function.sig;
-    let shape = "a plugin is `fn name(input: Input) -> Result<Output, Error>`";
+    let shape = "a plugin is `fn name(input: Input) -> Result<Output, Error>` (or a `Result<Output>` alias such as `anyhow::Result<Output>`)";
     if let Some(asyncness) = &sig.asyncness {
         return Err(syn::Error::new(
             asyncness.span(),
@@ -77,13 +77,17 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
             ));
         }
     };
-    let (ok_ty, err_ty) = match &sig.output {
-        ReturnType::Type(_, ty) => result_types(ty).ok_or_else(|| {
-            syn::Error::new(
-                ty.span(),
-                format!("a plugin returns `Result<Output, Error>`; {shape}"),
-            )
-        })?,
+    let (ok_ty, err_ty, return_ty) = match &sig.output {
+        ReturnType::Type(_, ty) => {
+            result_types(ty)
+                .map(|(ok, err)| (ok, err, ty))
+                .ok_or_else(|| {
+                    syn::Error::new(
+                        ty.span(),
+                        format!("a plugin returns `Result<Output, Error>`; {shape}"),
+                    )
+                })?
+        }
         ReturnType::Default => {
             return Err(syn::Error::new(
                 sig.ident.span(),
@@ -111,7 +115,16 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
             quote!(#private::call_json(&input, #name)),
         )
     };
-    let error_check = quote_spanned!(err_ty.span()=> { fn error<T: ::std::fmt::Display>() {} error::<#err_ty>(); });
+    let error_check = match err_ty {
+        Some(err_ty) => {
+            quote_spanned!(err_ty.span()=> { fn error<T: ::std::fmt::Display>() {} error::<#err_ty>(); })
+        }
+        // An alias (`anyhow::Result<T>`): its error type is checked through
+        // the alias, still at the user's return type.
+        None => {
+            quote_spanned!(return_ty.span()=> #private::check_result(::std::marker::PhantomData::<#return_ty>);)
+        }
+    };
 
     Ok(quote! {
         // On native targets the function is only called by tests.
@@ -141,8 +154,8 @@ fn expand(function: ItemFn, bytes: bool) -> syn::Result<proc_macro2::TokenStream
 }
 
 /// The `T` and `E` of a return type spelled `Result<T, E>` (any path ending
-/// in `Result`).
-fn result_types(ty: &Type) -> Option<(&Type, &Type)> {
+/// in `Result`), or the `T` of an alias spelled `Result<T>`.
+fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
     if last.ident != "Result" {
@@ -156,7 +169,8 @@ fn result_types(ty: &Type) -> Option<(&Type, &Type)> {
         _ => None,
     });
     match (types.next(), types.next(), types.next()) {
-        (Some(ok), Some(err), None) => Some((ok, err)),
+        (Some(ok), Some(err), None) => Some((ok, Some(err))),
+        (Some(ok), None, None) => Some((ok, None)),
         _ => None,
     }
 }
