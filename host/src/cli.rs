@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use escrow_host::config::SinkSpec;
-use escrow_host::sinks::{FnSink, JsonLines, Sinks};
-use escrow_host::{CallError, Intent};
+use escrow_host::sinks::{JsonLines, Sinks};
 
 mod breakers;
 mod inspect;
@@ -57,8 +56,9 @@ enum Command {
 }
 
 /// The sinks of `escrow run` and `escrow outbox deliver`: JSON lines on
-/// stdout, or appended to a file. With `--json` the report is the output,
-/// so committed intents are listed in it unless a file sink is named.
+/// stdout or stderr, or appended to a file. With `--json` and no sink the
+/// report is the output: there is no sink, and committed intents are listed
+/// in the report as `committed`.
 pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks> {
     let mut sinks = Sinks::new();
     match (sink, json) {
@@ -78,9 +78,8 @@ pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks>
                     .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
             )?;
         }
-        (None, true) => {
-            sinks.route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))?;
-        }
+        // The report is the output; `escrow run` holds the intents in it.
+        (None, true) => {}
     }
     Ok(sinks)
 }

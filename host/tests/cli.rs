@@ -114,8 +114,10 @@ fn run_json_reports_status_result_and_every_intent_with_its_fate() {
         intent["payload"],
         serde_json::json!({ "order": 7, "amount": 1999 })
     );
-    assert_eq!(intent["fate"], "dispatched");
-    assert_eq!(intent["delivery"], "delivered");
+    // No sink was named: the report holds the intents, and says they went
+    // nowhere.
+    assert_eq!(intent["fate"], "committed");
+    assert!(intent.get("delivery").is_none(), "{intent}");
 }
 
 #[test]
@@ -168,7 +170,7 @@ fn the_orders_example_shows_the_four_fates_under_the_four_policies() {
         (code, commit["status"].as_str()),
         (Some(0), Some("committed"))
     );
-    assert_eq!(names(&commit), ["dispatched", "dispatched", "dispatched"]);
+    assert_eq!(names(&commit), ["committed", "committed", "committed"]);
 
     let (code, dropped) = run(&["--policy", "drop"]);
     assert_eq!(
@@ -190,7 +192,7 @@ fn the_orders_example_shows_the_four_fates_under_the_four_policies() {
         (code, blocked["status"].as_str()),
         (Some(0), Some("committed"))
     );
-    assert_eq!(names(&blocked), ["dispatched", "dispatched", "blocked"]);
+    assert_eq!(names(&blocked), ["committed", "committed", "blocked"]);
 }
 
 #[test]
@@ -226,7 +228,7 @@ fn grant_on_the_command_line_adds_to_the_grants_of_the_config() {
             .into_iter()
             .map(|(_, f)| f)
             .collect::<Vec<_>>(),
-        ["dispatched", "dispatched", "refused"]
+        ["committed", "committed", "refused"]
     );
 }
 
@@ -537,7 +539,7 @@ fn the_trip_booking_example_books_three_legs_and_sends_the_itinerary() {
     assert_eq!(report["compensations"], serde_json::json!([]));
     assert_eq!(
         fates(&report),
-        [("email.send".to_owned(), "dispatched".to_owned())]
+        [("email.send".to_owned(), "committed".to_owned())]
     );
 }
 

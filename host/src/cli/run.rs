@@ -122,7 +122,8 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let sink = args.sink.clone().or(config.sink());
     // With --json and no sink, intents have nowhere to go: with an outbox
     // they stay there for `escrow outbox deliver`, never marked delivered.
-    let deliver_later = args.no_deliver || (outbox.is_some() && args.json && sink.is_none());
+    let report_only = args.json && sink.is_none();
+    let deliver_later = args.no_deliver || (outbox.is_some() && report_only);
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
@@ -150,6 +151,10 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .limits(limits)
         .dispatch(if deliver_later {
             Dispatch::Later
+        } else if report_only {
+            // The report is the output: committed intents are listed in it,
+            // and go nowhere else.
+            Dispatch::Hold
         } else {
             Dispatch::Now
         });
