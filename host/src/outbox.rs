@@ -472,6 +472,56 @@ impl RetryPolicy {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch, for what stores
+/// stamp themselves (`delivered_at`); due times come from the outbox's
+/// [`Clock`].
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs `task` to completion on a thread of its own, with a runtime of its
+/// own, so that it does not depend on the caller's runtime staying alive.
+pub(crate) fn on_own_thread(
+    name: &str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a thread's runtime")
+                .block_on(task);
+        })
+        .map(drop)
+}
+
+impl Stats {
+    /// Adds one row of a `GROUP BY status` count.
+    pub(crate) fn add(
+        &mut self,
+        status: &str,
+        count: u64,
+        attempts: u64,
+        retrying: u64,
+        oldest_ms: Option<i64>,
+    ) {
+        self.attempts += attempts;
+        match status {
+            "pending" => {
+                self.pending = count;
+                self.retrying = retrying;
+                self.oldest_pending_ms = oldest_ms;
+            }
+            "delivered" => self.delivered = count,
+            _ => self.dead = count,
+        }
+    }
+}
+
 fn truncate_error(mut error: String) -> String {
     if error.len() > MAX_ERROR_BYTES {
         error.truncate(error.floor_char_boundary(MAX_ERROR_BYTES));
@@ -642,37 +692,29 @@ fn spawn_committer(
     mut queue: mpsc::UnboundedReceiver<Pending>,
     groups: Arc<(AtomicU64, AtomicU64)>,
 ) {
-    std::thread::Builder::new()
-        .name("escrow-outbox".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the outbox writer's runtime");
-            runtime.block_on(async move {
-                let mut group: Vec<Pending> = Vec::new();
-                while let Some(first) = queue.recv().await {
-                    group.push(first);
-                    while group.len() < MAX_GROUP {
-                        match queue.try_recv() {
-                            Ok(next) => group.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    let (writes, answers): (Vec<Write>, Vec<_>) = group.drain(..).unzip();
-                    let result = store.write(&writes).await;
-                    groups.0.fetch_add(1, Ordering::Relaxed);
-                    groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
-                    if let Err(error) = &result {
-                        tracing::warn!(%error, writes = writes.len(), "outbox write failed");
-                    }
-                    for answer in answers {
-                        let _ = answer.send(result.clone());
-                    }
+    on_own_thread("escrow-outbox", async move {
+        let mut group: Vec<Pending> = Vec::new();
+        while let Some(first) = queue.recv().await {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
                 }
-            });
-        })
-        .expect("spawning the outbox writer thread");
+            }
+            let (writes, answers): (Vec<Write>, Vec<_>) = group.drain(..).unzip();
+            let result = store.write(&writes).await;
+            groups.0.fetch_add(1, Ordering::Relaxed);
+            groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            if let Err(error) = &result {
+                tracing::warn!(%error, writes = writes.len(), "outbox write failed");
+            }
+            for answer in answers {
+                let _ = answer.send(result.clone());
+            }
+        }
+    })
+    .expect("spawning the outbox writer thread");
 }
 
 #[cfg(test)]

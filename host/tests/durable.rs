@@ -478,3 +478,59 @@ fn the_outbox_example_delivers_a_payroll_after_the_host_left_and_the_bank_applie
     bank("applied 3, skipped 0");
     bank("applied 0, skipped 3");
 }
+
+#[test]
+fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
+    let server = PostgresServer::start();
+    let outbox = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let input = steps_file(
+        dir.path(),
+        json!([{ "repeat": 20, "steps": [{ "defer": "orders.save", "payload": 1 }] }]),
+    );
+    for _ in 0..25 {
+        let output = escrow(&[
+            "run",
+            fixtures::SCRIPTED,
+            "--config",
+            &cfg,
+            "--input-file",
+            &input,
+            "--outbox",
+            &outbox,
+            "--no-deliver",
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    }
+    // Two processes deliver at once, each to a file of its own.
+    let workers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let sink = format!(
+                "file:{}",
+                dir.path().join(format!("{name}.jsonl")).display()
+            );
+            escrow_command(&[
+                "outbox", "deliver", "--once", "--outbox", &outbox, "--sink", &sink,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut worker in workers {
+        assert!(worker.wait().unwrap().success());
+    }
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        for line in lines(&dir.path().join(format!("{name}.jsonl"))) {
+            keys.push(line["idempotency_key"].as_str().unwrap().to_owned());
+        }
+    }
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), 500, "every intent delivered");
+    assert_eq!(unique.len(), 500, "none delivered twice");
+    assert_eq!(stats(&outbox)["delivered"], 500);
+}

@@ -145,7 +145,7 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
         writeln!(
             out,
             "  breakers: granted {}; defined {}",
-            list(&breakers_granted),
+            list(breakers_granted),
             list(&breakers_defined)
         )?;
     }

@@ -133,18 +133,12 @@ impl PostgresOutbox {
             .connect(NoTls)
             .await
             .map_err(|e| error_text(&e))?;
-        std::thread::Builder::new()
-            .name("escrow-postgres".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("building the Postgres connection's runtime");
-                if let Err(error) = runtime.block_on(connection) {
-                    tracing::warn!(error = %error_text(&error), "the Postgres connection ended");
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        super::on_own_thread("escrow-postgres", async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(error = %error_text(&error), "the Postgres connection ended");
+            }
+        })
+        .map_err(|e| e.to_string())?;
         Ok(client)
     }
 
@@ -183,7 +177,7 @@ impl PostgresOutbox {
         tx: &tokio_postgres::Transaction<'_>,
         outcome: &Outcome,
     ) -> Result<usize, OutboxError> {
-        let now_ms = now_ms();
+        let now_ms = super::unix_ms();
         let intents: Vec<NewEntry> = outcome
             .intents
             .iter()
@@ -222,12 +216,6 @@ fn error_text(error: &tokio_postgres::Error) -> String {
             None => error.to_string(),
         },
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn migrate(client: &mut Client) -> Result<(), String> {
@@ -475,7 +463,7 @@ impl OutboxStore for PostgresOutbox {
     ) -> Result<u64, OutboxError> {
         self.with(async |client| {
             let tx = client.transaction().await?;
-            let now = now_ms();
+            let now = super::unix_ms();
             let token = &claim.token;
             // The common case, delivered entries, in one statement.
             let delivered: Vec<i64> = settlements
@@ -622,17 +610,13 @@ impl OutboxStore for PostgresOutbox {
             .await?;
         let mut stats = Stats::default();
         for row in rows {
-            let count = row.get::<_, i64>(1) as u64;
-            stats.attempts += row.get::<_, Option<i64>>(2).unwrap_or(0) as u64;
-            match row.get::<_, &str>(0) {
-                "pending" => {
-                    stats.pending = count;
-                    stats.retrying = row.get::<_, Option<i64>>(3).unwrap_or(0) as u64;
-                    stats.oldest_pending_ms = row.get(4);
-                }
-                "delivered" => stats.delivered = count,
-                _ => stats.dead = count,
-            }
+            stats.add(
+                row.get(0),
+                row.get::<_, i64>(1) as u64,
+                row.get::<_, Option<i64>>(2).unwrap_or(0) as u64,
+                row.get::<_, Option<i64>>(3).unwrap_or(0) as u64,
+                row.get(4),
+            );
         }
         Ok(stats)
     }

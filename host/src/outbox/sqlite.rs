@@ -295,12 +295,6 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 #[async_trait::async_trait]
 impl OutboxStore for SqliteOutbox {
     async fn write(&self, batch: &[Write]) -> Result<(), OutboxError> {
@@ -374,7 +368,7 @@ impl OutboxStore for SqliteOutbox {
         let settlements = settlements.to_vec();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms();
+            let now = super::unix_ms();
             let mut held = 0;
             for (id, settlement) in &settlements {
                 let token = &claim.token;
@@ -491,16 +485,13 @@ impl OutboxStore for SqliteOutbox {
             })?;
             for row in rows {
                 let (status, count, attempts, retrying, oldest) = row?;
-                stats.attempts += attempts.unwrap_or(0) as u64;
-                match status.as_str() {
-                    "pending" => {
-                        stats.pending = count as u64;
-                        stats.retrying = retrying.unwrap_or(0) as u64;
-                        stats.oldest_pending_ms = oldest;
-                    }
-                    "delivered" => stats.delivered = count as u64,
-                    _ => stats.dead = count as u64,
-                }
+                stats.add(
+                    &status,
+                    count as u64,
+                    attempts.unwrap_or(0) as u64,
+                    retrying.unwrap_or(0) as u64,
+                    oldest,
+                );
             }
             Ok(stats)
         })
