@@ -165,6 +165,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The durable outbox, if commit is durable.
     pub outbox: Option<OutboxConfig>,
+    /// What each instance slot holds.
+    #[serde(default)]
+    pub pool: PoolConfig,
     /// The directory relative paths are resolved against.
     #[serde(skip)]
     pub base: PathBuf,
@@ -314,6 +317,19 @@ pub struct OutboxConfig {
     /// How long after a run's deadline its unresolved compensations are
     /// owed, in milliseconds.
     pub compensation_grace_ms: Option<u64>,
+}
+
+/// `[pool]`: what each instance slot holds; missing keys keep
+/// [`DEFAULT_SLOT`](crate::DEFAULT_SLOT).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Core wasm instances per slot.
+    pub core_instances_per_slot: Option<u32>,
+    /// Linear memories per slot.
+    pub memories_per_slot: Option<u32>,
+    /// Tables per slot.
+    pub tables_per_slot: Option<u32>,
 }
 
 /// `[limits]`; each missing key keeps its default from [`crate::limits`].
@@ -646,6 +662,20 @@ impl Config {
     /// Block patterns with a policy other than commit, or a malformed pattern.
     pub fn run_policy(&self) -> Result<Arc<dyn Policy>, String> {
         build_policy(self.policy, &self.block)
+    }
+
+    /// What each instance slot holds, defaults filled in.
+    pub fn slot_size(&self) -> crate::SlotSize {
+        let defaults = crate::DEFAULT_SLOT;
+        let p = &self.pool;
+        crate::SlotSize {
+            core_instances: p
+                .core_instances_per_slot
+                .unwrap_or(defaults.core_instances)
+                .max(1),
+            memories: p.memories_per_slot.unwrap_or(defaults.memories).max(1),
+            tables: p.tables_per_slot.unwrap_or(defaults.tables).max(1),
+        }
     }
 
     /// The limits, defaults filled in.

@@ -29,6 +29,29 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// for a slot.
 pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 64;
 
+/// What one instance slot holds by default: enough for a Rust guest (3–4
+/// core instances, 1 memory) and for the components that Python and
+/// JavaScript toolchains make (componentize-py: 14 core instances).
+pub const DEFAULT_SLOT: SlotSize = SlotSize {
+    core_instances: 20,
+    memories: 4,
+    tables: 24,
+};
+
+/// What one instance slot of the pool holds. A component that needs more
+/// cannot be loaded on the host (a one-line error names the numbers and
+/// the knob); every run of one that fits finds room once it has a slot, so
+/// runs wait for a slot and never fail for want of pool space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotSize {
+    /// Core wasm instances (a component's modules, adapters and shims).
+    pub core_instances: u32,
+    /// Linear memories.
+    pub memories: u32,
+    /// Tables.
+    pub tables: u32,
+}
+
 /// Bytes of each pooled slot's memory and stack pages kept resident between
 /// runs instead of returned to the kernel: reusing them saves the page faults
 /// that dominate a short run.
@@ -105,6 +128,7 @@ pub struct HostBuilder {
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
+    slot: SlotSize,
     backtraces: bool,
     cache_dir: Option<PathBuf>,
 }
@@ -121,6 +145,7 @@ impl Default for HostBuilder {
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
+            slot: DEFAULT_SLOT,
             backtraces: false,
             cache_dir: None,
         }
@@ -205,6 +230,14 @@ impl HostBuilder {
         self
     }
 
+    /// What each instance slot holds (default [`DEFAULT_SLOT`]). Larger slots
+    /// admit larger components; they reserve more address space, not more
+    /// memory.
+    pub fn slot_size(mut self, slot: SlotSize) -> Self {
+        self.slot = slot;
+        self
+    }
+
     /// Whether to preallocate instance slots (the pooling allocator, the
     /// default). Without it every run allocates its memory afresh: slower,
     /// but it reserves no address space up front.
@@ -255,12 +288,18 @@ impl HostBuilder {
         if self.pooling {
             let runs = self.max_concurrent_runs;
             let mut pool = PoolingAllocationConfig::default();
+            let slot = self.slot;
+            // Totals are slots times what a slot holds, and a component that
+            // needs more than a slot is refused when it is loaded: a run
+            // holding a slot always finds room.
             pool.total_component_instances(runs)
-                // A Rust guest is a few core instances, memories and tables.
-                .total_core_instances(runs * 8)
-                .total_memories(runs * 2)
-                .total_tables(runs * 4)
+                .total_core_instances(runs * slot.core_instances)
+                .total_memories(runs * slot.memories)
+                .total_tables(runs * slot.tables)
                 .total_stacks(runs)
+                .max_core_instances_per_component(slot.core_instances)
+                .max_memories_per_component(slot.memories)
+                .max_tables_per_component(slot.tables)
                 .max_memory_size(self.max_memory_bytes)
                 .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
                 .table_keep_resident(KEEP_RESIDENT_BYTES)
@@ -495,8 +534,24 @@ pub(crate) fn compile(engine: &Engine, what: &str, bytes: &[u8]) -> Result<Compo
     if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
         return Err(Error::CoreModule(what.to_owned()));
     }
-    Component::new(engine, bytes).map_err(|error| Error::Compile {
-        what: what.to_owned(),
-        error,
+    Component::new(engine, bytes).map_err(|error| {
+        // The pooling allocator refuses a component larger than a slot.
+        let message = format!("{error:#}");
+        if message.contains("exceeds the configured maximum") {
+            let reason = message
+                .lines()
+                .find(|l| l.contains("exceeds the configured maximum"))
+                .unwrap_or(&message)
+                .trim();
+            return Error::Limits(format!(
+                "{what} does not fit an instance slot: {reason}; give slots more room \
+                 (`HostBuilder::slot_size`, or `[pool]` in escrow.toml: core_instances_per_slot, \
+                 memories_per_slot, tables_per_slot)"
+            ));
+        }
+        Error::Compile {
+            what: what.to_owned(),
+            error,
+        }
     })
 }

@@ -77,7 +77,9 @@ pub use capabilities::add_to_linker;
 pub use ctx::{EscrowCtx, HeldLocks, Settled};
 pub use error::{CallError, Error};
 pub use grants::Grants;
-pub use host::{DEFAULT_MAX_CONCURRENT_RUNS, EPOCH_TICK, Host, HostBuilder};
+pub use host::{
+    DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_SLOT, EPOCH_TICK, Host, HostBuilder, SlotSize,
+};
 pub use limits::Limits;
 pub use outbox::Outbox;
 pub use outcome::{

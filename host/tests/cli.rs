@@ -1223,3 +1223,26 @@ fn inspect_json_reports_capabilities_grants_and_the_verdict_with_grant_flags_add
     );
     assert!(report["exports"][0]["name"].is_string());
 }
+
+#[test]
+fn inspect_and_run_refuse_a_component_larger_than_a_slot_alike() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[pool]\ncore_instances_per_slot = 1\n").unwrap();
+    let config = config.path().to_str().unwrap();
+    let inspect = escrow(&["inspect", fixtures::CHECKOUT, "--config", config]);
+    let run = escrow(&["run", fixtures::CHECKOUT, "--config", config]);
+    assert_eq!(inspect.status.code(), Some(2));
+    assert!(
+        stdout(&inspect).contains("runs on this host: no"),
+        "{}",
+        stdout(&inspect)
+    );
+    assert!(stdout(&inspect).contains("does not fit an instance slot"));
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("does not fit an instance slot"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(stderr(&run).contains("core_instances_per_slot"));
+}

@@ -93,3 +93,53 @@ async fn run_blocking_inside_an_async_runtime_is_an_error_not_a_deadlock() {
         .unwrap_err();
     assert!(matches!(error, Error::BlockingInAsync), "{error}");
 }
+
+#[test]
+fn a_component_larger_than_an_instance_slot_is_refused_at_load_with_the_numbers_and_the_knob() {
+    let host = escrow_host::Host::builder()
+        .slot_size(escrow_host::SlotSize {
+            core_instances: 1,
+            ..escrow_host::DEFAULT_SLOT
+        })
+        .build()
+        .unwrap();
+    let error = host.load_file(fixtures::SCRIPTED).unwrap_err();
+    assert!(matches!(error, Error::Limits(_)), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("does not fit an instance slot"),
+        "{message}"
+    );
+    assert!(message.contains("core module instances"), "{message}");
+    assert!(message.contains("core_instances_per_slot"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_beyond_the_slots_wait_for_one_and_never_fail_for_want_of_pool_space() {
+    let host = escrow_host::Host::builder()
+        .max_concurrent_runs(4)
+        .build()
+        .unwrap();
+    let plugin = host.load_file(fixtures::SCRIPTED).unwrap();
+    let runs: Vec<_> = (0..32)
+        .map(|i| {
+            let plugin = plugin.clone();
+            let input = format!(
+                r#"{{"steps": [{{"defer": "a.n{i}", "payload": {i}}}, {{"sleep_ms": 5}}]}}"#
+            );
+            tokio::spawn(async move {
+                plugin
+                    .run(
+                        RunOptions::new()
+                            .grants(all_effects())
+                            .input(input.into_bytes()),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for run in runs {
+        let outcome = run.await.unwrap().expect("every run starts");
+        assert_eq!(outcome.status(), Status::Committed);
+    }
+}

@@ -44,8 +44,30 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
     };
     config.grants.effects.extend(args.grant.iter().cloned());
     let grants = config.grants().map_err(anyhow::Error::msg)?;
-    let host = Host::builder().pooling(false).build()?;
-    let component = host.compile_file(&args.plugin)?;
+    // The host `escrow run` would build: the same pool, so the same
+    // components fit, and the same verdict.
+    let host = Host::builder()
+        .max_concurrent_runs(1)
+        .max_memory_bytes(config.limits().max_memory_bytes)
+        .slot_size(config.slot_size())
+        .build()?;
+    let component = match host.compile_file(&args.plugin) {
+        Ok(component) => component,
+        Err(error @ escrow_host::Error::Limits(_)) => {
+            if args.json {
+                let report = serde_json::json!({
+                    "plugin": args.plugin.display().to_string(),
+                    "runs_here": false,
+                    "why_not": error.to_string(),
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}\nruns on this host: no — {error}", args.plugin.display());
+            }
+            return Ok(EXIT_USAGE);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let ty = component.component_type();
     let engine = host.engine();
 

@@ -127,6 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
+        .slot_size(config.slot_size())
         .backtraces(args.backtrace)
         .sinks(super::sinks(sink.clone(), args.json)?);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
