@@ -65,6 +65,26 @@ pub fn scripted() -> Plugin {
     plugin(fixtures::SCRIPTED)
 }
 
+/// The `scripted` fixture with the breaker `upstream` (default settings),
+/// its state in `store`, in front of a query `upstream.call` that answers
+/// `ok`.
+pub fn upstream_plugin(store: Arc<dyn escrow_host::backends::BreakerStore>) -> Plugin {
+    let mut breakers = escrow_host::breakers::Breakers::new(store);
+    breakers
+        .define("upstream", escrow_host::breakers::BreakerConfig::default())
+        .unwrap();
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "upstream.call",
+            escrow_host::handlers::FnHandler(|_: &[u8]| Ok::<_, CallError>(b"ok".to_vec())),
+        )
+        .unwrap();
+    scripted()
+        .with_breakers(Arc::new(breakers))
+        .with_handlers(handlers)
+}
+
 /// Grants for every effect.
 pub fn all_effects() -> Grants {
     Grants::new().effects(["*"]).unwrap()

@@ -137,14 +137,28 @@ impl EscrowCtx {
     /// handlers (every immediate effect is refused until
     /// [`with_handlers`](EscrowCtx::with_handlers)).
     pub fn new(grants: Arc<Grants>, policy: Arc<dyn Policy>, limits: Limits) -> Self {
+        static PLUGIN: OnceLock<Arc<str>> = OnceLock::new();
+        let plugin = Arc::clone(PLUGIN.get_or_init(|| Arc::from("plugin")));
+        Self::for_run(RunId::new(), plugin, grants, policy, limits)
+    }
+
+    /// [`EscrowCtx::new`] for the run `run_id` of `plugin`: what
+    /// `Plugin::run` builds, without making an id it would replace.
+    pub(crate) fn for_run(
+        run_id: RunId,
+        plugin: Arc<str>,
+        grants: Arc<Grants>,
+        policy: Arc<dyn Policy>,
+        limits: Limits,
+    ) -> Self {
         // Shared empty defaults: a run that is given its own (as every
         // `Plugin::run` is) pays no allocation for them.
         static NO_HANDLERS: OnceLock<Arc<Handlers>> = OnceLock::new();
         static NO_BREAKERS: OnceLock<Arc<Breakers>> = OnceLock::new();
         static OWN_LOCKS: OnceLock<Arc<dyn LockBackend>> = OnceLock::new();
         Self {
-            run_id: RunId::new(),
-            plugin: Arc::from("plugin"),
+            run_id,
+            plugin,
             outbox: None,
             deliver_inline: false,
             hold: false,

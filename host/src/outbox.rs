@@ -522,6 +522,30 @@ impl Stats {
     }
 }
 
+/// An entry's fences as stored: a JSON list of `{"key", "token"}`.
+pub(crate) fn fences_json(fences: &[Fence]) -> String {
+    crate::outcome::fences_value(fences).to_string()
+}
+
+/// Fences read back from [`fences_json`]; what does not parse is dropped.
+pub(crate) fn fences_from_json(text: &str) -> Vec<Fence> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    value
+        .as_array()
+        .map(|fences| {
+            fences
+                .iter()
+                .filter_map(|f| {
+                    Some(Fence {
+                        key: f["key"].as_str()?.to_owned(),
+                        token: f["token"].as_u64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn truncate_error(mut error: String) -> String {
     if error.len() > MAX_ERROR_BYTES {
         error.truncate(error.floor_char_boundary(MAX_ERROR_BYTES));

@@ -253,11 +253,16 @@ impl Plugin {
         let limits = options.limits;
         let deadline = limits.deadline;
         let memory = MemoryCap(limits.max_memory_bytes);
-        let mut escrow = EscrowCtx::new(options.grants, options.policy, limits)
-            .with_run(run_id, Arc::clone(&self.name))
-            .with_handlers(Arc::clone(&self.handlers))
-            .with_locks(Arc::clone(&self.locks))
-            .with_breakers(Arc::clone(&self.breakers));
+        let mut escrow = EscrowCtx::for_run(
+            run_id,
+            Arc::clone(&self.name),
+            options.grants,
+            options.policy,
+            limits,
+        )
+        .with_handlers(Arc::clone(&self.handlers))
+        .with_locks(Arc::clone(&self.locks))
+        .with_breakers(Arc::clone(&self.breakers));
         if let Some(outbox) = &self.outbox {
             escrow = escrow.with_outbox(outbox.clone());
             escrow = match options.dispatch {

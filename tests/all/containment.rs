@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use escrow_host::backends::{LockBackend, MemoryBreakers, RedisLocks};
-use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{AsyncFnHandler, FnHandler, Handlers};
 use escrow_host::limits::{DEFAULT_MAX_LOCK_ACQUISITIONS, Limit, MAX_EFFECT_NAME_BYTES};
 use escrow_host::{BreakerVerdict, CallError, Failure, Grants, Host, Limits, Refusal, RunOptions};
@@ -148,20 +147,7 @@ async fn a_million_lock_requests_keep_at_most_the_limit_in_the_outcome_and_fail_
 }
 
 fn upstream_plugin() -> escrow_host::Plugin {
-    let mut breakers = Breakers::new(Arc::new(MemoryBreakers::new()));
-    breakers
-        .define("upstream", BreakerConfig::default())
-        .unwrap();
-    let mut handlers = Handlers::new();
-    handlers
-        .query(
-            "upstream.call",
-            FnHandler(|_: &[u8]| Ok::<_, CallError>(b"ok".to_vec())),
-        )
-        .unwrap();
-    scripted()
-        .with_breakers(Arc::new(breakers))
-        .with_handlers(handlers)
+    escrow_tests::upstream_plugin(Arc::new(MemoryBreakers::new()))
 }
 
 fn breaker_grants() -> Grants {

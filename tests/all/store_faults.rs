@@ -8,37 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use escrow_host::backends::{LockBackend, RedisBreakers, RedisLocks};
-use escrow_host::breakers::{BreakerConfig, Breakers};
-use escrow_host::handlers::{FnHandler, Handlers};
-use escrow_host::{CallError, Grants, RunOptions, Status};
+use escrow_host::{Grants, RunOptions, Status};
 use escrow_tests::fixtures::redis::RedisServer;
-use escrow_tests::{results, run_steps, scripted};
+use escrow_tests::{results, run_steps};
 use serde_json::json;
 
-fn plugin_on(redis: &str) -> escrow_host::Plugin {
-    let runtime = tokio::runtime::Handle::current();
-    let (breakers, locks) = tokio::task::block_in_place(|| {
-        runtime.block_on(async {
-            let store = RedisBreakers::connect(redis).await.unwrap();
-            let locks = RedisLocks::connect(redis).await.unwrap();
-            (store, locks)
-        })
-    });
-    let mut defined = Breakers::new(Arc::new(breakers));
-    defined
-        .define("upstream", BreakerConfig::default())
-        .unwrap();
-    let mut handlers = Handlers::new();
-    handlers
-        .query(
-            "upstream.call",
-            FnHandler(|_: &[u8]| Ok::<_, CallError>(b"ok".to_vec())),
-        )
-        .unwrap();
-    scripted()
-        .with_breakers(Arc::new(defined))
-        .with_locks(Arc::new(locks))
-        .with_handlers(handlers)
+/// The upstream plugin with its breaker state and its locks in `redis`.
+async fn plugin_on(redis: &str) -> escrow_host::Plugin {
+    let breakers = RedisBreakers::connect(redis).await.unwrap();
+    let locks = RedisLocks::connect(redis).await.unwrap();
+    escrow_tests::upstream_plugin(Arc::new(breakers)).with_locks(Arc::new(locks))
 }
 
 fn options() -> RunOptions {
@@ -60,7 +39,7 @@ fn call() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_refusing_connections_breaker_calls_fail_open_at_once() {
     let mut server = RedisServer::start();
-    let plugin = plugin_on(&server.url());
+    let plugin = plugin_on(&server.url()).await;
     server.kill();
     let started = Instant::now();
     let outcome = run_steps(&plugin, json!([call(), call(), call()]), options()).await;
@@ -80,7 +59,7 @@ async fn with_redis_refusing_connections_breaker_calls_fail_open_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_frozen_breaker_calls_fail_open_within_the_store_timeout_and_the_store_heals() {
     let server = RedisServer::start();
-    let plugin = plugin_on(&server.url());
+    let plugin = plugin_on(&server.url()).await;
     // Connected while Redis answers.
     run_steps(&plugin, json!([call()]), options()).await;
     server.pause();
@@ -114,7 +93,7 @@ async fn with_redis_frozen_breaker_calls_fail_open_within_the_store_timeout_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_frozen_a_lock_request_is_unavailable_within_the_store_timeout() {
     let server = RedisServer::start();
-    let plugin = plugin_on(&server.url());
+    let plugin = plugin_on(&server.url()).await;
     run_steps(
         &plugin,
         json!([{ "lock": ["k"], "as": "k", "timeout_ms": 0 }]),
@@ -164,7 +143,7 @@ async fn a_plugin_that_takes_no_lock_and_opens_no_breaker_runs_while_redis_is_do
     let mut server = RedisServer::start();
     let url = server.url();
     server.kill();
-    let plugin = plugin_on(&url);
+    let plugin = plugin_on(&url).await;
     let started = Instant::now();
     let outcome = run_steps(
         &plugin,

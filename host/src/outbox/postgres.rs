@@ -12,10 +12,9 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
-use super::sqlite::{fences_from_json, fences_json};
 use super::{
     Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
-    Write,
+    Write, fences_from_json, fences_json,
 };
 use crate::outcome::{Fate, Outcome, RunId};
 

@@ -10,9 +10,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use super::{
     Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
-    Write,
+    Write, fences_from_json, fences_json,
 };
-use crate::outcome::{Fence, RunId};
+use crate::outcome::RunId;
 
 /// How long an operation waits for another process's transaction on the
 /// same file before it fails.
@@ -150,34 +150,6 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     }
     tx.commit().map_err(|e| e.to_string())
-}
-
-pub(crate) fn fences_json(fences: &[Fence]) -> String {
-    serde_json::Value::Array(
-        fences
-            .iter()
-            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
-            .collect(),
-    )
-    .to_string()
-}
-
-pub(crate) fn fences_from_json(text: &str) -> Vec<Fence> {
-    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-    value
-        .as_array()
-        .map(|fences| {
-            fences
-                .iter()
-                .filter_map(|f| {
-                    Some(Fence {
-                        key: f["key"].as_str()?.to_owned(),
-                        token: f["token"].as_u64()?,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn insert(
@@ -528,6 +500,7 @@ impl OutboxStore for SqliteOutbox {
 mod tests {
     use super::*;
     use crate::outbox::EntryStatus;
+    use crate::outcome::Fence;
     use rusqlite::OptionalExtension;
 
     fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {

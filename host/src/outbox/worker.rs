@@ -3,6 +3,7 @@
 //! and settle each attempt.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -66,7 +67,14 @@ pub struct Worker {
     sinks: Sinks,
     handlers: Arc<Handlers>,
     poll: Duration,
+    /// When (ms, the outbox's clock) the worker last counted the outbox for
+    /// its metrics: counting reads the whole table, so it is done at most
+    /// every [`STATS_EVERY`], not on every poll.
+    counted_at: Arc<AtomicI64>,
 }
+
+/// How often a worker counts the outbox for its metrics.
+const STATS_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +118,7 @@ impl Worker {
             sinks,
             handlers: handlers.into(),
             poll: DEFAULT_POLL_INTERVAL,
+            counted_at: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -134,8 +143,13 @@ impl Worker {
 
     async fn drain(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let report = self.drain_claims(stopped).await?;
-        if let Ok(stats) = self.outbox.store().stats().await {
-            crate::observe::outbox_stats(&stats, self.outbox.now_ms());
+        let now = self.outbox.now_ms();
+        let last = self.counted_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= STATS_EVERY.as_millis() as i64 {
+            self.counted_at.store(now, Ordering::Relaxed);
+            if let Ok(stats) = self.outbox.store().stats().await {
+                crate::observe::outbox_stats(&stats, now);
+            }
         }
         Ok(report)
     }

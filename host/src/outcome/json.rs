@@ -17,7 +17,7 @@ pub const OUTCOME_SCHEMA: u32 = 1;
 
 /// The guest's bytes exactly: as JSON when they are JSON, else as text when
 /// they are UTF-8, else as `{"$bytes_base64": "..."}`.
-pub(crate) fn bytes_value(bytes: &[u8]) -> Value {
+fn bytes_value(bytes: &[u8]) -> Value {
     use base64::Engine as _;
     serde_json::from_slice(bytes).unwrap_or_else(|_| match std::str::from_utf8(bytes) {
         Ok(text) => Value::String(text.to_owned()),
@@ -198,7 +198,8 @@ fn breaker_value(decision: &BreakerDecision) -> Value {
     entry
 }
 
-fn fences_value(fences: &[Fence]) -> Value {
+/// Locks held and their tokens, as every JSON form of escrow writes them.
+pub(crate) fn fences_value(fences: &[Fence]) -> Value {
     fences
         .iter()
         .map(|f| json!({ "key": f.key, "token": f.token }))

@@ -114,11 +114,7 @@ pub(crate) fn intent_line(intent: &Intent, at: SystemTime) -> serde_json::Value 
         }
     }
     if !intent.fences.is_empty() {
-        line["fences"] = intent
-            .fences
-            .iter()
-            .map(|f| serde_json::json!({ "key": f.key, "token": f.token }))
-            .collect();
+        line["fences"] = crate::outcome::fences_value(&intent.fences);
     }
     line["idempotency_key"] = intent.idempotency_key().into();
     line["run_id"] = intent.run_id.to_string().into();
