@@ -688,3 +688,68 @@ async fn a_spawned_worker_delivers_as_intents_come_due_and_stops_gracefully() {
     assert_eq!(report.delivered, 3);
     assert_eq!(outbox.store().stats().await.unwrap().delivered, 3);
 }
+
+#[tokio::test]
+async fn a_run_whose_commit_the_store_refuses_fails_and_undoes_what_it_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let outbox = Outbox::new(SqliteOutbox::open(&path).unwrap());
+    // The store refuses every intent, as a full disk would.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON escrow_outbox WHEN NEW.kind = 'intent' \
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+    let booking = Booking::default();
+    let sink = Flaky::default();
+    let steps = json!([book_flight(), { "defer": "a.first", "payload": 1 }]);
+    let outcome = scripted()
+        .with_outbox(Some(outbox.clone()))
+        .with_handlers(booking_handlers(&booking))
+        .with_sinks(sink.sinks())
+        .run(script(steps))
+        .await
+        .unwrap();
+
+    let Err(escrow_host::Failure::Outbox(why)) = &outcome.result else {
+        panic!("expected an outbox failure, got {:?}", outcome.result);
+    };
+    assert!(why.contains("could not be stored"), "{why}");
+    assert_eq!(outcome.intents[0].fate, Fate::Discarded);
+    assert!(sink.effects().is_empty(), "nothing is delivered");
+    assert_eq!(outcome.compensations.len(), 1, "the booking was undone");
+    assert_eq!(
+        outbox.store().stats().await.unwrap().pending,
+        0,
+        "nothing owed"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_leaves_the_undo_to_the_store() {
+    let mut server = PostgresServer::start();
+    let outbox = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
+    let booking = Booking::default();
+    let plugin = scripted()
+        .with_outbox(Some(outbox))
+        .with_handlers(booking_handlers(&booking));
+    // The server goes away once the action ran: the commit cannot be told.
+    let steps = json!([book_flight(), { "defer": "a.first", "payload": 1 }, { "sleep_ms": 300 }]);
+    let run = tokio::spawn(async move { plugin.run(script(steps)).await.unwrap() });
+    while booking.calls.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let outcome = run.await.unwrap();
+
+    let Err(escrow_host::Failure::Outbox(why)) = &outcome.result else {
+        panic!("expected an outbox failure, got {:?}", outcome.result);
+    };
+    assert!(why.contains("in doubt"), "{why}");
+    assert!(
+        outcome.compensations.is_empty(),
+        "the store decides: the compensation stays journaled, for a worker"
+    );
+}
