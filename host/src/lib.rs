@@ -72,6 +72,7 @@ mod plugin;
 pub mod policy;
 mod run;
 pub mod sinks;
+mod wasi_http;
 
 pub use capabilities::add_to_linker;
 pub use ctx::{EscrowCtx, HeldLocks, Settled};

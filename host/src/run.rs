@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
@@ -22,6 +23,7 @@ use crate::outbox::{Claim, Outbox, Settler};
 use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
+use crate::wasi_http::DenyOutgoing;
 
 /// Most table elements a run may grow a table to. Tables hold function
 /// references; real guests stay far below this.
@@ -119,8 +121,20 @@ impl RunOptions {
 pub(crate) struct RunState {
     pub(crate) escrow: EscrowCtx,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_hooks: DenyOutgoing,
     table: ResourceTable,
     memory: MemoryCap,
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
 }
 
 impl WasiView for RunState {
@@ -275,6 +289,8 @@ impl Plugin {
             memory,
             escrow,
             wasi,
+            http: WasiHttpCtx::new(),
+            http_hooks: DenyOutgoing,
             table: ResourceTable::new(),
         };
         let mut store = Store::new(self.pre.engine(), state);

@@ -215,6 +215,7 @@ fn wasi_note(import: &str, config: &Config) -> String {
         "wasi:cli/stderr" => "stderr, captured into the outcome".to_owned(),
         "wasi:cli/stdout" | "wasi:cli/stdin" => "standard stream, closed".to_owned(),
         i if i.starts_with("wasi:sockets/") => "network, denied".to_owned(),
+        i if i.starts_with("wasi:http/") => "http, denied (effects go through escrow)".to_owned(),
         _ => "provided".to_owned(),
     }
 }
