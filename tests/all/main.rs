@@ -10,6 +10,7 @@ mod effects;
 mod fixtures;
 mod grants;
 mod isolation;
+mod languages;
 mod limits;
 mod loading;
 mod locks;
