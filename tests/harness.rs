@@ -37,9 +37,17 @@ pub fn host() -> &'static Host {
     HOST.get_or_init(|| {
         Host::builder()
             .max_concurrent_runs(32)
+            .cache_dir(compile_cache())
             .build()
             .expect("building the test host")
     })
+}
+
+/// wasmtime's compilation cache for the tests' hosts, in the target
+/// directory: the Python and JavaScript components (12–18 MB each) take
+/// seconds to compile, and are compiled once, not once per `cargo test`.
+pub fn compile_cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasmtime-cache")
 }
 
 /// The fixture at `path`, compiled once.

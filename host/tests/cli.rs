@@ -1246,3 +1246,42 @@ fn inspect_and_run_refuse_a_component_larger_than_a_slot_alike() {
     );
     assert!(stderr(&run).contains("core_instances_per_slot"));
 }
+
+/// A `--json` report without what differs from run to run or plugin to
+/// plugin: ids, keys, the plugin's name, timings.
+fn comparable(mut report: Value) -> Value {
+    let object = report.as_object_mut().unwrap();
+    for key in ["run_id", "plugin", "timings_us"] {
+        object.remove(key);
+    }
+    for intent in object["intents"].as_array_mut().unwrap() {
+        intent.as_object_mut().unwrap().remove("idempotency_key");
+    }
+    report
+}
+
+#[test]
+fn python_and_javascript_checkouts_report_what_the_rust_checkout_reports_under_run() {
+    use fixtures::languages::{Language, checkout};
+
+    let config = example_config("checkout");
+    let cases: [&[&str]; 3] = [
+        &[],
+        &["--input", r#"{"fail": true}"#],
+        &["--input", r#"{"id": 7}"#, "--policy", "drop"],
+    ];
+    for extra in cases {
+        let report = |plugin: &str| {
+            let mut args = vec!["run", plugin, "--config", &config, "--json"];
+            args.extend(extra);
+            let output = escrow(&args);
+            (output.status.code(), comparable(json_report(&output)))
+        };
+        let rust = report(fixtures::CHECKOUT);
+        assert!(rust.1["intents"].as_array().unwrap().len() >= 1, "{}", rust.1);
+        for language in Language::ALL {
+            let path = checkout(language).to_str().unwrap();
+            assert_eq!(report(path), rust, "{} checkout with {extra:?}", language.name());
+        }
+    }
+}

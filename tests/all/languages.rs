@@ -321,6 +321,7 @@ async fn an_outgoing_http_request_from_starlingmonkey_is_refused_and_never_leave
 async fn thirty_two_concurrent_python_runs_on_four_slots_wait_for_room_and_all_commit() {
     let host = escrow_host::Host::builder()
         .max_concurrent_runs(4)
+        .cache_dir(escrow_tests::compile_cache())
         .build()
         .unwrap();
     let plugin = host.load_file(languages::checkout(Language::Python)).unwrap();
