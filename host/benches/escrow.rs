@@ -17,7 +17,11 @@
 //! - the same run committed durably into a SQLite outbox and into Postgres
 //!   (when a Postgres server can be started), one at a time and 8 at once,
 //!   against the in-memory sink; and one worker delivering stored intents to
-//!   an in-process sink, against handing the same intents to it from memory.
+//!   an in-process sink, against handing the same intents to it from memory;
+//! - a fresh-instance run of the checkout (3 intents committed to an
+//!   in-memory sink) in Python and in JavaScript, against the Rust checkout,
+//!   with each one's instantiate/call split (when `tests/setup.sh` has
+//!   installed the toolchains).
 //!
 //! Both sides use the same engine (pooling allocator) and the loops run in
 //! the guest, so the figures are the host's cost, not the harness's.
@@ -306,6 +310,61 @@ fn whole_run(c: &mut Criterion) {
     group.finish();
 }
 
+/// The checkout in Rust, Python and JavaScript: a fresh instance per run,
+/// three intents committed to an in-memory sink. Prints each language's
+/// instantiate/call split, averaged over the measured runs.
+fn languages(c: &mut Criterion) {
+    use fixtures::languages::{Language, checkout};
+
+    let rt = runtime();
+    // The Python and JavaScript components take seconds to compile: keep
+    // them in the tests' compile cache.
+    let host = Host::builder()
+        .route("*", FnSink(|_: &Intent| Ok::<_, CallError>(())))
+        .unwrap()
+        .cache_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasmtime-cache"))
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("languages");
+    group.measurement_time(Duration::from_secs(5));
+    let options = RunOptions::new().grants(
+        Grants::new()
+            .effects(["payments.charge", "orders.save", "email.send"])
+            .unwrap(),
+    );
+    let mut plugins = vec![("rust", fixtures::CHECKOUT.into())];
+    for language in Language::ALL {
+        if language.installed() {
+            plugins.push((language.key(), checkout(language).to_path_buf()));
+        } else {
+            println!("languages/{}: skipped, run tests/setup.sh", language.key());
+        }
+    }
+    for (name, path) in plugins {
+        let plugin = host.load_file(&path).unwrap();
+        let split = std::sync::Mutex::new((Duration::ZERO, Duration::ZERO, 0u32));
+        group.bench_function(format!("checkout_{name}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let outcome = plugin.run(options.clone()).await.unwrap();
+                assert_eq!(outcome.dispatched().count(), 3);
+                let mut split = split.lock().unwrap();
+                split.0 += outcome.timings.instantiate;
+                split.1 += outcome.timings.call;
+                split.2 += 1;
+            })
+        });
+        let (instantiate, call, runs) = *split.lock().unwrap();
+        if runs > 0 {
+            println!(
+                "languages/checkout_{name}: instantiate {}, call {} (mean of {runs} runs)",
+                human((instantiate / runs).as_nanos() as f64),
+                human((call / runs).as_nanos() as f64),
+            );
+        }
+    }
+    group.finish();
+}
+
 /// Runs committed in one iteration of the concurrent outbox benchmarks.
 const CONCURRENT_RUNS: u64 = 8;
 
@@ -498,6 +557,18 @@ fn summary() {
             baseline: ("whole_run", "bare_instantiation", 1),
         },
         Row {
+            name: "checkout in Python",
+            ours: ("languages", "checkout_python", 1),
+            baseline_name: "checkout in Rust",
+            baseline: ("languages", "checkout_rust", 1),
+        },
+        Row {
+            name: "checkout in JavaScript",
+            ours: ("languages", "checkout_javascript", 1),
+            baseline_name: "checkout in Rust",
+            baseline: ("languages", "checkout_rust", 1),
+        },
+        Row {
             name: "run into SQLite, 1 at a time",
             ours: ("outbox", "commit_sqlite_1", 1),
             baseline_name: "in-memory sink",
@@ -563,6 +634,7 @@ fn main() {
     per_call(&mut criterion);
     locks(&mut criterion);
     whole_run(&mut criterion);
+    languages(&mut criterion);
     outbox(&mut criterion);
     criterion.final_summary();
     summary();
