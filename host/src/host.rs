@@ -305,9 +305,13 @@ impl HostBuilder {
                 .table_keep_resident(KEEP_RESIDENT_BYTES)
                 .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-            // With slots reused and kept resident, copying the initial data is
-            // cheaper than mapping it copy-on-write afresh for every run.
-            config.memory_init_cow(false);
+            // Initial memory mapped copy-on-write: a slot that runs the same
+            // component again keeps the image and only resets what the run
+            // dirtied. For a Python or JavaScript component (megabytes of
+            // snapshot data) this is 6 times faster than copying the data
+            // in; for a small Rust guest it costs the same
+            // (docs/performance.md).
+            config.memory_init_cow(true);
         }
         #[cfg(feature = "cache")]
         if let Some(dir) = &self.cache_dir {
