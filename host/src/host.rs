@@ -320,7 +320,8 @@ impl HostBuilder {
         let engine = Engine::new(&config).map_err(Error::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(Error::Engine)?;
         crate::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow)
             .map_err(Error::Engine)?;
         spawn_epoch_clock(&engine);

@@ -1278,10 +1278,39 @@ fn python_and_javascript_checkouts_report_what_the_rust_checkout_reports_under_r
             (output.status.code(), comparable(json_report(&output)))
         };
         let rust = report(fixtures::CHECKOUT);
-        assert!(rust.1["intents"].as_array().unwrap().len() >= 1, "{}", rust.1);
+        assert!(
+            !rust.1["intents"].as_array().unwrap().is_empty(),
+            "{}",
+            rust.1
+        );
         for language in Language::ALL {
             let path = checkout(language).to_str().unwrap();
-            assert_eq!(report(path), rust, "{} checkout with {extra:?}", language.name());
+            assert_eq!(
+                report(path),
+                rust,
+                "{} checkout with {extra:?}",
+                language.name()
+            );
         }
     }
+}
+
+#[test]
+fn inspect_shows_a_starlingmonkey_component_s_http_imports_as_denied_and_that_it_runs_here() {
+    use fixtures::languages::{Language, checkout};
+
+    let output = escrow(&[
+        "inspect",
+        checkout(Language::JavaScript).to_str().unwrap(),
+        "--config",
+        &example_config("checkout"),
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    let http: Vec<&str> = text.lines().filter(|l| l.contains("wasi:http/")).collect();
+    assert!(!http.is_empty(), "{text}");
+    for line in http {
+        assert!(line.contains("WASI: http, denied"), "{line}");
+    }
+    assert!(text.contains("runs on this host: yes"), "{text}");
 }

@@ -212,7 +212,12 @@ async fn scopes_commit_on_success_roll_back_on_exception_and_keep_their_policies
         let outcome = run_tour(language, json!({ "do": "scopes" })).await;
         assert_eq!(
             output(&outcome),
-            json!(["kept.first", "dropped.inside", "blocked.inside", "kept.last"]),
+            json!([
+                "kept.first",
+                "dropped.inside",
+                "blocked.inside",
+                "kept.last"
+            ]),
             "{}",
             language.name()
         );
@@ -263,12 +268,22 @@ async fn locks_are_taken_sorted_with_a_fencing_token_and_refused_outside_the_gra
     for language in Language::ALL {
         let outcome = run_tour(language, json!({ "do": "locks" })).await;
         let answer = output(&outcome);
-        assert_eq!(answer["keys"], json!(["account:a", "account:b"]), "{}", language.name());
+        assert_eq!(
+            answer["keys"],
+            json!(["account:a", "account:b"]),
+            "{}",
+            language.name()
+        );
         assert!(answer["token"].as_u64().unwrap() > 0, "{answer}");
         assert_eq!(answer["refused"], "not-granted", "{}", language.name());
 
         let outcome = run_tour(language, json!({ "do": "would-deadlock" })).await;
-        assert_eq!(output(&outcome), json!({ "kind": "would-deadlock" }), "{}", language.name());
+        assert_eq!(
+            output(&outcome),
+            json!({ "kind": "would-deadlock" }),
+            "{}",
+            language.name()
+        );
     }
 }
 
@@ -308,7 +323,9 @@ async fn an_outgoing_http_request_from_starlingmonkey_is_refused_and_never_leave
 
     let answer = output(&outcome);
     assert!(
-        answer["refused"].as_str().is_some_and(|e| e.contains("NetworkError")),
+        answer["refused"]
+            .as_str()
+            .is_some_and(|e| e.contains("NetworkError")),
         "{answer}"
     );
     assert!(
@@ -324,7 +341,9 @@ async fn thirty_two_concurrent_python_runs_on_four_slots_wait_for_room_and_all_c
         .cache_dir(escrow_tests::compile_cache())
         .build()
         .unwrap();
-    let plugin = host.load_file(languages::checkout(Language::Python)).unwrap();
+    let plugin = host
+        .load_file(languages::checkout(Language::Python))
+        .unwrap();
     let runs: Vec<_> = (0..32)
         .map(|id| {
             let plugin = plugin.clone();
