@@ -367,3 +367,23 @@ async fn thirty_two_concurrent_python_runs_on_four_slots_wait_for_room_and_all_c
         );
     }
 }
+
+#[test]
+fn a_python_component_too_big_for_the_slots_is_refused_at_load_with_its_numbers_and_the_knob() {
+    let host = escrow_host::Host::builder()
+        .slot_size(escrow_host::SlotSize {
+            core_instances: 8,
+            ..escrow_host::DEFAULT_SLOT
+        })
+        .cache_dir(escrow_tests::compile_cache())
+        .build()
+        .unwrap();
+    let error = host
+        .load_file(languages::checkout(Language::Python))
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, escrow_host::Error::Limits(_)), "{message}");
+    assert!(message.contains("14"), "{message}");
+    assert!(message.contains("8"), "{message}");
+    assert!(message.contains("core_instances_per_slot"), "{message}");
+}
