@@ -26,6 +26,8 @@
 //! Both sides use the same engine (pooling allocator) and the loops run in
 //! the guest, so the figures are the host's cost, not the harness's.
 
+mod baseline;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,12 +41,8 @@ use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
-use escrow_host::{
-    Dispatch, EffectError, EscrowCtx, Grants, Host, Intent, Limits, RunOptions, policy,
-};
+use escrow_host::{Dispatch, Grants, Host, Intent, Limits, RunOptions};
 use wasmtime::Store;
-use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Calls per run in the per-call benchmarks: enough that instantiation is
 /// under 1% of the figure.
@@ -52,37 +50,6 @@ const CALLS_PER_RUN: u64 = 20_000;
 
 /// Locks taken and released per run in the lock benchmarks.
 const LOCKS_PER_RUN: u64 = 200;
-
-/// The store data of the baselines: what a minimal host of the same
-/// components needs.
-struct State {
-    escrow: EscrowCtx,
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl State {
-    fn new() -> Self {
-        Self {
-            escrow: EscrowCtx::new(
-                Arc::new(Grants::new()),
-                Arc::new(policy::Commit),
-                Limits::default(),
-            ),
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        }
-    }
-}
 
 fn host() -> Host {
     Host::builder()
@@ -169,34 +136,14 @@ fn per_call(c: &mut Criterion) {
     // Baseline: the same number of calls to host functions with the same
     // signatures that do nothing.
     let engine = host.engine();
-    let mut linker = Linker::<State>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    linker
-        .instance("escrow-bench:baseline/bare")
-        .unwrap()
-        .func_wrap("call", |_, (_effect, _payload): (String, Vec<u8>)| {
-            Ok((Result::<u64, escrow_host::Refusal>::Ok(0),))
-        })
-        .unwrap();
-    linker
-        .instance("escrow-bench:baseline/bare")
-        .unwrap()
-        .func_wrap(
-            "call-invoke",
-            |_, (_effect, _payload): (String, Vec<u8>)| {
-                Ok((Result::<Vec<u8>, EffectError>::Ok(Vec::new()),))
-            },
-        )
-        .unwrap();
-    let component = Component::from_file(engine, fixtures::BENCH_BASELINE).unwrap();
-    let pre = linker.instantiate_pre(&component).unwrap();
+    let pre = baseline::bare_calls(engine);
     let rt = &rt;
     let bare = |name: &'static str, input: String| {
         let pre = pre.clone();
         move |b: &mut criterion::Bencher<'_>| {
             let input = input.clone().into_bytes();
             b.to_async(rt).iter(|| async {
-                let mut store = Store::new(engine, State::new());
+                let mut store = Store::new(engine, baseline::State::new());
                 escrow_host::set_deadline(&mut store, Duration::from_secs(60));
                 let instance = pre.instantiate_async(&mut store).await.unwrap();
                 let run = instance
@@ -295,14 +242,10 @@ fn whole_run(c: &mut Criterion) {
     // Baseline: a fresh store and an instantiation of the same component
     // from `InstancePre`, nothing called.
     let engine = host.engine();
-    let mut linker = Linker::<State>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    escrow_host::add_to_linker(&mut linker, |s| &mut s.escrow).unwrap();
-    let component = Component::from_file(engine, fixtures::BENCH).unwrap();
-    let pre: InstancePre<State> = linker.instantiate_pre(&component).unwrap();
+    let pre = baseline::escrow_linked(engine);
     group.bench_function("bare_instantiation", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut store = Store::new(engine, State::new());
+            let mut store = Store::new(engine, baseline::State::new());
             escrow_host::set_deadline(&mut store, Duration::from_secs(60));
             pre.instantiate_async(&mut store).await.unwrap();
         })

@@ -1,0 +1,70 @@
+//! The baselines both benchmarks measure escrow against: a minimal host of
+//! the same components, with host functions of the same signatures that do
+//! nothing.
+
+use std::sync::Arc;
+
+use escrow_host::{EffectError, EscrowCtx, Grants, Limits, policy};
+use wasmtime::Engine;
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The store data of the baselines.
+pub struct State {
+    pub escrow: EscrowCtx,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self {
+            escrow: EscrowCtx::new(
+                Arc::new(Grants::new()),
+                Arc::new(policy::Commit),
+                Limits::default(),
+            ),
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+/// `fixture-bench-baseline`, its imports (`call`, `call-invoke`) linked to
+/// host functions that do nothing.
+pub fn bare_calls(engine: &Engine) -> InstancePre<State> {
+    let mut linker = Linker::<State>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    let mut bare = linker.instance("escrow-bench:baseline/bare").unwrap();
+    bare.func_wrap("call", |_, (_effect, _payload): (String, Vec<u8>)| {
+        Ok((Result::<u64, escrow_host::Refusal>::Ok(0),))
+    })
+    .unwrap();
+    bare.func_wrap(
+        "call-invoke",
+        |_, (_effect, _payload): (String, Vec<u8>)| {
+            Ok((Result::<Vec<u8>, EffectError>::Ok(Vec::new()),))
+        },
+    )
+    .unwrap();
+    let component = Component::from_file(engine, escrow_fixtures::BENCH_BASELINE).unwrap();
+    linker.instantiate_pre(&component).unwrap()
+}
+
+/// `fixture-bench` linked as escrow links it, to be instantiated bare.
+pub fn escrow_linked(engine: &Engine) -> InstancePre<State> {
+    let mut linker = Linker::<State>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    escrow_host::add_to_linker(&mut linker, |s| &mut s.escrow).unwrap();
+    let component = Component::from_file(engine, escrow_fixtures::BENCH).unwrap();
+    linker.instantiate_pre(&component).unwrap()
+}
