@@ -28,7 +28,6 @@
 //! Every state change and every rejected call is a [`BreakerEvent`]:
 //! subscribe with [`Breakers::subscribe`]; each is also logged.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -215,7 +214,7 @@ pub(crate) struct Defined {
 /// The breakers of a host: their definitions, where their state lives, the
 /// clock, and the event stream.
 pub struct Breakers {
-    defined: HashMap<String, Defined>,
+    defined: foldhash::HashMap<String, Defined>,
     store: Arc<dyn BreakerStore>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<BreakerEvent>,
@@ -241,7 +240,7 @@ impl Breakers {
     /// No breakers yet, their state kept in `store`, on the system clock.
     pub fn new(store: Arc<dyn BreakerStore>) -> Self {
         Self {
-            defined: HashMap::new(),
+            defined: foldhash::HashMap::default(),
             store,
             clock: Arc::new(SystemClock),
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -341,7 +340,11 @@ impl Breakers {
     /// reached lets the call through (fail open) and says so in an event.
     pub(crate) async fn admit(&self, name: &str, defined: &Defined) -> Admission {
         let now = self.clock.now_ms();
-        match self.store.admit(name, &defined.config, now).await {
+        let admitted = match self.store.admit_now(name, &defined.config, now) {
+            Some(admission) => Ok(admission),
+            None => self.store.admit(name, &defined.config, now).await,
+        };
+        match admitted {
             Ok(admission) => {
                 match &admission {
                     Admission::Allowed { transition, .. } => {
@@ -386,11 +389,18 @@ impl Breakers {
         result: CallResult,
     ) -> Option<Transition> {
         let now = self.clock.now_ms();
-        match self
+        let recorded = match self
             .store
-            .record(name, &defined.config, now, trial, result)
-            .await
+            .record_now(name, &defined.config, now, trial, result)
         {
+            Some(transition) => Ok(transition),
+            None => {
+                self.store
+                    .record(name, &defined.config, now, trial, result)
+                    .await
+            }
+        };
+        match recorded {
             Ok(transition) => {
                 self.transitioned(name, transition, now);
                 transition

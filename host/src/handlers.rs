@@ -7,7 +7,6 @@
 //! for the same effect). Grants cover immediate effects exactly as they cover
 //! deferred ones: a handler being registered grants nothing.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -144,14 +143,14 @@ pub(crate) struct Registered {
 /// The handlers of a host, by effect name.
 #[derive(Clone)]
 pub struct Handlers {
-    by_effect: HashMap<String, Registered>,
+    by_effect: foldhash::HashMap<String, Registered>,
     timeout: Duration,
 }
 
 impl Default for Handlers {
     fn default() -> Self {
         Self {
-            by_effect: HashMap::new(),
+            by_effect: foldhash::HashMap::default(),
             timeout: DEFAULT_HANDLER_TIMEOUT,
         }
     }

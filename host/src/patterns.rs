@@ -167,9 +167,7 @@ impl Matcher {
     fn new(pattern: &str) -> Self {
         match pattern.find('*') {
             None => Matcher::Exact(pattern.to_owned()),
-            Some(star) if star == pattern.len() - 1 => {
-                Matcher::Prefix(pattern[..star].to_owned())
-            }
+            Some(star) if star == pattern.len() - 1 => Matcher::Prefix(pattern[..star].to_owned()),
             Some(_) => Matcher::Wild(WildMatch::new(pattern)),
         }
     }
@@ -284,11 +282,27 @@ mod tests {
     #[test]
     fn names_prefixes_and_other_stars_match_as_the_general_matcher_does() {
         let patterns = [
-            "email.send", "email.*", "*", "*.send", "e*l.*d", "email.**", "**", "a*b*c",
+            "email.send",
+            "email.*",
+            "*",
+            "*.send",
+            "e*l.*d",
+            "email.**",
+            "**",
+            "a*b*c",
         ];
         let names = [
-            "email.send", "email.", "email", "emails.send", "email.batch.send", "x.send",
-            "abc", "a.b.c", "ac", "e.d", "send",
+            "email.send",
+            "email.",
+            "email",
+            "emails.send",
+            "email.batch.send",
+            "x.send",
+            "abc",
+            "a.b.c",
+            "ac",
+            "e.d",
+            "send",
         ];
         for pattern in patterns {
             let general = WildMatch::new(pattern);

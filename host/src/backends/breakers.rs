@@ -101,6 +101,29 @@ pub trait BreakerStore: fmt::Debug + Send + Sync + 'static {
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError>;
 
+    /// [`admit`](Self::admit) answered at once, without a future, by a store
+    /// that keeps its state in this process; `None` (the default) when the
+    /// store must be asked with `admit`. Every call through a breaker asks,
+    /// so this is the fast path of a closed breaker.
+    fn admit_now(&self, name: &str, config: &BreakerConfig, now_ms: u64) -> Option<Admission> {
+        let _ = (name, config, now_ms);
+        None
+    }
+
+    /// [`record`](Self::record) answered at once, as
+    /// [`admit_now`](Self::admit_now).
+    fn record_now(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Option<Option<Transition>> {
+        let _ = (name, config, now_ms, trial, result);
+        None
+    }
+
     /// Sets the state of `name` by hand: isolated (open until reset) or
     /// closed with its counts cleared. Returns the transition.
     ///

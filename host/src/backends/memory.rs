@@ -151,7 +151,7 @@ fn lease_of(id: u64, keys: &[String], token: u64) -> Lease {
 /// Breaker state in this process, shared by every run of the host.
 #[derive(Debug, Default)]
 pub struct MemoryBreakers {
-    circuits: Mutex<HashMap<String, Circuit>>,
+    circuits: Mutex<foldhash::HashMap<String, Circuit>>,
 }
 
 impl MemoryBreakers {
@@ -165,6 +165,10 @@ impl MemoryBreakers {
             .circuits
             .lock()
             .expect("the breaker table is never poisoned");
+        // The name is copied only the first time the breaker is used.
+        if let Some(circuit) = circuits.get_mut(name) {
+            return f(circuit);
+        }
         f(circuits.entry(name.to_owned()).or_default())
     }
 }
@@ -189,6 +193,21 @@ impl BreakerStore for MemoryBreakers {
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError> {
         Ok(self.with(name, |c| c.record(config, now_ms, trial, result)))
+    }
+
+    fn admit_now(&self, name: &str, config: &BreakerConfig, now_ms: u64) -> Option<Admission> {
+        Some(self.with(name, |c| c.admit(config, now_ms)))
+    }
+
+    fn record_now(
+        &self,
+        name: &str,
+        config: &BreakerConfig,
+        now_ms: u64,
+        trial: bool,
+        result: CallResult,
+    ) -> Option<Option<Transition>> {
+        Some(self.with(name, |c| c.record(config, now_ms, trial, result)))
     }
 
     async fn force(
