@@ -92,6 +92,22 @@ fn per_call(c: &mut Criterion) {
         })
     });
 
+    // escrow: the same intents committed and delivered to an in-memory
+    // sink; the difference from `record_intent` is what committing costs.
+    let commit_options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .limits(Limits {
+            max_intents: CALLS_PER_RUN as usize,
+            ..Limits::default()
+        })
+        .input(CALLS_PER_RUN.to_string());
+    group.bench_function("commit_intent", |b| {
+        b.to_async(&rt).iter(|| async {
+            let outcome = plugin.run(commit_options.clone()).await.unwrap();
+            assert_eq!(outcome.dispatched().count(), CALLS_PER_RUN as usize);
+        })
+    });
+
     // escrow: the guest invokes a no-op query handler CALLS_PER_RUN times.
     let mut handlers = Handlers::new();
     handlers
@@ -251,6 +267,144 @@ fn whole_run(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Runs in one iteration of the scaling benchmarks.
+const SCALING_RUNS: u64 = 2_000;
+
+/// Whole runs (2 intents committed) and bare instantiations, `SCALING_RUNS`
+/// of them on one thread and split over two: how throughput scales on two
+/// cores.
+fn scaling(c: &mut Criterion) {
+    let host = host();
+    let mut group = c.benchmark_group("scaling");
+    group
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
+    let plugin = host.load_file(fixtures::BENCH).unwrap();
+    let options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .input("2");
+    let engine = host.engine().clone();
+    let pre = baseline::escrow_linked(&engine);
+    for threads in [1u64, 2] {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads as usize)
+            .enable_all()
+            .build()
+            .unwrap();
+        group.bench_function(format!("runs_{threads}_threads"), |b| {
+            b.to_async(&rt).iter(|| {
+                let tasks: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let plugin = plugin.clone();
+                        let options = options.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..SCALING_RUNS / threads {
+                                plugin.run(options.clone()).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                async move {
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                }
+            })
+        });
+        group.bench_function(format!("instantiations_{threads}_threads"), |b| {
+            b.to_async(&rt).iter(|| {
+                let tasks: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let pre = pre.clone();
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..SCALING_RUNS / threads {
+                                let mut store = Store::new(&engine, baseline::State::new());
+                                escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+                                pre.instantiate_async(&mut store).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                async move {
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Resident memory per run in flight: 1, 100 and 1,000 runs parked in a
+/// handler, the host's resident set measured before and while they wait.
+fn memory_in_flight() {
+    let rt = multi_thread_runtime();
+    let host = Host::builder().max_concurrent_runs(1_000).build().unwrap();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let parked = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut handlers = Handlers::new();
+    let (held, arrived) = (Arc::clone(&release), Arc::clone(&parked));
+    handlers
+        .query(
+            "bench.noop",
+            escrow_host::handlers::AsyncFnHandler(move |_| {
+                let (held, arrived) = (Arc::clone(&held), Arc::clone(&arrived));
+                async move {
+                    arrived.add_permits(1);
+                    held.acquire().await.unwrap().forget();
+                    Ok::<_, CallError>(Vec::new())
+                }
+            }),
+        )
+        .unwrap();
+    let plugin = host
+        .load_file(fixtures::BENCH)
+        .unwrap()
+        .with_handlers(handlers);
+    let options = RunOptions::new()
+        .grants(Grants::new().effects(["bench.*"]).unwrap())
+        .input("invoke:1");
+    // One run first, so that what every run shares is already resident.
+    release.add_permits(1);
+    rt.block_on(plugin.run(options.clone())).unwrap();
+    parked.forget_permits(1);
+    println!("\nresident memory per run in flight (runs parked in a handler):");
+    for runs in [1u32, 100, 1_000] {
+        let before = resident_bytes();
+        let tasks: Vec<_> = (0..runs)
+            .map(|_| {
+                let (plugin, options) = (plugin.clone(), options.clone());
+                rt.spawn(async move { plugin.run(options).await.unwrap() })
+            })
+            .collect();
+        rt.block_on(async {
+            parked.acquire_many(runs).await.unwrap().forget();
+        });
+        let during = resident_bytes();
+        release.add_permits(runs as usize);
+        for task in tasks {
+            rt.block_on(task).unwrap();
+        }
+        println!(
+            "  {runs:>5} runs: {:>8.1} KiB each",
+            during.saturating_sub(before) as f64 / 1024.0 / f64::from(runs)
+        );
+    }
+}
+
+/// This process's resident set, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// The checkout in Rust, Python and JavaScript: a fresh instance per run,
@@ -560,6 +714,39 @@ fn summary() {
             _ => println!("  {:<32} (not measured in this run)", row.name),
         }
     }
+    derived();
+}
+
+/// The figures that are not a ratio to a baseline: what committing adds to
+/// an intent, and how throughput scales from one thread to two.
+fn derived() {
+    let per = |group: &str, bench: &str, n: u64| mean_ns(group, bench).map(|ns| ns / n as f64);
+    if let (Some(commit), Some(drop)) = (
+        per("per_call", "commit_intent", CALLS_PER_RUN),
+        per("per_call", "record_intent", CALLS_PER_RUN),
+    ) {
+        println!(
+            "  {:<32} {:>10}   (committed and delivered {}, dropped {})",
+            "commit + deliver, over drop",
+            human(commit - drop),
+            human(commit),
+            human(drop)
+        );
+    }
+    for (name, bench) in [("runs", "runs"), ("bare instantiations", "instantiations")] {
+        if let (Some(one), Some(two)) = (
+            per("scaling", &format!("{bench}_1_threads"), SCALING_RUNS),
+            per("scaling", &format!("{bench}_2_threads"), SCALING_RUNS),
+        ) {
+            println!(
+                "  {:<32} {:>10.0}/s on 1 thread, {:.0}/s on 2: {:.2}x",
+                format!("{name}, 2 threads vs 1"),
+                1e9 / one,
+                1e9 / two,
+                one / two
+            );
+        }
+    }
 }
 
 fn human(ns: f64) -> String {
@@ -577,8 +764,10 @@ fn main() {
     per_call(&mut criterion);
     locks(&mut criterion);
     whole_run(&mut criterion);
+    scaling(&mut criterion);
     languages(&mut criterion);
     outbox(&mut criterion);
     criterion.final_summary();
     summary();
+    memory_in_flight();
 }
