@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::backends::{Admission, CallResult};
@@ -210,7 +211,15 @@ impl Route {
                 }
             }
         };
-        let attempt = match tokio::time::timeout(timeout, self.sink.deliver(intent)).await {
+        let mut delivery = self.sink.deliver(intent);
+        // A sink that answers at once (an in-process one) needs no timer:
+        // poll it once first, and arm the timeout only if it must wait.
+        let answered =
+            match std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await {
+                Poll::Ready(answer) => Ok(answer),
+                Poll::Pending => tokio::time::timeout(timeout, delivery).await,
+            };
+        let attempt = match answered {
             Ok(Ok(())) => Attempt::Delivered,
             Ok(Err(error)) => Attempt::Failed(error.to_string()),
             Err(_) => Attempt::Failed(format!("the sink did not answer within {timeout:?}")),

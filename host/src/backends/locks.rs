@@ -67,4 +67,20 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// [`LockError::Unavailable`] when the backend failed; the lease then
     /// ends when it expires.
     async fn release(&self, lease: Lease) -> Result<(), LockError>;
+
+    /// Takes `keys` at once, without a future, when a backend that keeps
+    /// its table in this process finds them free; `None` (the default) when
+    /// they must be waited for, or asked of a server, with
+    /// [`acquire`](Self::acquire). The fast path of an uncontended lock.
+    fn try_acquire_now(&self, keys: &[String]) -> Option<Lease> {
+        let _ = keys;
+        None
+    }
+
+    /// Releases `lease` at once, without a future, in a backend that keeps
+    /// its table in this process; gives the lease back (the default) when it
+    /// must be released with [`release`](Self::release).
+    fn release_now(&self, lease: Lease) -> Result<(), Lease> {
+        Err(lease)
+    }
 }

@@ -1,7 +1,7 @@
 //! In-memory backends: the embedded default, shared by every run of one
 //! host (and by hosts that share the same value).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,7 +21,8 @@ pub struct MemoryLocks {
 #[derive(Debug, Default)]
 struct State {
     /// Held keys, by the id of the lease holding them.
-    held: HashMap<String, u64>,
+    // foldhash, seeded per process: keys are the guest's, within its grants.
+    held: foldhash::HashMap<String, u64>,
     /// Requests waiting, oldest first.
     waiting: VecDeque<Waiter>,
     next_lease: u64,
@@ -45,6 +46,22 @@ impl MemoryLocks {
 impl State {
     fn free(&self, keys: &[String]) -> bool {
         keys.iter().all(|k| !self.held.contains_key(k))
+    }
+
+    /// Takes `keys` for a new lease when they are free and no waiting
+    /// request wants one of them (which would overtake it).
+    fn take_if_free(&mut self, keys: &[String]) -> Option<Lease> {
+        let contended = self
+            .waiting
+            .iter()
+            .any(|w| w.keys.iter().any(|k| keys.contains(k)));
+        if contended || !self.free(keys) {
+            return None;
+        }
+        self.next_lease += 1;
+        let lease = self.next_lease;
+        let token = self.take(lease, keys);
+        Some(lease_of(lease, keys, token))
     }
 
     /// Takes `keys` for `lease` and returns the new fencing token.
@@ -96,16 +113,11 @@ impl LockBackend for MemoryLocks {
     async fn acquire(&self, keys: &[String], timeout: Duration) -> Result<Lease, LockError> {
         let (lease, granted) = {
             let mut state = self.state.lock().expect("the lock table is never poisoned");
+            if let Some(lease) = state.take_if_free(keys) {
+                return Ok(lease);
+            }
             state.next_lease += 1;
             let lease = state.next_lease;
-            let contended = state
-                .waiting
-                .iter()
-                .any(|w| w.keys.iter().any(|k| keys.contains(k)));
-            if !contended && state.free(keys) {
-                let token = state.take(lease, keys);
-                return Ok(lease_of(lease, keys, token));
-            }
             let (grant, granted) = oneshot::channel();
             state.waiting.push_back(Waiter {
                 lease,
@@ -131,10 +143,25 @@ impl LockBackend for MemoryLocks {
     }
 
     async fn release(&self, lease: Lease) -> Result<(), LockError> {
+        self.release_now(lease)
+            .expect("the in-memory table always releases at once");
+        Ok(())
+    }
+
+    fn try_acquire_now(&self, keys: &[String]) -> Option<Lease> {
+        self.state
+            .lock()
+            .expect("the lock table is never poisoned")
+            .take_if_free(keys)
+    }
+
+    fn release_now(&self, lease: Lease) -> Result<(), Lease> {
         let id = lease.holder as u64;
         let mut state = self.state.lock().expect("the lock table is never poisoned");
         state.release(id, &lease.keys);
-        state.grant_waiting();
+        if !state.waiting.is_empty() {
+            state.grant_waiting();
+        }
         Ok(())
     }
 }

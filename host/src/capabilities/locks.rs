@@ -36,15 +36,21 @@ impl Host for EscrowCtx {
                 Limit::LockAcquisitions
             )))));
         }
-        let asked = recorded_keys(&keys, self.limits.max_locks);
         let keys = match self.check_keys(keys) {
             Ok(keys) => keys,
-            Err(error) => return Ok(Err(self.refuse_lock(asked, error))),
+            Err((error, asked)) => {
+                let asked = recorded_keys(&asked, self.limits.max_locks);
+                return Ok(Err(self.refuse_lock(asked, error)));
+            }
         };
         // Never wait beyond the run's deadline: past it the guest is stopped.
         let left = self.deadline.saturating_duration_since(Instant::now());
         let asked_for = Duration::from_millis(timeout_ms.into());
-        let lease = match self.held.backend.acquire(&keys, asked_for.min(left)).await {
+        let taken = match self.held.backend.try_acquire_now(&keys) {
+            Some(lease) => Ok(lease),
+            None => self.held.backend.acquire(&keys, asked_for.min(left)).await,
+        };
+        let lease = match taken {
             Ok(lease) => lease,
             Err(BackendError::Timeout) if left < asked_for => {
                 self.lock_records.push(LockRecord {
@@ -116,8 +122,13 @@ impl HostGuard for EscrowCtx {
             .leases
             .remove(position.ok_or_else(|| wasmtime::format_err!("unknown lock guard"))?);
         self.refresh_fences();
-        let keys = lease.keys.clone();
-        if let Err(error) = self.held.backend.release(lease).await {
+        // Kept only for the warning below, and only when it would be seen.
+        let keys = tracing::enabled!(tracing::Level::WARN).then(|| lease.keys.clone());
+        let released = match self.held.backend.release_now(lease) {
+            Ok(()) => Ok(()),
+            Err(lease) => self.held.backend.release(lease).await,
+        };
+        if let Err(error) = released {
             tracing::warn!(?keys, %error, "releasing locks failed; they end when their lease expires");
         }
         Ok(())
@@ -137,8 +148,27 @@ impl EscrowCtx {
     }
 
     /// Checks a request's keys against the grants, the limit and the global
-    /// order; returns them sorted and deduplicated.
-    fn check_keys(&mut self, mut keys: Vec<String>) -> Result<Vec<String>, LockError> {
+    /// order; returns them sorted and deduplicated, or the error and the
+    /// keys as asked.
+    fn check_keys(
+        &mut self,
+        mut keys: Vec<String>,
+    ) -> Result<Vec<String>, (LockError, Vec<String>)> {
+        // The keys are sorted through their indices, so that a refusal
+        // records them as asked without a copy made for every request.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        match self.check_sorted(&keys, &mut order) {
+            Ok(()) => Ok(order
+                .into_iter()
+                .map(|i| std::mem::take(&mut keys[i]))
+                .collect()),
+            Err(error) => Err((error, keys)),
+        }
+    }
+
+    /// The checks of [`check_keys`](Self::check_keys); leaves in `order` the
+    /// indices of the distinct keys, in key order.
+    fn check_sorted(&mut self, keys: &[String], order: &mut Vec<usize>) -> Result<(), LockError> {
         let refused = |refusal| Err(LockError::Refused(refusal));
         if keys.is_empty() {
             return refused(Refusal::Invalid("no lock keys given".into()));
@@ -153,7 +183,7 @@ impl EscrowCtx {
                 Limit::Locks
             )));
         }
-        for key in &keys {
+        for key in keys {
             if let Err(error) = check_lock_key(key) {
                 return refused(Refusal::Invalid(error.to_string()));
             }
@@ -163,14 +193,14 @@ impl EscrowCtx {
                 )));
             }
         }
-        keys.sort_unstable();
-        keys.dedup();
-        if held + keys.len() > max {
+        order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
+        order.dedup_by(|a, b| keys[*a] == keys[*b]);
+        if held + order.len() > max {
             self.violate(Failure::Limit(Limit::Locks));
             return refused(Refusal::Limit(format!(
                 "{}: this run holds {held} keys and asks for {} more; at most {max}",
                 Limit::Locks,
-                keys.len()
+                order.len()
             )));
         }
         let highest = self
@@ -179,13 +209,13 @@ impl EscrowCtx {
             .iter()
             .filter_map(|(_, l)| l.keys.last())
             .max();
-        if let Some(highest) = highest.filter(|h| keys[0] <= **h) {
+        let lowest = &keys[order[0]];
+        if let Some(highest) = highest.filter(|h| lowest <= *h) {
             return Err(LockError::WouldDeadlock(format!(
-                "this run holds `{highest}` and asks for `{}`: take locks in key order, or all at once",
-                keys[0]
+                "this run holds `{highest}` and asks for `{lowest}`: take locks in key order, or all at once"
             )));
         }
-        Ok(keys)
+        Ok(())
     }
 
     fn lease(&self, guard: &Resource<Guard>) -> wasmtime::Result<&crate::backends::Lease> {
