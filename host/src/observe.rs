@@ -112,19 +112,25 @@ pub(crate) fn record_run(outcome: &Outcome, pool_wait: Duration, total: Duration
 
 /// Fills in the run's span when the run is over.
 pub(crate) fn close_span(span: &tracing::Span, outcome: &Outcome) {
-    let count = |f: fn(&Fate) -> bool| outcome.intents.iter().filter(|i| f(&i.fate)).count();
     span.record("status", outcome.status().as_str());
     span.record("intents", outcome.intents.len());
-    span.record(
-        "dispatched",
-        count(|f| matches!(f, Fate::Dispatched(Delivery::Delivered))),
-    );
-    span.record(
-        "withheld",
-        count(|f| matches!(f, Fate::Dropped | Fate::Blocked)),
-    );
-    span.record("refused", count(|f| matches!(f, Fate::Refused(_))));
-    span.record("discarded", count(|f| matches!(f, Fate::Discarded)));
+    if !span.is_disabled() {
+        // One pass over the intents, and none when nothing listens.
+        let [mut dispatched, mut withheld, mut refused, mut discarded] = [0u64; 4];
+        for intent in &outcome.intents {
+            match intent.fate {
+                Fate::Dispatched(Delivery::Delivered) => dispatched += 1,
+                Fate::Dropped | Fate::Blocked => withheld += 1,
+                Fate::Refused(_) => refused += 1,
+                Fate::Discarded => discarded += 1,
+                _ => {}
+            }
+        }
+        span.record("dispatched", dispatched);
+        span.record("withheld", withheld);
+        span.record("refused", refused);
+        span.record("discarded", discarded);
+    }
     let t = &outcome.timings;
     span.record("instantiate_us", t.instantiate.as_micros() as u64);
     span.record("call_us", t.call.as_micros() as u64);

@@ -35,11 +35,14 @@ impl NameKind {
     }
 
     fn allows(self, b: u8) -> bool {
-        let table = match self {
+        self.table()[usize::from(b)]
+    }
+
+    fn table(self) -> &'static [bool; 256] {
+        match self {
             NameKind::Effect => &EFFECT_BYTES,
             NameKind::LockKey => &LOCK_KEY_BYTES,
-        };
-        table[b as usize]
+        }
     }
 
     fn allowed_text(self) -> &'static str {
@@ -127,7 +130,15 @@ fn check(kind: NameKind, name: &str, pattern: bool) -> Result<(), NameError> {
         return Err(NameError::TooLong(kind, name.len()));
     }
     let allowed = |b: u8| kind.allows(b) || (pattern && b == b'*');
-    if name.bytes().all(allowed) {
+    // Names (not patterns) are checked on every request: one table lookup
+    // a byte.
+    let table = kind.table();
+    let valid = if pattern {
+        name.bytes().all(allowed)
+    } else {
+        name.bytes().all(|b| table[usize::from(b)])
+    };
+    if valid {
         return Ok(());
     }
     let ch = name
