@@ -94,13 +94,7 @@ fn per_call(c: &mut Criterion) {
 
     // escrow: the same intents committed and delivered to an in-memory
     // sink; the difference from `record_intent` is what committing costs.
-    let commit_options = RunOptions::new()
-        .grants(Grants::new().effects(["bench.*"]).unwrap())
-        .limits(Limits {
-            max_intents: CALLS_PER_RUN as usize,
-            ..Limits::default()
-        })
-        .input(CALLS_PER_RUN.to_string());
+    let commit_options = options.clone().policy(escrow_host::policy::Commit);
     group.bench_function("commit_intent", |b| {
         b.to_async(&rt).iter(|| async {
             let outcome = plugin.run(commit_options.clone()).await.unwrap();
