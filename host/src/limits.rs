@@ -62,6 +62,19 @@ pub const MAX_HOST_CALL_COPY_BYTES: usize = 128 << 20;
 /// one more traps and the run fails. (wasmtime's default, made explicit.)
 pub const MAX_RESOURCE_HANDLES: usize = 100_000;
 
+/// Most bytes (as wasmtime counts them: names, values and their overhead)
+/// one `wasi:http` header or trailer set may hold, as HTTP proxies bound
+/// headers. Every outgoing request is refused, so a guest needs no more;
+/// past it wasmtime's `wasi:http` traps and the run fails. With at most
+/// [`MAX_RESOURCE_HANDLES`] sets, this bounds what a guest's headers make
+/// the host keep.
+pub const MAX_HTTP_FIELDS_BYTES: usize = 8 << 10;
+
+/// Most bytes of an outgoing `wasi:http` body the host buffers per write
+/// (one write is buffered). The request is refused, so the body is never
+/// read: a guest writing more waits until its deadline.
+pub const MAX_HTTP_BODY_CHUNK_BYTES: usize = 8 << 10;
+
 /// Longest effect name the host accepts, in bytes. Effect names are
 /// identifiers (`payments.charge`), not data; a longer one is `invalid`.
 pub const MAX_EFFECT_NAME_BYTES: usize = 128;

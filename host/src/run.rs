@@ -289,7 +289,7 @@ impl Plugin {
             memory,
             escrow,
             wasi,
-            http: WasiHttpCtx::new(),
+            http: crate::wasi_http::context(),
             http_hooks: DenyOutgoing,
             table: ResourceTable::new(),
         };

@@ -5,16 +5,39 @@
 
 use std::future::Future;
 
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks,
+};
+
+use crate::limits::{MAX_HTTP_BODY_CHUNK_BYTES, MAX_HTTP_FIELDS_BYTES};
+
+/// The `wasi:http` context of a run: header sets bounded by
+/// [`MAX_HTTP_FIELDS_BYTES`], so that a guest holding many of them (at most
+/// [`MAX_RESOURCE_HANDLES`](crate::limits::MAX_RESOURCE_HANDLES)) cannot
+/// make the host keep much.
+pub(crate) fn context() -> WasiHttpCtx {
+    let mut ctx = WasiHttpCtx::new();
+    ctx.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
+    ctx
+}
 
 /// The hooks of every run's `wasi:http`: each outgoing request is answered
-/// with `HTTP-request-denied` before any connection is made.
+/// with `HTTP-request-denied` before any connection is made, and a body
+/// write is buffered up to [`MAX_HTTP_BODY_CHUNK_BYTES`].
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct DenyOutgoing;
 
 type ResponseIo = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 
 impl WasiHttpHooks for DenyOutgoing {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        MAX_HTTP_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

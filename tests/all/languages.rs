@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{FnHandler, Handlers};
+use escrow_host::limits::MAX_HTTP_FIELDS_BYTES;
 use escrow_host::policy::DropAll;
 use escrow_host::{CallError, Failure, Grants, Outcome, Plugin, RunOptions, Status};
 use escrow_tests::fixtures::languages::{self, Language};
@@ -386,4 +387,36 @@ fn a_python_component_too_big_for_the_slots_is_refused_at_load_with_its_numbers_
     assert!(message.contains("14"), "{message}");
     assert!(message.contains("8"), "{message}");
     assert!(message.contains("core_instances_per_slot"), "{message}");
+}
+
+#[tokio::test]
+async fn http_headers_past_the_host_s_bound_fail_only_the_run_that_made_them() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let small = json!({ "do": "big-headers", "url": url, "bytes": 100 });
+    let large = json!({ "do": "big-headers", "url": url, "bytes": 2 * MAX_HTTP_FIELDS_BYTES });
+
+    let outcome = run_tour(Language::JavaScript, small.clone()).await;
+    assert!(
+        output(&outcome)["refused"].is_string(),
+        "{:?}",
+        outcome.result
+    );
+
+    let outcome = run_tour(Language::JavaScript, large).await;
+    let message = outcome.result.as_ref().unwrap_err().to_string();
+    assert!(message.contains("fields exceeds limit"), "{message}");
+
+    // The host is unharmed: the next run goes on as before.
+    let outcome = run_tour(Language::JavaScript, small).await;
+    assert!(
+        output(&outcome)["refused"].is_string(),
+        "{:?}",
+        outcome.result
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection reached the listener"
+    );
 }
