@@ -289,48 +289,54 @@ fn scaling(c: &mut Criterion) {
             .unwrap();
         group.bench_function(format!("runs_{threads}_threads"), |b| {
             b.to_async(&rt).iter(|| {
-                let tasks: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let plugin = plugin.clone();
-                        let options = options.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..SCALING_RUNS / threads {
-                                plugin.run(options.clone()).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                async move {
-                    for task in tasks {
-                        task.await.unwrap();
-                    }
-                }
+                split_over(
+                    threads,
+                    (plugin.clone(), options.clone()),
+                    |(plugin, options)| async move {
+                        plugin.run(options).await.unwrap();
+                    },
+                )
             })
         });
         group.bench_function(format!("instantiations_{threads}_threads"), |b| {
             b.to_async(&rt).iter(|| {
-                let tasks: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let pre = pre.clone();
-                        let engine = engine.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..SCALING_RUNS / threads {
-                                let mut store = Store::new(&engine, baseline::State::new());
-                                escrow_host::set_deadline(&mut store, Duration::from_secs(60));
-                                pre.instantiate_async(&mut store).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                async move {
-                    for task in tasks {
-                        task.await.unwrap();
-                    }
-                }
+                split_over(
+                    threads,
+                    (pre.clone(), engine.clone()),
+                    |(pre, engine)| async move {
+                        let mut store = Store::new(&engine, baseline::State::new());
+                        escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+                        pre.instantiate_async(&mut store).await.unwrap();
+                    },
+                )
             })
         });
     }
     group.finish();
+}
+
+/// `SCALING_RUNS` calls of `one`, each with its own copy of `state`, made
+/// by `threads` tasks taking an equal share; resolves when all are done.
+fn split_over<S, Fut>(threads: u64, state: S, one: fn(S) -> Fut) -> impl Future<Output = ()>
+where
+    S: Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..threads)
+        .map(|_| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                for _ in 0..SCALING_RUNS / threads {
+                    one(state.clone()).await;
+                }
+            })
+        })
+        .collect();
+    async move {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
 }
 
 /// Resident memory per run in flight: 1, 100 and 1,000 runs parked in a
