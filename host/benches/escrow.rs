@@ -37,7 +37,7 @@ use escrow_fixtures as fixtures;
 use escrow_host::CallError;
 use escrow_host::backends::{LockBackend, RedisLocks};
 use escrow_host::breakers::{BreakerConfig, Breakers};
-use escrow_host::handlers::{FnHandler, Handlers};
+use escrow_host::handlers::Handlers;
 use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
@@ -103,14 +103,7 @@ fn per_call(c: &mut Criterion) {
     });
 
     // escrow: the guest invokes a no-op query handler CALLS_PER_RUN times.
-    let mut handlers = Handlers::new();
-    handlers
-        .query(
-            "bench.noop",
-            FnHandler(|_: &[u8]| Ok::<_, CallError>(Vec::new())),
-        )
-        .unwrap();
-    let invoking = plugin.with_handlers(handlers);
+    let invoking = plugin.with_handlers(baseline::noop_handlers());
     let invoke_options = options.clone().input(format!("invoke:{CALLS_PER_RUN}"));
     group.bench_function("invoke", |b| {
         b.to_async(&rt).iter(|| async {

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use escrow_host::breakers::{BreakerConfig, Breakers};
-use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
 use escrow_host::{CallError, Grants, Host, Intent, Limits, Plugin, RunOptions};
@@ -86,16 +85,9 @@ fn run(scenario: &str, n: u64) {
         ..Limits::default()
     };
     let effects = Grants::new().effects(["bench.*"]).unwrap();
-    let mut handlers = Handlers::new();
-    handlers
-        .query(
-            "bench.noop",
-            FnHandler(|_: &[u8]| Ok::<_, CallError>(Vec::new())),
-        )
-        .unwrap();
     let mut breakers = Breakers::default();
     breakers.define("bench", BreakerConfig::default()).unwrap();
-    let invoking = plugin.with_handlers(handlers);
+    let invoking = plugin.with_handlers(baseline::noop_handlers());
 
     let once = |plugin: &Plugin, options: RunOptions| rt.block_on(plugin.run(options)).unwrap();
     // A warm-up run of one operation first, so that state made lazily is

@@ -1,10 +1,11 @@
-//! The baselines both benchmarks measure escrow against: a minimal host of
-//! the same components, with host functions of the same signatures that do
-//! nothing.
+//! What both benchmarks share: the baselines they measure escrow against (a
+//! minimal host of the same components, with host functions of the same
+//! signatures that do nothing) and the no-op handler escrow's side calls.
 
 use std::sync::Arc;
 
-use escrow_host::{EffectError, EscrowCtx, Grants, Limits, policy};
+use escrow_host::handlers::{FnHandler, Handlers};
+use escrow_host::{CallError, EffectError, EscrowCtx, Grants, Limits, policy};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -67,4 +68,16 @@ pub fn escrow_linked(engine: &Engine) -> InstancePre<State> {
     escrow_host::add_to_linker(&mut linker, |s| &mut s.escrow).unwrap();
     let component = Component::from_file(engine, escrow_fixtures::BENCH).unwrap();
     linker.instantiate_pre(&component).unwrap()
+}
+
+/// Handlers with one query, `bench.noop`, that answers nothing at once.
+pub fn noop_handlers() -> Handlers {
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "bench.noop",
+            FnHandler(|_: &[u8]| Ok::<_, CallError>(Vec::new())),
+        )
+        .unwrap();
+    handlers
 }

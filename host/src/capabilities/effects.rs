@@ -79,11 +79,8 @@ impl EscrowCtx {
             }
         };
 
-        // Boxed: a journaled call is rare, and its future would otherwise
-        // make every invocation's future (moved and allocated per call) as
-        // large as an outbox write.
         if let Some((compensate, compensate_payload)) = &undo
-            && let Err(error) = Box::pin(self.journal(seq, compensate, compensate_payload)).await
+            && let Err(error) = self.journal(seq, compensate, compensate_payload).await
         {
             // The undo could not be made durable: the action is not performed.
             let result = Err(EffectError::Failed(format!(
@@ -109,9 +106,7 @@ impl EscrowCtx {
                     // is stopped.
                     let left = self.deadline.saturating_duration_since(Instant::now());
                     let timeout = self.handlers.call_timeout().min(left);
-                    // Boxed, as the journal write above: the timer is
-                    // large, and most handlers answer at once.
-                    match Box::pin(tokio::time::timeout(timeout, call)).await {
+                    match tokio::time::timeout(timeout, call).await {
                         Ok(answer) => Called::Answered(answer),
                         Err(_) if timeout == left => Called::PastDeadline,
                         Err(_) => Called::TimedOut(timeout),
