@@ -14,6 +14,7 @@ mod redis;
 
 pub use breakers::{Admission, BreakerStore, CallResult, StoreError, Transition};
 pub use locks::{Lease, LockBackend, LockError};
+pub(crate) use memory::LocalCircuit;
 pub use memory::{MemoryBreakers, MemoryLocks};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_LEASE, DEFAULT_STORE_TIMEOUT, RedisBreakers, RedisLocks};

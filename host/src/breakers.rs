@@ -28,6 +28,7 @@
 //! Every state change and every rejected call is a [`BreakerEvent`]:
 //! subscribe with [`Breakers::subscribe`]; each is also logged.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use wildmatch::WildMatch;
 
-use crate::backends::{Admission, BreakerStore, CallResult, MemoryBreakers, Transition};
+use crate::backends::{
+    Admission, BreakerStore, CallResult, LocalCircuit, MemoryBreakers, Transition,
+};
 use crate::patterns::{NameError, check_effect_name};
 
 /// Default consecutive failures that open a breaker.
@@ -204,18 +207,25 @@ pub enum Forced {
     Closed,
 }
 
-/// A breaker's definition with its compiled ignore patterns.
+/// A breaker's definition with its compiled ignore patterns, and its state
+/// when that is kept in this process.
 #[derive(Debug)]
 pub(crate) struct Defined {
+    pub(crate) name: Arc<str>,
     pub(crate) config: BreakerConfig,
     ignore: Vec<WildMatch>,
+    local: Option<Arc<LocalCircuit>>,
 }
 
 /// The breakers of a host: their definitions, where their state lives, the
 /// clock, and the event stream.
 pub struct Breakers {
-    defined: foldhash::HashMap<String, Defined>,
+    /// In the order defined; a run's breaker handle is an index.
+    defined: Vec<Defined>,
+    by_name: foldhash::HashMap<String, usize>,
     store: Arc<dyn BreakerStore>,
+    /// The store as itself when it is the in-process one.
+    memory: Option<Arc<MemoryBreakers>>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<BreakerEvent>,
 }
@@ -223,7 +233,7 @@ pub struct Breakers {
 impl fmt::Debug for Breakers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breakers")
-            .field("defined", &self.defined.keys().collect::<Vec<_>>())
+            .field("defined", &self.names())
             .field("store", &self.store)
             .field("clock", &self.clock)
             .finish()
@@ -239,8 +249,11 @@ impl Default for Breakers {
 impl Breakers {
     /// No breakers yet, their state kept in `store`, on the system clock.
     pub fn new(store: Arc<dyn BreakerStore>) -> Self {
+        let any: Arc<dyn Any + Send + Sync> = Arc::clone(&store) as _;
         Self {
-            defined: foldhash::HashMap::default(),
+            defined: Vec::new(),
+            by_name: foldhash::HashMap::default(),
+            memory: any.downcast::<MemoryBreakers>().ok(),
             store,
             clock: Arc::new(SystemClock),
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -254,9 +267,19 @@ impl Breakers {
     /// A malformed name.
     pub fn define(&mut self, name: &str, config: BreakerConfig) -> Result<&mut Self, NameError> {
         check_effect_name(name)?;
-        let ignore = config.ignore.iter().map(|p| WildMatch::new(p)).collect();
-        self.defined
-            .insert(name.to_owned(), Defined { config, ignore });
+        let defined = Defined {
+            name: Arc::from(name),
+            ignore: config.ignore.iter().map(|p| WildMatch::new(p)).collect(),
+            config,
+            local: self.memory.as_ref().map(|memory| memory.circuit(name)),
+        };
+        match self.by_name.get(name) {
+            Some(&index) => self.defined[index] = defined,
+            None => {
+                self.by_name.insert(name.to_owned(), self.defined.len());
+                self.defined.push(defined);
+            }
+        }
         Ok(self)
     }
 
@@ -274,14 +297,14 @@ impl Breakers {
 
     /// The names of the defined breakers, sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.defined.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
     }
 
     /// Whether `name` is defined.
     pub fn is_defined(&self, name: &str) -> bool {
-        self.defined.contains_key(name)
+        self.by_name.contains_key(name)
     }
 
     /// The state of `name` now, as the store sees it.
@@ -291,8 +314,7 @@ impl Breakers {
     /// When the store cannot be reached, or `name` is not defined.
     pub async fn state(&self, name: &str) -> Result<BreakerState, String> {
         let defined = self
-            .defined
-            .get(name)
+            .defined(name)
             .ok_or_else(|| format!("no breaker `{name}` is defined"))?;
         self.store
             .state(name, &defined.config, self.clock.now_ms())
@@ -301,12 +323,23 @@ impl Breakers {
     }
 
     pub(crate) fn defined(&self, name: &str) -> Option<&Defined> {
-        self.defined.get(name)
+        self.by_name.get(name).map(|&index| &self.defined[index])
+    }
+
+    /// The position of `name` among the definitions: what a run keeps for
+    /// a breaker it opened.
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The definition at `position`, if there is one.
+    pub(crate) fn try_at(&self, position: usize) -> Option<&Defined> {
+        self.defined.get(position)
     }
 
     /// The definition of `name`, if it is defined.
     pub fn config(&self, name: &str) -> Option<&BreakerConfig> {
-        self.defined.get(name).map(|d| &d.config)
+        self.defined(name).map(|d| &d.config)
     }
 
     /// Sets the state of `name` by hand, on every host sharing the store:
@@ -318,8 +351,7 @@ impl Breakers {
     /// When the store cannot be reached, or `name` is not defined.
     pub async fn force(&self, name: &str, to: Forced) -> Result<Option<Transition>, String> {
         let defined = self
-            .defined
-            .get(name)
+            .defined(name)
             .ok_or_else(|| format!("no breaker `{name}` is defined"))?;
         let now = self.clock.now_ms();
         let transition = self
@@ -336,13 +368,18 @@ impl Breakers {
         Ok(transition)
     }
 
-    /// Asks whether a call may go through `name` now. A store that cannot be
-    /// reached lets the call through (fail open) and says so in an event.
-    pub(crate) async fn admit(&self, name: &str, defined: &Defined) -> Admission {
-        let now = self.clock.now_ms();
-        let admitted = match self.store.admit_now(name, &defined.config, now) {
-            Some(admission) => Ok(admission),
-            None => self.store.admit(name, &defined.config, now).await,
+    /// Asks whether a call may go through the breaker now. A store that
+    /// cannot be reached lets the call through (fail open) and says so in an
+    /// event. A clean in-process breaker answers without the clock or a lock.
+    pub(crate) async fn admit(&self, defined: &Defined) -> Admission {
+        let config = &defined.config;
+        if let Some(admission) = defined.local.as_ref().and_then(|l| l.admit_clean(config)) {
+            return admission;
+        }
+        let (name, now) = (&*defined.name, self.clock.now_ms());
+        let admitted = match &defined.local {
+            Some(local) => Ok(local.with(|c| c.admit(config, now))),
+            None => self.store.admit(name, config, now).await,
         };
         match admitted {
             Ok(admission) => {
@@ -383,22 +420,20 @@ impl Breakers {
     /// the transition it caused.
     pub(crate) async fn record(
         &self,
-        name: &str,
         defined: &Defined,
         trial: bool,
         result: CallResult,
     ) -> Option<Transition> {
-        let now = self.clock.now_ms();
-        let recorded = match self
-            .store
-            .record_now(name, &defined.config, now, trial, result)
+        let config = &defined.config;
+        if let Some(local) = &defined.local
+            && local.records_nothing(config, trial, result)
         {
-            Some(transition) => Ok(transition),
-            None => {
-                self.store
-                    .record(name, &defined.config, now, trial, result)
-                    .await
-            }
+            return None;
+        }
+        let (name, now) = (&*defined.name, self.clock.now_ms());
+        let recorded = match &defined.local {
+            Some(local) => Ok(local.with(|c| c.record(config, now, trial, result))),
+            None => self.store.record(name, config, now, trial, result).await,
         };
         match recorded {
             Ok(transition) => {
@@ -453,5 +488,53 @@ impl Defined {
     /// Whether a handler's failure message is one the breaker ignores.
     pub(crate) fn ignores(&self, message: &str) -> bool {
         self.ignore.iter().any(|p| p.matches(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failures_racing_clean_admissions_on_threads_open_an_in_process_breaker_once() {
+        let mut breakers = Breakers::default();
+        breakers.define("racy", BreakerConfig::default()).unwrap();
+        let breakers = Arc::new(breakers);
+        let mut events = breakers.subscribe();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let breakers = Arc::clone(&breakers);
+                tokio::spawn(async move {
+                    let defined = breakers.defined("racy").unwrap();
+                    let mut rejected = 0;
+                    for _ in 0..100 {
+                        match breakers.admit(defined).await {
+                            Admission::Allowed { trial, .. } => {
+                                breakers.record(defined, trial, CallResult::Failure).await;
+                            }
+                            Admission::Rejected { .. } => rejected += 1,
+                        }
+                    }
+                    rejected
+                })
+            })
+            .collect();
+        let mut rejected = 0;
+        for task in tasks {
+            rejected += task.await.unwrap();
+        }
+        let mut opened = 0;
+        while let Ok(event) = events.try_recv() {
+            if let EventKind::StateChanged { from, to } = event.kind {
+                assert_eq!((from, to), (BreakerState::Closed, BreakerState::Open));
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, 1, "opened once, by the threshold");
+        // Through went the threshold's failures and at most one call a task
+        // admitted while the opening one was recorded; the rest failed fast
+        // (fewer events than the stream keeps, so none was lost).
+        assert!(rejected >= 8 * 100 - 5 - 8, "{rejected} rejected");
+        assert_eq!(breakers.state("racy").await.unwrap(), BreakerState::Open);
     }
 }

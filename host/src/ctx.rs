@@ -77,8 +77,6 @@ pub struct EscrowCtx {
     /// The keys held now with their tokens, shared by the intents recorded
     /// while they are held.
     pub(crate) fences: Arc<[Fence]>,
-    /// The breakers the guest opened, by handle.
-    pub(crate) opened_breakers: Vec<Arc<str>>,
     /// Every call through a breaker, for the outcome.
     pub(crate) breaker_decisions: Vec<BreakerDecision>,
     /// Open nested scopes, outermost first.
@@ -183,7 +181,6 @@ impl EscrowCtx {
             lock_records: Vec::new(),
             lock_requests: 0,
             fences: Arc::clone(no_fences()),
-            opened_breakers: Vec::new(),
             breaker_decisions: Vec::new(),
             frames: Vec::new(),
             next_frame: 1,

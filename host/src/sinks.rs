@@ -198,7 +198,7 @@ impl Route {
             None => None,
             Some((breakers, name)) => {
                 let defined = breakers.defined(name).expect("checked by route_through");
-                match breakers.admit(name, defined).await {
+                match breakers.admit(defined).await {
                     Admission::Rejected { retry_after_ms, .. } => {
                         return Attempt::BreakerOpen {
                             retry_after_ms,
@@ -207,7 +207,7 @@ impl Route {
                             ),
                         };
                     }
-                    Admission::Allowed { trial, .. } => Some((breakers, name, defined, trial)),
+                    Admission::Allowed { trial, .. } => Some((breakers, defined, trial)),
                 }
             }
         };
@@ -224,12 +224,12 @@ impl Route {
             Ok(Err(error)) => Attempt::Failed(error.to_string()),
             Err(_) => Attempt::Failed(format!("the sink did not answer within {timeout:?}")),
         };
-        if let Some((breakers, name, defined, trial)) = admitted {
+        if let Some((breakers, defined, trial)) = admitted {
             let counted = match &attempt {
                 Attempt::Failed(error) if !defined.ignores(error) => CallResult::Failure,
                 _ => CallResult::Success,
             };
-            breakers.record(name, defined, trial, counted).await;
+            breakers.record(defined, trial, counted).await;
         }
         attempt
     }

@@ -1,6 +1,7 @@
 //! The breaker store trait: the shared state of every breaker, and its
 //! transitions.
 
+use std::any::Any;
 use std::fmt;
 
 use crate::breakers::{BreakerConfig, BreakerState};
@@ -72,8 +73,12 @@ impl CallResult {
 /// Where breaker state lives. Every method applies the rules of
 /// [`crate::breakers`] atomically for one breaker, so that hosts sharing a
 /// store never let more trials through than configured.
+///
+/// [`MemoryBreakers`](super::MemoryBreakers) is known to [`Breakers`](crate::breakers::Breakers)
+/// by its type (hence `Any`): its breakers answer a closed breaker's calls
+/// without a future or a lock.
 #[async_trait::async_trait]
-pub trait BreakerStore: fmt::Debug + Send + Sync + 'static {
+pub trait BreakerStore: Any + fmt::Debug + Send + Sync {
     /// Decides whether a call may go through breaker `name` at `now_ms`.
     ///
     /// # Errors
@@ -100,29 +105,6 @@ pub trait BreakerStore: fmt::Debug + Send + Sync + 'static {
         trial: bool,
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError>;
-
-    /// [`admit`](Self::admit) answered at once, without a future, by a store
-    /// that keeps its state in this process; `None` (the default) when the
-    /// store must be asked with `admit`. Every call through a breaker asks,
-    /// so this is the fast path of a closed breaker.
-    fn admit_now(&self, name: &str, config: &BreakerConfig, now_ms: u64) -> Option<Admission> {
-        let _ = (name, config, now_ms);
-        None
-    }
-
-    /// [`record`](Self::record) answered at once, as
-    /// [`admit_now`](Self::admit_now).
-    fn record_now(
-        &self,
-        name: &str,
-        config: &BreakerConfig,
-        now_ms: u64,
-        trial: bool,
-        result: CallResult,
-    ) -> Option<Option<Transition>> {
-        let _ = (name, config, now_ms, trial, result);
-        None
-    }
 
     /// Sets the state of `name` by hand: isolated (open until reset) or
     /// closed with its counts cleared. Returns the transition.
@@ -192,6 +174,12 @@ impl From<State> for BreakerState {
 }
 
 impl Circuit {
+    /// Closed with no failure counted: a success or an admission changes
+    /// nothing.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.state == State::Closed && self.failures == 0
+    }
+
     pub(crate) fn state_at(&self, now: u64) -> BreakerState {
         match self.state {
             State::Open if now >= self.open_until => BreakerState::HalfOpen,

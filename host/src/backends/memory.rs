@@ -2,7 +2,8 @@
 //! host (and by hosts that share the same value).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -178,7 +179,7 @@ fn lease_of(id: u64, keys: &[String], token: u64) -> Lease {
 /// Breaker state in this process, shared by every run of the host.
 #[derive(Debug, Default)]
 pub struct MemoryBreakers {
-    circuits: Mutex<foldhash::HashMap<String, Circuit>>,
+    circuits: Mutex<foldhash::HashMap<String, Arc<LocalCircuit>>>,
 }
 
 impl MemoryBreakers {
@@ -187,16 +188,81 @@ impl MemoryBreakers {
         Self::default()
     }
 
-    fn with<T>(&self, name: &str, f: impl FnOnce(&mut Circuit) -> T) -> T {
+    /// The state of breaker `name`, made closed the first time it is asked
+    /// for. [`Breakers`](crate::breakers::Breakers) keeps it with the
+    /// breaker's definition, so that a call finds it without a lookup.
+    pub(crate) fn circuit(&self, name: &str) -> Arc<LocalCircuit> {
         let mut circuits = self
             .circuits
             .lock()
             .expect("the breaker table is never poisoned");
-        // The name is copied only the first time the breaker is used.
-        if let Some(circuit) = circuits.get_mut(name) {
-            return f(circuit);
+        if let Some(circuit) = circuits.get(name) {
+            return Arc::clone(circuit);
         }
-        f(circuits.entry(name.to_owned()).or_default())
+        Arc::clone(circuits.entry(name.to_owned()).or_default())
+    }
+}
+
+/// One breaker's state in this process.
+///
+/// While the breaker is closed with no failure counted (`clean`), a call
+/// is admitted and a success counted by reading one atomic flag: neither
+/// changes the state. Everything else takes the lock, applies the rules of
+/// [`Circuit`] and sets the flag again before letting go. A call that reads
+/// the flag while another thread changes the state is ordered before that
+/// change, as if it had taken the lock first.
+#[derive(Debug)]
+pub(crate) struct LocalCircuit {
+    clean: AtomicBool,
+    circuit: Mutex<Circuit>,
+}
+
+impl Default for LocalCircuit {
+    fn default() -> Self {
+        Self {
+            clean: AtomicBool::new(true),
+            circuit: Mutex::default(),
+        }
+    }
+}
+
+impl LocalCircuit {
+    /// Applies `f` to the state under the lock.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Circuit) -> T) -> T {
+        let mut circuit = self
+            .circuit
+            .lock()
+            .expect("a breaker's state is never poisoned");
+        let result = f(&mut circuit);
+        self.clean
+            .store(circuit.is_clean(), std::sync::atomic::Ordering::Release);
+        result
+    }
+
+    /// The admission of a call while the breaker is clean: let through, no
+    /// trial, nothing changed. `None` when the state must be asked. A
+    /// breaker with a failure rate counts every call in its window, so it
+    /// always asks.
+    pub(crate) fn admit_clean(&self, config: &BreakerConfig) -> Option<Admission> {
+        self.is_clean(config).then_some(Admission::Allowed {
+            trial: false,
+            transition: None,
+        })
+    }
+
+    /// Whether `result` changes nothing: a success or an uncalled call
+    /// (not a trial) while the breaker is clean.
+    pub(crate) fn records_nothing(
+        &self,
+        config: &BreakerConfig,
+        trial: bool,
+        result: CallResult,
+    ) -> bool {
+        !trial && result != CallResult::Failure && self.is_clean(config)
+    }
+
+    fn is_clean(&self, config: &BreakerConfig) -> bool {
+        config.failure_rate.is_none() && self.clean.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -208,7 +274,7 @@ impl BreakerStore for MemoryBreakers {
         config: &BreakerConfig,
         now_ms: u64,
     ) -> Result<Admission, StoreError> {
-        Ok(self.with(name, |c| c.admit(config, now_ms)))
+        Ok(self.circuit(name).with(|c| c.admit(config, now_ms)))
     }
 
     async fn record(
@@ -219,22 +285,9 @@ impl BreakerStore for MemoryBreakers {
         trial: bool,
         result: CallResult,
     ) -> Result<Option<Transition>, StoreError> {
-        Ok(self.with(name, |c| c.record(config, now_ms, trial, result)))
-    }
-
-    fn admit_now(&self, name: &str, config: &BreakerConfig, now_ms: u64) -> Option<Admission> {
-        Some(self.with(name, |c| c.admit(config, now_ms)))
-    }
-
-    fn record_now(
-        &self,
-        name: &str,
-        config: &BreakerConfig,
-        now_ms: u64,
-        trial: bool,
-        result: CallResult,
-    ) -> Option<Option<Transition>> {
-        Some(self.with(name, |c| c.record(config, now_ms, trial, result)))
+        Ok(self
+            .circuit(name)
+            .with(|c| c.record(config, now_ms, trial, result)))
     }
 
     async fn force(
@@ -244,7 +297,7 @@ impl BreakerStore for MemoryBreakers {
         _now_ms: u64,
         to: Forced,
     ) -> Result<Option<Transition>, StoreError> {
-        Ok(self.with(name, |c| c.force(to)))
+        Ok(self.circuit(name).with(|c| c.force(to)))
     }
 
     async fn state(
@@ -253,7 +306,7 @@ impl BreakerStore for MemoryBreakers {
         _: &BreakerConfig,
         now_ms: u64,
     ) -> Result<BreakerState, StoreError> {
-        Ok(self.with(name, |c| c.state_at(now_ms)))
+        Ok(self.circuit(name).with(|c| c.state_at(now_ms)))
     }
 }
 
@@ -315,5 +368,51 @@ mod tests {
             waiter.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), ["first", "second"]);
+    }
+
+    #[test]
+    fn a_clean_breaker_admits_and_counts_successes_without_taking_its_lock() {
+        let circuit = LocalCircuit::default();
+        let config = BreakerConfig::default();
+        let _held = circuit.circuit.lock().unwrap();
+        assert_eq!(
+            circuit.admit_clean(&config),
+            Some(Admission::Allowed {
+                trial: false,
+                transition: None
+            })
+        );
+        assert!(circuit.records_nothing(&config, false, CallResult::Success));
+        assert!(circuit.records_nothing(&config, false, CallResult::NotCalled));
+        assert!(!circuit.records_nothing(&config, false, CallResult::Failure));
+        assert!(!circuit.records_nothing(&config, true, CallResult::Success));
+    }
+
+    #[test]
+    fn a_counted_failure_an_open_state_or_a_failure_rate_sends_every_call_to_the_lock() {
+        let circuit = LocalCircuit::default();
+        let config = BreakerConfig::default();
+        circuit.with(|c| c.record(&config, 0, false, CallResult::Failure));
+        assert_eq!(circuit.admit_clean(&config), None);
+        assert!(!circuit.records_nothing(&config, false, CallResult::Success));
+        // A success clears the count: clean again.
+        circuit.with(|c| c.record(&config, 0, false, CallResult::Success));
+        assert!(circuit.admit_clean(&config).is_some());
+
+        circuit.with(|c| c.force(Forced::Open));
+        assert_eq!(circuit.admit_clean(&config), None);
+        circuit.with(|c| c.force(Forced::Closed));
+        assert!(circuit.admit_clean(&config).is_some());
+
+        let rated = BreakerConfig {
+            failure_rate: Some(crate::breakers::FailureRate {
+                ratio: 0.5,
+                window: Duration::from_secs(10),
+                min_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        };
+        assert_eq!(circuit.admit_clean(&rated), None);
+        assert!(!circuit.records_nothing(&rated, false, CallResult::Success));
     }
 }

@@ -10,6 +10,7 @@ use crate::bindings::escrow::host::breakers::{
     Breaker, BreakerError, BreakerState, Host, HostBreaker,
 };
 use crate::bindings::escrow::host::effects::EffectError;
+use crate::breakers::{Breakers, Defined};
 use crate::ctx::{EscrowCtx, truncated};
 use crate::outcome::{BreakerDecision, BreakerVerdict, Refusal};
 use crate::patterns::check_effect_name;
@@ -18,48 +19,41 @@ impl Host for EscrowCtx {}
 
 impl HostBreaker for EscrowCtx {
     async fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<Breaker>, Refusal>> {
-        let refusal = if let Err(error) = check_effect_name(&name) {
-            Some(Refusal::Invalid(error.to_string()))
+        let opened = if let Err(error) = check_effect_name(&name) {
+            Err(Refusal::Invalid(error.to_string()))
         } else if self.grants.breaker_grant(&name).is_none() {
-            Some(Refusal::NotGranted(format!(
+            Err(Refusal::NotGranted(format!(
                 "breaker `{name}` is not covered by the plugin's grants"
             )))
-        } else if !self.breakers.is_defined(&name) {
-            Some(Refusal::NotGranted(format!(
-                "no breaker `{name}` is defined"
-            )))
         } else {
-            None
+            self.breakers
+                .position(&name)
+                .ok_or_else(|| Refusal::NotGranted(format!("no breaker `{name}` is defined")))
         };
-        if let Some(refusal) = refusal {
-            // A refused open is a request like any other: counted, and
-            // recorded for the audit.
-            let seq = match self.next_seq() {
-                Ok(seq) => seq,
-                Err(limit) => return Ok(Err(limit)),
-            };
-            self.breaker_decisions.push(BreakerDecision {
-                seq,
-                breaker: Arc::from(truncated(name)),
-                effect: String::new(),
-                verdict: BreakerVerdict::Refused(refusal.clone()),
-                transitions: Vec::new(),
-            });
-            return Ok(Err(refusal));
-        }
-        // Opening the same breaker again gives the same handle's meaning.
-        let index = match self.opened_breakers.iter().position(|n| **n == *name) {
-            Some(index) => index,
-            None => {
-                self.opened_breakers.push(Arc::from(name));
-                self.opened_breakers.len() - 1
-            }
+        // A handle is the breaker's position among the host's definitions:
+        // opening it again gives the same handle.
+        let refusal = match opened {
+            Ok(position) => return Ok(Ok(Resource::new_own(position as u32))),
+            Err(refusal) => refusal,
         };
-        Ok(Ok(Resource::new_own(index as u32)))
+        // A refused open is a request like any other: counted, and
+        // recorded for the audit.
+        let seq = match self.next_seq() {
+            Ok(seq) => seq,
+            Err(limit) => return Ok(Err(limit)),
+        };
+        self.breaker_decisions.push(BreakerDecision {
+            seq,
+            breaker: Arc::from(truncated(name)),
+            effect: String::new(),
+            verdict: BreakerVerdict::Refused(refusal.clone()),
+            transitions: Vec::new(),
+        });
+        Ok(Err(refusal))
     }
 
     async fn state(&mut self, breaker: Resource<Breaker>) -> wasmtime::Result<BreakerState> {
-        let name = self.breaker_name(&breaker)?;
+        let name = Arc::clone(&self.opened(&breaker)?.name);
         // An unreachable store reads as closed: calls would go through.
         Ok(self
             .breakers
@@ -74,7 +68,9 @@ impl HostBreaker for EscrowCtx {
         effect: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
-        let name = self.breaker_name(&breaker)?;
+        let breakers = Arc::clone(&self.breakers);
+        let defined = self.opened_in(&breakers, &breaker)?;
+        let name = Arc::clone(&defined.name);
         // The limit and the name are checked before the store is asked or
         // anything is kept: past the limit a call costs nothing.
         let seq = match self.next_seq() {
@@ -92,12 +88,8 @@ impl HostBreaker for EscrowCtx {
             });
             return Ok(Err(BreakerError::Effect(EffectError::Refused(refusal))));
         }
-        let breakers = Arc::clone(&self.breakers);
-        let defined = breakers
-            .defined(&name)
-            .expect("only defined breakers are opened");
         let mut transitions = Vec::new();
-        let trial = match breakers.admit(&name, defined).await {
+        let trial = match breakers.admit(defined).await {
             Admission::Rejected {
                 retry_after_ms,
                 lapsed,
@@ -136,7 +128,7 @@ impl HostBreaker for EscrowCtx {
             // A failed call, or one still running at the deadline.
             Ok(Err(EffectError::Failed(_))) | Err(_) => CallResult::Failure,
         };
-        transitions.extend(breakers.record(&name, defined, trial, counted).await);
+        transitions.extend(breakers.record(defined, trial, counted).await);
         tracing::debug!(seq, breaker = %name, trial, counted = counted.as_str(), "breaker call");
         self.breaker_decisions.push(BreakerDecision {
             seq,
@@ -157,7 +149,7 @@ impl HostBreaker for EscrowCtx {
 /// A half-open trial in flight; dropped before it reported (its run's future
 /// was dropped), it records the trial as failed.
 struct UnreportedTrial {
-    breakers: Arc<crate::breakers::Breakers>,
+    breakers: Arc<Breakers>,
     /// `None` once the trial is about to report.
     name: Option<Arc<str>>,
 }
@@ -177,9 +169,7 @@ impl Drop for UnreportedTrial {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Some(defined) = breakers.defined(&name) {
-                    breakers
-                        .record(&name, defined, true, CallResult::Failure)
-                        .await;
+                    breakers.record(defined, true, CallResult::Failure).await;
                 }
             });
         }
@@ -187,10 +177,19 @@ impl Drop for UnreportedTrial {
 }
 
 impl EscrowCtx {
-    fn breaker_name(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<Arc<str>> {
-        self.opened_breakers
-            .get(breaker.rep() as usize)
-            .cloned()
+    fn opened(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<&Defined> {
+        self.opened_in(&self.breakers, breaker)
+    }
+
+    /// The definition behind a handle `open` gave. The handle is the
+    /// guest's: one `open` never made is a trap, not a panic.
+    fn opened_in<'b>(
+        &self,
+        breakers: &'b Breakers,
+        breaker: &Resource<Breaker>,
+    ) -> wasmtime::Result<&'b Defined> {
+        breakers
+            .try_at(breaker.rep() as usize)
             .ok_or_else(|| wasmtime::format_err!("unknown breaker handle"))
     }
 }
