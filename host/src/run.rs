@@ -120,7 +120,11 @@ impl RunOptions {
 /// The data of a run's store.
 pub(crate) struct RunState {
     pub(crate) escrow: EscrowCtx,
-    wasi: WasiCtx,
+    /// Built at the start of the run when the grants put something in it,
+    /// otherwise on the guest's first WASI call: most runs make none.
+    wasi: Option<WasiCtx>,
+    /// The guest's stderr, kept for the outcome.
+    stderr: MemoryOutputPipe,
     http: WasiHttpCtx,
     http_hooks: DenyOutgoing,
     table: ResourceTable,
@@ -139,8 +143,9 @@ impl WasiHttpView for RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &self.stderr;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| wasi_builder(stderr).build()),
             table: &mut self.table,
         }
     }
@@ -263,7 +268,7 @@ impl Plugin {
 
         let started = Instant::now();
         let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR_BYTES);
-        let wasi = wasi_ctx(&options.grants, stderr.clone())?;
+        let wasi = granted_wasi(&options.grants, &stderr)?;
         let limits = options.limits;
         let deadline = limits.deadline;
         let memory = MemoryCap(limits.max_memory_bytes);
@@ -289,6 +294,7 @@ impl Plugin {
             memory,
             escrow,
             wasi,
+            stderr: stderr.clone(),
             http: crate::wasi_http::context(),
             http_hooks: DenyOutgoing,
             table: ResourceTable::new(),
@@ -447,11 +453,23 @@ impl Plugin {
     }
 }
 
-/// The guest's WASI context: nothing but what the grants allow, and a
-/// bounded buffer for its stderr.
-fn wasi_ctx(grants: &Grants, stderr: MemoryOutputPipe) -> Result<WasiCtx, Error> {
+/// The guest's WASI context: nothing but a bounded buffer for its stderr,
+/// and what the grants allow.
+fn wasi_builder(stderr: &MemoryOutputPipe) -> WasiCtxBuilder {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stderr(stderr);
+    wasi.stderr(stderr.clone());
+    wasi
+}
+
+/// The WASI context of a run whose grants give the guest directories or
+/// variables, built now so that a directory that cannot be opened fails the
+/// run before it starts; `None` when they give neither, and the context can
+/// wait for the guest's first WASI call.
+fn granted_wasi(grants: &Grants, stderr: &MemoryOutputPipe) -> Result<Option<WasiCtx>, Error> {
+    if grants.dirs().is_empty() && grants.env_vars().is_empty() {
+        return Ok(None);
+    }
+    let mut wasi = wasi_builder(stderr);
     for dir in grants.dirs() {
         let perms = if dir.writable {
             FsPerms::ReadWrite
@@ -467,7 +485,7 @@ fn wasi_ctx(grants: &Grants, stderr: MemoryOutputPipe) -> Result<WasiCtx, Error>
     for (key, value) in grants.env_vars() {
         wasi.env(key, value);
     }
-    Ok(wasi.build())
+    Ok(Some(wasi.build()))
 }
 
 /// What the guest's call amounts to.
