@@ -57,34 +57,70 @@ impl std::fmt::Debug for Observers {
     }
 }
 
-/// Records the metrics of a finished run.
-pub(crate) fn record_run(outcome: &Outcome, pool_wait: Duration, total: Duration) {
-    // The label shares the plugin's name: no allocation per run.
-    let plugin = metrics::SharedString::from(Arc::clone(&outcome.plugin));
-    metrics::counter!(RUNS, "plugin" => plugin.clone(), "status" => outcome.status().as_str())
-        .increment(1);
-    metrics::histogram!(POOL_WAIT, "plugin" => plugin.clone()).record(pool_wait);
-    metrics::histogram!(RUN_DURATION, "plugin" => plugin.clone()).record(total);
-    metrics::histogram!(DISPATCH_DURATION, "plugin" => plugin.clone())
-        .record(outcome.timings.dispatch);
-    let mut fates: [(&'static str, u64); 7] = [
-        ("committed", 0),
-        ("dispatched", 0),
-        ("queued", 0),
-        ("dropped", 0),
-        ("blocked", 0),
-        ("refused", 0),
-        ("discarded", 0),
-    ];
-    let mut refusals: [(&'static str, u64); 4] = [
-        ("not-granted", 0),
-        ("forbidden", 0),
-        ("limit", 0),
-        ("invalid", 0),
-    ];
-    let count = |table: &mut [(&'static str, u64)], name: &str| {
-        if let Some(entry) = table.iter_mut().find(|(n, _)| *n == name) {
-            entry.1 += 1;
+/// Where the metrics of this module are recorded from, as the macros would
+/// say it.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Run statuses, intent fates and refusal kinds, in the order of the keys
+/// of [`RunKeys`].
+const STATUSES: [Status; 3] = [Status::Committed, Status::Dropped, Status::Failed];
+const FATES: [&str; 7] = [
+    "committed",
+    "dispatched",
+    "queued",
+    "dropped",
+    "blocked",
+    "refused",
+    "discarded",
+];
+const REFUSAL_KINDS: [&str; 4] = ["not-granted", "forbidden", "limit", "invalid"];
+
+/// The metric keys of one plugin's runs, made once when the plugin is
+/// loaded: a run records through them without building a key (a vector of
+/// labels and a hash per metric). Which recorder receives them is asked on
+/// every run, so a recorder installed later is used from its first run on.
+#[derive(Debug)]
+pub(crate) struct RunKeys {
+    runs: [metrics::Key; STATUSES.len()],
+    intents: [metrics::Key; FATES.len()],
+    refusals: [metrics::Key; REFUSAL_KINDS.len()],
+    pool_wait: metrics::Key,
+    run_duration: metrics::Key,
+    dispatch_duration: metrics::Key,
+}
+
+impl RunKeys {
+    /// The keys of the plugin called `plugin`.
+    pub(crate) fn new(plugin: &Arc<str>) -> Self {
+        let key = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
+            let plugin =
+                metrics::Label::new("plugin", metrics::SharedString::from(Arc::clone(plugin)));
+            let labels = match extra {
+                None => vec![plugin],
+                Some((label, value)) => vec![plugin, metrics::Label::new(label, value)],
+            };
+            metrics::Key::from_parts(name, labels).to_retained()
+        };
+        Self {
+            runs: STATUSES.map(|s| key(RUNS, Some(("status", s.as_str())))),
+            intents: FATES.map(|f| key(INTENTS, Some(("fate", f)))),
+            refusals: REFUSAL_KINDS.map(|k| key(REFUSALS, Some(("kind", k)))),
+            pool_wait: key(POOL_WAIT, None),
+            run_duration: key(RUN_DURATION, None),
+            dispatch_duration: key(DISPATCH_DURATION, None),
+        }
+    }
+}
+
+/// Records the metrics of a finished run of the plugin whose keys are
+/// `keys`.
+pub(crate) fn record_run(keys: &RunKeys, outcome: &Outcome, pool_wait: Duration, total: Duration) {
+    let mut fates = [0u64; FATES.len()];
+    let mut refusals = [0u64; REFUSAL_KINDS.len()];
+    let count = |table: &mut [u64], names: &[&str], name: &str| {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            table[i] += 1;
         }
     };
     for intent in &outcome.intents {
@@ -92,22 +128,40 @@ pub(crate) fn record_run(outcome: &Outcome, pool_wait: Duration, total: Duration
             Fate::Dispatched(Delivery::Queued) => "queued",
             other => other.name(),
         };
-        count(&mut fates, fate);
+        count(&mut fates, &FATES, fate);
         if let Fate::Refused(refusal) = &intent.fate {
-            count(&mut refusals, refusal.kind());
+            count(&mut refusals, &REFUSAL_KINDS, refusal.kind());
         }
     }
     for call in &outcome.invocations {
         if let Err(crate::outcome::EffectError::Refused(refusal)) = &call.result {
-            count(&mut refusals, refusal.kind());
+            count(&mut refusals, &REFUSAL_KINDS, refusal.kind());
         }
     }
-    for (fate, n) in fates.into_iter().filter(|(_, n)| *n > 0) {
-        metrics::counter!(INTENTS, "plugin" => plugin.clone(), "fate" => fate).increment(n);
-    }
-    for (kind, n) in refusals.into_iter().filter(|(_, n)| *n > 0) {
-        metrics::counter!(REFUSALS, "plugin" => plugin.clone(), "kind" => kind).increment(n);
-    }
+    let status = STATUSES
+        .iter()
+        .position(|s| *s == outcome.status())
+        .expect("every status has a key");
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_counter(&keys.runs[status], &METADATA)
+            .increment(1);
+        recorder
+            .register_histogram(&keys.pool_wait, &METADATA)
+            .record(pool_wait);
+        recorder
+            .register_histogram(&keys.run_duration, &METADATA)
+            .record(total);
+        recorder
+            .register_histogram(&keys.dispatch_duration, &METADATA)
+            .record(outcome.timings.dispatch);
+        for (key, n) in keys.intents.iter().zip(fates).filter(|(_, n)| *n > 0) {
+            recorder.register_counter(key, &METADATA).increment(n);
+        }
+        for (key, n) in keys.refusals.iter().zip(refusals).filter(|(_, n)| *n > 0) {
+            recorder.register_counter(key, &METADATA).increment(n);
+        }
+    });
 }
 
 /// Fills in the run's span when the run is over.

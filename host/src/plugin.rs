@@ -9,6 +9,7 @@ use crate::bindings::PluginPre;
 use crate::breakers::Breakers;
 use crate::handlers::Handlers;
 use crate::host::Host;
+use crate::observe::RunKeys;
 use crate::outbox::Outbox;
 use crate::run::RunState;
 use crate::sinks::Sinks;
@@ -28,6 +29,8 @@ pub struct Plugin {
     pub(crate) outbox: Option<Outbox>,
     /// What intents and outcomes call the plugin.
     pub(crate) name: Arc<str>,
+    /// The keys its runs record metrics under (labelled with its name).
+    pub(crate) metric_keys: Arc<RunKeys>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -50,6 +53,7 @@ impl Plugin {
         let locks = Arc::clone(host.locks());
         let breakers = Arc::clone(host.breakers());
         let outbox = host.outbox().cloned();
+        let name: Arc<str> = Arc::from(name);
         Self {
             host,
             sinks,
@@ -57,7 +61,8 @@ impl Plugin {
             locks,
             breakers,
             outbox,
-            name: Arc::from(name),
+            metric_keys: Arc::new(RunKeys::new(&name)),
+            name,
             component,
             pre,
         }
@@ -66,8 +71,10 @@ impl Plugin {
     /// This plugin under another name: the name its intents and outcomes
     /// carry (by default its file name without `.wasm`, or `plugin`).
     pub fn with_name(&self, name: &str) -> Self {
+        let name: Arc<str> = Arc::from(name);
         Self {
-            name: Arc::from(name),
+            metric_keys: Arc::new(RunKeys::new(&name)),
+            name,
             ..self.clone()
         }
     }

@@ -145,7 +145,9 @@ impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let stderr = &self.stderr;
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| wasi_builder(stderr).build()),
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| wasi_builder(stderr).build()),
             table: &mut self.table,
         }
     }
@@ -352,7 +354,12 @@ impl Plugin {
             settle: settled - called,
             dispatch: settled.elapsed(),
         };
-        crate::observe::record_run(&outcome, started - waiting, waiting.elapsed());
+        crate::observe::record_run(
+            &self.metric_keys,
+            &outcome,
+            started - waiting,
+            waiting.elapsed(),
+        );
         Ok(outcome)
     }
 

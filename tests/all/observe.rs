@@ -44,25 +44,38 @@ fn a_run_leaves_a_span_with_its_identity_status_and_counts() {
         .unwrap();
     let plugin = escrow_tests::scripted().with_name("traced");
     let steps = json!([{ "defer": "a.b", "payload": 1 }, { "defer": "nope", "payload": 2 }]);
-    let outcome = runtime
-        .block_on(
-            plugin.run(
-                RunOptions::new()
-                    .grants(escrow_host::Grants::new().effects(["a.*"]).unwrap())
-                    .input(input(steps)),
-            ),
-        )
-        .unwrap();
+    let run = || {
+        runtime
+            .block_on(
+                plugin.run(
+                    RunOptions::new()
+                        .grants(escrow_host::Grants::new().effects(["a.*"]).unwrap())
+                        .input(input(steps.clone())),
+                ),
+            )
+            .unwrap()
+    };
+    // tracing decides once per call site, process-wide, whether anyone
+    // listens, from the thread that meets it first: a test running a plugin
+    // on another thread with no subscriber may have decided "nobody" for
+    // escrow's. Meet them here, then have tracing ask again, from this
+    // thread, whose subscriber listens.
+    run();
+    tracing::callsite::rebuild_interest_cache();
+    let outcome = run();
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let closed: serde_json::Value = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["span"]["name"] == "escrow.run" && l["fields"]["message"] == "close")
-        .unwrap_or_else(|| panic!("no closed escrow.run span in {text}"));
+        .find(|l| {
+            l["span"]["name"] == "escrow.run"
+                && l["fields"]["message"] == "close"
+                && l["span"]["run_id"] == outcome.run_id.to_string()
+        })
+        .unwrap_or_else(|| panic!("no closed escrow.run span of the second run in {text}"));
     let span = &closed["span"];
     assert_eq!(span["plugin"], "traced");
-    assert_eq!(span["run_id"], outcome.run_id.to_string());
     assert_eq!(span["status"], "committed");
     assert_eq!(span["intents"], 2);
     assert_eq!(span["refused"], 1);
@@ -135,6 +148,53 @@ async fn runs_intents_and_refusals_are_counted_in_prometheus_metrics() {
     );
     assert!(text.contains("escrow_pool_wait_seconds"), "{text}");
     assert!(text.contains("escrow_run_duration_seconds"), "{text}");
+}
+
+#[tokio::test]
+async fn a_recorder_set_after_the_plugin_was_loaded_counts_its_runs_from_then_on() {
+    // A plugin's metric keys are made when it is loaded; which recorder
+    // receives them is asked on every run.
+    let plugin = escrow_tests::scripted().with_name("late-recorder");
+    let options = RunOptions::new().grants(escrow_host::Grants::new().effects(["a.*"]).unwrap());
+    let steps = input(json!([{ "defer": "a.b", "payload": 1 }]));
+    plugin
+        .run(options.clone().input(steps.clone()))
+        .await
+        .unwrap();
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        let _on_this_thread = metrics::set_default_local_recorder(&recorder);
+        for _ in 0..2 {
+            plugin
+                .run(options.clone().input(steps.clone()))
+                .await
+                .unwrap();
+        }
+    }
+    plugin.run(options.input(steps)).await.unwrap();
+
+    let text = handle.render();
+    let plugin = ("plugin", "late-recorder");
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_runs_total",
+            &[plugin, ("status", "committed")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_intents_total",
+            &[plugin, ("fate", "dispatched")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
