@@ -43,6 +43,7 @@ use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
 use escrow_host::{Dispatch, Grants, Host, Intent, Limits, RunOptions};
 use wasmtime::Store;
+use wasmtime::component::InstancePre;
 
 /// Calls per run in the per-call benchmarks: enough that instantiation is
 /// under 1% of the figure.
@@ -137,12 +138,11 @@ fn per_call(c: &mut Criterion) {
     });
 
     // Baseline: the same number of calls to host functions with the same
-    // signatures that do nothing.
+    // signatures that do nothing; for invoke, also as an async host
+    // function, which escrow's invoke is.
     let engine = host.engine();
-    let pre = baseline::bare_calls(engine);
     let rt = &rt;
-    let bare = |name: &'static str, input: String| {
-        let pre = pre.clone();
+    let bare = |name: &'static str, pre: InstancePre<baseline::State>, input: String| {
         move |b: &mut criterion::Bencher<'_>| {
             let input = input.clone().into_bytes();
             b.to_async(rt).iter(|| async {
@@ -157,13 +157,33 @@ fn per_call(c: &mut Criterion) {
             })
         }
     };
+    let (sync_calls, async_calls) = (
+        baseline::bare_calls(engine, false),
+        baseline::bare_calls(engine, true),
+    );
     group.bench_function(
         "bare_host_call",
-        bare("bare_host_call", CALLS_PER_RUN.to_string()),
+        bare(
+            "bare_host_call",
+            sync_calls.clone(),
+            CALLS_PER_RUN.to_string(),
+        ),
     );
     group.bench_function(
         "bare_invoke_call",
-        bare("bare_invoke_call", format!("invoke:{CALLS_PER_RUN}")),
+        bare(
+            "bare_invoke_call",
+            sync_calls,
+            format!("invoke:{CALLS_PER_RUN}"),
+        ),
+    );
+    group.bench_function(
+        "bare_async_invoke_call",
+        bare(
+            "bare_async_invoke_call",
+            async_calls,
+            format!("invoke:{CALLS_PER_RUN}"),
+        ),
     );
     group.finish();
 }
@@ -251,6 +271,23 @@ fn whole_run(c: &mut Criterion) {
             let mut store = Store::new(engine, baseline::State::new());
             escrow_host::set_deadline(&mut store, Duration::from_secs(60));
             pre.instantiate_async(&mut store).await.unwrap();
+        })
+    });
+
+    // Reference: a fresh instance of the baseline guest, whose `run` makes
+    // the same 2 calls to host functions that do nothing. What a run costs
+    // over this is escrow's own share.
+    let bare_calls = baseline::bare_calls(engine, false);
+    group.bench_function("bare_instantiation_and_call", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = Store::new(engine, baseline::State::new());
+            escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+            let instance = bare_calls.instantiate_async(&mut store).await.unwrap();
+            let run = instance
+                .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
+                .unwrap();
+            let (result,) = run.call_async(&mut store, (b"2",)).await.unwrap();
+            assert!(result.is_ok());
         })
     });
     group.finish();
@@ -584,11 +621,7 @@ fn outbox(c: &mut Criterion) {
 /// estimate, or the mean where there is none), in nanoseconds, read from
 /// criterion's report on disk.
 fn mean_ns(group: &str, bench: &str) -> Option<f64> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        Into::into,
-    );
-    let path = dir
+    let path = target_dir()
         .join("criterion")
         .join(group)
         .join(bench)
@@ -597,6 +630,15 @@ fn mean_ns(group: &str, bench: &str) -> Option<f64> {
     estimates["slope"]["point_estimate"]
         .as_f64()
         .or_else(|| estimates["mean"]["point_estimate"].as_f64())
+}
+
+/// Where cargo builds: criterion's reports and the seeds' environment live
+/// there.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        Into::into,
+    )
 }
 
 /// One line of the summary: a figure of ours and its baseline, each named
@@ -623,6 +665,12 @@ fn summary() {
             baseline: ("per_call", "bare_invoke_call", CALLS_PER_RUN),
         },
         Row {
+            name: "invoke a no-op handler",
+            ours: ("per_call", "invoke", CALLS_PER_RUN),
+            baseline_name: "bare async host call",
+            baseline: ("per_call", "bare_async_invoke_call", CALLS_PER_RUN),
+        },
+        Row {
             name: "invoke through a closed breaker",
             ours: ("per_call", "invoke_through_breaker", CALLS_PER_RUN),
             baseline_name: "invoke without one",
@@ -645,6 +693,12 @@ fn summary() {
             ours: ("whole_run", "run_two_intents_committed", 1),
             baseline_name: "bare instantiation",
             baseline: ("whole_run", "bare_instantiation", 1),
+        },
+        Row {
+            name: "whole run, 2 intents committed",
+            ours: ("whole_run", "run_two_intents_committed", 1),
+            baseline_name: "bare inst. + 2 calls",
+            baseline: ("whole_run", "bare_instantiation_and_call", 1),
         },
         Row {
             name: "checkout in Python",
@@ -742,6 +796,95 @@ fn derived() {
     }
 }
 
+/// The seed libraries (airlock, purgatory) on the jobs escrow did above,
+/// timed by `seeds.py` in a virtual environment made once under the target
+/// directory from `requirements.txt`.
+fn seeds() {
+    let timed = match time_seeds() {
+        Ok(timed) => timed,
+        Err(error) => {
+            println!("\nseed libraries not timed: {error}");
+            return;
+        }
+    };
+    let value = |name: &str| {
+        timed
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let get = |name: &str| value(name)?.parse::<f64>().ok();
+    println!(
+        "\nthe seed libraries (CPython {}, unsandboxed) on the same jobs, this sitting:",
+        value("python").unwrap_or("?")
+    );
+    if let (Some(scope), Some(run)) = (
+        get("airlock_scope_two_intents"),
+        mean_ns("whole_run", "run_two_intents_committed"),
+    ) {
+        println!(
+            "  {:<32} {:>10}   airlock scope        {:>10}   ratio {:.2}x",
+            "whole run, 2 intents committed",
+            human(run),
+            human(scope),
+            run / scope
+        );
+    }
+    let per = |bench: &str| mean_ns("per_call", bench).map(|ns| ns / CALLS_PER_RUN as f64);
+    if let (Some(through), Some(bare), Some(guarded), Some(invoke)) = (
+        get("purgatory_breaker_call"),
+        get("purgatory_bare_call"),
+        per("invoke_through_breaker"),
+        per("invoke"),
+    ) {
+        println!(
+            "  {:<32} {:>10}   purgatory adds       {:>10}   ratio {:.2}x",
+            "a closed breaker adds",
+            human(guarded - invoke),
+            human(through - bare),
+            (guarded - invoke) / (through - bare)
+        );
+    }
+}
+
+/// Runs `seeds.py`; each line it prints is `name value`.
+fn time_seeds() -> Result<Vec<(String, String)>, String> {
+    let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+    let venv = target_dir().join("bench-seeds");
+    let python = venv.join("bin/python");
+    let requirements =
+        std::fs::read_to_string(benches.join("requirements.txt")).map_err(|e| e.to_string())?;
+    let stamp = venv.join("requirements.txt");
+    let run = |command: &mut std::process::Command| -> Result<String, String> {
+        let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{command:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(requirements.as_str()) {
+        run(std::process::Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv))?;
+        run(std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(benches.join("requirements.txt")))?;
+        std::fs::write(&stamp, &requirements).map_err(|e| e.to_string())?;
+    }
+    let printed = run(std::process::Command::new(&python).arg(benches.join("seeds.py")))?;
+    Ok(printed
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect())
+}
+
 fn human(ns: f64) -> String {
     if ns >= 1_000_000.0 {
         format!("{:.2} ms", ns / 1_000_000.0)
@@ -762,5 +905,6 @@ fn main() {
     outbox(&mut criterion);
     criterion.final_summary();
     summary();
+    seeds();
     memory_in_flight();
 }

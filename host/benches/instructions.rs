@@ -103,7 +103,7 @@ fn run(scenario: &str, n: u64) {
     };
     let bare = |mode: &str| {
         let engine = host.engine();
-        let pre = baseline::bare_calls(engine);
+        let pre = baseline::bare_calls(engine, false);
         let call = |count: u64| {
             rt.block_on(async {
                 let mut store = Store::new(engine, baseline::State::new());

@@ -41,8 +41,11 @@ impl State {
 }
 
 /// `fixture-bench-baseline`, its imports (`call`, `call-invoke`) linked to
-/// host functions that do nothing.
-pub fn bare_calls(engine: &Engine) -> InstancePre<State> {
+/// host functions that do nothing. With `async_invoke`, `call-invoke` is an
+/// async host function, as escrow's `invoke` is (a handler may wait): what
+/// wasmtime charges any such call (a boxed future polled on the guest's
+/// fiber) is then in the baseline too.
+pub fn bare_calls(engine: &Engine, async_invoke: bool) -> InstancePre<State> {
     let mut linker = Linker::<State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     let mut bare = linker.instance("escrow-bench:baseline/bare").unwrap();
@@ -50,13 +53,22 @@ pub fn bare_calls(engine: &Engine) -> InstancePre<State> {
         Ok((Result::<u64, escrow_host::Refusal>::Ok(0),))
     })
     .unwrap();
-    bare.func_wrap(
-        "call-invoke",
-        |_, (_effect, _payload): (String, Vec<u8>)| {
-            Ok((Result::<Vec<u8>, EffectError>::Ok(Vec::new()),))
-        },
-    )
-    .unwrap();
+    type Answer = (Result<Vec<u8>, EffectError>,);
+    if async_invoke {
+        bare.func_wrap_async(
+            "call-invoke",
+            |_, (_effect, _payload): (String, Vec<u8>)| {
+                Box::new(async { wasmtime::Result::<Answer>::Ok((Ok(Vec::new()),)) })
+            },
+        )
+        .unwrap();
+    } else {
+        bare.func_wrap(
+            "call-invoke",
+            |_, (_effect, _payload): (String, Vec<u8>)| Ok::<Answer, _>((Ok(Vec::new()),)),
+        )
+        .unwrap();
+    }
     let component = Component::from_file(engine, escrow_fixtures::BENCH_BASELINE).unwrap();
     linker.instantiate_pre(&component).unwrap()
 }
