@@ -15,8 +15,9 @@
 //! - `intent` / `bare-call`: one run recording N intents (policy drop) /
 //!   making N bare host calls of `enqueue`'s signature;
 //! - `commit`: one run recording N intents committed to an in-memory sink;
-//! - `invoke` / `bare-invoke`: N invocations of a no-op handler / N bare
-//!   calls of `invoke`'s signature;
+//! - `invoke` / `bare-invoke` / `bare-async-invoke`: N invocations of a
+//!   no-op handler / N bare calls of `invoke`'s signature, to a sync / an
+//!   async host function;
 //! - `breaker`: N invocations through a closed breaker;
 //! - `lock`: N memory locks taken and released;
 //! - `run` / `instantiate`: N whole runs of 2 committed intents / N bare
@@ -52,12 +53,13 @@ fn main() {
     run(scenario, n);
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "intent",
     "bare-call",
     "commit",
     "invoke",
     "bare-invoke",
+    "bare-async-invoke",
     "breaker",
     "lock",
     "run",
@@ -101,9 +103,9 @@ fn run(scenario: &str, n: u64) {
         let outcome = once(plugin, options.input(input(n)));
         assert!(outcome.result.is_ok(), "{:?}", outcome.result);
     };
-    let bare = |mode: &str| {
+    let bare = |mode: &str, async_invoke: bool| {
         let engine = host.engine();
-        let pre = baseline::bare_calls(engine, false);
+        let pre = baseline::bare_calls(engine, async_invoke);
         let call = |count: u64| {
             rt.block_on(async {
                 let mut store = Store::new(engine, baseline::State::new());
@@ -141,13 +143,14 @@ fn run(scenario: &str, n: u64) {
             RunOptions::new().grants(effects).limits(limits),
             "",
         ),
-        "bare-call" => bare(""),
+        "bare-call" => bare("", false),
         "invoke" => in_guest(
             &invoking,
             RunOptions::new().grants(effects).limits(limits),
             "invoke",
         ),
-        "bare-invoke" => bare("invoke"),
+        "bare-invoke" => bare("invoke", false),
+        "bare-async-invoke" => bare("invoke", true),
         "breaker" => in_guest(
             &invoking.with_breakers(Arc::new(breakers)),
             RunOptions::new()
