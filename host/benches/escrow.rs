@@ -142,19 +142,11 @@ fn per_call(c: &mut Criterion) {
     // function, which escrow's invoke is.
     let engine = host.engine();
     let rt = &rt;
-    let bare = |name: &'static str, pre: InstancePre<baseline::State>, input: String| {
+    let bare = |pre: InstancePre<baseline::State>, input: String| {
         move |b: &mut criterion::Bencher<'_>| {
             let input = input.clone().into_bytes();
-            b.to_async(rt).iter(|| async {
-                let mut store = Store::new(engine, baseline::State::new());
-                escrow_host::set_deadline(&mut store, Duration::from_secs(60));
-                let instance = pre.instantiate_async(&mut store).await.unwrap();
-                let run = instance
-                    .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
-                    .unwrap();
-                let (result,) = run.call_async(&mut store, (&input,)).await.unwrap();
-                assert!(result.is_ok(), "{name}");
-            })
+            b.to_async(rt)
+                .iter(|| baseline::bare_run(engine, &pre, &input))
         }
     };
     let (sync_calls, async_calls) = (
@@ -163,27 +155,15 @@ fn per_call(c: &mut Criterion) {
     );
     group.bench_function(
         "bare_host_call",
-        bare(
-            "bare_host_call",
-            sync_calls.clone(),
-            CALLS_PER_RUN.to_string(),
-        ),
+        bare(sync_calls.clone(), CALLS_PER_RUN.to_string()),
     );
     group.bench_function(
         "bare_invoke_call",
-        bare(
-            "bare_invoke_call",
-            sync_calls,
-            format!("invoke:{CALLS_PER_RUN}"),
-        ),
+        bare(sync_calls, format!("invoke:{CALLS_PER_RUN}")),
     );
     group.bench_function(
         "bare_async_invoke_call",
-        bare(
-            "bare_async_invoke_call",
-            async_calls,
-            format!("invoke:{CALLS_PER_RUN}"),
-        ),
+        bare(async_calls, format!("invoke:{CALLS_PER_RUN}")),
     );
     group.finish();
 }
@@ -279,16 +259,8 @@ fn whole_run(c: &mut Criterion) {
     // over this is escrow's own share.
     let bare_calls = baseline::bare_calls(engine, false);
     group.bench_function("bare_instantiation_and_call", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut store = Store::new(engine, baseline::State::new());
-            escrow_host::set_deadline(&mut store, Duration::from_secs(60));
-            let instance = bare_calls.instantiate_async(&mut store).await.unwrap();
-            let run = instance
-                .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
-                .unwrap();
-            let (result,) = run.call_async(&mut store, (b"2",)).await.unwrap();
-            assert!(result.is_ok());
-        })
+        b.to_async(&rt)
+            .iter(|| baseline::bare_run(engine, &bare_calls, b"2"))
     });
     group.finish();
 }

@@ -107,23 +107,11 @@ fn run(scenario: &str, n: u64) {
         let engine = host.engine();
         let pre = baseline::bare_calls(engine, async_invoke);
         let call = |count: u64| {
-            rt.block_on(async {
-                let mut store = Store::new(engine, baseline::State::new());
-                escrow_host::set_deadline(&mut store, Duration::from_secs(60));
-                let instance = pre.instantiate_async(&mut store).await.unwrap();
-                let run = instance
-                    .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
-                    .unwrap();
-                let input = match mode {
-                    "" => count.to_string(),
-                    mode => format!("{mode}:{count}"),
-                };
-                let (result,) = run
-                    .call_async(&mut store, (input.as_bytes(),))
-                    .await
-                    .unwrap();
-                assert!(result.is_ok());
-            })
+            let input = match mode {
+                "" => count.to_string(),
+                mode => format!("{mode}:{count}"),
+            };
+            rt.block_on(baseline::bare_run(engine, &pre, input.as_bytes()));
         };
         call(1);
         call(n);

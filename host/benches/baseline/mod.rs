@@ -3,11 +3,12 @@
 //! signatures that do nothing) and the no-op handler escrow's side calls.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::{CallError, EffectError, EscrowCtx, Grants, Limits, policy};
-use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The store data of the baselines.
@@ -71,6 +72,19 @@ pub fn bare_calls(engine: &Engine, async_invoke: bool) -> InstancePre<State> {
     }
     let component = Component::from_file(engine, escrow_fixtures::BENCH_BASELINE).unwrap();
     linker.instantiate_pre(&component).unwrap()
+}
+
+/// A fresh store and instance from `pre` (a baseline guest), whose `run` is
+/// called with `input`: what a run is without escrow.
+pub async fn bare_run(engine: &Engine, pre: &InstancePre<State>, input: &[u8]) {
+    let mut store = Store::new(engine, State::new());
+    escrow_host::set_deadline(&mut store, Duration::from_secs(60));
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let run = instance
+        .get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "run")
+        .unwrap();
+    let (result,) = run.call_async(&mut store, (input,)).await.unwrap();
+    assert!(result.is_ok(), "{result:?}");
 }
 
 /// `fixture-bench` linked as escrow links it, to be instantiated bare.
