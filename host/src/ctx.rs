@@ -75,8 +75,9 @@ pub struct EscrowCtx {
     /// Lock requests made so far, refused ones included.
     pub(crate) lock_requests: usize,
     /// The keys held now with their tokens, shared by the intents recorded
-    /// while they are held.
-    pub(crate) fences: Arc<[Fence]>,
+    /// while they are held; `None` when the held locks changed since they
+    /// were last needed (made again by [`fences`](Self::fences)).
+    fences: Option<Arc<[Fence]>>,
     /// Every call through a breaker, for the outcome.
     pub(crate) breaker_decisions: Vec<BreakerDecision>,
     /// Open nested scopes, outermost first.
@@ -180,7 +181,7 @@ impl EscrowCtx {
             next_guard: 1,
             lock_records: Vec::new(),
             lock_requests: 0,
-            fences: Arc::clone(no_fences()),
+            fences: Some(Arc::clone(no_fences())),
             breaker_decisions: Vec::new(),
             frames: Vec::new(),
             next_frame: 1,
@@ -334,6 +335,43 @@ impl EscrowCtx {
             }
         }
         decided
+    }
+
+    /// The keys held now with their tokens, for an intent or a journal entry
+    /// recorded now; made again only after the held locks changed, so that
+    /// taking and releasing locks with nothing recorded between costs
+    /// nothing here.
+    #[inline]
+    pub(crate) fn fences(&mut self) -> Arc<[Fence]> {
+        match &self.fences {
+            Some(fences) => Arc::clone(fences),
+            None => self.make_fences(),
+        }
+    }
+
+    #[cold]
+    fn make_fences(&mut self) -> Arc<[Fence]> {
+        let leases = &self.held.leases;
+        let fences: Arc<[Fence]> = if leases.is_empty() {
+            Arc::clone(no_fences())
+        } else {
+            leases
+                .iter()
+                .flat_map(|(_, lease)| {
+                    lease.keys.iter().map(|key| Fence {
+                        key: key.clone(),
+                        token: lease.token,
+                    })
+                })
+                .collect()
+        };
+        Arc::clone(self.fences.insert(fences))
+    }
+
+    /// Notes that a lock was taken or released: the fences are made again
+    /// when next needed.
+    pub(crate) fn held_locks_changed(&mut self) {
+        self.fences = None;
     }
 
     /// `text` as a shared rule, reusing the last one made when equal.

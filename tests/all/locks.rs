@@ -246,6 +246,12 @@ mod suite {
             { "defer": "a.locked", "payload": 1 },
             { "unlock": "g" },
             { "defer": "b.unlocked", "payload": 2 },
+            // Locks taken and released with nothing recorded in between
+            // leave no trace in later fences.
+            lock(&["m"], "h"),
+            { "unlock": "h" },
+            lock(&["n"], "i"),
+            { "defer": "c.relocked", "payload": 3 },
         ]);
         let outcome = run_steps(&locks.plugin(), steps, options()).await;
 
@@ -259,6 +265,13 @@ mod suite {
             ("k", token)
         );
         assert!(outcome.intents[1].fences.is_empty());
+        let relocked = outcome.locks[2].token().unwrap();
+        let fences: Vec<_> = outcome.intents[2]
+            .fences
+            .iter()
+            .map(|f| (f.key.as_str(), f.token))
+            .collect();
+        assert_eq!(fences, [("n", relocked)]);
     }
 
     pub async fn two_hosts_exclude_each_other(locks: Locks) {

@@ -68,13 +68,13 @@ pub trait LockBackend: fmt::Debug + Send + Sync + 'static {
     /// ends when it expires.
     async fn release(&self, lease: Lease) -> Result<(), LockError>;
 
-    /// Takes `keys` at once, without a future, when a backend that keeps
-    /// its table in this process finds them free; `None` (the default) when
-    /// they must be waited for, or asked of a server, with
-    /// [`acquire`](Self::acquire). The fast path of an uncontended lock.
-    fn try_acquire_now(&self, keys: &[String]) -> Option<Lease> {
-        let _ = keys;
-        None
+    /// Takes `keys` (sorted and deduplicated) at once, without a future,
+    /// when a backend that keeps its table in this process finds them free:
+    /// the lease keeps them. Gives them back (the default) when they must be
+    /// waited for, or asked of a server, with [`acquire`](Self::acquire).
+    /// The fast path of an uncontended lock.
+    fn try_acquire_now(&self, keys: Vec<String>) -> Result<Lease, Vec<String>> {
+        Err(keys)
     }
 
     /// Releases `lease` at once, without a future, in a backend that keeps

@@ -51,18 +51,19 @@ impl State {
 
     /// Takes `keys` for a new lease when they are free and no waiting
     /// request wants one of them (which would overtake it).
-    fn take_if_free(&mut self, keys: &[String]) -> Option<Lease> {
+    /// Gives the keys back when they are not.
+    fn take_if_free(&mut self, keys: Vec<String>) -> Result<Lease, Vec<String>> {
         let contended = self
             .waiting
             .iter()
             .any(|w| w.keys.iter().any(|k| keys.contains(k)));
-        if contended || !self.free(keys) {
-            return None;
+        if contended || !self.free(&keys) {
+            return Err(keys);
         }
         self.next_lease += 1;
         let lease = self.next_lease;
-        let token = self.take(lease, keys);
-        Some(lease_of(lease, keys, token))
+        let token = self.take(lease, &keys);
+        Ok(lease_of(lease, keys, token))
     }
 
     /// Takes `keys` for `lease` and returns the new fencing token.
@@ -114,21 +115,18 @@ impl LockBackend for MemoryLocks {
     async fn acquire(&self, keys: &[String], timeout: Duration) -> Result<Lease, LockError> {
         let (lease, granted) = {
             let mut state = self.state.lock().expect("the lock table is never poisoned");
-            if let Some(lease) = state.take_if_free(keys) {
-                return Ok(lease);
-            }
+            let keys = match state.take_if_free(keys.to_vec()) {
+                Ok(lease) => return Ok(lease),
+                Err(keys) => keys,
+            };
             state.next_lease += 1;
             let lease = state.next_lease;
             let (grant, granted) = oneshot::channel();
-            state.waiting.push_back(Waiter {
-                lease,
-                keys: keys.to_vec(),
-                grant,
-            });
+            state.waiting.push_back(Waiter { lease, keys, grant });
             (lease, granted)
         };
         match tokio::time::timeout(timeout, granted).await {
-            Ok(Ok(token)) => Ok(lease_of(lease, keys, token)),
+            Ok(Ok(token)) => Ok(lease_of(lease, keys.to_vec(), token)),
             Ok(Err(_)) => Err(LockError::Unavailable(
                 "the lock table dropped the request".into(),
             )),
@@ -149,7 +147,7 @@ impl LockBackend for MemoryLocks {
         Ok(())
     }
 
-    fn try_acquire_now(&self, keys: &[String]) -> Option<Lease> {
+    fn try_acquire_now(&self, keys: Vec<String>) -> Result<Lease, Vec<String>> {
         self.state
             .lock()
             .expect("the lock table is never poisoned")
@@ -167,9 +165,9 @@ impl LockBackend for MemoryLocks {
     }
 }
 
-fn lease_of(id: u64, keys: &[String], token: u64) -> Lease {
+fn lease_of(id: u64, keys: Vec<String>, token: u64) -> Lease {
     Lease {
-        keys: keys.to_vec(),
+        keys,
         token,
         holder: u128::from(id),
         keepalive: None,

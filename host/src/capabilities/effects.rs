@@ -186,7 +186,7 @@ impl EscrowCtx {
                 plugin: self.plugin.to_string(),
                 effect: compensate.to_owned(),
                 payload: payload.to_vec(),
-                fences: self.fences.to_vec(),
+                fences: self.fences().to_vec(),
             },
             due_at_ms: now_ms + (left + outbox.grace()).as_millis() as i64,
             now_ms,

@@ -37,6 +37,7 @@ impl Host for EscrowCtx {
             }
         };
         self.payload_bytes += payload.len();
+        let fences = self.fences();
         self.records.push(Intent {
             run_id: self.run_id,
             plugin: Arc::clone(&self.plugin),
@@ -45,7 +46,7 @@ impl Host for EscrowCtx {
             payload,
             fate,
             rule,
-            fences: Arc::clone(&self.fences),
+            fences,
         });
         Ok(seq)
     }
@@ -76,6 +77,7 @@ impl EscrowCtx {
     ) -> Refusal {
         self.payload_bytes += payload.len();
         let rule = self.rule(rule);
+        let fences = self.fences();
         self.records.push(Intent {
             run_id: self.run_id,
             plugin: Arc::clone(&self.plugin),
@@ -84,7 +86,7 @@ impl EscrowCtx {
             payload,
             fate: Fate::Refused(refusal.clone()),
             rule,
-            fences: Arc::clone(&self.fences),
+            fences,
         });
         refusal
     }

@@ -6,7 +6,6 @@
 //! only ask for keys ordered after every key it holds. No run then waits for
 //! a key while holding one ordered after it, so no cycle of waits can form.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
@@ -15,7 +14,7 @@ use crate::backends::LockError as BackendError;
 use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
 use crate::ctx::EscrowCtx;
 use crate::limits::{Limit, MAX_LOCK_KEY_BYTES};
-use crate::outcome::{Failure, Fence, LockRecord, Refusal};
+use crate::outcome::{Failure, LockRecord, Refusal};
 use crate::patterns::check_lock_key;
 use crate::run::LimitExceeded;
 
@@ -46,11 +45,11 @@ impl Host for EscrowCtx {
         // Never wait beyond the run's deadline: past it the guest is stopped.
         let left = self.deadline.saturating_duration_since(Instant::now());
         let asked_for = Duration::from_millis(timeout_ms.into());
-        let taken = match self.held.backend.try_acquire_now(&keys) {
-            Some(lease) => Ok(lease),
-            None => self.held.backend.acquire(&keys, asked_for.min(left)).await,
+        let keys = match self.held.backend.try_acquire_now(keys) {
+            Ok(lease) => return Ok(Ok(self.keep_lease(lease))),
+            Err(keys) => keys,
         };
-        let lease = match taken {
+        let lease = match self.held.backend.acquire(&keys, asked_for.min(left)).await {
             Ok(lease) => lease,
             Err(BackendError::Timeout) if left < asked_for => {
                 self.lock_records.push(LockRecord {
@@ -66,16 +65,7 @@ impl Host for EscrowCtx {
                 return Ok(Err(self.refuse_lock(keys, LockError::Unavailable(why))));
             }
         };
-        tracing::debug!(keys = ?lease.keys, token = lease.token, "locks acquired");
-        self.lock_records.push(LockRecord {
-            keys: lease.keys.clone(),
-            result: Ok(lease.token),
-        });
-        let id = self.next_guard;
-        self.next_guard += 1;
-        self.held.leases.push((id, lease));
-        self.refresh_fences();
-        Ok(Ok(Resource::new_own(id)))
+        Ok(Ok(self.keep_lease(lease)))
     }
 }
 
@@ -121,7 +111,7 @@ impl HostGuard for EscrowCtx {
             .held
             .leases
             .remove(position.ok_or_else(|| wasmtime::format_err!("unknown lock guard"))?);
-        self.refresh_fences();
+        self.held_locks_changed();
         // Kept only for the warning below, and only when it would be seen.
         let keys = tracing::enabled!(tracing::Level::WARN).then(|| lease.keys.clone());
         let released = match self.held.backend.release_now(lease) {
@@ -136,6 +126,21 @@ impl HostGuard for EscrowCtx {
 }
 
 impl EscrowCtx {
+    /// Records a lease taken and keeps it until its guard is dropped or the
+    /// run ends; returns the guard.
+    fn keep_lease(&mut self, lease: crate::backends::Lease) -> Resource<Guard> {
+        tracing::debug!(keys = ?lease.keys, token = lease.token, "locks acquired");
+        self.lock_records.push(LockRecord {
+            keys: lease.keys.clone(),
+            result: Ok(lease.token),
+        });
+        let id = self.next_guard;
+        self.next_guard += 1;
+        self.held.leases.push((id, lease));
+        self.held_locks_changed();
+        Resource::new_own(id)
+    }
+
     /// Records a lock request that got no lock, and hands back its error for
     /// the guest.
     fn refuse_lock(&mut self, keys: Vec<String>, error: LockError) -> LockError {
@@ -154,27 +159,42 @@ impl EscrowCtx {
         &mut self,
         mut keys: Vec<String>,
     ) -> Result<Vec<String>, (LockError, Vec<String>)> {
-        // The keys are sorted through their indices, so that a refusal
-        // records them as asked without a copy made for every request.
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        match self.check_sorted(&keys, &mut order) {
-            Ok(()) => Ok(order
+        if let Err(error) = self.check_each(&keys) {
+            return Err((error, keys));
+        }
+        // Keys asked in order (a single key, say) are taken as they are;
+        // others are sorted through their indices, so that a refusal records
+        // them as asked without a copy made for every request.
+        let order = (!keys.is_sorted_by(|a, b| a < b)).then(|| {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
+            order.dedup_by(|a, b| keys[*a] == keys[*b]);
+            order
+        });
+        let (distinct, lowest) = match &order {
+            Some(order) => (order.len(), &keys[order[0]]),
+            None => (keys.len(), &keys[0]),
+        };
+        if let Err(error) = self.check_against_held(distinct, lowest) {
+            return Err((error, keys));
+        }
+        Ok(match order {
+            None => keys,
+            Some(order) => order
                 .into_iter()
                 .map(|i| std::mem::take(&mut keys[i]))
-                .collect()),
-            Err(error) => Err((error, keys)),
-        }
+                .collect(),
+        })
     }
 
-    /// The checks of [`check_keys`](Self::check_keys); leaves in `order` the
-    /// indices of the distinct keys, in key order.
-    fn check_sorted(&mut self, keys: &[String], order: &mut Vec<usize>) -> Result<(), LockError> {
+    /// The checks of each key of a request: some keys, not more than a run
+    /// may hold, each well formed and granted.
+    fn check_each(&mut self, keys: &[String]) -> Result<(), LockError> {
         let refused = |refusal| Err(LockError::Refused(refusal));
         if keys.is_empty() {
             return refused(Refusal::Invalid("no lock keys given".into()));
         }
         let max = self.limits.max_locks;
-        let held: usize = self.held.leases.iter().map(|(_, l)| l.keys.len()).sum();
         // Checked before the keys are, so that a huge list costs nothing more.
         if keys.len() > max {
             self.violate(Failure::Limit(Limit::Locks));
@@ -193,15 +213,21 @@ impl EscrowCtx {
                 )));
             }
         }
-        order.sort_unstable_by(|a, b| keys[*a].cmp(&keys[*b]));
-        order.dedup_by(|a, b| keys[*a] == keys[*b]);
-        if held + order.len() > max {
+        Ok(())
+    }
+
+    /// The checks of a request against the locks the run holds: at most
+    /// `max_locks` keys in all, and every new key ordered after every held
+    /// one (`lowest` is the request's first key in key order).
+    fn check_against_held(&mut self, distinct: usize, lowest: &str) -> Result<(), LockError> {
+        let max = self.limits.max_locks;
+        let held: usize = self.held.leases.iter().map(|(_, l)| l.keys.len()).sum();
+        if held + distinct > max {
             self.violate(Failure::Limit(Limit::Locks));
-            return refused(Refusal::Limit(format!(
-                "{}: this run holds {held} keys and asks for {} more; at most {max}",
+            return Err(LockError::Refused(Refusal::Limit(format!(
+                "{}: this run holds {held} keys and asks for {distinct} more; at most {max}",
                 Limit::Locks,
-                order.len()
-            )));
+            ))));
         }
         let highest = self
             .held
@@ -209,8 +235,7 @@ impl EscrowCtx {
             .iter()
             .filter_map(|(_, l)| l.keys.last())
             .max();
-        let lowest = &keys[order[0]];
-        if let Some(highest) = highest.filter(|h| lowest <= *h) {
+        if let Some(highest) = highest.filter(|h| lowest <= h.as_str()) {
             return Err(LockError::WouldDeadlock(format!(
                 "this run holds `{highest}` and asks for `{lowest}`: take locks in key order, or all at once"
             )));
@@ -225,24 +250,5 @@ impl EscrowCtx {
             .find(|(id, _)| *id == guard.rep())
             .map(|(_, lease)| lease)
             .ok_or_else(|| wasmtime::format_err!("unknown lock guard"))
-    }
-
-    fn refresh_fences(&mut self) {
-        if self.held.leases.is_empty() {
-            self.fences = Arc::clone(crate::ctx::no_fences());
-            return;
-        }
-        let fences: Vec<Fence> = self
-            .held
-            .leases
-            .iter()
-            .flat_map(|(_, lease)| {
-                lease.keys.iter().map(|key| Fence {
-                    key: key.clone(),
-                    token: lease.token,
-                })
-            })
-            .collect();
-        self.fences = Arc::from(fences);
     }
 }
