@@ -130,15 +130,7 @@ fn check(kind: NameKind, name: &str, pattern: bool) -> Result<(), NameError> {
         return Err(NameError::TooLong(kind, name.len()));
     }
     let allowed = |b: u8| kind.allows(b) || (pattern && b == b'*');
-    // Names (not patterns) are checked on every request: one table lookup
-    // a byte.
-    let table = kind.table();
-    let valid = if pattern {
-        name.bytes().all(allowed)
-    } else {
-        name.bytes().all(|b| table[usize::from(b)])
-    };
-    if valid {
+    if name.bytes().all(allowed) {
         return Ok(());
     }
     let ch = name

@@ -296,7 +296,7 @@ impl Plugin {
             memory,
             escrow,
             wasi,
-            stderr: stderr.clone(),
+            stderr,
             http: crate::wasi_http::context(),
             http_hooks: DenyOutgoing,
             table: ResourceTable::new(),
@@ -347,7 +347,7 @@ impl Plugin {
         // Locks protect the run's effects, and deferred effects happen at
         // dispatch: they are released only now.
         locks.release().await;
-        outcome.guest_stderr = stderr.contents().to_vec();
+        outcome.guest_stderr = state.stderr.contents().to_vec();
         outcome.timings = Timings {
             instantiate: instantiated - started,
             call: called - instantiated,

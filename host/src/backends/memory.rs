@@ -2,7 +2,7 @@
 //! host (and by hosts that share the same value).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,8 +232,7 @@ impl LocalCircuit {
             .lock()
             .expect("a breaker's state is never poisoned");
         let result = f(&mut circuit);
-        self.clean
-            .store(circuit.is_clean(), std::sync::atomic::Ordering::Release);
+        self.clean.store(circuit.is_clean(), Ordering::Release);
         result
     }
 
@@ -260,7 +259,7 @@ impl LocalCircuit {
     }
 
     fn is_clean(&self, config: &BreakerConfig) -> bool {
-        config.failure_rate.is_none() && self.clean.load(std::sync::atomic::Ordering::Acquire)
+        config.failure_rate.is_none() && self.clean.load(Ordering::Acquire)
     }
 }
 

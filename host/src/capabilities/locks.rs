@@ -42,13 +42,13 @@ impl Host for EscrowCtx {
                 return Ok(Err(self.refuse_lock(asked, error)));
             }
         };
-        // Never wait beyond the run's deadline: past it the guest is stopped.
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let asked_for = Duration::from_millis(timeout_ms.into());
         let keys = match self.held.backend.try_acquire_now(keys) {
             Ok(lease) => return Ok(Ok(self.keep_lease(lease))),
             Err(keys) => keys,
         };
+        // Never wait beyond the run's deadline: past it the guest is stopped.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let asked_for = Duration::from_millis(timeout_ms.into());
         let lease = match self.held.backend.acquire(&keys, asked_for.min(left)).await {
             Ok(lease) => lease,
             Err(BackendError::Timeout) if left < asked_for => {
