@@ -14,6 +14,8 @@ use serde_json::Value;
 
 pub use escrow_fixtures as fixtures;
 
+pub mod counting;
+
 /// The README's Rust examples compile (the plugin) and type-check (the
 /// embedding).
 #[cfg(doctest)]

@@ -367,9 +367,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text` as the config file at `path`: relative paths in it
+    /// are resolved against `path`'s directory, and errors name `path`.
+    ///
+    /// # Errors
+    ///
+    /// When `text` is not a valid config; the error is one line.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned() + &location(&text, e.span()),
+            message: e.message().to_owned() + &location(text, e.span()),
         })?;
         config.base = path.parent().map(Path::to_owned).unwrap_or_default();
         config.check().map_err(|message| ConfigError::Value {

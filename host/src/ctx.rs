@@ -15,7 +15,7 @@ use crate::breakers::Breakers;
 use crate::grants::Grants;
 use crate::handlers::Call;
 use crate::handlers::{Handler, Handlers};
-use crate::limits::{Limit, Limits, MAX_EFFECT_NAME_BYTES};
+use crate::limits::{Limit, Limits, MAX_ERROR_TEXT_BYTES, deadline_after, kept_failure};
 use crate::outbox::{Claim, NewEntry, Outbox, Write};
 use crate::outcome::{
     BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
@@ -167,7 +167,7 @@ impl EscrowCtx {
             policy,
             handlers: Arc::clone(NO_HANDLERS.get_or_init(Arc::default)),
             breakers: Arc::clone(NO_BREAKERS.get_or_init(Arc::default)),
-            deadline: Instant::now() + limits.deadline,
+            deadline: deadline_after(Instant::now(), limits.deadline),
             limits,
             requests: 0,
             records: Vec::new(),
@@ -428,7 +428,7 @@ impl EscrowCtx {
                 let wait = timeout.min(left);
                 match tokio::time::timeout(wait, undo.handler.call(call)).await {
                     Ok(Ok(answer)) => Ok(answer),
-                    Ok(Err(error)) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(kept_failure(error.to_string(), MAX_ERROR_TEXT_BYTES)),
                     Err(_) if wait < timeout && !last_chance => return,
                     Err(_) if wait < timeout => {
                         Err(format!("the time for compensations ran out after {wait:?}"))
@@ -481,7 +481,7 @@ impl EscrowCtx {
     /// stderr and timings are left empty for the caller.
     pub async fn finish(mut self, guest: Result<Vec<u8>, Failure>) -> Settled {
         // Undoing has a budget of its own, from when the guest stopped.
-        let until = Instant::now() + self.limits.compensation_budget;
+        let until = deadline_after(Instant::now(), self.limits.compensation_budget);
         let mut result = match self.violation.take() {
             Some(failure) => Err(failure),
             None => guest,
@@ -615,6 +615,18 @@ impl EscrowCtx {
     }
 }
 
+/// The next handle id from the counter `next`, skipping ids `in_use`: ids
+/// wrap around instead of overflowing (a guest may open scopes billions of
+/// times in a long run), and stay unique among the handles still open.
+pub(crate) fn next_id(next: &mut u32, in_use: impl Fn(u32) -> bool) -> u32 {
+    let mut id = *next;
+    while in_use(id) {
+        id = id.wrapping_add(1);
+    }
+    *next = id.wrapping_add(1);
+    id
+}
+
 /// The fences of intents recorded while no lock is held, shared.
 pub(crate) fn no_fences() -> &'static Arc<[Fence]> {
     static NO_FENCES: OnceLock<Arc<[Fence]>> = OnceLock::new();
@@ -689,11 +701,4 @@ impl Drop for HeldLocks {
             ),
         }
     }
-}
-
-/// `effect` cut to at most [`MAX_EFFECT_NAME_BYTES`], for recording a
-/// malformed name.
-pub(crate) fn truncated(mut effect: String) -> String {
-    effect.truncate(effect.floor_char_boundary(MAX_EFFECT_NAME_BYTES));
-    effect
 }

@@ -86,6 +86,7 @@ pub use outbox::Outbox;
 pub use outcome::{
     BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
     Intent, Invocation, LockRecord, OUTCOME_SCHEMA, Outcome, Refusal, RunId, Status, Timings,
+    bytes_json,
 };
 pub use plugin::Plugin;
 pub use policy::Policy;

@@ -5,7 +5,7 @@
 //! cleanly: the guest is told (a `limit` refusal) or stopped (a trap), and
 //! nothing it recorded is dispatched.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default wall-clock deadline of a run. A guest still running after it is
 /// stopped, so a plugin in an infinite loop costs at most this much time.
@@ -89,6 +89,18 @@ pub const MAX_SCOPE_BLOCK_PATTERNS: usize = 64;
 /// Writes past this are refused to the guest and lost.
 pub const MAX_GUEST_STDERR_BYTES: usize = 64 << 10;
 
+/// Most bytes of a failure's text kept in the outcome when the guest chose
+/// or shaped it: the message of its `err`, a trap's message and backtrace
+/// (the backtrace names the component's own functions). A longer text is
+/// cut, and the cut says how long it was.
+pub const MAX_FAILURE_TEXT_BYTES: usize = 64 << 10;
+
+/// Most bytes kept of a handler's or a sink's error message (either may
+/// echo what the guest sent): with a call's failure in the outcome, with a
+/// failed compensation, with a delivery attempt in the outbox. The outcome
+/// holds at most one per request, so this times `max_intents` bounds them.
+pub const MAX_ERROR_TEXT_BYTES: usize = 2 << 10;
+
 /// The limits of one run. Start from [`Limits::default`], which uses the
 /// `DEFAULT_*` constants of this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,4 +182,45 @@ impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// How far off a deadline too far for an `Instant` is put instead: a
+/// century, which no run lives to see.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The instant `duration` after `from`, or a century after it when the sum
+/// is past what an `Instant` holds: a limit of `Duration::MAX` is a
+/// deadline that never comes, not a panic.
+pub(crate) fn deadline_after(from: Instant, duration: Duration) -> Instant {
+    from.checked_add(duration).unwrap_or(from + NEVER)
+}
+
+/// What the host keeps of a text that a guest chose or shaped: at most `max`
+/// bytes of it, cut at a character boundary, in an allocation of at most
+/// `max` bytes.
+///
+/// The bound is on the bytes *allocated*, not on the length: a string
+/// lifted from the guest is as large as the guest made it, and cutting it
+/// in place (`String::truncate`) keeps the whole allocation, so 1,000
+/// refused requests with a 32 MiB name would keep 32 GB. A text whose
+/// allocation fits is kept as it is, without a copy.
+pub(crate) fn kept(text: String, max: usize) -> String {
+    if text.capacity() <= max {
+        return text;
+    }
+    text[..text.floor_char_boundary(max)].to_owned()
+}
+
+/// [`kept`] for a failure's text: a text longer than `max` bytes is cut and
+/// ends with how long it was, so that a reader knows it was cut.
+pub(crate) fn kept_failure(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return kept(text, max);
+    }
+    let note = format!("… ({} bytes in all)", text.len());
+    let end = text.floor_char_boundary(max.saturating_sub(note.len()));
+    let mut cut = String::with_capacity(end + note.len());
+    cut.push_str(&text[..end]);
+    cut.push_str(&note);
+    cut
 }

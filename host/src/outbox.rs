@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::breakers::{Clock, SystemClock};
+use crate::limits::{MAX_ERROR_TEXT_BYTES, kept_failure};
 use crate::outcome::{Fence, Intent, RunId};
 
 mod sqlite;
@@ -56,8 +57,6 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
 /// Most writes one group commit takes at once.
 const MAX_GROUP: usize = 256;
-/// Longest text of a delivery error kept with an entry.
-pub const MAX_ERROR_BYTES: usize = 2048;
 
 /// What went wrong with the outbox's store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -460,7 +459,7 @@ impl RetryPolicy {
     /// How a failed attempt settles: retried later, or dead after the last
     /// attempt. `attempts` counts the attempts before this one.
     pub fn after_failure(&self, attempts: u32, now_ms: i64, error: String) -> Settlement {
-        let error = truncate_error(error);
+        let error = kept_failure(error, MAX_ERROR_TEXT_BYTES);
         if attempts + 1 >= self.max_attempts {
             Settlement::Dead { error }
         } else {
@@ -544,13 +543,6 @@ pub(crate) fn fences_from_json(text: &str) -> Vec<Fence> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn truncate_error(mut error: String) -> String {
-    if error.len() > MAX_ERROR_BYTES {
-        error.truncate(error.floor_char_boundary(MAX_ERROR_BYTES));
-    }
-    error
 }
 
 /// A durable outbox: a store, written through a group committer, with its

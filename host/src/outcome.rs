@@ -13,8 +13,8 @@ use crate::limits::Limit;
 
 mod json;
 
-pub use json::OUTCOME_SCHEMA;
 pub(crate) use json::fences_value;
+pub use json::{OUTCOME_SCHEMA, bytes_json};
 
 /// A run's identity: a UUIDv7, so ids sort by the time the run started and
 /// are unique across hosts without coordination.

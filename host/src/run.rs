@@ -16,8 +16,8 @@ use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
 use crate::limits::{
-    DEADLINE_GRACE, Limit, Limits, MAX_GUEST_STDERR_BYTES, MAX_HOST_CALL_COPY_BYTES,
-    MAX_RESOURCE_HANDLES,
+    DEADLINE_GRACE, Limit, Limits, MAX_FAILURE_TEXT_BYTES, MAX_GUEST_STDERR_BYTES,
+    MAX_HOST_CALL_COPY_BYTES, MAX_RESOURCE_HANDLES, deadline_after, kept_failure,
 };
 use crate::outbox::{Claim, Outbox, Settler};
 use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
@@ -193,7 +193,7 @@ impl ResourceLimiter for MemoryCap {
 /// embedders that build their own store must call this before calling into
 /// the guest.
 pub fn set_deadline<T: 'static>(store: &mut Store<T>, deadline: Duration) {
-    let deadline = Instant::now() + deadline;
+    let deadline = deadline_after(Instant::now(), deadline);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
@@ -311,7 +311,7 @@ impl Plugin {
         // a host call (a WASI sleep, say) is cut off here, a little after the
         // deadline so that escrow's own waits, which end at the deadline,
         // can record what they did.
-        let cut_off = started + deadline + DEADLINE_GRACE;
+        let cut_off = deadline_after(started, deadline.saturating_add(DEADLINE_GRACE));
         let instance = self.pre.instantiate_async(&mut store).await;
         let instantiated = Instant::now();
         let guest = match instance {
@@ -499,17 +499,23 @@ fn granted_wasi(grants: &Grants, stderr: &MemoryOutputPipe) -> Result<Option<Was
 fn guest_result(returned: wasmtime::Result<Result<Vec<u8>, String>>) -> Result<Vec<u8>, Failure> {
     match returned {
         Ok(Ok(output)) => Ok(output),
-        Ok(Err(message)) => Err(Failure::GuestError(message)),
+        Ok(Err(message)) => Err(Failure::GuestError(kept_failure(
+            message,
+            MAX_FAILURE_TEXT_BYTES,
+        ))),
         Err(error) => Err(match error.downcast_ref::<LimitExceeded>() {
             Some(LimitExceeded(limit)) => Failure::Limit(*limit),
-            None => Failure::Trap(match error.downcast_ref::<wasmtime::Trap>() {
-                // The backtrace is there only when the host asked for it.
-                Some(trap) => match error.downcast_ref::<wasmtime::WasmBacktrace>() {
-                    Some(backtrace) => format!("{trap}\n{backtrace}"),
-                    None => trap.to_string(),
+            None => Failure::Trap(kept_failure(
+                match error.downcast_ref::<wasmtime::Trap>() {
+                    // The backtrace is there only when the host asked for it.
+                    Some(trap) => match error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                        Some(backtrace) => format!("{trap}\n{backtrace}"),
+                        None => trap.to_string(),
+                    },
+                    None => format!("{error:#}"),
                 },
-                None => format!("{error:#}"),
-            }),
+                MAX_FAILURE_TEXT_BYTES,
+            )),
         }),
     }
 }

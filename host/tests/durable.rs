@@ -154,6 +154,38 @@ fn no_deliver_leaves_the_intents_to_outbox_deliver() {
 }
 
 #[test]
+fn outbox_list_shows_a_payload_that_is_not_utf8_as_the_outcome_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let db = db.to_str().unwrap();
+    let input = steps_file(
+        dir.path(),
+        json!([{ "defer_hex": "email.send", "hex": "ff00fe41" }]),
+    );
+    let cfg = config(dir.path(), "");
+    let run = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        db,
+        "--no-deliver",
+        "--json",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+
+    let listed = escrow(&["outbox", "list", "--outbox", db, "--json"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["payload"], json!({ "$bytes_base64": "/wD+QQ==" }));
+    assert_eq!(listed[0]["payload"], report["intents"][0]["payload"]);
+}
+
+#[test]
 fn an_unusable_outbox_is_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("not-a-db");

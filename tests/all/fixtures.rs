@@ -30,6 +30,46 @@ pub mod scripted {
     }
 }
 
+pub mod fuzz {
+    //! The fuzzing guest makes the calls its program lists and answers a
+    //! line for each; `fuzz.rs` runs it on random programs.
+
+    use escrow_fuzz_program::{Call, Finish, Name, Payload, encode};
+    use escrow_host::{Failure, Fate, Grants, RunOptions};
+    use escrow_tests::{fixtures, plugin};
+
+    #[tokio::test]
+    async fn makes_each_call_of_its_program_and_answers_a_line_for_each() {
+        let program = encode(&[
+            Call::Enqueue(Name::Index(0), Payload::Json(1)),
+            Call::Enqueue(Name::Index(10), Payload::Empty),
+            Call::Pending,
+        ]);
+        let options = RunOptions::new()
+            .grants(Grants::new().effects(["fx.*"]).unwrap())
+            .input(program);
+        let outcome = plugin(fixtures::FUZZ).run(options).await.unwrap();
+
+        let output = String::from_utf8(outcome.result.clone().unwrap()).unwrap();
+        let lines: Vec<&str> = output.lines().collect();
+        assert_eq!(lines[0], "enqueued 1");
+        assert!(lines[1].starts_with("refused not-granted"), "{output}");
+        assert_eq!(lines[2], "pending 1");
+        assert_eq!(outcome.intents[0].effect, "fx.a");
+        assert!(matches!(outcome.intents[1].fate, Fate::Refused(_)));
+    }
+
+    #[tokio::test]
+    async fn ends_its_run_as_its_program_says() {
+        let program = encode(&[Call::Finish(Finish::Err(5)), Call::Pending]);
+        let outcome = plugin(fixtures::FUZZ)
+            .run(RunOptions::new().input(program))
+            .await
+            .unwrap();
+        assert_eq!(outcome.result, Err(Failure::GuestError("eeeee".into())));
+    }
+}
+
 pub mod custom_world {
     //! An embedder's own world that includes escrow's imports: linked with
     //! `escrow_host::add_to_linker`, bounded with `set_deadline`, settled with

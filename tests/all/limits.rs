@@ -168,3 +168,47 @@ async fn a_run_cannot_be_given_more_memory_than_the_host_allows() {
         .unwrap_err();
     assert!(matches!(error, Error::Limits(_)), "{error}");
 }
+
+#[tokio::test]
+async fn a_deadline_of_duration_max_is_one_that_never_comes_not_a_panic() {
+    let limits = Limits {
+        deadline: Duration::MAX,
+        compensation_budget: Duration::MAX,
+        ..Limits::default()
+    };
+    let steps = json!([{ "defer": "e.one", "payload": 1 }]);
+    let outcome = run_script(steps, with(limits), &Recorder::new()).await;
+
+    assert_eq!(outcome.status(), Status::Committed);
+}
+
+#[tokio::test]
+async fn handler_answers_count_towards_the_total_and_one_past_it_is_not_kept() {
+    use escrow_host::handlers::{FnHandler, Handlers};
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "q.big",
+            FnHandler(|_: &[u8]| Ok::<_, escrow_host::CallError>(vec![b'x'; 3000])),
+        )
+        .unwrap();
+    let limits = Limits {
+        max_total_payload_bytes: 8000,
+        ..Limits::default()
+    };
+    let steps = json!([{ "repeat": 4, "steps": [{ "invoke": "q.big", "payload": 1 }] }]);
+    let outcome =
+        escrow_tests::run_script_with(steps, with(limits), &Recorder::new(), handlers).await;
+
+    let answers: Vec<usize> = outcome
+        .invocations
+        .iter()
+        .map(|i| i.result.as_ref().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(answers, [3000, 3000, 0, 0], "{:?}", outcome.invocations);
+    let escrow_host::EffectError::Failed(why) = outcome.invocations[2].result.as_ref().unwrap_err()
+    else {
+        panic!("{:?}", outcome.invocations[2].result);
+    };
+    assert!(why.contains("max_total_payload_bytes"), "{why}");
+}

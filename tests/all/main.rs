@@ -8,6 +8,7 @@ mod commit;
 mod containment;
 mod effects;
 mod fixtures;
+mod fuzz;
 mod grants;
 mod isolation;
 mod languages;
@@ -20,6 +21,11 @@ mod policies;
 mod scopes;
 mod sinks;
 mod store_faults;
+
+/// Counts what each thread holds, so that tests can check what the host
+/// keeps of a run in allocated bytes.
+#[global_allocator]
+static ALLOCATOR: escrow_tests::counting::Counting = escrow_tests::counting::Counting;
 
 /// Every fixture has a module of tests named after it in `fixtures.rs`.
 macro_rules! assert_fixture_has_tests {

@@ -11,7 +11,8 @@ use crate::bindings::escrow::host::breakers::{
 };
 use crate::bindings::escrow::host::effects::EffectError;
 use crate::breakers::{Breakers, Defined};
-use crate::ctx::{EscrowCtx, truncated};
+use crate::ctx::EscrowCtx;
+use crate::limits::{MAX_EFFECT_NAME_BYTES, kept};
 use crate::outcome::{BreakerDecision, BreakerVerdict, Refusal};
 use crate::patterns::check_effect_name;
 
@@ -44,7 +45,7 @@ impl HostBreaker for EscrowCtx {
         };
         self.breaker_decisions.push(BreakerDecision {
             seq,
-            breaker: Arc::from(truncated(name)),
+            breaker: Arc::from(kept(name, MAX_EFFECT_NAME_BYTES)),
             effect: String::new(),
             verdict: BreakerVerdict::Refused(refusal.clone()),
             transitions: Vec::new(),
@@ -82,7 +83,7 @@ impl HostBreaker for EscrowCtx {
             self.breaker_decisions.push(BreakerDecision {
                 seq,
                 breaker: name,
-                effect: truncated(effect),
+                effect: kept(effect, MAX_EFFECT_NAME_BYTES),
                 verdict: BreakerVerdict::Refused(refusal.clone()),
                 transitions: Vec::new(),
             });

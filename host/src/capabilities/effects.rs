@@ -5,9 +5,9 @@ use std::task::Poll;
 use std::time::Instant;
 
 use crate::bindings::escrow::host::effects::{EffectError, Host};
-use crate::ctx::{EscrowCtx, PendingCompensation, Refused, truncated};
+use crate::ctx::{EscrowCtx, PendingCompensation, Refused};
 use crate::handlers::{Call, EffectKind, Registered};
-use crate::limits::Limit;
+use crate::limits::{Limit, MAX_EFFECT_NAME_BYTES, MAX_ERROR_TEXT_BYTES, kept, kept_failure};
 use crate::outbox::{EntryKind, NewEntry, Write};
 use crate::outcome::{Failure, Invocation, Refusal};
 use crate::policy::Decision;
@@ -74,7 +74,14 @@ impl EscrowCtx {
                 let kind = self.handlers.kind(&effect);
                 let payload = if keep_payload { payload } else { Vec::new() };
                 let result = Err(EffectError::Refused(refusal));
-                self.record(seq, truncated(effect), payload, kind, &result, None);
+                self.record(
+                    seq,
+                    kept(effect, MAX_EFFECT_NAME_BYTES),
+                    payload,
+                    kind,
+                    &result,
+                    None,
+                );
                 return Ok(result);
             }
         };
@@ -132,7 +139,13 @@ impl EscrowCtx {
             });
             compensate
         });
-        let max = self.limits.max_payload_bytes;
+        let (max, max_total) = (
+            self.limits.max_payload_bytes,
+            self.limits.max_total_payload_bytes,
+        );
+        // The answer is kept in the outcome like a payload, so it counts
+        // towards the run's total; one that does not fit is not kept.
+        let total = self.payload_bytes + payload.len();
         let past_deadline = matches!(called, Called::PastDeadline);
         let result = match called {
             Called::Answered(Ok(answer)) if answer.len() > max => {
@@ -141,8 +154,19 @@ impl EscrowCtx {
                     answer.len()
                 )))
             }
+            Called::Answered(Ok(answer)) if total + answer.len() > max_total => {
+                Err(EffectError::Failed(format!(
+                    "the handler's answer is {} bytes; with it the run's payloads would \
+                     pass {} ({max_total} bytes)",
+                    answer.len(),
+                    Limit::TotalPayload
+                )))
+            }
             Called::Answered(Ok(answer)) => Ok(answer),
-            Called::Answered(Err(error)) => Err(EffectError::Failed(error.to_string())),
+            Called::Answered(Err(error)) => Err(EffectError::Failed(kept_failure(
+                error.to_string(),
+                MAX_ERROR_TEXT_BYTES,
+            ))),
             Called::TimedOut(timeout) => Err(EffectError::Failed(format!(
                 "the handler did not answer within {timeout:?}"
             ))),

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::bindings::escrow::host::intents::{Host, IntentInfo};
-use crate::ctx::{EscrowCtx, Refused, truncated};
+use crate::ctx::{EscrowCtx, Refused};
+use crate::limits::{MAX_EFFECT_NAME_BYTES, kept};
 use crate::outcome::{Failure, Fate, Intent, Refusal};
 use crate::policy::Decision;
 
@@ -19,7 +20,13 @@ impl Host for EscrowCtx {
                 keep_payload,
             }) => {
                 let payload = if keep_payload { payload } else { Vec::new() };
-                return Err(self.refuse(seq, truncated(effect), payload, refusal, rule));
+                return Err(self.refuse(
+                    seq,
+                    kept(effect, MAX_EFFECT_NAME_BYTES),
+                    payload,
+                    refusal,
+                    rule,
+                ));
             }
         };
         let (fate, rule) = match self.decide(&effect, &payload) {

@@ -12,8 +12,8 @@ use wasmtime::component::Resource;
 
 use crate::backends::LockError as BackendError;
 use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
-use crate::ctx::EscrowCtx;
-use crate::limits::{Limit, MAX_LOCK_KEY_BYTES};
+use crate::ctx::{EscrowCtx, next_id};
+use crate::limits::{Limit, MAX_LOCK_KEY_BYTES, kept};
 use crate::outcome::{Failure, LockRecord, Refusal};
 use crate::patterns::check_lock_key;
 use crate::run::LimitExceeded;
@@ -38,7 +38,7 @@ impl Host for EscrowCtx {
         let keys = match self.check_keys(keys) {
             Ok(keys) => keys,
             Err((error, asked)) => {
-                let asked = recorded_keys(&asked, self.limits.max_locks);
+                let asked = recorded_keys(asked, self.limits.max_locks);
                 return Ok(Err(self.refuse_lock(asked, error)));
             }
         };
@@ -70,16 +70,17 @@ impl Host for EscrowCtx {
 }
 
 /// The keys of a request as recorded when it is refused: at most `max`,
-/// each cut to [`MAX_LOCK_KEY_BYTES`].
-fn recorded_keys(keys: &[String], max: usize) -> Vec<String> {
-    keys.iter()
-        .take(max)
-        .map(|key| {
-            let mut key = key.clone();
-            key.truncate(key.floor_char_boundary(MAX_LOCK_KEY_BYTES));
-            key
-        })
-        .collect()
+/// each kept in at most [`MAX_LOCK_KEY_BYTES`], in a list allocated for
+/// them alone (collecting the guest's list in place would keep its whole
+/// allocation, however many keys it had).
+fn recorded_keys(keys: Vec<String>, max: usize) -> Vec<String> {
+    let mut recorded = Vec::with_capacity(keys.len().min(max));
+    recorded.extend(
+        keys.into_iter()
+            .take(max)
+            .map(|key| kept(key, MAX_LOCK_KEY_BYTES)),
+    );
+    recorded
 }
 
 /// What a lock error says, for the outcome.
@@ -134,8 +135,10 @@ impl EscrowCtx {
             keys: lease.keys.clone(),
             result: Ok(lease.token),
         });
-        let id = self.next_guard;
-        self.next_guard += 1;
+        let leases = &self.held.leases;
+        let id = next_id(&mut self.next_guard, |id| {
+            leases.iter().any(|(g, _)| *g == id)
+        });
         self.held.leases.push((id, lease));
         self.held_locks_changed();
         Resource::new_own(id)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use crate::bindings::escrow::host::scopes::{Host, HostScope, Scope, ScopePolicy};
-use crate::ctx::{EscrowCtx, Frame};
+use crate::ctx::{EscrowCtx, Frame, next_id};
 use crate::limits::{Limit, MAX_SCOPE_BLOCK_PATTERNS};
 use crate::outcome::{Failure, Refusal};
 use crate::policy::{AssertNone, Block, DropAll, Policy};
@@ -41,8 +41,8 @@ impl HostScope for EscrowCtx {
                 Some(Box::new(block))
             }
         };
-        let id = self.next_frame;
-        self.next_frame += 1;
+        let frames = &self.frames;
+        let id = next_id(&mut self.next_frame, |id| frames.iter().any(|f| f.id == id));
         self.frames.push(Frame {
             id,
             start: self.records.len(),

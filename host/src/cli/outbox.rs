@@ -166,8 +166,6 @@ fn time_text(ms: i64) -> String {
 
 fn entry_value(entry: &Entry) -> Value {
     let e = &entry.entry;
-    let payload = serde_json::from_slice::<Value>(&e.payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.payload).into_owned()));
     json!({
         "id": entry.id,
         "kind": e.kind.as_str(),
@@ -177,7 +175,7 @@ fn entry_value(entry: &Entry) -> Value {
         "idempotency_key": entry.idempotency_key(),
         "plugin": e.plugin,
         "effect": e.effect,
-        "payload": payload,
+        "payload": escrow_host::bytes_json(&e.payload),
         "attempts": entry.attempts,
         "due_at": time_text(entry.due_at_ms),
         "created_at": time_text(entry.created_at_ms),

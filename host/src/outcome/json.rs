@@ -15,9 +15,20 @@ use super::{
 /// a version.
 pub const OUTCOME_SCHEMA: u32 = 1;
 
-/// The guest's bytes exactly: as JSON when they are JSON, else as text when
-/// they are UTF-8, else as `{"$bytes_base64": "..."}`.
-fn bytes_value(bytes: &[u8]) -> Value {
+/// Bytes a guest made (a payload, an answer, an output, its stderr) as a
+/// JSON value, the one way every JSON view of escrow shows them: as JSON
+/// when they are JSON, else as a string when they are UTF-8 text, else as
+/// `{"$bytes_base64": "..."}`, so that no byte is lost.
+///
+/// # Examples
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(escrow_host::bytes_json(br#"{"n": 1}"#), json!({"n": 1}));
+/// assert_eq!(escrow_host::bytes_json(b"plain text"), json!("plain text"));
+/// assert_eq!(escrow_host::bytes_json(&[0xff, 0x00]), json!({"$bytes_base64": "/wA="}));
+/// ```
+pub fn bytes_json(bytes: &[u8]) -> Value {
     use base64::Engine as _;
     serde_json::from_slice(bytes).unwrap_or_else(|_| match std::str::from_utf8(bytes) {
         Ok(text) => Value::String(text.to_owned()),
@@ -76,7 +87,7 @@ fn to_json(outcome: &Outcome) -> Value {
                 "seq": intent.seq,
                 "idempotency_key": intent.idempotency_key(),
                 "effect": intent.effect,
-                "payload": bytes_value(&intent.payload),
+                "payload": bytes_json(&intent.payload),
                 "fate": intent.fate.name(),
                 "rule": &*intent.rule,
             });
@@ -99,10 +110,10 @@ fn to_json(outcome: &Outcome) -> Value {
                 "seq": call.seq,
                 "effect": call.effect,
                 "kind": call.kind.map(|k| k.as_str()),
-                "payload": bytes_value(&call.payload),
+                "payload": bytes_json(&call.payload),
             });
             match &call.result {
-                Ok(answer) => entry["answer"] = bytes_value(answer),
+                Ok(answer) => entry["answer"] = bytes_json(answer),
                 Err(EffectError::Refused(refusal)) => entry["refused"] = refusal_value(refusal),
                 Err(EffectError::Failed(message)) => entry["failed"] = json!(message),
             }
@@ -119,11 +130,11 @@ fn to_json(outcome: &Outcome) -> Value {
             let mut entry = json!({
                 "seq": undo.seq,
                 "effect": undo.effect,
-                "payload": bytes_value(&undo.payload),
+                "payload": bytes_json(&undo.payload),
                 "cause": &*undo.cause,
             });
             match &undo.result {
-                Ok(answer) => entry["result"] = json!({ "ok": bytes_value(answer) }),
+                Ok(answer) => entry["result"] = json!({ "ok": bytes_json(answer) }),
                 Err(message) => entry["result"] = json!({ "failed": message }),
             }
             entry
@@ -137,7 +148,7 @@ fn to_json(outcome: &Outcome) -> Value {
         "plugin": &*outcome.plugin,
     });
     match (&outcome.result, error_text(outcome)) {
-        (Ok(output), _) => report["result"] = bytes_value(output),
+        (Ok(output), _) => report["result"] = bytes_json(output),
         (Err(_), error) => report["error"] = json!(error),
     }
     report["intents"] = Value::Array(intents);
@@ -160,7 +171,7 @@ fn to_json(outcome: &Outcome) -> Value {
         "dispatch": t.dispatch.as_micros() as u64,
     });
     if !outcome.guest_stderr.is_empty() {
-        report["guest_stderr"] = bytes_value(&outcome.guest_stderr);
+        report["guest_stderr"] = bytes_json(&outcome.guest_stderr);
     }
     report
 }
