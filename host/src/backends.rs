@@ -6,7 +6,7 @@
 //! (cargo feature `redis`) for many hosts. Changing a backend never widens
 //! what a plugin may do: that is the grants' job.
 
-mod breakers;
+pub(crate) mod breakers;
 mod locks;
 mod memory;
 #[cfg(feature = "redis")]

@@ -2,7 +2,7 @@
 //!
 //! Embedders with a world of their own that includes escrow's imports reuse
 //! these bindings with `with: { "escrow:host": escrow_host::bindings::escrow::host }`
-//! and link them with [`crate::add_to_linker`].
+//! and link them with [`crate::capabilities::add_to_linker`].
 
 // Generated code: the docs are the WIT's, and its shape is not ours to lint.
 #![allow(

@@ -31,135 +31,22 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use wildmatch::WildMatch;
 
+pub use crate::backends::breakers::{
+    BreakerConfig, BreakerState, DEFAULT_FAILURE_THRESHOLD, DEFAULT_HALF_OPEN_TRIALS,
+    DEFAULT_RECOVERY, DEFAULT_TRIAL_LEASE, FailureRate, Forced,
+};
 use crate::backends::{
     Admission, BreakerStore, CallResult, LocalCircuit, MemoryBreakers, Transition,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::patterns::{NameError, check_effect_name};
 
-/// Default consecutive failures that open a breaker.
-pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
-/// Default time a breaker stays open before a trial.
-pub const DEFAULT_RECOVERY: Duration = Duration::from_secs(30);
-/// Default number of trial calls a half-open breaker lets through.
-pub const DEFAULT_HALF_OPEN_TRIALS: u32 = 1;
-/// Default time a trial may take to report. A trial that has not reported
-/// by then (its host died, its run was dropped) counts as failed: the
-/// breaker opens again instead of staying half-open for ever.
-pub const DEFAULT_TRIAL_LEASE: Duration = Duration::from_secs(60);
 /// Events kept for a subscriber that reads slower than they happen.
 const EVENT_BUFFER: usize = 1024;
-
-pub use crate::bindings::escrow::host::breakers::BreakerState;
-
-impl BreakerState {
-    /// `closed`, `open` or `half-open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half-open",
-        }
-    }
-}
-
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Opens a breaker on a failure rate as well as on failures in a row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailureRate {
-    /// The share of failed calls (0 to 1) that opens the breaker.
-    pub ratio: f64,
-    /// The calls counted: those of the last `window`.
-    pub window: Duration,
-    /// The least number of calls in the window before the rate counts.
-    pub min_calls: u32,
-}
-
-/// How one breaker behaves. Chosen by the operator, never by the plugin.
-#[derive(Debug, Clone)]
-pub struct BreakerConfig {
-    /// Failures in a row that open the breaker (default
-    /// [`DEFAULT_FAILURE_THRESHOLD`]).
-    pub failure_threshold: u32,
-    /// A failure rate that opens it too, if set.
-    pub failure_rate: Option<FailureRate>,
-    /// How long it stays open before a trial (default [`DEFAULT_RECOVERY`]).
-    pub recovery: Duration,
-    /// Trial calls let through when half-open (default
-    /// [`DEFAULT_HALF_OPEN_TRIALS`]); all must succeed to close it.
-    pub half_open_trials: u32,
-    /// Patterns (`*` matches anything) on handler error messages that do
-    /// not count as failures, such as `*insufficient funds*`.
-    pub ignore: Vec<String>,
-    /// How long a half-open trial may take to report (default
-    /// [`DEFAULT_TRIAL_LEASE`]) before it counts as failed.
-    pub trial_lease: Duration,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
-            failure_rate: None,
-            recovery: DEFAULT_RECOVERY,
-            half_open_trials: DEFAULT_HALF_OPEN_TRIALS,
-            ignore: Vec::new(),
-            trial_lease: DEFAULT_TRIAL_LEASE,
-        }
-    }
-}
-
-/// A clock in milliseconds. Breakers ask it for the time, so that tests and
-/// simulations can move time by hand ([`ManualClock`]).
-pub trait Clock: fmt::Debug + Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch (or any fixed origin shared by the
-    /// hosts that share breaker state).
-    fn now_ms(&self) -> u64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default, Clone)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    /// A clock at `start_ms`.
-    pub fn new(start_ms: u64) -> Self {
-        Self(Arc::new(AtomicU64::new(start_ms)))
-    }
-
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// Something that happened to a breaker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,15 +83,6 @@ pub enum EventKind {
     TrialLapsed,
     /// An operator set the state by hand (`escrow breakers open|reset`).
     Forced(BreakerState),
-}
-
-/// A state an operator sets by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forced {
-    /// Isolated: open until reset, whatever the recovery time.
-    Open,
-    /// Closed, with its counts cleared.
-    Closed,
 }
 
 /// A breaker's definition with its compiled ignore patterns, and its state
@@ -283,7 +161,7 @@ impl Breakers {
         Ok(self)
     }
 
-    /// Uses `clock` for time (default [`SystemClock`]).
+    /// Uses `clock` for time (default [`SystemClock`](crate::clock::SystemClock)).
     pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
         self.clock = clock;
         self

@@ -320,7 +320,7 @@ pub struct OutboxConfig {
 }
 
 /// `[pool]`: what each instance slot holds; missing keys keep
-/// [`DEFAULT_SLOT`](crate::DEFAULT_SLOT).
+/// [`DEFAULT_SLOT`](crate::host::DEFAULT_SLOT).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
@@ -675,10 +675,10 @@ impl Config {
     }
 
     /// What each instance slot holds, defaults filled in.
-    pub fn slot_size(&self) -> crate::SlotSize {
-        let defaults = crate::DEFAULT_SLOT;
+    pub fn slot_size(&self) -> crate::host::SlotSize {
+        let defaults = crate::host::DEFAULT_SLOT;
         let p = &self.pool;
-        crate::SlotSize {
+        crate::host::SlotSize {
             core_instances: p
                 .core_instances_per_slot
                 .unwrap_or(defaults.core_instances)

@@ -19,15 +19,16 @@ use crate::limits::{Limit, Limits, MAX_ERROR_TEXT_BYTES, deadline_after, kept_fa
 use crate::outbox::{Claim, NewEntry, Outbox, Write};
 use crate::outcome::{
     BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
-    Refusal, RunId,
+    Refusal,
 };
 use crate::patterns::check_effect_name;
 use crate::policy::{Decision, Policy};
+use crate::run_id::RunId;
 
 /// A run's escrow state, kept in the store's data.
 ///
 /// Build one per run with [`EscrowCtx::new`], link the escrow interfaces with
-/// [`add_to_linker`](crate::add_to_linker), call the guest, then
+/// [`add_to_linker`](crate::capabilities::add_to_linker), call the guest, then
 /// [`finish`](EscrowCtx::finish) it with what the guest returned.
 pub struct EscrowCtx {
     pub(crate) run_id: RunId,
@@ -467,7 +468,7 @@ impl EscrowCtx {
     /// Scopes the guest left open are rolled back, compensations included.
     /// On success, intents keep the fate the policies gave them:
     /// [`Fate::Committed`] ones are ready for
-    /// [`Host::dispatch`](crate::Host::dispatch), and the remaining
+    /// [`Host::dispatch`](crate::host::Host::dispatch), and the remaining
     /// compensations are dropped. On failure every committed, dropped or
     /// blocked intent becomes [`Fate::Discarded`] and the remaining
     /// compensations run, newest first. Refused requests stay refused.

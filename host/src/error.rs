@@ -1,7 +1,7 @@
 //! The library's error type: what can go wrong on the host's side.
 //!
 //! A guest that fails (returns `err`, traps, exceeds a limit) is not an
-//! [`Error`]: that run has an [`Outcome`](crate::Outcome) whose result says
+//! [`Error`]: that run has an [`Outcome`](crate::outcome::Outcome) whose result says
 //! why. An `Error` means the host could not load a plugin or start a run.
 
 use std::path::PathBuf;

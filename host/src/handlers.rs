@@ -12,9 +12,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::effect_kind::EffectKind;
 use crate::error::CallError;
-use crate::outcome::RunId;
 use crate::patterns::{NameError, check_effect_name};
+use crate::run_id::RunId;
 
 mod exec;
 #[cfg(feature = "http")]
@@ -26,28 +27,6 @@ pub use http::Http;
 
 /// How long a handler may take by default before its call counts as failed.
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Whether an immediate effect changes anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EffectKind {
-    /// Reads only: allowed under every policy, including `drop` and
-    /// `assert-none`.
-    Query,
-    /// Changes something: refused `forbidden` where a policy would not let a
-    /// deferred intent of the same effect through.
-    Action,
-}
-
-impl EffectKind {
-    /// `query` or `action`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EffectKind::Query => "query",
-            EffectKind::Action => "action",
-        }
-    }
-}
 
 /// One call of a handler: the effect, its payload, and the request it
 /// answers, so that the handler can make the effect idempotent.

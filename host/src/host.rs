@@ -16,9 +16,8 @@ use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
 use crate::outbox::Outbox;
 use crate::outcome::Intent;
-use crate::plugin::Plugin;
-use crate::run::RunState;
 use crate::sinks::Sinks;
+use crate::store::RunState;
 
 /// How often the host's clock ticks for deadlines. A run is stopped at most
 /// about one tick after its deadline.
@@ -209,7 +208,10 @@ impl HostBuilder {
     /// Calls `observer` with every finished run's outcome, after delivery,
     /// for audit logs and metrics of one's own. Observers run in the order
     /// added, on the run's task: keep them quick.
-    pub fn observe(mut self, observer: impl Fn(&crate::Outcome) + Send + Sync + 'static) -> Self {
+    pub fn observe(
+        mut self,
+        observer: impl Fn(&crate::outcome::Outcome) + Send + Sync + 'static,
+    ) -> Self {
         self.observers.0.push(Arc::new(observer));
         self
     }
@@ -223,7 +225,7 @@ impl HostBuilder {
 
     /// The most linear memory any run may be allowed (default
     /// [`DEFAULT_MAX_MEMORY_BYTES`]). Each run's own cap,
-    /// [`Limits::max_memory_bytes`](crate::Limits::max_memory_bytes), may be
+    /// [`Limits::max_memory_bytes`](crate::limits::Limits::max_memory_bytes), may be
     /// lower but not higher.
     pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
         self.max_memory_bytes = bytes;
@@ -322,7 +324,7 @@ impl HostBuilder {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(Error::Engine)?;
-        crate::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow)
+        crate::capabilities::add_to_linker(&mut linker, |state: &mut RunState| &mut state.escrow)
             .map_err(Error::Engine)?;
         spawn_epoch_clock(&engine);
         Ok(Host {
@@ -442,32 +444,6 @@ impl Host {
         self.inner.sinks.dispatch(intents).await;
     }
 
-    /// Compiles a plugin from the bytes of a component.
-    ///
-    /// # Errors
-    ///
-    /// Fails if the bytes are not a component, do not compile, import
-    /// something the host does not provide, or do not export
-    /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
-    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
-        let what = "the plugin";
-        self.link_named(what, "plugin", compile(&self.inner.engine, what, bytes)?)
-    }
-
-    /// Reads and compiles the component at `path`. See [`Host::load`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Host::load`], and if the file cannot be read.
-    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
-        let path = path.as_ref();
-        let component = self.compile_file(path)?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
-        self.link_named(&format!("`{}`", path.display()), &name, component)
-    }
-
     /// Reads and compiles the component at `path` without linking it, to
     /// inspect its imports and exports.
     ///
@@ -483,29 +459,9 @@ impl Host {
         compile(&self.inner.engine, &format!("`{}`", path.display()), &bytes)
     }
 
-    /// Resolves a compiled component's imports against the host and checks
-    /// its `run` export, making it a [`Plugin`].
-    ///
-    /// # Errors
-    ///
-    /// Fails if the component imports something the host does not provide or
-    /// lacks the `run` export.
-    pub fn link(&self, component: Component) -> Result<Plugin, Error> {
-        self.link_named("the plugin", "plugin", component)
-    }
-
-    fn link_named(&self, what: &str, name: &str, component: Component) -> Result<Plugin, Error> {
-        let link = |error| Error::Link {
-            what: what.to_owned(),
-            error,
-        };
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(link)?;
-        let pre = crate::bindings::PluginPre::new(pre).map_err(link)?;
-        Ok(Plugin::new(self.clone(), name, component, pre))
+    /// The linker every plugin of this host is resolved against.
+    pub(crate) fn linker(&self) -> &Linker<RunState> {
+        &self.inner.linker
     }
 
     pub(crate) fn observers(&self) -> &[crate::observe::Observer] {

@@ -57,8 +57,10 @@ pub mod backends;
 pub mod bindings;
 pub mod breakers;
 mod capabilities;
+pub mod clock;
 pub mod config;
 mod ctx;
+mod effect_kind;
 mod error;
 pub mod grants;
 pub mod handlers;
@@ -71,7 +73,9 @@ pub mod patterns;
 mod plugin;
 pub mod policy;
 mod run;
+mod run_id;
 pub mod sinks;
+mod store;
 mod wasi_http;
 
 pub use capabilities::add_to_linker;
@@ -85,12 +89,13 @@ pub use limits::Limits;
 pub use outbox::Outbox;
 pub use outcome::{
     BreakerDecision, BreakerVerdict, Compensation, Delivery, EffectError, Failure, Fate, Fence,
-    Intent, Invocation, LockRecord, OUTCOME_SCHEMA, Outcome, Refusal, RunId, Status, Timings,
-    bytes_json,
+    Intent, Invocation, LockRecord, OUTCOME_SCHEMA, Outcome, Refusal, Status, Timings, bytes_json,
 };
 pub use plugin::Plugin;
 pub use policy::Policy;
-pub use run::{Dispatch, MAX_TABLE_ELEMENTS, RunOptions, set_deadline};
+pub use run::{Dispatch, RunOptions};
+pub use run_id::RunId;
+pub use store::{MAX_TABLE_ELEMENTS, set_deadline};
 
 #[cfg(test)]
 mod tests {

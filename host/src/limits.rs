@@ -184,6 +184,12 @@ impl std::fmt::Display for Limit {
     }
 }
 
+/// The error a run stops with when it exceeds a limit the host enforces by
+/// trapping (memory, deadline).
+#[derive(Debug, thiserror::Error)]
+#[error("the run exceeded its {0} limit")]
+pub(crate) struct LimitExceeded(pub(crate) Limit);
+
 /// How far off a deadline too far for an `Instant` is put instead: a
 /// century, which no run lives to see.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breakers::BreakerState;
+use crate::backends::breakers::BreakerState;
 use crate::outcome::{Delivery, Fate, Outcome, Status};
 
 /// Runs ended, by `plugin` and `status` (`committed`, `dropped`, `failed`).
@@ -215,14 +215,12 @@ pub(crate) fn delivery_failed() {
     metrics::counter!(DELIVERY_FAILURES).increment(1);
 }
 
-/// Records what a worker counted in the outbox.
-pub(crate) fn outbox_stats(stats: &crate::outbox::Stats, now_ms: i64) {
-    metrics::gauge!(OUTBOX_PENDING).set(stats.pending as f64);
-    metrics::gauge!(OUTBOX_DEAD).set(stats.dead as f64);
-    let lag = stats
-        .oldest_pending_ms
-        .map_or(0.0, |oldest| (now_ms - oldest).max(0) as f64 / 1000.0);
-    metrics::gauge!(OUTBOX_LAG).set(lag);
+/// Records what a worker counted in the outbox: its pending and dead
+/// entries, and how long the oldest pending one has waited.
+pub(crate) fn outbox_stats(pending: u64, dead: u64, lag: Duration) {
+    metrics::gauge!(OUTBOX_PENDING).set(pending as f64);
+    metrics::gauge!(OUTBOX_DEAD).set(dead as f64);
+    metrics::gauge!(OUTBOX_LAG).set(lag.as_secs_f64());
 }
 
 #[cfg(feature = "prometheus")]

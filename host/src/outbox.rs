@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::breakers::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::limits::{MAX_ERROR_TEXT_BYTES, kept_failure};
-use crate::outcome::{Fence, Intent, RunId};
+use crate::outcome::{Fence, Intent};
+use crate::run_id::RunId;
 
 mod sqlite;
 mod worker;

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use crate::backends::{CallResult, Transition};
 pub use crate::bindings::escrow::host::effects::EffectError;
 pub use crate::bindings::escrow::host::types::Refusal;
-use crate::handlers::EffectKind;
+use crate::effect_kind::EffectKind;
 use crate::limits::Limit;
 
 mod json;
@@ -16,54 +16,7 @@ mod json;
 pub(crate) use json::fences_value;
 pub use json::{OUTCOME_SCHEMA, bytes_json};
 
-/// A run's identity: a UUIDv7, so ids sort by the time the run started and
-/// are unique across hosts without coordination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RunId(uuid::Uuid);
-
-impl RunId {
-    /// A fresh id for a run starting now.
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
-    }
-
-    /// The id as a UUID.
-    pub fn as_uuid(&self) -> uuid::Uuid {
-        self.0
-    }
-
-    /// The idempotency key of the request `seq` of this run:
-    /// `{run_id}:{seq}`. It is the same on every retry and redelivery.
-    pub fn idempotency_key(&self, seq: u64) -> String {
-        format!("{self}:{seq}")
-    }
-
-    /// The idempotency key of the compensation that undoes request `seq` of
-    /// this run: `{run_id}:{seq}:compensate`.
-    pub fn compensation_key(&self, seq: u64) -> String {
-        format!("{self}:{seq}:compensate")
-    }
-}
-
-impl Default for RunId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
-    }
-}
-
-impl std::str::FromStr for RunId {
-    type Err = uuid::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self)
-    }
-}
+use crate::run_id::RunId;
 
 /// What a run returned.
 #[derive(Debug, Clone)]
@@ -285,7 +238,7 @@ impl LockRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
     /// Committed and waiting to be dispatched. Only seen by an embedder that
-    /// settles a run without dispatching it; [`Plugin::run`](crate::Plugin::run)
+    /// settles a run without dispatching it; [`Plugin::run`](crate::plugin::Plugin::run)
     /// dispatches every committed intent.
     Committed,
     /// Handed to a sink after the run succeeded, with the sink's answer.

@@ -1,18 +1,20 @@
 //! A plugin: a compiled component, ready to be instantiated for each run.
 
-use wasmtime::component::Component;
-
+use std::path::Path;
 use std::sync::Arc;
+
+use wasmtime::component::Component;
 
 use crate::backends::LockBackend;
 use crate::bindings::PluginPre;
 use crate::breakers::Breakers;
+use crate::error::Error;
 use crate::handlers::Handlers;
-use crate::host::Host;
+use crate::host::{Host, compile};
 use crate::observe::RunKeys;
 use crate::outbox::Outbox;
-use crate::run::RunState;
 use crate::sinks::Sinks;
+use crate::store::RunState;
 
 /// A compiled plugin, loaded once and run many times.
 ///
@@ -137,5 +139,56 @@ impl Plugin {
     /// The host this plugin runs on.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+}
+
+/// Loading plugins: what makes a [`Plugin`] of a component, here beside it
+/// so that the host does not depend on the plugins it makes.
+impl Host {
+    /// Compiles a plugin from the bytes of a component.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the bytes are not a component, do not compile, import
+    /// something the host does not provide, or do not export
+    /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
+        let what = "the plugin";
+        self.link_named(what, "plugin", compile(self.engine(), what, bytes)?)
+    }
+
+    /// Reads and compiles the component at `path`. See [`Host::load`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::load`], and if the file cannot be read.
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
+        let path = path.as_ref();
+        let component = self.compile_file(path)?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
+        self.link_named(&format!("`{}`", path.display()), &name, component)
+    }
+
+    /// Resolves a compiled component's imports against the host and checks
+    /// its `run` export, making it a [`Plugin`].
+    ///
+    /// # Errors
+    ///
+    /// Fails if the component imports something the host does not provide or
+    /// lacks the `run` export.
+    pub fn link(&self, component: Component) -> Result<Plugin, Error> {
+        self.link_named("the plugin", "plugin", component)
+    }
+
+    fn link_named(&self, what: &str, name: &str, component: Component) -> Result<Plugin, Error> {
+        let link = |error| Error::Link {
+            what: what.to_owned(),
+            error,
+        };
+        let pre = self.linker().instantiate_pre(&component).map_err(link)?;
+        let pre = PluginPre::new(pre).map_err(link)?;
+        Ok(Plugin::new(self.clone(), name, component, pre))
     }
 }

@@ -2,32 +2,23 @@
 //! every intent and the dispatch of the committed ones.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::Instrument as _;
-
-use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
 use crate::limits::{
-    DEADLINE_GRACE, Limit, Limits, MAX_FAILURE_TEXT_BYTES, MAX_GUEST_STDERR_BYTES,
-    MAX_HOST_CALL_COPY_BYTES, MAX_RESOURCE_HANDLES, deadline_after, kept_failure,
+    DEADLINE_GRACE, Limit, LimitExceeded, Limits, MAX_FAILURE_TEXT_BYTES, deadline_after,
+    kept_failure,
 };
 use crate::outbox::{Claim, Outbox, Settler};
-use crate::outcome::{Delivery, Failure, Fate, Outcome, RunId, Timings};
+use crate::outcome::{Delivery, Failure, Fate, Outcome, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
-use crate::wasi_http::DenyOutgoing;
-
-/// Most table elements a run may grow a table to. Tables hold function
-/// references; real guests stay far below this.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+use crate::run_id::RunId;
+use crate::store::RunState;
 
 /// How to run a plugin once: its input, grants, policy and limits.
 ///
@@ -65,7 +56,7 @@ pub enum Dispatch {
     /// Write them to the host's outbox and leave them to a delivery worker
     /// (`escrow run --no-deliver`). Needs an outbox.
     Later,
-    /// Neither: they stay [`Fate::Committed`](crate::Fate::Committed) in the
+    /// Neither: they stay [`Fate::Committed`](crate::outcome::Fate::Committed) in the
     /// outcome, for the embedder to stage in a transaction of its own
     /// (`PostgresOutbox::stage`) or to dispatch. Compensations journaled in
     /// the host's outbox stay owed until that transaction resolves them.
@@ -115,93 +106,6 @@ impl RunOptions {
         self.dispatch = dispatch;
         self
     }
-}
-
-/// The data of a run's store.
-pub(crate) struct RunState {
-    pub(crate) escrow: EscrowCtx,
-    /// Built at the start of the run when the grants put something in it,
-    /// otherwise on the guest's first WASI call: most runs make none.
-    wasi: Option<WasiCtx>,
-    /// The guest's stderr, kept for the outcome.
-    stderr: MemoryOutputPipe,
-    http: WasiHttpCtx,
-    http_hooks: DenyOutgoing,
-    table: ResourceTable,
-    memory: MemoryCap,
-}
-
-impl WasiHttpView for RunState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.http_hooks,
-        }
-    }
-}
-
-impl WasiView for RunState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        let stderr = &self.stderr;
-        WasiCtxView {
-            ctx: self
-                .wasi
-                .get_or_insert_with(|| wasi_builder(stderr).build()),
-            table: &mut self.table,
-        }
-    }
-}
-
-/// The error a run stops with when it exceeds a limit the host enforces by
-/// trapping (memory, deadline).
-#[derive(Debug, thiserror::Error)]
-#[error("the run exceeded its {0} limit")]
-pub(crate) struct LimitExceeded(pub(crate) Limit);
-
-/// Caps linear memory at the run's limit; exceeding it stops the run.
-struct MemoryCap(usize);
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.0 {
-            return Err(LimitExceeded(Limit::Memory).into());
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
-    }
-}
-
-/// Stops the guest in `store` once `deadline` has passed, by trapping with
-/// the deadline limit, and yields to the async executor on every epoch tick
-/// until then so that a busy guest does not hold a thread.
-///
-/// The host's engine ticks every [`EPOCH_TICK`](crate::EPOCH_TICK);
-/// embedders that build their own store must call this before calling into
-/// the guest.
-pub fn set_deadline<T: 'static>(store: &mut Store<T>, deadline: Duration) {
-    let deadline = deadline_after(Instant::now(), deadline);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(LimitExceeded(Limit::Deadline).into())
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
 }
 
 impl Plugin {
@@ -269,17 +173,13 @@ impl Plugin {
             .expect("the slot semaphore is never closed");
 
         let started = Instant::now();
-        let stderr = MemoryOutputPipe::new(MAX_GUEST_STDERR_BYTES);
-        let wasi = granted_wasi(&options.grants, &stderr)?;
-        let limits = options.limits;
-        let deadline = limits.deadline;
-        let memory = MemoryCap(limits.max_memory_bytes);
+        let deadline = options.limits.deadline;
         let mut escrow = EscrowCtx::for_run(
             run_id,
             Arc::clone(&self.name),
             options.grants,
             options.policy,
-            limits,
+            options.limits,
         )
         .with_handlers(Arc::clone(&self.handlers))
         .with_locks(Arc::clone(&self.locks))
@@ -292,20 +192,7 @@ impl Plugin {
                 Dispatch::Hold => escrow.hold(),
             };
         }
-        let state = RunState {
-            memory,
-            escrow,
-            wasi,
-            stderr,
-            http: crate::wasi_http::context(),
-            http_hooks: DenyOutgoing,
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| &mut state.memory);
-        store.set_hostcall_fuel(MAX_HOST_CALL_COPY_BYTES);
-        store.set_max_component_handles(MAX_RESOURCE_HANDLES);
-        set_deadline(&mut store, deadline);
+        let mut store = RunState::store(self.pre.engine(), escrow)?;
 
         // Epoch interruption stops a guest that computes; a guest blocked in
         // a host call (a WASI sleep, say) is cut off here, a little after the
@@ -330,6 +217,7 @@ impl Plugin {
         };
         let called = Instant::now();
         let state = store.into_data();
+        let guest_stderr = state.stderr();
         drop(slot);
         let Settled {
             mut outcome,
@@ -347,7 +235,7 @@ impl Plugin {
         // Locks protect the run's effects, and deferred effects happen at
         // dispatch: they are released only now.
         locks.release().await;
-        outcome.guest_stderr = state.stderr.contents().to_vec();
+        outcome.guest_stderr = guest_stderr;
         outcome.timings = Timings {
             instantiate: instantiated - started,
             call: called - instantiated,
@@ -458,41 +346,6 @@ impl Plugin {
         }
         self.host.blocking_runtime().block_on(self.run(options))
     }
-}
-
-/// The guest's WASI context: nothing but a bounded buffer for its stderr,
-/// and what the grants allow.
-fn wasi_builder(stderr: &MemoryOutputPipe) -> WasiCtxBuilder {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.stderr(stderr.clone());
-    wasi
-}
-
-/// The WASI context of a run whose grants give the guest directories or
-/// variables, built now so that a directory that cannot be opened fails the
-/// run before it starts; `None` when they give neither, and the context can
-/// wait for the guest's first WASI call.
-fn granted_wasi(grants: &Grants, stderr: &MemoryOutputPipe) -> Result<Option<WasiCtx>, Error> {
-    if grants.dirs().is_empty() && grants.env_vars().is_empty() {
-        return Ok(None);
-    }
-    let mut wasi = wasi_builder(stderr);
-    for dir in grants.dirs() {
-        let perms = if dir.writable {
-            FsPerms::ReadWrite
-        } else {
-            FsPerms::ReadOnly
-        };
-        wasi.preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|error| Error::Grant {
-                path: dir.host.clone(),
-                error,
-            })?;
-    }
-    for (key, value) in grants.env_vars() {
-        wasi.env(key, value);
-    }
-    Ok(Some(wasi.build()))
 }
 
 /// What the guest's call amounts to.

@@ -9,9 +9,9 @@ use escrow_host::backends::{
     Admission, BreakerStore, CallResult, MemoryBreakers, RedisBreakers, Transition,
 };
 use escrow_host::breakers::{
-    BreakerConfig, BreakerEvent, BreakerState, Breakers, Clock, EventKind, FailureRate, Forced,
-    ManualClock,
+    BreakerConfig, BreakerEvent, BreakerState, Breakers, EventKind, FailureRate, Forced,
 };
+use escrow_host::clock::{Clock, ManualClock};
 use escrow_host::handlers::{AsyncFnHandler, FnHandler, Handlers};
 use escrow_host::sinks::{FnSink, Sinks};
 use escrow_host::{BreakerVerdict, CallError, Delivery, Fate, Grants, Intent, Plugin, RunOptions};

@@ -215,13 +215,27 @@ async fn run_and_check(setting: Setting, program: &[u8]) -> Result<Checked, Stri
     check_compensations(&outcome, &world.log)?;
     check_schema(&outcome)?;
     Ok(Checked {
-        calls: calls_in(program),
+        calls: calls_made(program, &outcome),
         outcome,
     })
 }
 
-/// The calls a program asks for, repeats counted, up to its end.
-fn calls_in(program: &[u8]) -> u64 {
+/// The calls a run is known to have made: every call of a program that
+/// returned `ok` (repeats counted, up to its end); for a run that failed,
+/// the requests its outcome records (a lower bound).
+fn calls_made(program: &[u8], outcome: &Outcome) -> u64 {
+    if outcome.result.is_err() {
+        let invoked: HashSet<u64> = outcome.invocations.iter().map(|i| i.seq).collect();
+        let breakers = outcome
+            .breakers
+            .iter()
+            .filter(|b| !invoked.contains(&b.seq));
+        let records = outcome.intents.len()
+            + outcome.invocations.len()
+            + breakers.count()
+            + outcome.locks.len();
+        return records as u64;
+    }
     let mut calls = 0;
     for call in decode(program) {
         match call {
@@ -842,10 +856,13 @@ fn toml_value(kind: Kind) -> BoxedStrategy<toml::Value> {
     .boxed()
 }
 
+/// One `[table]` of a config document: its header and its `key = value` lines.
+type ConfigTable = (String, Vec<(String, toml::Value)>);
+
 /// A config document: some tables of the schema with some of their keys,
 /// now and then a key no table has, or text that is not TOML at all.
 fn config_text() -> impl Strategy<Value = String> {
-    let tables: Vec<BoxedStrategy<(String, Vec<(String, toml::Value)>)>> = SCHEMA
+    let tables: Vec<BoxedStrategy<ConfigTable>> = SCHEMA
         .iter()
         .map(|(table, keys)| {
             let entries: Vec<BoxedStrategy<Option<(String, toml::Value)>>> = keys
@@ -874,23 +891,21 @@ fn config_text() -> impl Strategy<Value = String> {
         prop::collection::vec(prop::strategy::Union::new(tables), 0..5),
         any::<bool>(),
     )
-        .prop_map(
-            |(tables, unknown): (Vec<(String, Vec<(String, toml::Value)>)>, bool)| {
-                let mut text = String::new();
-                for (table, entries) in tables {
-                    if !table.is_empty() {
-                        text += &format!("\n[{table}]\n");
-                    }
-                    for (key, value) in entries {
-                        text += &format!("{key} = {value}\n");
-                    }
-                    if unknown {
-                        text += "surprise = 1\n";
-                    }
+        .prop_map(|(tables, unknown): (Vec<ConfigTable>, bool)| {
+            let mut text = String::new();
+            for (table, entries) in tables {
+                if !table.is_empty() {
+                    text += &format!("\n[{table}]\n");
                 }
-                text
-            },
-        );
+                for (key, value) in entries {
+                    text += &format!("{key} = {value}\n");
+                }
+                if unknown {
+                    text += "surprise = 1\n";
+                }
+            }
+            text
+        });
     prop_oneof![
         8 => document,
         1 => "[ -~\n]{0,200}",

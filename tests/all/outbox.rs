@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use escrow_fixtures::postgres::PostgresServer;
 use escrow_host::backends::MemoryBreakers;
-use escrow_host::breakers::{BreakerConfig, Breakers, ManualClock};
+use escrow_host::breakers::{BreakerConfig, Breakers};
+use escrow_host::clock::ManualClock;
 use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
 use escrow_host::outbox::{
     Claim, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry, RetryPolicy,

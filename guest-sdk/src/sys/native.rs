@@ -23,7 +23,7 @@ use wildmatch::WildMatch;
 #[cfg(feature = "intents")]
 use crate::intents::PendingIntent;
 use crate::scopes::ScopePolicy;
-use crate::testing::{
+use crate::testing::recorded::{
     Answer, FakeHandler, Fate, Kind, RecordedBreakerCall, RecordedCompensation, RecordedIntent,
     RecordedInvocation, RecordedLock, SimBreaker,
 };
@@ -37,7 +37,9 @@ const MAX_LOCK_KEY_BYTES: usize = 256;
 
 thread_local! {
     static SANDBOX: RefCell<State> = RefCell::new(
-        State::new(&crate::testing::Sandbox::default()).expect("no patterns"),
+        // As `Sandbox::new()`: nothing granted, policy commit, no handlers.
+        State::new(Some(&[]), Some(&[]), &ScopePolicy::default(), HashMap::new(), HashMap::new())
+            .expect("no patterns"),
     );
 }
 
@@ -167,22 +169,26 @@ impl Patterns {
 }
 
 impl State {
-    pub(crate) fn new(sandbox: &crate::testing::Sandbox) -> Result<Self, String> {
+    /// A fresh sandbox with these grants (`None`: everything), policy,
+    /// fake handlers and breakers.
+    pub(crate) fn new(
+        grants: Option<&[String]>,
+        lock_grants: Option<&[String]>,
+        policy: &ScopePolicy,
+        handlers: HashMap<String, (Kind, FakeHandler)>,
+        breakers: HashMap<String, SimBreaker>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            grants: sandbox.grants.as_deref().map(Patterns::new).transpose()?,
-            lock_grants: sandbox
-                .lock_grants
-                .as_deref()
-                .map(Patterns::lock_keys)
-                .transpose()?,
-            breakers: sandbox.breakers.clone(),
+            grants: grants.map(Patterns::new).transpose()?,
+            lock_grants: lock_grants.map(Patterns::lock_keys).transpose()?,
+            breakers,
             breaker_calls: Vec::new(),
             held: Vec::new(),
             next_guard: 1,
             last_token: 0,
             locks: Vec::new(),
-            policy: Rules::new(&sandbox.policy)?,
-            handlers: sandbox.handlers.clone(),
+            policy: Rules::new(policy)?,
+            handlers,
             seq: 0,
             records: Vec::new(),
             invocations: Vec::new(),

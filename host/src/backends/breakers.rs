@@ -1,10 +1,92 @@
-//! The breaker store trait: the shared state of every breaker, and its
-//! transitions.
+//! The breaker store trait: the shared state of every breaker, how a
+//! breaker behaves, and its transitions.
 
 use std::any::Any;
 use std::fmt;
+use std::time::Duration;
 
-use crate::breakers::{BreakerConfig, BreakerState};
+/// Default consecutive failures that open a breaker.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// Default time a breaker stays open before a trial.
+pub const DEFAULT_RECOVERY: Duration = Duration::from_secs(30);
+/// Default number of trial calls a half-open breaker lets through.
+pub const DEFAULT_HALF_OPEN_TRIALS: u32 = 1;
+/// Default time a trial may take to report. A trial that has not reported
+/// by then (its host died, its run was dropped) counts as failed: the
+/// breaker opens again instead of staying half-open for ever.
+pub const DEFAULT_TRIAL_LEASE: Duration = Duration::from_secs(60);
+pub use crate::bindings::escrow::host::breakers::BreakerState;
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Opens a breaker on a failure rate as well as on failures in a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRate {
+    /// The share of failed calls (0 to 1) that opens the breaker.
+    pub ratio: f64,
+    /// The calls counted: those of the last `window`.
+    pub window: Duration,
+    /// The least number of calls in the window before the rate counts.
+    pub min_calls: u32,
+}
+
+/// How one breaker behaves. Chosen by the operator, never by the plugin.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker (default
+    /// [`DEFAULT_FAILURE_THRESHOLD`]).
+    pub failure_threshold: u32,
+    /// A failure rate that opens it too, if set.
+    pub failure_rate: Option<FailureRate>,
+    /// How long it stays open before a trial (default [`DEFAULT_RECOVERY`]).
+    pub recovery: Duration,
+    /// Trial calls let through when half-open (default
+    /// [`DEFAULT_HALF_OPEN_TRIALS`]); all must succeed to close it.
+    pub half_open_trials: u32,
+    /// Patterns (`*` matches anything) on handler error messages that do
+    /// not count as failures, such as `*insufficient funds*`.
+    pub ignore: Vec<String>,
+    /// How long a half-open trial may take to report (default
+    /// [`DEFAULT_TRIAL_LEASE`]) before it counts as failed.
+    pub trial_lease: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            failure_rate: None,
+            recovery: DEFAULT_RECOVERY,
+            half_open_trials: DEFAULT_HALF_OPEN_TRIALS,
+            ignore: Vec::new(),
+            trial_lease: DEFAULT_TRIAL_LEASE,
+        }
+    }
+}
+
+/// A state an operator sets by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forced {
+    /// Isolated: open until reset, whatever the recovery time.
+    Open,
+    /// Closed, with its counts cleared.
+    Closed,
+}
 
 /// The shared state could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,7 +199,7 @@ pub trait BreakerStore: Any + fmt::Debug + Send + Sync {
         name: &str,
         config: &BreakerConfig,
         now_ms: u64,
-        to: crate::breakers::Forced,
+        to: Forced,
     ) -> Result<Option<Transition>, StoreError>;
 
     /// The state of `name` at `now_ms`, changing nothing: an open breaker
@@ -236,14 +318,14 @@ impl Circuit {
         }
     }
 
-    pub(crate) fn force(&mut self, to: crate::breakers::Forced) -> Option<Transition> {
+    pub(crate) fn force(&mut self, to: Forced) -> Option<Transition> {
         let transition = match to {
-            crate::breakers::Forced::Open => {
+            Forced::Open => {
                 let transition = self.enter(State::Open);
                 self.open_until = ISOLATED;
                 transition
             }
-            crate::breakers::Forced::Closed => self.enter(State::Closed),
+            Forced::Closed => self.enter(State::Closed),
         };
         transition.filter(|t| t.from != t.to)
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::breakers::{Admission, BreakerStore, CallResult, Circuit, StoreError, Transition};
+use super::breakers::{BreakerConfig, BreakerState, Forced};
 use super::locks::{Lease, LockBackend, LockError};
-use crate::breakers::{BreakerConfig, BreakerState, Forced};
 
 /// Locks in this process. Waiting is async and fair: requests are granted
 /// in arrival order among those that want a common key, without polling.
@@ -402,7 +402,7 @@ mod tests {
         assert!(circuit.admit_clean(&config).is_some());
 
         let rated = BreakerConfig {
-            failure_rate: Some(crate::breakers::FailureRate {
+            failure_rate: Some(crate::backends::breakers::FailureRate {
                 ratio: 0.5,
                 window: Duration::from_secs(10),
                 min_calls: 4,

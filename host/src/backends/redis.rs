@@ -23,8 +23,8 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::breakers::{Admission, BreakerStore, CallResult, ISOLATED, StoreError, Transition};
+use super::breakers::{BreakerConfig, BreakerState, Forced};
 use super::locks::{Lease, LockBackend, LockError};
-use crate::breakers::{BreakerConfig, BreakerState, Forced};
 
 /// How long a lease lives without renewal by default. A dead host's locks
 /// are free again at most this long after its last renewal.

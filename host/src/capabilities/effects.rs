@@ -7,11 +7,12 @@ use std::time::Instant;
 use crate::bindings::escrow::host::effects::{EffectError, Host};
 use crate::ctx::{EscrowCtx, PendingCompensation, Refused};
 use crate::handlers::{Call, EffectKind, Registered};
-use crate::limits::{Limit, MAX_EFFECT_NAME_BYTES, MAX_ERROR_TEXT_BYTES, kept, kept_failure};
+use crate::limits::{
+    Limit, LimitExceeded, MAX_EFFECT_NAME_BYTES, MAX_ERROR_TEXT_BYTES, kept, kept_failure,
+};
 use crate::outbox::{EntryKind, NewEntry, Write};
 use crate::outcome::{Failure, Invocation, Refusal};
 use crate::policy::Decision;
-use crate::run::LimitExceeded;
 
 impl Host for EscrowCtx {
     async fn invoke(

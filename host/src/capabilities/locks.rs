@@ -13,10 +13,9 @@ use wasmtime::component::Resource;
 use crate::backends::LockError as BackendError;
 use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
 use crate::ctx::{EscrowCtx, next_id};
-use crate::limits::{Limit, MAX_LOCK_KEY_BYTES, kept};
+use crate::limits::{Limit, LimitExceeded, MAX_LOCK_KEY_BYTES, kept};
 use crate::outcome::{Failure, LockRecord, Refusal};
 use crate::patterns::check_lock_key;
-use crate::run::LimitExceeded;
 
 impl Host for EscrowCtx {
     async fn acquire(

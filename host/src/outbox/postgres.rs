@@ -16,7 +16,8 @@ use super::{
     Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
     Write, fences_from_json, fences_json,
 };
-use crate::outcome::{Fate, Outcome, RunId};
+use crate::outcome::{Fate, Outcome};
+use crate::run_id::RunId;
 
 /// How long connecting to Postgres may take, unless the URL says otherwise.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,7 +160,7 @@ impl PostgresOutbox {
     }
 
     /// Stages the committed intents of `outcome` (a run made with
-    /// [`Dispatch::Hold`](crate::Dispatch::Hold)) in `tx`, an open
+    /// [`Dispatch::Hold`](crate::run::Dispatch::Hold)) in `tx`, an open
     /// transaction of the embedder's on the outbox's database, and resolves
     /// the compensations the run journaled there. When `tx` commits, the
     /// intents are pending for the workers, in the same commit as the

@@ -12,7 +12,7 @@ use super::{
     Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
     Write, fences_from_json, fences_json,
 };
-use crate::outcome::RunId;
+use crate::run_id::RunId;
 
 /// How long an operation waits for another process's transaction on the
 /// same file before it fails.

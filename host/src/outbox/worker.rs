@@ -148,7 +148,11 @@ impl Worker {
         if now.saturating_sub(last) >= STATS_EVERY.as_millis() as i64 {
             self.counted_at.store(now, Ordering::Relaxed);
             if let Ok(stats) = self.outbox.store().stats().await {
-                crate::observe::outbox_stats(&stats, now);
+                let waited = stats
+                    .oldest_pending_ms
+                    .map_or(0, |oldest| (now - oldest).max(0));
+                let lag = Duration::from_millis(waited as u64);
+                crate::observe::outbox_stats(stats.pending, stats.dead, lag);
             }
         }
         Ok(report)

@@ -194,12 +194,12 @@ mod tests {
         std::fs::write(&path, "{\"seq\":1}\n{\"seq\":2,\"eff").unwrap();
         let sink = JsonLines::append_to(&path).unwrap();
         let intent = Intent {
-            run_id: crate::RunId::new(),
+            run_id: crate::run_id::RunId::new(),
             plugin: "p".into(),
             seq: 2,
             effect: "a.b".into(),
             payload: b"{}".to_vec(),
-            fate: crate::Fate::Committed,
+            fate: crate::outcome::Fate::Committed,
             rule: "r".into(),
             fences: std::sync::Arc::from([]),
         };
