@@ -22,6 +22,16 @@ pub mod counting;
 #[doc = include_str!("../README.md")]
 struct Readme;
 
+/// The guest SDK crate's README example compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../guest-sdk/README.md")]
+struct GuestReadme;
+
+/// The host crate's README example type-checks.
+#[cfg(doctest)]
+#[doc = include_str!("../host/README.md")]
+struct HostReadme;
+
 /// The Rust examples of `docs/embedding.md` compile.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/embedding.md")]

@@ -12,7 +12,7 @@
 )]
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "wit",
     world: "escrow:host/plugin",
     imports: {
         // Handlers are awaited; a call still running at the deadline stops

@@ -84,6 +84,19 @@ pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks>
     Ok(sinks)
 }
 
+/// Runs a command on a runtime of its own and returns as soon as the
+/// command is done. What the command has not awaited is not waited for: a
+/// store's DNS lookup given up at the store timeout would otherwise hold the
+/// process until the resolver gives up too (10 s with glibc's defaults).
+pub(crate) fn block_on<T>(command: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_background();
+    result
+}
+
 /// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/escrow`, else `~/.cache/escrow`; none without a home.
 pub(crate) fn cache_dir() -> Option<PathBuf> {
@@ -135,5 +148,28 @@ pub(crate) fn main() -> ExitCode {
             eprintln!("escrow: error: {error:#}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_command_returns_without_waiting_for_blocking_work_it_left_behind() {
+        let started = Instant::now();
+        let answer = super::block_on(async {
+            // Like a DNS lookup the command stopped waiting for.
+            drop(tokio::task::spawn_blocking(|| {
+                std::thread::sleep(Duration::from_secs(5))
+            }));
+            Ok(7)
+        });
+        assert_eq!(answer.unwrap(), 7);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

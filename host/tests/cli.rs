@@ -1125,16 +1125,32 @@ fn a_plugin_that_takes_no_lock_and_opens_no_breaker_runs_while_their_redis_is_do
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
+/// `escrow new`, run in a directory outside the checkout, writes a crate that
+/// finds the guest SDK this binary was built with, builds for wasm, runs
+/// under its grants, and passes its own native tests.
 #[test]
-fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
+fn escrow_new_writes_a_plugin_that_builds_outside_the_checkout_and_runs_under_its_grants() {
     let dir = tempfile::tempdir().unwrap();
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .canonicalize()
+        .unwrap();
+    assert!(
+        !dir.path().starts_with(&checkout),
+        "the plugin is written outside the checkout"
+    );
     let new = Command::new(env!("CARGO_BIN_EXE_escrow"))
-        .args(["new", "greeter", "--sdk-path", sdk.to_str().unwrap()])
+        .args(["new", "greeter"])
         .current_dir(dir.path())
         .output()
         .unwrap();
     assert_eq!(new.status.code(), Some(0), "{}", stderr(&new));
+    assert!(
+        stderr(&new).contains("escrow-guest from"),
+        "{}",
+        stderr(&new)
+    );
     let plugin = dir.path().join("greeter");
     for file in [
         "Cargo.toml",
@@ -1156,18 +1172,28 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
         "an existing directory is not overwritten"
     );
 
-    // Built as its README says, with a target directory kept between runs.
+    // Built and tested as its README says, with a target directory kept
+    // between runs.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-new");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(&plugin)
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .unwrap();
+    let cargo = |args: &[&str]| {
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(args)
+            .current_dir(&plugin)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .unwrap()
+    };
+    let build = cargo(&["build", "--quiet", "--release", "--target", "wasm32-wasip2"]);
     assert!(build.status.success(), "{}", stderr(&build));
+    let test = cargo(&["test", "--quiet"]);
+    assert!(test.status.success(), "{}", stderr(&test));
+    assert!(
+        stdout(&test).contains("2 passed"),
+        "the template's two native tests ran: {}",
+        stdout(&test)
+    );
     let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
     let config = plugin.join("escrow.toml");
     let run = escrow(&[
@@ -1189,6 +1215,19 @@ fn escrow_new_writes_a_plugin_that_builds_for_wasm_and_runs_under_its_grants() {
         })
         .collect();
     assert_eq!(effects, ["orders.save", "email.send"]);
+}
+
+#[test]
+fn escrow_new_refuses_an_sdk_path_that_does_not_exist_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(["new", "greeter", "--sdk-path", "no/such/sdk"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(new.status.code(), Some(2), "{}", stderr(&new));
+    assert!(stderr(&new).contains("no/such/sdk"), "{}", stderr(&new));
+    assert!(!dir.path().join("greeter").exists());
 }
 
 #[test]
@@ -1313,4 +1352,64 @@ fn inspect_shows_a_starlingmonkey_component_s_http_imports_as_denied_and_that_it
         assert!(line.contains("WASI: http, denied"), "{line}");
     }
     assert!(text.contains("runs on this host: yes"), "{text}");
+}
+
+/// A run whose lock store is named by a host the resolver never answers for
+/// is refused its locks at the store timeout, and the process exits then, not
+/// when the resolver gives up (10 s). The resolver is made silent in a mount
+/// namespace of the run's own, which needs root and `unshare`.
+#[test]
+fn a_run_against_a_redis_whose_name_never_resolves_exits_by_the_store_timeout() {
+    let probe = Command::new("unshare").args(["--mount", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `unshare --mount` needs root and util-linux");
+        return;
+    }
+    // A name server that takes every question and answers none.
+    let silent = std::net::UdpSocket::bind("127.0.0.77:53").expect("binding 127.0.0.77:53");
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n",
+    )
+    .unwrap();
+    let config = dir.path().join("escrow.toml");
+    std::fs::write(
+        &config,
+        "[grants]\nlocks = [\"account:*\"]\n\n[locks]\nbackend = \"redis://redis.escrow.test:6379/\"\nstore_timeout_ms = 300\n",
+    )
+    .unwrap();
+    let input = serde_json::json!({ "steps": [{ "lock": ["account:a"] }] }).to_string();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {} run {} --config {} --input '{}'",
+        resolv.display(),
+        env!("CARGO_BIN_EXE_escrow"),
+        fixtures::SCRIPTED,
+        config.display(),
+        input,
+    );
+    let started = std::time::Instant::now();
+    let output = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .env(
+            "ESCROW_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+        )
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    drop(silent);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(
+            "lock account:a not given: unavailable: Redis at redis://redis.escrow.test:6379/ did not answer within 300ms"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the process exited {took:?} after it started"
+    );
 }

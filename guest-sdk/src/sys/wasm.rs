@@ -16,7 +16,7 @@ pub mod bindings {
     )]
 
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "escrow:host/plugin",
         pub_export_macro: true,
         export_macro_name: "export",

@@ -43,10 +43,7 @@ enum Action {
 }
 
 pub(crate) fn main(args: BreakersArgs) -> anyhow::Result<u8> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(breakers(args))
+    super::block_on(breakers(args))
 }
 
 fn settings(config: &BreakerConfig) -> serde_json::Value {

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-/// Where plugins built outside this repository get the guest SDK by default.
-const SDK_GIT: &str = "https://github.com/escrow-rs/escrow";
-
 /// Write a new plugin crate in the directory NAME.
 ///
 /// The crate is a `cdylib` using escrow-guest, with the 64 KiB guest stack
@@ -25,7 +22,7 @@ pub(crate) struct NewArgs {
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
     lang: Lang,
     /// Depend on the escrow-guest crate in this directory instead of the
-    /// git repository.
+    /// one this binary was built with.
     #[arg(long, value_name = "DIR")]
     sdk_path: Option<PathBuf>,
 }
@@ -49,17 +46,15 @@ pub(crate) fn main(args: NewArgs) -> anyhow::Result<u8> {
         bail!("`{name}` exists already; choose another name or remove it");
     }
     let sdk = match &args.sdk_path {
-        Some(path) => {
-            let path = path
-                .canonicalize()
-                .with_context(|| format!("--sdk-path `{}`", path.display()))?;
-            format!("{{ path = {:?} }}", path.display().to_string())
-        }
-        None => format!("{{ git = \"{SDK_GIT}\" }}"),
+        Some(path) => Sdk::Path(
+            path.canonicalize()
+                .with_context(|| format!("--sdk-path `{}`", path.display()))?,
+        ),
+        None => Sdk::built_with(),
     };
     let Lang::Rust = args.lang;
     let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk)),
+        ("Cargo.toml", cargo_toml(name, &sdk.dependency())),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
         ("src/lib.rs", lib_rs(name)),
         ("escrow.toml", ESCROW_TOML.to_owned()),
@@ -74,9 +69,51 @@ pub(crate) fn main(args: NewArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     eprintln!(
-        "escrow: wrote the plugin `{name}`; build it with\n  cd {name} && cargo build --release --target wasm32-wasip2"
+        "escrow: wrote the plugin `{name}`, using {sdk}; build it with\n  cd {name} && cargo build --release --target wasm32-wasip2"
     );
     Ok(0)
+}
+
+/// Where the new crate gets escrow-guest from.
+#[derive(Debug)]
+enum Sdk {
+    /// The crate in this directory.
+    Path(PathBuf),
+    /// The release of this version in the crates registry.
+    Release(&'static str),
+}
+
+impl Sdk {
+    /// The SDK this binary was built with: the checkout's `guest-sdk` while
+    /// it is still where it was built from, else the release of the same
+    /// version (as when the binary was installed from the registry).
+    fn built_with() -> Sdk {
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+        match checkout.join("Cargo.toml").canonicalize() {
+            Ok(manifest) => Sdk::Path(manifest.parent().expect("a file in a directory").into()),
+            Err(_) => Sdk::Release(env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// The dependency's value in `Cargo.toml`.
+    fn dependency(&self) -> String {
+        match self {
+            Sdk::Path(path) => {
+                let path = toml::Value::String(path.display().to_string());
+                format!("{{ path = {path} }}")
+            }
+            Sdk::Release(version) => format!("\"{version}\""),
+        }
+    }
+}
+
+impl std::fmt::Display for Sdk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sdk::Path(path) => write!(f, "escrow-guest from `{}`", path.display()),
+            Sdk::Release(version) => write!(f, "escrow-guest {version} from crates.io"),
+        }
+    }
 }
 
 fn cargo_toml(name: &str, sdk: &str) -> String {
@@ -89,6 +126,11 @@ publish = false
 
 [lib]
 crate-type = ["cdylib"]
+
+# A workspace of its own, wherever the crate is written. To make it a member
+# of an enclosing workspace instead, remove this table and list the crate
+# in that workspace's `members`.
+[workspace]
 
 [dependencies]
 escrow-guest = {sdk}
@@ -169,7 +211,7 @@ mod tests {{
     fn an_order_is_saved_then_confirmed() {{
         let order = Order {{ id: 7, email: "ada@example.com".into() }};
         let recording = sandbox().run(|| save_order(order));
-        assert_eq!(recording.output.unwrap().order, 7);
+        assert_eq!(recording.output.as_ref().unwrap().order, 7);
         assert_eq!(recording.committed_effects(), ["orders.save", "email.send"]);
     }}
 

@@ -120,17 +120,14 @@ struct StatsArgs {
 }
 
 pub(crate) fn main(args: OutboxArgs) -> anyhow::Result<u8> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            match args.command {
-                OutboxCommand::Deliver(args) => deliver(args).await,
-                OutboxCommand::List(args) => list(args).await,
-                OutboxCommand::Retry(args) => retry(args).await,
-                OutboxCommand::Stats(args) => stats(args).await,
-            }
-        })
+    super::block_on(async move {
+        match args.command {
+            OutboxCommand::Deliver(args) => deliver(args).await,
+            OutboxCommand::List(args) => list(args).await,
+            OutboxCommand::Retry(args) => retry(args).await,
+            OutboxCommand::Stats(args) => stats(args).await,
+        }
+    })
 }
 
 async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {

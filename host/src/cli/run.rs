@@ -73,10 +73,7 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn main(args: RunArgs) -> anyhow::Result<u8> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    super::block_on(run(args))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
