@@ -306,6 +306,9 @@ impl HostBuilder {
                 .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
                 .table_keep_resident(KEEP_RESIDENT_BYTES)
                 .async_stack_keep_resident(KEEP_RESIDENT_BYTES);
+            // `pagemap_scan` stays off: in wasmtime 48.0.10 it leaves a dirty
+            // page that was swapped out unreset, for the slot's next run to
+            // read (docs/performance.md).
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             // Initial memory mapped copy-on-write: a slot that runs the same
             // component again keeps the image and only resets what the run
