@@ -529,8 +529,8 @@ fn outbox(c: &mut Criterion) {
         let after = outbox.group_commits();
         println!(
             "outbox/{name}: {} runs committed in {} transactions while {CONCURRENT_RUNS} ran at once",
-            after.1 - before.1,
-            after.0 - before.0
+            after.writes - before.writes,
+            after.transactions - before.transactions
         );
     }
 

@@ -97,6 +97,18 @@ pub(crate) fn block_on<T>(command: impl Future<Output = anyhow::Result<T>>) -> a
     result
 }
 
+/// Ends when the command is asked to stop: Ctrl-C (SIGINT) or SIGTERM, as
+/// process managers send.
+pub(crate) async fn stop_asked() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 /// Where compiled plugins are cached: `$ESCROW_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/escrow`, else `~/.cache/escrow`; none without a home.
 pub(crate) fn cache_dir() -> Option<PathBuf> {

@@ -611,16 +611,19 @@ impl Config {
     }
 
     /// The outbox `url` names (or, without one, the config's `[outbox] url`),
-    /// opened and migrated, with the config's retry settings. `None` when
-    /// neither names one.
+    /// opened (created only under [`OpenMode::Create`](crate::outbox::OpenMode))
+    /// and migrated, with the config's retry settings. `None` when neither
+    /// names one.
     ///
     /// # Errors
     ///
-    /// When the store cannot be opened, or Postgres was named without the
-    /// `postgres` feature.
+    /// When the store cannot be opened, does not exist under
+    /// [`OpenMode::Existing`](crate::outbox::OpenMode), or Postgres was named
+    /// without the `postgres` feature.
     pub async fn outbox(
         &self,
         url: Option<&str>,
+        mode: crate::outbox::OpenMode,
     ) -> Result<Option<crate::outbox::Outbox>, crate::outbox::OutboxError> {
         use crate::outbox::{Outbox, RetryPolicy, SqliteOutbox};
         let table = self.outbox.clone().unwrap_or_default();
@@ -633,7 +636,7 @@ impl Config {
         let outbox = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             {
-                Outbox::new(crate::outbox::PostgresOutbox::connect(&url).await?)
+                Outbox::new(crate::outbox::PostgresOutbox::connect_with(&url, mode).await?)
             }
             #[cfg(not(feature = "postgres"))]
             {
@@ -644,7 +647,7 @@ impl Config {
             }
         } else {
             let path = url.strip_prefix("sqlite:").unwrap_or(&url);
-            Outbox::new(SqliteOutbox::open(path)?)
+            Outbox::new(SqliteOutbox::open_with(path, mode)?)
         };
         let defaults = RetryPolicy::default();
         let mut outbox = outbox.retry_policy(RetryPolicy {

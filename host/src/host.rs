@@ -272,6 +272,16 @@ impl HostBuilder {
     /// Fails if the engine cannot be created with this configuration.
     pub fn build(self) -> Result<Host, Error> {
         const WASM_PAGE: usize = 64 << 10;
+        if self.outbox.is_some() && self.sinks.is_empty() {
+            // Not refused: the host may only write (`Dispatch::Later`,
+            // `Dispatch::Hold`) for workers elsewhere, or its plugins may
+            // bring sinks of their own (`Plugin::with_sinks`).
+            tracing::warn!(
+                "the host has an outbox but no sink route: every intent it or its workers deliver \
+                 will fail with `no sink route matches the effect`; route effects with \
+                 HostBuilder::route, or deliver from workers that have sinks"
+            );
+        }
         if self.max_memory_bytes < WASM_PAGE {
             return Err(Error::Limits(format!(
                 "max_memory_bytes is {}; it must be at least {WASM_PAGE} (one wasm page)",

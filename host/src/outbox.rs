@@ -20,6 +20,7 @@
 //! run never finished (its host died). Delivery of both kinds is
 //! at-least-once; every entry carries an idempotency key.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,28 @@ pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
 /// Most writes one group commit takes at once.
 const MAX_GROUP: usize = 256;
 
+/// What an outbox's group committer has done so far
+/// ([`Outbox::group_commits`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommits {
+    /// Transactions committed (one fsync each).
+    pub transactions: u64,
+    /// Writes (runs' commits, journal entries, settlements) they held.
+    pub writes: u64,
+}
+
+/// Whether opening an outbox may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the store (the file, the schema) when it is missing: what a
+    /// host that commits runs into it does.
+    Create,
+    /// Refuse a store that does not hold an outbox yet: what tools that read
+    /// or repair one do, so that a mistyped path is an error, not a new,
+    /// empty outbox.
+    Existing,
+}
+
 /// What went wrong with the outbox's store.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -80,12 +103,78 @@ pub enum OutboxError {
         /// Why.
         message: String,
     },
+    /// A retry named entries that cannot be retried; nothing was changed.
+    #[error("{}", not_retriable(unknown, delivered))]
+    NotRetriable {
+        /// Ids the outbox does not hold.
+        unknown: Vec<i64>,
+        /// Ids of entries delivered already.
+        delivered: Vec<i64>,
+    },
     /// An operation failed.
     #[error("outbox: {0}")]
     Store(String),
     /// The outbox's writer is gone (its thread panicked).
     #[error("outbox: the writer has stopped")]
     Closed,
+}
+
+/// The columns an [`Entry`] is read from, in the order both stores read
+/// them.
+const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
+                             attempts, due_at, last_error, created_at, attempts_before_retry";
+
+/// How many [`ENTRY_COLUMNS`] there are: the index of a column selected
+/// after them.
+const ENTRY_COLUMN_COUNT: usize = {
+    let bytes = ENTRY_COLUMNS.as_bytes();
+    let (mut i, mut commas) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            commas += 1;
+        }
+        i += 1;
+    }
+    commas + 1
+};
+
+/// The message of [`OutboxError::NotRetriable`].
+fn not_retriable(unknown: &[i64], delivered: &[i64]) -> String {
+    let ids = |ids: &[i64]| {
+        ids.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if !unknown.is_empty() {
+        parts.push(format!("no entry has the id {}", ids(unknown)));
+    }
+    if !delivered.is_empty() {
+        parts.push(format!("{} delivered already", ids(delivered)));
+    }
+    format!("nothing retried: {}", parts.join("; "))
+}
+
+/// The ids of a [`Retry::Ids`], deduplicated, when every one names a
+/// pending or dead entry (`found` holds the status of each id the store
+/// holds); else the refusal naming the others.
+fn retriable(ids: &[i64], found: &HashMap<i64, String>) -> Result<Vec<i64>, OutboxError> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut unknown, mut delivered) = (Vec::new(), Vec::new());
+    for &id in &ids {
+        match found.get(&id).map(String::as_str) {
+            None => unknown.push(id),
+            Some("delivered") => delivered.push(id),
+            Some(_) => {}
+        }
+    }
+    match unknown.is_empty() && delivered.is_empty() {
+        true => Ok(ids),
+        false => Err(OutboxError::NotRetriable { unknown, delivered }),
+    }
 }
 
 /// Whether an entry is an intent to deliver or a compensation to perform.
@@ -207,8 +296,12 @@ pub struct Entry {
     pub entry: NewEntry,
     /// Where it stands.
     pub status: EntryStatus,
-    /// Delivery attempts so far.
+    /// Delivery attempts since the entry was written or last retried by
+    /// hand: the ones its retry policy counts.
     pub attempts: u32,
+    /// Delivery attempts made before it was last retried by hand (kept, so
+    /// that a retry does not erase its history).
+    pub attempts_before_retry: u32,
     /// When it may next be attempted (ms since the Unix epoch).
     pub due_at_ms: i64,
     /// Why the last attempt failed.
@@ -359,7 +452,8 @@ pub struct Stats {
     pub dead: u64,
     /// Pending entries that already failed at least once.
     pub retrying: u64,
-    /// Attempts made, over every entry.
+    /// Attempts made, over every entry, retried ones' earlier attempts
+    /// included.
     pub attempts: u64,
     /// When the oldest pending entry was written (ms since the Unix epoch).
     pub oldest_pending_ms: Option<i64>,
@@ -368,7 +462,8 @@ pub struct Stats {
 /// Which entries to bring back to `pending`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retry {
-    /// These ids (dead or pending ones; delivered ones are left alone).
+    /// These ids, dead or pending ones. All or nothing: if one is unknown
+    /// or delivered, none is changed ([`OutboxError::NotRetriable`]).
     Ids(Vec<i64>),
     /// Every dead entry.
     Dead,
@@ -420,9 +515,14 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// Counts by status and the age of the oldest pending entry.
     async fn stats(&self) -> Result<Stats, OutboxError>;
 
-    /// Makes entries pending again, due at `now_ms`, with their attempts
-    /// reset. Returns how many.
+    /// Makes entries pending again, due at `now_ms`, with a fresh count of
+    /// attempts (the earlier ones added to `attempts_before_retry`). Returns
+    /// how many.
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError>;
+
+    /// Makes every pending entry due at `now_ms` at the latest, keeping its
+    /// attempts: backoff waived, as for a drill. Returns how many moved.
+    async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError>;
 }
 
 /// How failed deliveries are retried.
@@ -667,12 +767,12 @@ impl Outbox {
 
     /// How many transactions the group committer made, and how many writes
     /// they held: with concurrent runs, fewer transactions than writes.
-    pub fn group_commits(&self) -> (u64, u64) {
+    pub fn group_commits(&self) -> GroupCommits {
         let (transactions, writes) = &*self.inner.groups;
-        (
-            transactions.load(Ordering::Relaxed),
-            writes.load(Ordering::Relaxed),
-        )
+        GroupCommits {
+            transactions: transactions.load(Ordering::Relaxed),
+            writes: writes.load(Ordering::Relaxed),
+        }
     }
 
     /// The store.

@@ -87,6 +87,11 @@ impl Sinks {
         Self::default()
     }
 
+    /// Whether no route is defined: every effect then has nowhere to go.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// Sends effects matching `pattern` (`email.*`, or `*` for all) to `sink`.
     ///
     /// # Errors

@@ -566,3 +566,196 @@ fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
     assert_eq!(unique.len(), 500, "none delivered twice");
     assert_eq!(stats(&outbox)["delivered"], 500);
 }
+
+/// An outbox of one pending intent to `a.b`, written by `escrow run
+/// --no-deliver` into `dir`, with `[outbox]` lines `extra`; returns the
+/// outbox and the config.
+fn one_pending(dir: &Path, extra: &str) -> (String, String) {
+    let db = dir.join("outbox.db").to_str().unwrap().to_owned();
+    let input = steps_file(dir, json!([{ "defer": "a.b", "payload": 1 }]));
+    let cfg = config(dir, extra);
+    let output = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        &db,
+        "--no-deliver",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    (db, cfg)
+}
+
+#[test]
+fn outbox_commands_refuse_an_outbox_that_does_not_exist_and_create_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("outbx.db");
+    let typo = typo.to_str().unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    for (store, says) in [
+        (
+            typo,
+            "there is no such file (a run with an outbox creates it)",
+        ),
+        (empty, "the file holds no escrow outbox"),
+    ] {
+        for command in [
+            &["outbox", "stats", "--outbox", store][..],
+            &["outbox", "list", "--outbox", store],
+            &["outbox", "retry", "--dead", "--outbox", store],
+            &["outbox", "deliver", "--once", "--outbox", store],
+        ] {
+            let output = escrow(command);
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(says), "{command:?}: {stderr}");
+        }
+    }
+    assert!(!Path::new(typo).exists(), "no outbox was created");
+    assert_eq!(
+        std::fs::metadata(empty).unwrap().len(),
+        0,
+        "nothing written"
+    );
+
+    let server = PostgresServer::start();
+    let output = escrow(&["outbox", "stats", "--outbox", &server.url()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the database holds no escrow outbox"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn outbox_retry_of_an_unknown_id_fails_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = one_pending(dir.path(), "");
+    let output = escrow(&["outbox", "retry", "999", "--outbox", &db]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nothing retried: no entry has the id 999"),
+        "{stderr}"
+    );
+    assert_eq!(stats(&db)["pending"], 1);
+}
+
+#[test]
+fn deliver_ignore_backoff_attempts_a_failing_intent_until_it_is_dead_and_list_keeps_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cfg) = one_pending(dir.path(), "[outbox]\nmax_attempts = 3\n");
+    // Every write to /dev/full fails: the first attempt schedules a retry a
+    // backoff away, and a plain deliver then finds nothing due.
+    let deliver = |extra: &[&str]| {
+        let mut args = vec![
+            "outbox",
+            "deliver",
+            "--outbox",
+            &db,
+            "--config",
+            &cfg,
+            "--sink",
+            "file:/dev/full",
+        ];
+        args.extend_from_slice(extra);
+        escrow(&args)
+    };
+    let first = deliver(&["--once"]);
+    assert_eq!(first.status.code(), Some(3), "{}", text(&first.stderr));
+    let again = deliver(&["--once"]);
+    assert!(
+        text(&again.stderr).contains("delivered 0, retrying 0, dead 0"),
+        "{}",
+        text(&again.stderr)
+    );
+    let drill = deliver(&["--ignore-backoff"]);
+    assert_eq!(drill.status.code(), Some(3), "{}", text(&drill.stderr));
+    assert!(
+        text(&drill.stderr).contains("delivered 0, retrying 1, dead 1"),
+        "{}",
+        text(&drill.stderr)
+    );
+    let stats = stats(&db);
+    assert_eq!(
+        (stats["dead"].as_u64(), stats["attempts"].as_u64()),
+        (Some(1), Some(3))
+    );
+
+    // Retried by hand: a fresh count, the earlier attempts kept.
+    let retry = escrow(&["outbox", "retry", "--dead", "--outbox", &db]);
+    assert_eq!(retry.status.code(), Some(0), "{}", text(&retry.stderr));
+    let listed = escrow(&["outbox", "list", "--outbox", &db, "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        (&listed[0]["attempts"], &listed[0]["attempts_before_retry"]),
+        (&json!(0), &json!(3))
+    );
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let delivered = escrow(&[
+        "outbox", "deliver", "--once", "--outbox", &db, "--sink", &sink,
+    ]);
+    assert_eq!(
+        delivered.status.code(),
+        Some(0),
+        "{}",
+        text(&delivered.stderr)
+    );
+    let listed = escrow(&["outbox", "list", "--outbox", &db, "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["status"], "delivered");
+    assert_eq!(listed[0]["last_error"], Value::Null, "{listed}");
+    assert_eq!(self::stats(&db)["attempts"], 4);
+}
+
+#[test]
+fn deliver_follow_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = one_pending(dir.path(), "");
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let child = escrow_command(&[
+        "outbox",
+        "deliver",
+        "--follow",
+        "--poll-ms",
+        "20",
+        "--outbox",
+        &db,
+        "--sink",
+        &sink,
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    while lines(&out).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing delivered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "it exits, not killed: {stderr}"
+    );
+    assert!(stderr.contains("escrow: stopping"), "{stderr}");
+    assert!(stderr.contains("delivered 1"), "{stderr}");
+}

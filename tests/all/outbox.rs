@@ -246,13 +246,15 @@ async fn a_failed_delivery_is_retried_after_its_backoff_and_later_intents_wait_f
         assert_eq!(report.delivered, 2, "{}", backend.name());
         assert_eq!(sink.effects(), ["a.first", "b.flaky", "c.third"]);
         let entries = outbox.store().list(&Filter::default()).await.unwrap();
+        // Its two attempts stay counted; the error of the first is gone
+        // with the delivery that followed it.
         assert_eq!(entries[1].attempts, 2);
-        assert_eq!(entries[1].last_error.as_deref(), Some("the queue is down"));
+        assert_eq!(entries[1].last_error, None);
     }
 }
 
 #[tokio::test]
-async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back() {
+async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back_with_its_history() {
     for backend in Backend::both() {
         let clock = ManualClock::new(1_000_000);
         let outbox = backend
@@ -295,9 +297,126 @@ async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back(
             .await
             .unwrap();
         assert_eq!(back, 1);
+        let retried = outbox.store().list(&Filter::default()).await.unwrap();
+        let retried = retried.iter().find(|e| e.id == dead[0].id).unwrap();
+        assert_eq!(
+            (retried.attempts, retried.attempts_before_retry),
+            (0, 3),
+            "a retry starts a fresh count and keeps the earlier attempts ({})",
+            backend.name()
+        );
+        assert_eq!(outbox.store().stats().await.unwrap().attempts, 3 + 1 + 1);
         let report = worker.run_once().await.unwrap();
         assert_eq!(report.delivered, 1);
-        assert_eq!(outbox.store().stats().await.unwrap().dead, 0);
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!((stats.dead, stats.attempts), (0, 3 + 1 + 1 + 1));
+        let delivered = outbox.store().list(&Filter::default()).await.unwrap();
+        let delivered = delivered.iter().find(|e| e.id == dead[0].id).unwrap();
+        assert_eq!(delivered.status, EntryStatus::Delivered);
+        assert_eq!(
+            delivered.last_error,
+            None,
+            "a delivered entry shows no error ({})",
+            backend.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_naming_an_unknown_or_delivered_id_changes_nothing_and_says_which() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await.retry_policy(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        });
+        let sink = Flaky::failing(1);
+        scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_sinks(sink.sinks())
+            .run(script(three_intents()))
+            .await
+            .unwrap();
+        let entries = outbox.store().list(&Filter::default()).await.unwrap();
+        let id = |effect: &str| {
+            entries
+                .iter()
+                .find(|e| e.entry.effect == effect)
+                .unwrap()
+                .id
+        };
+        let (delivered, dead) = (id("a.first"), id("b.flaky"));
+        assert_eq!(
+            entries.iter().find(|e| e.id == dead).unwrap().status,
+            EntryStatus::Dead
+        );
+        let refused = outbox
+            .store()
+            .retry(&Retry::Ids(vec![dead, 999_999, delivered]), outbox.now_ms())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!("nothing retried: no entry has the id 999999; {delivered} delivered already"),
+            "{}",
+            backend.name()
+        );
+        let after = outbox.store().list(&Filter::default()).await.unwrap();
+        assert_eq!(
+            after.iter().find(|e| e.id == dead).unwrap().status,
+            EntryStatus::Dead,
+            "all or nothing: the dead entry named with them stays dead ({})",
+            backend.name()
+        );
+        let back = outbox
+            .store()
+            .retry(&Retry::Ids(vec![dead, dead]), outbox.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(back, 1, "{}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn expedited_entries_with_no_backoff_are_attempted_at_once_until_they_die() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000);
+        let outbox = backend
+            .open()
+            .await
+            .clock(Arc::new(clock.clone()))
+            .retry_policy(RetryPolicy {
+                max_attempts: 4,
+                ..RetryPolicy::default()
+            });
+        let sink = Flaky::failing(100);
+        scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_sinks(sink.sinks())
+            .run(script(three_intents()))
+            .await
+            .unwrap();
+        // The first failure was scheduled a backoff away: nothing is due.
+        let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new());
+        assert_eq!(worker.run_once().await.unwrap().delivered, 0);
+
+        assert_eq!(outbox.store().expedite(outbox.now_ms()).await.unwrap(), 1);
+        let drill = outbox.clone().retry_policy(RetryPolicy {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+            ..*outbox.retry()
+        });
+        let report = Worker::new(drill, sink.sinks(), Handlers::new())
+            .run_once()
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.retried, report.dead, report.delivered),
+            (2, 1, 1),
+            "three more attempts without waiting, the last one dead, then the rest of the run ({})",
+            backend.name()
+        );
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!((stats.pending, stats.dead), (0, 1), "{}", backend.name());
     }
 }
 
@@ -593,7 +712,10 @@ async fn concurrent_runs_share_group_commits() {
     }
     let stats = outbox.store().stats().await.unwrap();
     assert_eq!(stats.pending, 128);
-    let (transactions, writes) = outbox.group_commits();
+    let escrow_host::outbox::GroupCommits {
+        transactions,
+        writes,
+    } = outbox.group_commits();
     assert_eq!(writes, 64);
     assert!(
         transactions < writes,

@@ -155,9 +155,20 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(stop_asked())
         .await?;
+    tracing::info!("stopped: the runs in flight were answered");
     Ok(())
+}
+
+/// Ends when the service is asked to stop: Ctrl-C (SIGINT) or SIGTERM, as
+/// process managers send. The runs in flight are then answered before it
+/// exits.
+async fn stop_asked() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

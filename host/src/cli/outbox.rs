@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use escrow_host::config::{Config, SinkSpec};
-use escrow_host::outbox::{Entry, EntryStatus, Filter, Outbox, Retry, Worker};
+use escrow_host::outbox::{
+    Entry, EntryStatus, Filter, OpenMode, Outbox, Retry, RetryPolicy, Worker,
+};
 use serde_json::{Value, json};
 
 use super::EXIT_UNDELIVERED;
@@ -48,7 +50,10 @@ impl Store {
     }
 
     async fn open(&self, config: &Config) -> anyhow::Result<Outbox> {
-        match config.outbox(self.outbox.as_deref()).await? {
+        match config
+            .outbox(self.outbox.as_deref(), OpenMode::Existing)
+            .await?
+        {
             Some(outbox) => Ok(outbox),
             None => bail!("no outbox: give --outbox or [outbox] url in the config"),
         }
@@ -68,9 +73,16 @@ struct DeliverArgs {
     /// Deliver what is due now, then exit (the default).
     #[arg(long, conflicts_with = "follow")]
     once: bool,
-    /// Keep delivering as intents come due, until interrupted (Ctrl-C).
+    /// Keep delivering as intents come due, until interrupted (Ctrl-C or
+    /// SIGTERM): the delivery in flight is finished and settled, and the
+    /// rest of the claim given back.
     #[arg(long)]
     follow: bool,
+    /// Attempt every pending entry now, and a failed one again at once
+    /// instead of after a backoff, until it is delivered or dead (its
+    /// attempts run out): for tests and drills.
+    #[arg(long, conflicts_with = "follow")]
+    ignore_backoff: bool,
     /// How often to look for due intents with --follow, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -92,7 +104,9 @@ struct ListArgs {
     json: bool,
 }
 
-/// Make entries pending again, with their attempts reset.
+/// Make dead (or pending) entries pending again, due now, with a fresh
+/// count of attempts; the earlier ones stay in their history. All or
+/// nothing: an unknown or delivered id changes nothing and fails.
 #[derive(Debug, Args)]
 struct RetryArgs {
     #[command(flatten)]
@@ -132,14 +146,23 @@ pub(crate) fn main(args: OutboxArgs) -> anyhow::Result<u8> {
 
 async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {
     let config = args.store.config()?;
-    let outbox = args.store.open(&config).await?;
+    let mut outbox = args.store.open(&config).await?;
+    if args.ignore_backoff {
+        outbox.store().expedite(outbox.now_ms()).await?;
+        let retry = *outbox.retry();
+        outbox = outbox.retry_policy(RetryPolicy {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+            ..retry
+        });
+    }
     let handlers = config.handlers().map_err(anyhow::Error::msg)?;
     let sinks = super::sinks(args.sink.clone().or(config.sink()), false)?;
     let worker = Worker::new(outbox, sinks, handlers)
         .poll_interval(Duration::from_millis(args.poll_ms.max(1)));
     let report = if args.follow {
         let handle = worker.spawn();
-        tokio::signal::ctrl_c().await?;
+        super::stop_asked().await?;
         eprintln!("escrow: stopping: finishing the delivery in flight");
         handle.stop().await?
     } else {
@@ -174,6 +197,7 @@ fn entry_value(entry: &Entry) -> Value {
         "effect": e.effect,
         "payload": escrow_host::bytes_json(&e.payload),
         "attempts": entry.attempts,
+        "attempts_before_retry": entry.attempts_before_retry,
         "due_at": time_text(entry.due_at_ms),
         "created_at": time_text(entry.created_at_ms),
         "last_error": entry.last_error,
@@ -207,8 +231,12 @@ async fn list(args: ListArgs) -> anyhow::Result<u8> {
             .as_deref()
             .map(|m| format!("  last error: {m}"))
             .unwrap_or_default();
+        let earlier = match entry.attempts_before_retry {
+            0 => String::new(),
+            n => format!(" (+{n} before a retry)"),
+        };
         println!(
-            "{:>6}  {:<9} {:<12} {}  {}  attempts {}{error}",
+            "{:>6}  {:<9} {:<12} {}  {}  attempts {}{earlier}{error}",
             entry.id,
             entry.status.as_str(),
             e.kind.as_str(),

@@ -112,7 +112,12 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let limits = config.limits();
     let input = read_input(&args)?;
 
-    let outbox = config.outbox(args.outbox.as_deref()).await?;
+    let outbox = config
+        .outbox(
+            args.outbox.as_deref(),
+            escrow_host::outbox::OpenMode::Create,
+        )
+        .await?;
     if args.no_deliver && outbox.is_none() {
         bail!("--no-deliver needs an outbox: give --outbox or [outbox] url in the config");
     }

@@ -13,8 +13,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
-    Write, fences_from_json, fences_json,
+    Claim, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore, Retry,
+    ENTRY_COLUMNS, ENTRY_COLUMN_COUNT, Settlement, Stats, Write, fences_from_json, fences_json,
+    retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
@@ -26,7 +27,8 @@ pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE escrow_outbox (
     id          BIGSERIAL PRIMARY KEY,
     kind        TEXT   NOT NULL CHECK (kind IN ('intent', 'compensation')),
@@ -49,10 +51,11 @@ CREATE TABLE escrow_outbox (
 );
 CREATE INDEX escrow_outbox_runs ON escrow_outbox (status, run_id, ord);
 CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
-"];
-
-const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
-                             attempts, due_at, last_error, created_at";
+",
+    r"
+ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry BIGINT NOT NULL DEFAULT 0;
+",
+];
 
 /// An outbox in a Postgres database.
 ///
@@ -95,6 +98,17 @@ impl PostgresOutbox {
     /// be reached, [`OutboxError::Corrupt`] when its schema is from a newer
     /// escrow.
     pub async fn connect(url: &str) -> Result<Self, OutboxError> {
+        Self::connect_with(url, OpenMode::Create).await
+    }
+
+    /// Connects to the database at `url` and migrates its schema, creating
+    /// the outbox's tables only under [`OpenMode::Create`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PostgresOutbox::connect`]; under [`OpenMode::Existing`], also
+    /// [`OutboxError::Open`] when the database holds no outbox.
+    pub async fn connect_with(url: &str, mode: OpenMode) -> Result<Self, OutboxError> {
         let what = redacted(url);
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| OutboxError::Open {
             what: what.clone(),
@@ -118,6 +132,22 @@ impl PostgresOutbox {
                 what: what.clone(),
                 message,
             })?;
+            if mode == OpenMode::Existing {
+                let exists: bool = conn
+                    .query_one("SELECT to_regclass('escrow_outbox') IS NOT NULL", &[])
+                    .await
+                    .map_err(|e| OutboxError::Open {
+                        what: what.clone(),
+                        message: error_text(&e),
+                    })?
+                    .get(0);
+                if !exists {
+                    return Err(OutboxError::Open {
+                        what,
+                        message: "the database holds no escrow outbox".into(),
+                    });
+                }
+            }
             migrate(&mut *client.insert(conn))
                 .await
                 .map_err(|message| OutboxError::Corrupt { what, message })?;
@@ -383,6 +413,7 @@ fn entry_from_row(row: &Row) -> Result<Entry, OutboxError> {
         due_at_ms: row.get(10),
         last_error: row.get(11),
         created_at_ms: row.get(12),
+        attempts_before_retry: row.get::<_, i64>(13) as u32,
     })
 }
 
@@ -445,7 +476,7 @@ impl OutboxStore for PostgresOutbox {
                             &[&claim.token, &claim.lease_until_ms, &run, &left],
                         )
                         .await?;
-                    rows.sort_by_key(|r| r.get::<_, i64>(13));
+                    rows.sort_by_key(|r| r.get::<_, i64>(ENTRY_COLUMN_COUNT));
                     left -= rows.len() as i64;
                     claimed.extend(rows);
                 }
@@ -474,7 +505,7 @@ impl OutboxStore for PostgresOutbox {
             let mut held = tx
                 .execute(
                     "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
-                     delivered_at = $3, claim_token = NULL, lease_until = NULL \
+                     delivered_at = $3, last_error = NULL, claim_token = NULL, lease_until = NULL \
                      WHERE id = ANY($1) AND claim_token = $2",
                     &[&delivered, token, &now],
                 )
@@ -600,7 +631,7 @@ impl OutboxStore for PostgresOutbox {
             .with(async |client| {
                 client
                     .query(
-                        "SELECT status, COUNT(*)::BIGINT, SUM(attempts)::BIGINT, \
+                        "SELECT status, COUNT(*)::BIGINT, SUM(attempts + attempts_before_retry)::BIGINT, \
                          SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END)::BIGINT, MIN(created_at) \
                          FROM escrow_outbox GROUP BY status",
                         &[],
@@ -623,23 +654,46 @@ impl OutboxStore for PostgresOutbox {
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
         self.with(async |client| {
-            let set = "UPDATE escrow_outbox SET status = 'pending', attempts = 0, due_at = $1, \
-                       claim_token = NULL, lease_until = NULL";
-            match which {
+            let set = "UPDATE escrow_outbox SET status = 'pending', \
+                       attempts_before_retry = attempts_before_retry + attempts, attempts = 0, \
+                       due_at = $1, claim_token = NULL, lease_until = NULL";
+            let tx = client.transaction().await?;
+            let changed = match which {
                 Retry::Dead => {
-                    client
-                        .execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
-                        .await
+                    tx.execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
+                        .await?
                 }
                 Retry::Ids(ids) => {
-                    client
-                        .execute(
-                            &format!("{set} WHERE id = ANY($2) AND status != 'delivered'"),
-                            &[&now_ms, ids],
+                    // The rows locked while they are checked and changed.
+                    let rows = tx
+                        .query(
+                            "SELECT id, status FROM escrow_outbox WHERE id = ANY($1) FOR UPDATE",
+                            &[ids],
                         )
-                        .await
+                        .await?;
+                    let found = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    let ids = match retriable(ids, &found) {
+                        Ok(ids) => ids,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
+                    tx.execute(&format!("{set} WHERE id = ANY($2)"), &[&now_ms, &ids])
+                        .await?
                 }
-            }
+            };
+            tx.commit().await?;
+            Ok(Ok(changed))
+        })
+        .await?
+    }
+
+    async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {
+        self.with(async |client| {
+            client
+                .execute(
+                    "UPDATE escrow_outbox SET due_at = $1 WHERE status = 'pending' AND due_at > $1",
+                    &[&now_ms],
+                )
+                .await
         })
         .await
     }

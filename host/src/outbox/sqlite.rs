@@ -2,15 +2,19 @@
 //! `synchronous = FULL`, so a committed transaction is on disk (fsync'd)
 //! before it returns; several processes may share the file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 use super::{
-    Claim, Entry, EntryKind, Filter, NewEntry, OutboxError, OutboxStore, Retry, Settlement, Stats,
-    Write, fences_from_json, fences_json,
+    Claim, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore, Retry,
+    ENTRY_COLUMNS, ENTRY_COLUMN_COUNT, Settlement, Stats, Write, fences_from_json, fences_json,
+    retriable,
 };
 use crate::run_id::RunId;
 
@@ -20,7 +24,8 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE escrow_outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     kind        TEXT    NOT NULL CHECK (kind IN ('intent', 'compensation')),
@@ -43,7 +48,11 @@ CREATE TABLE escrow_outbox (
 );
 CREATE INDEX escrow_outbox_runs ON escrow_outbox (status, run_id, ord);
 CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
-"];
+",
+    r"
+ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 /// An outbox in a SQLite file.
 #[derive(Debug, Clone)]
@@ -61,6 +70,18 @@ impl SqliteOutbox {
     /// [`OutboxError::Open`] when the file cannot be opened or created,
     /// [`OutboxError::Corrupt`] when it is not an outbox this version can use.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OutboxError> {
+        Self::open_with(path, OpenMode::Create)
+    }
+
+    /// Opens the outbox file at `path`, creating it only under
+    /// [`OpenMode::Create`], and migrates its schema.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteOutbox::open`]; under [`OpenMode::Existing`], also
+    /// [`OutboxError::Open`] when there is no file at `path` or the file
+    /// holds no outbox.
+    pub fn open_with(path: impl AsRef<Path>, mode: OpenMode) -> Result<Self, OutboxError> {
         let path = path.as_ref().to_owned();
         let what = path.display().to_string();
         let open = |message: String| OutboxError::Open {
@@ -75,11 +96,33 @@ impl SqliteOutbox {
                 parent.display()
             )));
         }
-        let mut conn = Connection::open(&path).map_err(|e| open(e.to_string()))?;
+        let flags = match mode {
+            OpenMode::Create => OpenFlags::default(),
+            OpenMode::Existing if !path.is_file() => {
+                return Err(open(
+                    "there is no such file (a run with an outbox creates it)".into(),
+                ));
+            }
+            OpenMode::Existing => OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE,
+        };
+        let mut conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| open(e.to_string()))?;
         let corrupt = |e: rusqlite::Error| OutboxError::Corrupt {
             what: what.clone(),
             message: e.to_string(),
         };
+        if mode == OpenMode::Existing {
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'escrow_outbox'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(corrupt)?;
+            if tables == 0 {
+                return Err(open("the file holds no escrow outbox".into()));
+            }
+        }
         conn.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(corrupt)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -235,9 +278,6 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
     Ok(())
 }
 
-const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
-                             attempts, due_at, last_error, created_at";
-
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let kind: String = row.get(1)?;
     let run_id: String = row.get(2)?;
@@ -264,6 +304,7 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         due_at_ms: row.get(10)?,
         last_error: row.get(11)?,
         created_at_ms: row.get(12)?,
+        attempts_before_retry: row.get::<_, i64>(13)? as u32,
     })
 }
 
@@ -318,7 +359,7 @@ impl OutboxStore for SqliteOutbox {
                 ))?;
                 let mut claimed: Vec<(i64, Entry)> = take
                     .query_map(params![claim.token, claim.lease_until_ms, run, left], |r| {
-                        Ok((r.get(13)?, entry_from_row(r)?))
+                        Ok((r.get(ENTRY_COLUMN_COUNT)?, entry_from_row(r)?))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 claimed.sort_by_key(|(ord, _)| *ord);
@@ -347,7 +388,7 @@ impl OutboxStore for SqliteOutbox {
                 held += match settlement {
                     Settlement::Delivered => tx.execute(
                         "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
-                         delivered_at = ?3, claim_token = NULL, lease_until = NULL \
+                         delivered_at = ?3, last_error = NULL, claim_token = NULL, lease_until = NULL \
                          WHERE id = ?1 AND claim_token = ?2",
                         params![id, token, now],
                     )?,
@@ -442,7 +483,7 @@ impl OutboxStore for SqliteOutbox {
         self.with(|conn| {
             let mut stats = Stats::default();
             let mut counts = conn.prepare(
-                "SELECT status, COUNT(*), SUM(attempts), \
+                "SELECT status, COUNT(*), SUM(attempts + attempts_before_retry), \
                  SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created_at) \
                  FROM escrow_outbox GROUP BY status",
             )?;
@@ -474,23 +515,46 @@ impl OutboxStore for SqliteOutbox {
         let which = which.clone();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let set = "UPDATE escrow_outbox SET status = 'pending', attempts = 0, due_at = ?1, \
-                       claim_token = NULL, lease_until = NULL";
+            let set = "UPDATE escrow_outbox SET status = 'pending', \
+                       attempts_before_retry = attempts_before_retry + attempts, attempts = 0, \
+                       due_at = ?1, claim_token = NULL, lease_until = NULL";
             let changed = match &which {
                 Retry::Dead => tx.execute(&format!("{set} WHERE status = 'dead'"), [now_ms])?,
                 Retry::Ids(ids) => {
+                    let mut found = HashMap::new();
+                    let mut status =
+                        tx.prepare_cached("SELECT status FROM escrow_outbox WHERE id = ?1")?;
+                    for &id in ids {
+                        if let Some(s) = status.query_row([id], |r| r.get(0)).optional()? {
+                            found.insert(id, s);
+                        }
+                    }
+                    drop(status);
+                    let ids = match retriable(ids, &found) {
+                        Ok(ids) => ids,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
                     let mut changed = 0;
                     for id in ids {
-                        changed += tx.execute(
-                            &format!("{set} WHERE id = ?2 AND status != 'delivered'"),
-                            params![now_ms, id],
-                        )?;
+                        changed +=
+                            tx.execute(&format!("{set} WHERE id = ?2"), params![now_ms, id])?;
                     }
                     changed
                 }
             };
             tx.commit()?;
-            Ok(changed as u64)
+            Ok(Ok(changed as u64))
+        })
+        .await?
+    }
+
+    async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {
+        self.with(move |conn| {
+            let moved = conn.execute(
+                "UPDATE escrow_outbox SET due_at = ?1 WHERE status = 'pending' AND due_at > ?1",
+                [now_ms],
+            )?;
+            Ok(moved as u64)
         })
         .await
     }
@@ -501,7 +565,6 @@ mod tests {
     use super::*;
     use crate::outbox::EntryStatus;
     use crate::outcome::Fence;
-    use rusqlite::OptionalExtension;
 
     fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
         conn.query_row("SELECT MAX(version) FROM escrow_schema", [], |r| r.get(0))

@@ -25,7 +25,9 @@ use crate::outcome::Intent;
 ///
 /// with `"fences"` (the locks held when it was recorded, and their fencing
 /// tokens) when there were any. `idempotency_key` is the same every time the
-/// intent is delivered again, so a reader can skip what it has seen.
+/// intent is delivered again, so a reader can skip what it has seen. `ts` is
+/// when this line was written (the delivery, in UTC, to the millisecond),
+/// not when the plugin asked: a redelivery has a later `ts`.
 ///
 /// A payload that is JSON is embedded as JSON; any other payload is written
 /// as `"payload_base64"`. Each line is written whole and flushed before the
