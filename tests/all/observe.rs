@@ -230,3 +230,40 @@ async fn an_observer_sees_every_finished_outcome() {
         ]
     );
 }
+
+#[test]
+fn a_host_with_an_outbox_and_no_sink_route_warns_when_it_is_built() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let build = |route: bool| {
+        let outbox = escrow_host::outbox::Outbox::new(
+            escrow_host::outbox::SqliteOutbox::open(dir.path().join("o.db")).unwrap(),
+        );
+        let mut builder = Host::builder().max_concurrent_runs(1).outbox(outbox);
+        if route {
+            builder = builder
+                .route("*", escrow_host::sinks::JsonLines::stdout())
+                .unwrap();
+        }
+        // Meet the warning's call site, then have tracing ask again from this
+        // thread, whose subscriber listens (as in the span test above).
+        builder.build().unwrap();
+    };
+    build(true);
+    tracing::callsite::rebuild_interest_cache();
+    build(true);
+    let text = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(!text().contains("no sink route"), "{}", text());
+    build(false);
+    assert!(
+        text().contains("the host has an outbox but no sink route"),
+        "{}",
+        text()
+    );
+}

@@ -876,3 +876,40 @@ async fn a_commit_whose_answer_is_lost_leaves_the_undo_to_the_store() {
         "the store decides: the compensation stays journaled, for a worker"
     );
 }
+
+/// `docs/embedding.md`'s outbox example, as written there, with the
+/// checkout fixture for its `checkout.wasm`: the worker delivers the three
+/// intents the run committed.
+#[tokio::test]
+async fn the_embedding_docs_outbox_example_delivers_what_the_run_committed() {
+    use escrow_host::sinks::JsonLines;
+    use escrow_host::{Grants, Host};
+
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("escrow-outbox.db")).unwrap());
+    let host = Host::builder()
+        .route("*", JsonLines::stdout())
+        .unwrap()
+        .outbox(outbox.clone())
+        .build()
+        .unwrap();
+    let worker = host.worker().expect("the host has an outbox").spawn();
+
+    let plugin = host.load_file(escrow_tests::fixtures::CHECKOUT).unwrap();
+    let grants = Grants::new()
+        .effects(["payments.charge", "orders.save", "email.send"])
+        .unwrap();
+    let outcome = plugin
+        .run(RunOptions::new().grants(grants).dispatch(Dispatch::Later))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status(), Status::Committed);
+
+    let started = std::time::Instant::now();
+    while outbox.store().stats().await.unwrap().delivered < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20), "not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = worker.stop().await.unwrap();
+    assert_eq!((report.delivered, report.dead), (3, 0));
+}

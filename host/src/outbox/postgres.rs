@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
-    Claim, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore, Retry,
-    ENTRY_COLUMNS, ENTRY_COLUMN_COUNT, Settlement, Stats, Write, fences_from_json, fences_json,
+    Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
+    OutboxError, OutboxStore, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
     retriable,
 };
 use crate::outcome::{Fate, Outcome};

@@ -12,8 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    Claim, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore, Retry,
-    ENTRY_COLUMNS, ENTRY_COLUMN_COUNT, Settlement, Stats, Write, fences_from_json, fences_json,
+    Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
+    OutboxError, OutboxStore, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
     retriable,
 };
 use crate::run_id::RunId;
