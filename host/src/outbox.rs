@@ -457,6 +457,13 @@ pub struct Stats {
     pub attempts: u64,
     /// When the oldest pending entry was written (ms since the Unix epoch).
     pub oldest_pending_ms: Option<i64>,
+    /// Pending entries held by a worker's (or a delivering host's) claim: no
+    /// other worker takes them until the claim is settled, given back, or
+    /// its lease ends.
+    pub claimed: u64,
+    /// When the last of those leases ends (ms since the Unix epoch), unless
+    /// renewed; it may have ended already if its holder died.
+    pub claimed_until_ms: Option<i64>,
 }
 
 /// Which entries to bring back to `pending`.

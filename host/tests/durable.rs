@@ -759,3 +759,68 @@ fn deliver_follow_stops_gracefully_on_sigterm() {
     assert!(stderr.contains("escrow: stopping"), "{stderr}");
     assert!(stderr.contains("delivered 1"), "{stderr}");
 }
+
+/// A host killed while it delivers keeps its claim until the lease ends:
+/// `deliver --once` and `stats` say so, and until when, instead of a bare
+/// `delivered 0`.
+#[test]
+fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_until_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let db = db.to_str().unwrap();
+    // 1,000 intents of 200 bytes: more than a pipe holds, so with nobody
+    // reading its stdout the host blocks mid-delivery, its claim held.
+    let steps: Vec<Value> = (0..1000)
+        .map(|i| json!({ "defer": "a.b", "payload": format!("{i:0>200}") }))
+        .collect();
+    let input = steps_file(dir.path(), json!(steps));
+    let cfg = config(dir.path(), "");
+    let mut host = escrow_command(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        db,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "never claimed");
+        if Path::new(db).exists() {
+            let output = escrow(&["outbox", "stats", "--outbox", db, "--json"]);
+            if let Ok(stats) = serde_json::from_slice::<Value>(&output.stdout)
+                && stats["claimed"].as_u64() > Some(0)
+            {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+
+    let out = dir.path().join("out.jsonl");
+    let sink = format!("file:{}", out.display());
+    let deliver = escrow(&[
+        "outbox", "deliver", "--once", "--outbox", db, "--sink", &sink,
+    ]);
+    let stderr = text(&deliver.stderr);
+    assert_eq!(deliver.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("delivered 0"), "{stderr}");
+    assert!(
+        stderr.contains("claimed by another worker or host, until "),
+        "{stderr}"
+    );
+    let stats = stats(db);
+    assert!(stats["claimed"].as_u64() > Some(0), "{stats}");
+    assert!(
+        stats["claimed_until"].as_str().unwrap().ends_with('Z'),
+        "{stats}"
+    );
+}

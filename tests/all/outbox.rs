@@ -913,3 +913,31 @@ async fn the_embedding_docs_outbox_example_delivers_what_the_run_committed() {
     let report = worker.stop().await.unwrap();
     assert_eq!((report.delivered, report.dead), (3, 0));
 }
+
+#[tokio::test]
+async fn stats_count_the_entries_a_claim_holds_and_until_when() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        scripted()
+            .with_outbox(Some(outbox.clone()))
+            .run(script(three_intents()).dispatch(Dispatch::Later))
+            .await
+            .unwrap();
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!((stats.claimed, stats.claimed_until_ms), (0, None));
+
+        let now = outbox.now_ms();
+        let claim = Claim::new(now, Duration::from_secs(60));
+        let held = outbox.store().claim(&claim, now, 10, 2).await.unwrap();
+        assert_eq!(held.len(), 2, "{}", backend.name());
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.claimed, stats.claimed_until_ms),
+            (3, 2, Some(claim.lease_until_ms)),
+            "{}",
+            backend.name()
+        );
+        outbox.store().release(&claim).await.unwrap();
+        assert_eq!(outbox.store().stats().await.unwrap().claimed, 0);
+    }
+}

@@ -2,13 +2,13 @@
 //! holds.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use escrow_host::config::{Config, SinkSpec};
 use escrow_host::outbox::{
-    Entry, EntryStatus, Filter, OpenMode, Outbox, Retry, RetryPolicy, Worker,
+    Entry, EntryStatus, Filter, OpenMode, Outbox, Retry, RetryPolicy, Stats, Worker,
 };
 use serde_json::{Value, json};
 
@@ -158,7 +158,7 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {
     }
     let handlers = config.handlers().map_err(anyhow::Error::msg)?;
     let sinks = super::sinks(args.sink.clone().or(config.sink()), false)?;
-    let worker = Worker::new(outbox, sinks, handlers)
+    let worker = Worker::new(outbox.clone(), sinks, handlers)
         .poll_interval(Duration::from_millis(args.poll_ms.max(1)));
     let report = if args.follow {
         let handle = worker.spawn();
@@ -172,11 +172,41 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {
         "escrow: delivered {}, retrying {}, dead {}, not attempted {}",
         report.delivered, report.retried, report.dead, report.rescheduled
     );
+    let stats = outbox.store().stats().await?;
+    if let Some(claimed) = claimed_text(&stats, outbox.now_ms()) {
+        eprintln!("escrow: {claimed}");
+    }
     Ok(if report.retried + report.dead > 0 {
         EXIT_UNDELIVERED
     } else {
         0
     })
+}
+
+/// What another worker's claims hold back, and until when; `None` when
+/// nothing is claimed.
+fn claimed_text(stats: &Stats, now_ms: i64) -> Option<String> {
+    let until = stats.claimed_until_ms?;
+    let entries = match stats.claimed {
+        1 => "1 entry is".to_owned(),
+        n => format!("{n} entries are"),
+    };
+    let left = until - now_ms;
+    let when = match left >= 0 {
+        true => format!(
+            "until {} (in {})",
+            time_text(until),
+            humantime::format_duration(Duration::from_millis(left as u64 / 100 * 100))
+        ),
+        false => format!(
+            "whose lease ended at {} ({} ago): the next delivery takes them",
+            time_text(until),
+            humantime::format_duration(Duration::from_millis(-left as u64 / 100 * 100))
+        ),
+    };
+    Some(format!(
+        "{entries} claimed by another worker or host, {when}"
+    ))
 }
 
 fn time_text(ms: i64) -> String {
@@ -265,9 +295,7 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     let config = args.store.config()?;
     let outbox = args.store.open(&config).await?;
     let stats = outbox.store().stats().await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = outbox.now_ms();
     let lag_ms = stats.oldest_pending_ms.map(|t| (now - t).max(0));
     if args.json {
         let value = json!({
@@ -277,6 +305,8 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
             "dead": stats.dead,
             "attempts": stats.attempts,
             "oldest_pending_age_ms": lag_ms,
+            "claimed": stats.claimed,
+            "claimed_until": stats.claimed_until_ms.map(time_text),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(0);
@@ -288,6 +318,10 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     match lag_ms {
         Some(ms) => println!("lag        {:.1?}", Duration::from_millis(ms as u64)),
         None => println!("lag        none"),
+    }
+    match claimed_text(&stats, now) {
+        Some(claimed) => println!("claimed    {claimed}"),
+        None => println!("claimed    none"),
     }
     Ok(0)
 }

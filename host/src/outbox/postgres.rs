@@ -649,6 +649,19 @@ impl OutboxStore for PostgresOutbox {
                 row.get(4),
             );
         }
+        let claimed = self
+            .with(async |client| {
+                client
+                    .query_one(
+                        "SELECT COUNT(*)::BIGINT, MAX(lease_until) FROM escrow_outbox \
+                         WHERE status = 'pending' AND claim_token IS NOT NULL",
+                        &[],
+                    )
+                    .await
+            })
+            .await?;
+        stats.claimed = claimed.get::<_, i64>(0) as u64;
+        stats.claimed_until_ms = claimed.get(1);
         Ok(stats)
     }
 

@@ -506,6 +506,12 @@ impl OutboxStore for SqliteOutbox {
                     oldest,
                 );
             }
+            (stats.claimed, stats.claimed_until_ms) = conn.query_row(
+                "SELECT COUNT(*), MAX(lease_until) FROM escrow_outbox \
+                 WHERE status = 'pending' AND claim_token IS NOT NULL",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )?;
             Ok(stats)
         })
         .await
