@@ -314,6 +314,9 @@ pub struct OutboxConfig {
     pub backoff_max_ms: Option<u64>,
     /// How long a worker's claim lasts without renewal, in milliseconds.
     pub lease_ms: Option<u64>,
+    /// How long the claim a host takes to deliver the intents of its own
+    /// runs lasts without renewal, in milliseconds.
+    pub delivery_lease_ms: Option<u64>,
     /// How long after a run's deadline its unresolved compensations are
     /// owed, in milliseconds.
     pub compensation_grace_ms: Option<u64>,
@@ -415,6 +418,9 @@ impl Config {
             }
             if outbox.lease_ms == Some(0) {
                 return Err("outbox.lease_ms must be at least 1".into());
+            }
+            if outbox.delivery_lease_ms == Some(0) {
+                return Err("outbox.delivery_lease_ms must be at least 1".into());
             }
         }
         if self
@@ -661,6 +667,9 @@ impl Config {
         });
         if let Some(ms) = table.lease_ms {
             outbox = outbox.lease(Duration::from_millis(ms));
+        }
+        if let Some(ms) = table.delivery_lease_ms {
+            outbox = outbox.delivery_lease(Duration::from_millis(ms));
         }
         if let Some(ms) = table.compensation_grace_ms {
             outbox = outbox.compensation_grace(Duration::from_millis(ms));

@@ -559,7 +559,7 @@ impl EscrowCtx {
         }
         let now_ms = outbox.now_ms();
         let claim = (self.deliver_inline && !intents.is_empty())
-            .then(|| Claim::new(now_ms, outbox.lease_duration()));
+            .then(|| Claim::new(now_ms, outbox.delivery_lease_duration()));
         let has_intents = !intents.is_empty();
         let write = Write::Commit {
             run_id: self.run_id,

@@ -54,6 +54,14 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Default lease of a claim: a worker that has not settled or renewed its
 /// claim by then is presumed dead, and its entries may be claimed again.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// Default lease of the claim a host takes on the intents it commits, to
+/// deliver them itself right after the run. It is renewed while the host
+/// delivers, so it can be short: if the host dies, a worker takes the
+/// intents this long after its last renewal, not a worker's whole lease.
+/// The price: a host stalled longer than this (a long GC-like pause, a
+/// stopped process) may deliver an intent a worker has taken too; the
+/// idempotency key is the same for both.
+pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(5);
 /// Default time, after a run's deadline, before the compensations it
 /// journaled and never resolved are owed (its host is presumed dead).
 pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
@@ -671,6 +679,7 @@ struct Inner {
     writes: mpsc::UnboundedSender<Pending>,
     retry: RetryPolicy,
     lease: Duration,
+    delivery_lease: Duration,
     compensation_grace: Duration,
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
@@ -685,6 +694,7 @@ impl fmt::Debug for Outbox {
             .field("store", &self.inner.store)
             .field("retry", &self.inner.retry)
             .field("lease", &self.inner.lease)
+            .field("delivery_lease", &self.inner.delivery_lease)
             .finish_non_exhaustive()
     }
 }
@@ -723,6 +733,7 @@ impl Outbox {
                 writes,
                 retry,
                 lease,
+                delivery_lease: DEFAULT_DELIVERY_LEASE,
                 compensation_grace,
                 clock,
                 groups,
@@ -736,9 +747,18 @@ impl Outbox {
         self
     }
 
-    /// This outbox with another claim lease (default [`DEFAULT_LEASE`]).
+    /// This outbox with another claim lease for workers (default
+    /// [`DEFAULT_LEASE`]).
     pub fn lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
+        self
+    }
+
+    /// This outbox with another lease for the claim a host takes on the
+    /// intents it commits and delivers itself (default
+    /// [`DEFAULT_DELIVERY_LEASE`]).
+    pub fn delivery_lease(mut self, lease: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).delivery_lease = lease;
         self
     }
 
@@ -792,9 +812,14 @@ impl Outbox {
         &self.inner.retry
     }
 
-    /// The lease of a claim.
+    /// The lease of a worker's claim.
     pub fn lease_duration(&self) -> Duration {
         self.inner.lease
+    }
+
+    /// The lease of a host's claim on the intents it delivers itself.
+    pub fn delivery_lease_duration(&self) -> Duration {
+        self.inner.delivery_lease
     }
 
     /// How long after a run's deadline its unresolved compensations are owed.

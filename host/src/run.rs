@@ -260,7 +260,8 @@ impl Plugin {
             Some(claim) => match outbox.store().claimed(&claim).await {
                 Ok(entries) => {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
-                    let mut settler = Settler::new(outbox, claim, entries.len());
+                    let lease = outbox.delivery_lease_duration();
+                    let mut settler = Settler::new(outbox, claim, lease, entries.len());
                     let delivered = crate::outbox::deliver_run(
                         &self.sinks,
                         &self.handlers,

@@ -760,11 +760,11 @@ fn deliver_follow_stops_gracefully_on_sigterm() {
     assert!(stderr.contains("delivered 1"), "{stderr}");
 }
 
-/// A host killed while it delivers keeps its claim until the lease ends:
-/// `deliver --once` and `stats` say so, and until when, instead of a bare
-/// `delivered 0`.
+/// A host killed while it delivers keeps its claim until its short delivery
+/// lease ends: `deliver --once` and `stats` say so, and until when, instead
+/// of a bare `delivered 0`; once it has ended, the next delivery takes them.
 #[test]
-fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_until_when() {
+fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_a_delivery_takes_it_after_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.db");
     let db = db.to_str().unwrap();
@@ -774,7 +774,7 @@ fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_until_when() {
         .map(|i| json!({ "defer": "a.b", "payload": format!("{i:0>200}") }))
         .collect();
     let input = steps_file(dir.path(), json!(steps));
-    let cfg = config(dir.path(), "");
+    let cfg = config(dir.path(), "[outbox]\ndelivery_lease_ms = 3000\n");
     let mut host = escrow_command(&[
         "run",
         fixtures::SCRIPTED,
@@ -817,10 +817,24 @@ fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_until_when() {
         stderr.contains("claimed by another worker or host, until "),
         "{stderr}"
     );
-    let stats = stats(db);
-    assert!(stats["claimed"].as_u64() > Some(0), "{stats}");
+    let held = stats(db);
+    assert!(held["claimed"].as_u64() > Some(0), "{held}");
     assert!(
-        stats["claimed_until"].as_str().unwrap().ends_with('Z'),
-        "{stats}"
+        held["claimed_until"].as_str().unwrap().ends_with('Z'),
+        "{held}"
     );
+
+    std::thread::sleep(Duration::from_millis(3100));
+    let deliver = escrow(&[
+        "outbox", "deliver", "--once", "--outbox", db, "--sink", &sink,
+    ]);
+    assert_eq!(deliver.status.code(), Some(0), "{}", text(&deliver.stderr));
+    let after = stats(db);
+    assert_eq!(
+        (after["pending"].as_u64(), after["claimed"].as_u64()),
+        (Some(0), Some(0)),
+        "{after}"
+    );
+    assert_eq!(after["delivered"], 1000);
+    assert_eq!(lines(&out).len() as u64, held["pending"].as_u64().unwrap());
 }

@@ -771,6 +771,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("backoff_base_ms", Kind::Number),
             ("backoff_max_ms", Kind::Number),
             ("lease_ms", Kind::Number),
+            ("delivery_lease_ms", Kind::Number),
             ("compensation_grace_ms", Kind::Number),
         ],
     ),

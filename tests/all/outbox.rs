@@ -941,3 +941,55 @@ async fn stats_count_the_entries_a_claim_holds_and_until_when() {
         assert_eq!(outbox.store().stats().await.unwrap().claimed, 0);
     }
 }
+
+/// A sink that takes `pause` over its first delivery.
+#[derive(Clone)]
+struct Slow {
+    pause: Duration,
+    flaky: Flaky,
+    first: Arc<AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Slow {
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
+        if self.first.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(self.pause).await;
+        }
+        self.flaky.deliver(intent).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_s_delivery_claim_is_renewed_while_a_slow_sink_takes_longer_than_its_lease() {
+    for backend in Backend::both() {
+        let outbox = backend
+            .open()
+            .await
+            .delivery_lease(Duration::from_millis(200));
+        let slow = Slow {
+            pause: Duration::from_millis(1200),
+            flaky: Flaky::default(),
+            first: Arc::default(),
+        };
+        let mut sinks = Sinks::new();
+        sinks.route("*", slow.clone()).unwrap();
+        let plugin = scripted()
+            .with_outbox(Some(outbox.clone()))
+            .with_sinks(sinks);
+        let run = tokio::spawn(async move { plugin.run(script(three_intents())).await.unwrap() });
+
+        // Well past the lease, while the first delivery is still under way,
+        // a worker finds nothing it may take.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let other = Flaky::default();
+        let worker = Worker::new(backend.open().await, other.sinks(), Handlers::new());
+        let report = worker.run_once().await.unwrap();
+        assert_eq!(report.delivered, 0, "{}", backend.name());
+
+        let outcome = run.await.unwrap();
+        assert_eq!(outcome.status(), Status::Committed);
+        assert_eq!(slow.flaky.effects(), ["a.first", "b.flaky", "c.third"]);
+        assert!(other.effects().is_empty(), "{}", backend.name());
+    }
+}

@@ -23,6 +23,9 @@ const CLAIM_ENTRIES: u32 = 1024;
 /// claim's lease is renewed with them. A worker that dies delivers at most
 /// this many entries again.
 const SETTLE_EVERY: usize = 256;
+
+/// The shortest pause between two renewals of a claim, whatever its lease.
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(10);
 /// The least delay before an entry whose breaker was open comes due again,
 /// so that a half-open breaker (retry-after 0) is not asked in a busy loop.
 const MIN_RESCHEDULE_MS: u64 = 100;
@@ -162,7 +165,8 @@ impl Worker {
         let mut report = Report::default();
         loop {
             let now = self.outbox.now_ms();
-            let claim = Claim::new(now, self.outbox.lease_duration());
+            let lease = self.outbox.lease_duration();
+            let claim = Claim::new(now, lease);
             let entries = self
                 .outbox
                 .store()
@@ -171,7 +175,7 @@ impl Worker {
             if entries.is_empty() {
                 return Ok(report);
             }
-            let mut settler = Settler::new(&self.outbox, claim, entries.len());
+            let mut settler = Settler::new(&self.outbox, claim, lease, entries.len());
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
                 let run = first.entry.run_id;
@@ -240,6 +244,8 @@ impl Worker {
 pub(crate) struct Settler<'a> {
     outbox: &'a Outbox,
     claim: Claim,
+    /// How long the claim lasts from each renewal.
+    lease: Duration,
     pending: Vec<(i64, Settlement)>,
     /// Claimed entries not settled yet: when none is left at the end, there
     /// is nothing to give back.
@@ -248,11 +254,13 @@ pub(crate) struct Settler<'a> {
 }
 
 impl<'a> Settler<'a> {
-    /// A settler for `claimed` entries held by `claim`.
-    pub(crate) fn new(outbox: &'a Outbox, claim: Claim, claimed: usize) -> Self {
+    /// A settler for `claimed` entries held by `claim`, whose lease is
+    /// `lease` from each renewal.
+    pub(crate) fn new(outbox: &'a Outbox, claim: Claim, lease: Duration, claimed: usize) -> Self {
         Self {
             outbox,
             claim,
+            lease,
             pending: Vec::new(),
             unsettled: claimed,
             lost: 0,
@@ -274,12 +282,27 @@ impl<'a> Settler<'a> {
         self.lost > 0
     }
 
+    /// How often the claim is renewed while an attempt takes long: three
+    /// times a lease, so that one late renewal does not lose it.
+    fn renew_every(&self) -> Duration {
+        (self.lease / 3).max(MIN_RENEW_EVERY)
+    }
+
+    /// Extends the claim's lease from now, writing back what is pending.
+    async fn renew(&mut self) -> Result<(), OutboxError> {
+        self.claim.lease_until_ms = self.outbox.now_ms() + self.lease.as_millis() as i64;
+        match self.pending.is_empty() {
+            true => self.outbox.store().settle(&self.claim, &[]).await.map(drop),
+            false => self.flush().await,
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), OutboxError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let outbox = self.outbox;
-        self.claim.lease_until_ms = outbox.now_ms() + outbox.lease_duration().as_millis() as i64;
+        self.claim.lease_until_ms = outbox.now_ms() + self.lease.as_millis() as i64;
         let held = outbox.store().settle(&self.claim, &self.pending).await?;
         let lost = self.pending.len() as u64 - held.min(self.pending.len() as u64);
         if lost > 0 {
@@ -329,7 +352,20 @@ pub(crate) async fn deliver_run(
             deliveries.push(Delivery::Queued);
             continue;
         }
-        let (settlement, delivery) = attempt(settler.outbox, sinks, handlers, entry).await;
+        // A slow sink or handler does not let the claim lapse: it is renewed
+        // while the attempt runs.
+        let attempt = attempt(settler.outbox, sinks, handlers, entry);
+        tokio::pin!(attempt);
+        let (settlement, delivery) = loop {
+            tokio::select! {
+                done = &mut attempt => break done,
+                () = tokio::time::sleep(settler.renew_every()) => {
+                    if let Err(error) = settler.renew().await {
+                        tracing::warn!(%error, "renewing a delivery claim failed");
+                    }
+                }
+            }
+        };
         match &settlement {
             Settlement::Delivered => report.delivered += 1,
             Settlement::Dead { .. } => report.dead += 1,
