@@ -161,7 +161,7 @@ impl Breakers {
         Ok(self)
     }
 
-    /// Uses `clock` for time (default [`SystemClock`](crate::clock::SystemClock)).
+    /// Uses `clock` for time (default [`SystemClock`]).
     pub fn clock(&mut self, clock: Arc<dyn Clock>) -> &mut Self {
         self.clock = clock;
         self
