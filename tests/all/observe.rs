@@ -146,8 +146,31 @@ async fn runs_intents_and_refusals_are_counted_in_prometheus_metrics() {
         ),
         Some(2.0)
     );
-    assert!(text.contains("escrow_pool_wait_seconds"), "{text}");
-    assert!(text.contains("escrow_run_duration_seconds"), "{text}");
+    // Durations are histograms, which Prometheus aggregates across hosts;
+    // summaries' quantiles it cannot.
+    assert!(
+        text.contains("# TYPE escrow_run_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE escrow_pool_wait_seconds histogram"),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "{text}");
+    assert_eq!(
+        sample(&text, "escrow_run_duration_seconds_count", &[plugin]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "escrow_run_duration_seconds_bucket",
+            &[plugin, ("le", "+Inf")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
