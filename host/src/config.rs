@@ -317,9 +317,32 @@ pub struct OutboxConfig {
     /// How long the claim a host takes to deliver the intents of its own
     /// runs lasts without renewal, in milliseconds.
     pub delivery_lease_ms: Option<u64>,
+    /// How long delivered entries are kept before workers delete them, as
+    /// a duration (`"7d"`, `"12h"`, `"90min"`).
+    pub retain_delivered: Option<String>,
     /// How long after a run's deadline its unresolved compensations are
     /// owed, in milliseconds.
     pub compensation_grace_ms: Option<u64>,
+}
+
+impl OutboxConfig {
+    /// `retain_delivered`, parsed; `None` when not given.
+    ///
+    /// # Errors
+    ///
+    /// When it is not a duration.
+    pub fn retained_for(&self) -> Result<Option<Duration>, String> {
+        self.retain_delivered
+            .as_deref()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| {
+                    format!(
+                        "outbox.retain_delivered `{text}` is not a duration (\"7d\", \"12h\"): {e}"
+                    )
+                })
+            })
+            .transpose()
+    }
 }
 
 /// `[pool]`: what each instance slot holds; missing keys keep
@@ -422,6 +445,7 @@ impl Config {
             if outbox.delivery_lease_ms == Some(0) {
                 return Err("outbox.delivery_lease_ms must be at least 1".into());
             }
+            outbox.retained_for()?;
         }
         if self
             .limits
@@ -670,6 +694,16 @@ impl Config {
         }
         if let Some(ms) = table.delivery_lease_ms {
             outbox = outbox.delivery_lease(Duration::from_millis(ms));
+        }
+        if let Some(retain) =
+            table
+                .retained_for()
+                .map_err(|message| crate::outbox::OutboxError::Open {
+                    what: "[outbox] retain_delivered".into(),
+                    message,
+                })?
+        {
+            outbox = outbox.retain_delivered(retain);
         }
         if let Some(ms) = table.compensation_grace_ms {
             outbox = outbox.compensation_grace(Duration::from_millis(ms));

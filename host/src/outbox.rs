@@ -62,6 +62,11 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// stopped process) may deliver an intent a worker has taken too; the
 /// idempotency key is the same for both.
 pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(5);
+/// Default time delivered entries are kept before workers delete them.
+pub const DEFAULT_RETAIN_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most entries one prune statement deletes: deletion goes in batches this
+/// size, each its own short transaction, so that it never holds a long lock.
+pub const PRUNE_BATCH: u32 = 1000;
 /// Default time, after a run's deadline, before the compensations it
 /// journaled and never resolved are owed (its host is presumed dead).
 pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
@@ -508,10 +513,12 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// `claim`, in one transaction, and extends the claim's other entries to
     /// its lease. Returns how many entries were still held by the claim; an
     /// entry whose lease expired and was claimed again is left alone.
+    /// `now_ms` (the outbox's clock) stamps delivered entries.
     async fn settle(
         &self,
         claim: &Claim,
         settlements: &[(i64, Settlement)],
+        now_ms: i64,
     ) -> Result<u64, OutboxError>;
 
     /// Whether the intents of `run_id` are in the store: asked when the
@@ -538,6 +545,36 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// Makes every pending entry due at `now_ms` at the latest, keeping its
     /// attempts: backoff waived, as for a drill. Returns how many moved.
     async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError>;
+
+    /// Deletes at most `limit` entries of `which` that ended before
+    /// `ended_before_ms`: delivered ones by their delivery time, dead ones
+    /// by the time their last attempt was due. Returns how many.
+    async fn prune(
+        &self,
+        which: Prune,
+        ended_before_ms: i64,
+        limit: u32,
+    ) -> Result<u64, OutboxError>;
+}
+
+/// Which ended entries to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prune {
+    /// Delivered entries.
+    Delivered,
+    /// Delivered and dead entries (dead ones are otherwise kept until
+    /// retried).
+    DeliveredAndDead,
+}
+
+impl Prune {
+    /// The statuses this deletes, as the stores write them.
+    pub(crate) fn statuses(self) -> &'static [&'static str] {
+        match self {
+            Prune::Delivered => &["delivered"],
+            Prune::DeliveredAndDead => &["delivered", "dead"],
+        }
+    }
 }
 
 /// How failed deliveries are retried.
@@ -587,9 +624,9 @@ impl RetryPolicy {
     }
 }
 
-/// The wall clock in milliseconds since the Unix epoch, for what stores
-/// stamp themselves (`delivered_at`); due times come from the outbox's
-/// [`Clock`].
+/// The wall clock in milliseconds since the Unix epoch, for what is written
+/// without an outbox at hand ([`PostgresOutbox::stage`]); everything else
+/// reads the outbox's [`Clock`].
 pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -680,6 +717,7 @@ struct Inner {
     retry: RetryPolicy,
     lease: Duration,
     delivery_lease: Duration,
+    retain_delivered: Duration,
     compensation_grace: Duration,
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
@@ -734,6 +772,7 @@ impl Outbox {
                 retry,
                 lease,
                 delivery_lease: DEFAULT_DELIVERY_LEASE,
+                retain_delivered: DEFAULT_RETAIN_DELIVERED,
                 compensation_grace,
                 clock,
                 groups,
@@ -751,6 +790,14 @@ impl Outbox {
     /// [`DEFAULT_LEASE`]).
     pub fn lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
+        self
+    }
+
+    /// This outbox keeping delivered entries this long before its workers
+    /// delete them (default [`DEFAULT_RETAIN_DELIVERED`]). Dead entries are
+    /// kept until retried or pruned by hand.
+    pub fn retain_delivered(mut self, retain: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).retain_delivered = retain;
         self
     }
 
@@ -820,6 +867,32 @@ impl Outbox {
     /// The lease of a host's claim on the intents it delivers itself.
     pub fn delivery_lease_duration(&self) -> Duration {
         self.inner.delivery_lease
+    }
+
+    /// How long delivered entries are kept.
+    pub fn retained_for(&self) -> Duration {
+        self.inner.retain_delivered
+    }
+
+    /// Deletes every entry of `which` that ended before `ended_before_ms`,
+    /// [`PRUNE_BATCH`] at a time (each batch its own transaction). Returns
+    /// how many.
+    ///
+    /// # Errors
+    ///
+    /// The store's; what earlier batches deleted stays deleted.
+    pub async fn prune(&self, which: Prune, ended_before_ms: i64) -> Result<u64, OutboxError> {
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .store()
+                .prune(which, ended_before_ms, PRUNE_BATCH)
+                .await?;
+            deleted += batch;
+            if batch < u64::from(PRUNE_BATCH) {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// How long after a run's deadline its unresolved compensations are owed.

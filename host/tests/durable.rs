@@ -838,3 +838,83 @@ fn deliver_and_stats_say_what_a_dead_host_s_claim_holds_and_a_delivery_takes_it_
     assert_eq!(after["delivered"], 1000);
     assert_eq!(lines(&out).len() as u64, held["pending"].as_u64().unwrap());
 }
+
+#[test]
+fn outbox_prune_deletes_what_ended_before_the_age_given_and_dead_entries_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cfg) = one_pending(dir.path(), "[outbox]\nmax_attempts = 1\n");
+    // The one intent dies on /dev/full; a second run's intent is delivered.
+    let dead = escrow(&[
+        "outbox",
+        "deliver",
+        "--once",
+        "--outbox",
+        &db,
+        "--config",
+        &cfg,
+        "--sink",
+        "file:/dev/full",
+    ]);
+    assert_eq!(dead.status.code(), Some(3), "{}", text(&dead.stderr));
+    let input = steps_file(dir.path(), json!([{ "defer": "a.b", "payload": 2 }]));
+    let out = dir.path().join("out.jsonl");
+    let run = escrow(&[
+        "run",
+        fixtures::SCRIPTED,
+        "--config",
+        &cfg,
+        "--input-file",
+        &input,
+        "--outbox",
+        &db,
+        "--sink",
+        &format!("file:{}", out.display()),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let before = stats(&db);
+    assert_eq!(
+        (before["delivered"].as_u64(), before["dead"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["outbox", "prune", "--outbox", &db];
+        args.extend_from_slice(extra);
+        escrow(&args)
+    };
+    let young = prune(&["--older-than", "1h"]);
+    assert_eq!(young.status.code(), Some(0), "{}", text(&young.stderr));
+    assert!(
+        text(&young.stderr).contains("deleted 0 delivered entries"),
+        "{}",
+        text(&young.stderr)
+    );
+
+    std::thread::sleep(Duration::from_millis(5));
+    let delivered = prune(&["--older-than", "1ms"]);
+    assert!(
+        text(&delivered.stderr).contains("deleted 1 delivered entries that ended before "),
+        "{}",
+        text(&delivered.stderr)
+    );
+    assert_eq!(
+        stats(&db)["dead"],
+        1,
+        "dead entries are kept without --dead"
+    );
+    let with_dead = prune(&["--older-than", "1ms", "--dead"]);
+    assert!(
+        text(&with_dead.stderr).contains("deleted 1 delivered or dead entries"),
+        "{}",
+        text(&with_dead.stderr)
+    );
+    let after = stats(&db);
+    assert_eq!(
+        (after["delivered"].as_u64(), after["dead"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let bad = prune(&["--older-than", "soon"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("soon"), "{}", text(&bad.stderr));
+}

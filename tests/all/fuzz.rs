@@ -772,6 +772,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("backoff_max_ms", Kind::Number),
             ("lease_ms", Kind::Number),
             ("delivery_lease_ms", Kind::Number),
+            ("retain_delivered", Kind::Text),
             ("compensation_grace_ms", Kind::Number),
         ],
     ),

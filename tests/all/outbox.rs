@@ -450,7 +450,7 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
         assert_eq!(store.claim(&second, now, 10, 100).await.unwrap().len(), 3);
 
         let late = store
-            .settle(&first, &[(claimed[0].id, Settlement::Delivered)])
+            .settle(&first, &[(claimed[0].id, Settlement::Delivered)], now)
             .await
             .unwrap();
         assert_eq!(
@@ -460,7 +460,7 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
             backend.name()
         );
         let held = store
-            .settle(&second, &[(claimed[0].id, Settlement::Delivered)])
+            .settle(&second, &[(claimed[0].id, Settlement::Delivered)], now)
             .await
             .unwrap();
         assert_eq!(held, 1);
@@ -991,5 +991,91 @@ async fn a_host_s_delivery_claim_is_renewed_while_a_slow_sink_takes_longer_than_
         assert_eq!(outcome.status(), Status::Committed);
         assert_eq!(slow.flaky.effects(), ["a.first", "b.flaky", "c.third"]);
         assert!(other.effects().is_empty(), "{}", backend.name());
+    }
+}
+
+/// One run of `count` intents to `a.b` and one to `x.flaky`, written
+/// straight to the store.
+async fn write_run(outbox: &Outbox, count: u64) {
+    let run_id = RunId::new();
+    let entry = |seq: u64, effect: &str| NewEntry {
+        kind: EntryKind::Intent,
+        run_id,
+        seq,
+        plugin: "bulk".into(),
+        effect: effect.into(),
+        payload: b"1".to_vec(),
+        fences: Vec::new(),
+    };
+    let mut intents: Vec<NewEntry> = (1..=count).map(|seq| entry(seq, "a.b")).collect();
+    intents.push(entry(count + 1, "x.flaky"));
+    outbox
+        .write(Write::Commit {
+            run_id,
+            intents,
+            claim: None,
+            now_ms: outbox.now_ms(),
+            journaled: false,
+            failed_compensations: Vec::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn workers_delete_delivered_entries_past_their_retention_in_batches_and_keep_dead_ones() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000_000);
+        let outbox = backend
+            .open()
+            .await
+            .clock(Arc::new(clock.clone()))
+            .retain_delivered(Duration::from_secs(3600))
+            .retry_policy(RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            });
+        // More than two batches of delivered entries, and one dead.
+        let count = 2 * u64::from(escrow_host::outbox::PRUNE_BATCH) + 500;
+        write_run(&outbox, count).await;
+        let sink = Flaky::failing(u32::MAX);
+        let report = Worker::new(outbox.clone(), sink.sinks(), Handlers::new())
+            .run_once()
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.delivered, report.dead),
+            (count, 1),
+            "{}",
+            backend.name()
+        );
+
+        // Within the retention, a worker's round deletes nothing.
+        clock.advance(Duration::from_secs(1800));
+        Worker::new(outbox.clone(), sink.sinks(), Handlers::new())
+            .run_once()
+            .await
+            .unwrap();
+        assert_eq!(outbox.store().stats().await.unwrap().delivered, count);
+
+        // Past it, the next worker's round deletes every delivered entry, in
+        // batches, and keeps the dead one.
+        clock.advance(Duration::from_secs(1801));
+        Worker::new(outbox.clone(), sink.sinks(), Handlers::new())
+            .run_once()
+            .await
+            .unwrap();
+        let stats = outbox.store().stats().await.unwrap();
+        assert_eq!((stats.delivered, stats.dead), (0, 1), "{}", backend.name());
+
+        // Pruning by hand with dead ones included.
+        let deleted = outbox
+            .prune(
+                escrow_host::outbox::Prune::DeliveredAndDead,
+                outbox.now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1, "{}", backend.name());
     }
 }

@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use escrow_host::config::{Config, SinkSpec};
 use escrow_host::outbox::{
-    Entry, EntryStatus, Filter, OpenMode, Outbox, Retry, RetryPolicy, Stats, Worker,
+    Entry, EntryStatus, Filter, OpenMode, Outbox, Prune, Retry, RetryPolicy, Stats, Worker,
 };
 use serde_json::{Value, json};
 
@@ -27,6 +27,7 @@ enum OutboxCommand {
     Deliver(DeliverArgs),
     List(ListArgs),
     Retry(RetryArgs),
+    Prune(PruneArgs),
     Stats(StatsArgs),
 }
 
@@ -123,6 +124,23 @@ struct RetryArgs {
     dead: bool,
 }
 
+/// Delete delivered entries that ended longer ago than --older-than (and,
+/// with --dead, dead ones too), in batches that never hold a long lock.
+/// Workers do the same for delivered entries past `[outbox]
+/// retain_delivered` (default 7 days); dead ones are kept until retried or
+/// pruned here.
+#[derive(Debug, Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    store: Store,
+    /// How long ago an entry must have ended: `30d`, `12h`, `90min`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    older_than: Duration,
+    /// Delete dead entries too (by the time their last attempt was due).
+    #[arg(long)]
+    dead: bool,
+}
+
 /// Counts by status, attempts, and the age of the oldest pending entry.
 #[derive(Debug, Args)]
 struct StatsArgs {
@@ -139,6 +157,7 @@ pub(crate) fn main(args: OutboxArgs) -> anyhow::Result<u8> {
             OutboxCommand::Deliver(args) => deliver(args).await,
             OutboxCommand::List(args) => list(args).await,
             OutboxCommand::Retry(args) => retry(args).await,
+            OutboxCommand::Prune(args) => prune(args).await,
             OutboxCommand::Stats(args) => stats(args).await,
         }
     })
@@ -288,6 +307,23 @@ async fn retry(args: RetryArgs) -> anyhow::Result<u8> {
     };
     let changed = outbox.store().retry(&which, outbox.now_ms()).await?;
     eprintln!("escrow: {changed} entries are pending again");
+    Ok(0)
+}
+
+async fn prune(args: PruneArgs) -> anyhow::Result<u8> {
+    let config = args.store.config()?;
+    let outbox = args.store.open(&config).await?;
+    let age = i64::try_from(args.older_than.as_millis()).unwrap_or(i64::MAX);
+    let before = outbox.now_ms().saturating_sub(age);
+    let (which, what) = match args.dead {
+        true => (Prune::DeliveredAndDead, "delivered or dead"),
+        false => (Prune::Delivered, "delivered"),
+    };
+    let deleted = outbox.prune(which, before).await?;
+    eprintln!(
+        "escrow: deleted {deleted} {what} entries that ended before {}",
+        time_text(before)
+    );
     Ok(0)
 }
 

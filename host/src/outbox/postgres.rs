@@ -14,8 +14,8 @@ use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::{
     Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
-    OutboxError, OutboxStore, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
-    retriable,
+    OutboxError, OutboxStore, Prune, Retry, Settlement, Stats, Write, fences_from_json,
+    fences_json, retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
@@ -54,6 +54,7 @@ CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
 ",
     r"
 ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX escrow_outbox_ended ON escrow_outbox (status, (COALESCE(delivered_at, due_at)));
 ",
 ];
 
@@ -491,10 +492,11 @@ impl OutboxStore for PostgresOutbox {
         &self,
         claim: &Claim,
         settlements: &[(i64, Settlement)],
+        now_ms: i64,
     ) -> Result<u64, OutboxError> {
         self.with(async |client| {
             let tx = client.transaction().await?;
-            let now = super::unix_ms();
+            let now = now_ms;
             let token = &claim.token;
             // The common case, delivered entries, in one statement.
             let delivered: Vec<i64> = settlements
@@ -697,6 +699,27 @@ impl OutboxStore for PostgresOutbox {
             Ok(Ok(changed))
         })
         .await?
+    }
+
+    async fn prune(
+        &self,
+        which: Prune,
+        ended_before_ms: i64,
+        limit: u32,
+    ) -> Result<u64, OutboxError> {
+        let statuses: Vec<&str> = which.statuses().to_vec();
+        self.with(async |client| {
+            // Rows another transaction holds are skipped, not waited for.
+            client
+                .execute(
+                    "DELETE FROM escrow_outbox WHERE id IN (SELECT id FROM escrow_outbox \
+                     WHERE status = ANY($1) AND COALESCE(delivered_at, due_at) < $2 \
+                     LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                    &[&statuses, &ended_before_ms, &i64::from(limit)],
+                )
+                .await
+        })
+        .await
     }
 
     async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {

@@ -13,8 +13,8 @@ use rusqlite::{
 
 use super::{
     Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
-    OutboxError, OutboxStore, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
-    retriable,
+    OutboxError, OutboxStore, Prune, Retry, Settlement, Stats, Write, fences_from_json,
+    fences_json, retriable,
 };
 use crate::run_id::RunId;
 
@@ -51,6 +51,7 @@ CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
 ",
     r"
 ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX escrow_outbox_ended ON escrow_outbox (status, COALESCE(delivered_at, due_at));
 ",
 ];
 
@@ -376,12 +377,13 @@ impl OutboxStore for SqliteOutbox {
         &self,
         claim: &Claim,
         settlements: &[(i64, Settlement)],
+        now_ms: i64,
     ) -> Result<u64, OutboxError> {
         let claim = claim.clone();
         let settlements = settlements.to_vec();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = super::unix_ms();
+            let now = now_ms;
             let mut held = 0;
             for (id, settlement) in &settlements {
                 let token = &claim.token;
@@ -552,6 +554,31 @@ impl OutboxStore for SqliteOutbox {
             Ok(Ok(changed as u64))
         })
         .await?
+    }
+
+    async fn prune(
+        &self,
+        which: Prune,
+        ended_before_ms: i64,
+        limit: u32,
+    ) -> Result<u64, OutboxError> {
+        self.with(move |conn| {
+            let mut deleted = 0;
+            for status in which.statuses() {
+                let left = i64::from(limit) - deleted as i64;
+                if left <= 0 {
+                    break;
+                }
+                deleted += conn
+                    .prepare_cached(
+                        "DELETE FROM escrow_outbox WHERE id IN (SELECT id FROM escrow_outbox \
+                         WHERE status = ?1 AND COALESCE(delivered_at, due_at) < ?2 LIMIT ?3)",
+                    )?
+                    .execute(params![status, ended_before_ms, left])?;
+            }
+            Ok(deleted as u64)
+        })
+        .await
     }
 
     async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Claim, Entry, EntryKind, Outbox, OutboxError, Settlement};
+use super::{Claim, Entry, EntryKind, Outbox, OutboxError, PRUNE_BATCH, Prune, Settlement};
 use crate::handlers::{Call, Handlers};
 use crate::outcome::Delivery;
 use crate::sinks::{Attempt, Sinks};
@@ -74,10 +74,21 @@ pub struct Worker {
     /// its metrics: counting reads the whole table, so it is done at most
     /// every [`STATS_EVERY`], not on every poll.
     counted_at: Arc<AtomicI64>,
+    /// When (ms, the outbox's clock) the worker last deleted delivered
+    /// entries past their retention.
+    pruned_at: Arc<AtomicI64>,
 }
 
 /// How often a worker counts the outbox for its metrics.
 const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// How often a worker deletes delivered entries past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Most batches of [`PRUNE_BATCH`] one round of retention deletes, so that
+/// delivery is never held up for long; a backlog is worked off over the
+/// following rounds.
+const PRUNE_BATCHES_PER_ROUND: u32 = 10;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,6 +133,7 @@ impl Worker {
             handlers: handlers.into(),
             poll: DEFAULT_POLL_INTERVAL,
             counted_at: Arc::new(AtomicI64::new(i64::MIN)),
+            pruned_at: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -147,6 +159,11 @@ impl Worker {
     async fn drain(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let report = self.drain_claims(stopped).await?;
         let now = self.outbox.now_ms();
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64 {
+            self.pruned_at.store(now, Ordering::Relaxed);
+            self.prune_delivered(now).await;
+        }
         let last = self.counted_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= STATS_EVERY.as_millis() as i64 {
             self.counted_at.store(now, Ordering::Relaxed);
@@ -159,6 +176,28 @@ impl Worker {
             }
         }
         Ok(report)
+    }
+
+    /// Deletes delivered entries older than the outbox's retention, a few
+    /// batches a round.
+    async fn prune_delivered(&self, now: i64) {
+        let retain = i64::try_from(self.outbox.retained_for().as_millis()).unwrap_or(i64::MAX);
+        let before = now.saturating_sub(retain);
+        for _ in 0..PRUNE_BATCHES_PER_ROUND {
+            match self
+                .outbox
+                .store()
+                .prune(Prune::Delivered, before, PRUNE_BATCH)
+                .await
+            {
+                Ok(deleted) if deleted == u64::from(PRUNE_BATCH) => {}
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "deleting delivered entries past their retention failed");
+                    return;
+                }
+            }
+        }
     }
 
     async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
@@ -292,7 +331,11 @@ impl<'a> Settler<'a> {
     async fn renew(&mut self) -> Result<(), OutboxError> {
         self.claim.lease_until_ms = self.outbox.now_ms() + self.lease.as_millis() as i64;
         match self.pending.is_empty() {
-            true => self.outbox.store().settle(&self.claim, &[]).await.map(drop),
+            true => {
+                let now = self.outbox.now_ms();
+                let renewed = self.outbox.store().settle(&self.claim, &[], now).await;
+                renewed.map(drop)
+            }
             false => self.flush().await,
         }
     }
@@ -303,7 +346,10 @@ impl<'a> Settler<'a> {
         }
         let outbox = self.outbox;
         self.claim.lease_until_ms = outbox.now_ms() + self.lease.as_millis() as i64;
-        let held = outbox.store().settle(&self.claim, &self.pending).await?;
+        let held = outbox
+            .store()
+            .settle(&self.claim, &self.pending, outbox.now_ms())
+            .await?;
         let lost = self.pending.len() as u64 - held.min(self.pending.len() as u64);
         if lost > 0 {
             tracing::warn!(
