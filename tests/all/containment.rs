@@ -270,6 +270,10 @@ async fn kept_by(calls: &[Call]) -> Kept {
 async fn assert_huge_names_keep_what_short_ones_do(calls: impl Fn(Name) -> Vec<Call>) -> Kept {
     let short = kept_by(&calls(Name::Huge(SHORT_NAME))).await;
     let huge = kept_by(&calls(Name::Huge(HUGE_NAME))).await;
+    eprintln!(
+        "kept after the run: {} bytes with 32 MiB names, {} with 8-byte names; peak {} bytes",
+        huge.kept, short.kept, huge.peak
+    );
     assert!(
         huge.kept - short.kept < KEPT_MORE_AT_MOST,
         "with 32 MiB names the run keeps {} bytes, with 8-byte names {}",
