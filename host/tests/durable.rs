@@ -918,3 +918,79 @@ fn outbox_prune_deletes_what_ended_before_the_age_given_and_dead_entries_only_wh
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("soon"), "{}", text(&bad.stderr));
 }
+
+/// A SQLite outbox on a full disk (a 512 KiB tmpfs, mounted in a mount
+/// namespace of the test's own, which needs root and `unshare`): a run whose
+/// intents do not fit fails with one line, reports none of them committed,
+/// and the outbox holds what it held before.
+#[test]
+fn a_run_into_a_sqlite_outbox_on_a_full_disk_fails_and_reports_nothing_committed() {
+    let probe = Command::new("unshare").args(["--mount", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: `unshare --mount` needs root and util-linux");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("full")).unwrap();
+    let cfg = config(d, "");
+    std::fs::write(
+        d.join("small.json"),
+        json!({ "steps": [{ "defer": "a.b", "payload": 1 }] }).to_string(),
+    )
+    .unwrap();
+    let big: Vec<Value> = (0..1000)
+        .map(|_| json!({ "defer": "a.b", "payload": "x".repeat(900) }))
+        .collect();
+    std::fs::write(d.join("big.json"), json!({ "steps": big }).to_string()).unwrap();
+    let escrow = env!("CARGO_BIN_EXE_escrow");
+    let plugin = fixtures::SCRIPTED;
+    let script = format!(
+        "cd {d} && mount -t tmpfs -o size=512k tmpfs full && \
+         {escrow} run {plugin} --config {cfg} --input-file small.json --outbox full/o.db --no-deliver >/dev/null 2>&1 && \
+         {escrow} run {plugin} --config {cfg} --input-file big.json --outbox full/o.db --no-deliver --json >big.out 2>big.err; \
+         echo $? >big.code; \
+         {escrow} run {plugin} --config {cfg} --input-file big.json --outbox full/o.db --no-deliver >/dev/null 2>human.err; \
+         {escrow} outbox stats --outbox full/o.db --json >stats.json",
+        d = d.display(),
+    );
+    let shell = Command::new("unshare")
+        .env_remove("ESCROW_LOG")
+        .env(
+            "ESCROW_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("escrow-cache"),
+        )
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(shell.status.success(), "{}", text(&shell.stderr));
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
+    assert_eq!(read("big.code").trim(), "1");
+    let report: Value = serde_json::from_str(&read("big.out")).unwrap();
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("the committed intents could not be stored"),
+        "{}",
+        report["error"]
+    );
+    assert!(
+        report["intents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["fate"] == "discarded"),
+        "nothing reported committed"
+    );
+    let human = read("human.err");
+    assert_eq!(
+        human.lines().filter(|l| l.starts_with("escrow: ")).count(),
+        1,
+        "{human}"
+    );
+    assert!(human.contains("disk is full"), "{human}");
+    let stats: Value = serde_json::from_str(&read("stats.json")).unwrap();
+    assert_eq!(stats["pending"], 1, "only the run that fitted is stored");
+}
