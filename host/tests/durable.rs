@@ -511,17 +511,15 @@ fn the_outbox_example_delivers_a_payroll_after_the_host_left_and_the_bank_applie
     bank("applied 0, skipped 3");
 }
 
-#[test]
-fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
-    let server = PostgresServer::start();
-    let outbox = server.url();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
+/// Writes `runs` runs of 1,000 intents each into `outbox` with `escrow run
+/// --no-deliver`.
+fn fill(dir: &Path, outbox: &str, runs: u32) {
+    let cfg = config(dir, "");
     let input = steps_file(
-        dir.path(),
-        json!([{ "repeat": 20, "steps": [{ "defer": "orders.save", "payload": 1 }] }]),
+        dir,
+        json!([{ "repeat": 1000, "steps": [{ "defer": "orders.save", "payload": 1 }] }]),
     );
-    for _ in 0..25 {
+    for _ in 0..runs {
         let output = escrow(&[
             "run",
             fixtures::SCRIPTED,
@@ -530,21 +528,37 @@ fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
             "--input-file",
             &input,
             "--outbox",
-            &outbox,
+            outbox,
             "--no-deliver",
         ]);
         assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     }
-    // Two processes deliver at once, each to a file of its own.
-    let workers: Vec<_> = ["a", "b"]
+}
+
+/// The idempotency keys of every line of `files`, in order.
+fn keys_in(files: &[PathBuf]) -> Vec<String> {
+    files
         .iter()
-        .map(|name| {
-            let sink = format!(
-                "file:{}",
-                dir.path().join(format!("{name}.jsonl")).display()
-            );
+        .flat_map(|file| lines(file))
+        .map(|line| line["idempotency_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Two worker processes deliver 10,000 intents at once, each to a file of
+/// its own: every intent is delivered, none twice.
+fn two_workers_compete(outbox: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), outbox, 10);
+    let files: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|name| dir.path().join(format!("{name}.jsonl")))
+        .collect();
+    let workers: Vec<_> = files
+        .iter()
+        .map(|file| {
+            let sink = format!("file:{}", file.display());
             escrow_command(&[
-                "outbox", "deliver", "--once", "--outbox", &outbox, "--sink", &sink,
+                "outbox", "deliver", "--once", "--outbox", outbox, "--sink", &sink,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -555,16 +569,119 @@ fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
     for mut worker in workers {
         assert!(worker.wait().unwrap().success());
     }
-    let mut keys = Vec::new();
-    for name in ["a", "b"] {
-        for line in lines(&dir.path().join(format!("{name}.jsonl"))) {
-            keys.push(line["idempotency_key"].as_str().unwrap().to_owned());
-        }
-    }
+    let keys = keys_in(&files);
     let unique: BTreeSet<&String> = keys.iter().collect();
-    assert_eq!(keys.len(), 500, "every intent delivered");
-    assert_eq!(unique.len(), 500, "none delivered twice");
-    assert_eq!(stats(&outbox)["delivered"], 500);
+    assert_eq!(unique.len(), 10_000, "every intent delivered");
+    assert_eq!(keys.len(), 10_000, "none delivered twice");
+    assert_eq!(stats(outbox)["delivered"], 10_000);
+}
+
+#[test]
+fn two_worker_processes_on_one_sqlite_file_never_deliver_the_same_intent() {
+    let dir = tempfile::tempdir().unwrap();
+    two_workers_compete(dir.path().join("outbox.db").to_str().unwrap());
+}
+
+#[test]
+fn two_worker_processes_on_one_postgres_never_deliver_the_same_intent() {
+    two_workers_compete(&PostgresServer::start().url());
+}
+
+/// A worker stopped (SIGSTOP) in the middle of a delivery, past its lease:
+/// another worker takes its entries over; when the first resumes, what it
+/// delivered late is refused by its claim token, nothing is lost, and the
+/// only duplicates are deliveries under the same idempotency key.
+fn a_stopped_worker_loses_its_claim(outbox: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), outbox, 1);
+    let cfg = dir.path().join("lease.toml");
+    std::fs::write(&cfg, "[outbox]\nlease_ms = 500\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // Nobody reads the first worker's stdout: it blocks once the pipe is
+    // full, mid-delivery, its claim held. Then it is stopped as well.
+    let mut first = escrow_command(&[
+        "outbox", "deliver", "--follow", "--outbox", outbox, "--config", cfg, "--sink", "stdout",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    while stats(outbox)["claimed"].as_u64() == Some(0) {
+        assert!(started.elapsed() < Duration::from_secs(30), "never claimed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signal = |name: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP", first.id());
+    std::thread::sleep(Duration::from_millis(700));
+
+    let taken = dir.path().join("second.jsonl");
+    let second = escrow(&[
+        "outbox",
+        "deliver",
+        "--once",
+        "--outbox",
+        outbox,
+        "--config",
+        cfg,
+        "--sink",
+        &format!("file:{}", taken.display()),
+    ]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert_eq!(stats(outbox)["pending"], 0, "{}", text(&second.stderr));
+
+    // The first resumes, writes what it was writing, and finds its claim
+    // gone when it settles; it is then stopped as an operator would.
+    signal("-CONT", first.id());
+    let mut stdout = first.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+        text
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    signal("-TERM", first.id());
+    let first_out = reader.join().unwrap();
+    let first_status = first.wait().unwrap();
+    assert_eq!(first_status.code(), Some(0));
+
+    let mut keys: Vec<String> = first_out
+        .lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| {
+            let line: Value = serde_json::from_str(l).unwrap();
+            line["idempotency_key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    keys.extend(keys_in(&[taken]));
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), 1000, "nothing lost");
+    let stats = stats(outbox);
+    assert_eq!(
+        (stats["delivered"].as_u64(), stats["pending"].as_u64()),
+        (Some(1000), Some(0)),
+        "{stats}"
+    );
+    // Each entry counts the attempts of the claim that settled it: the
+    // stopped worker's late settlements were refused.
+    assert!(stats["attempts"].as_u64() <= Some(1000), "{stats}");
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_on_sqlite_loses_its_claim_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stopped_worker_loses_its_claim(dir.path().join("outbox.db").to_str().unwrap());
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_on_postgres_loses_its_claim_and_nothing_is_lost() {
+    a_stopped_worker_loses_its_claim(&PostgresServer::start().url());
 }
 
 /// An outbox of one pending intent to `a.b`, written by `escrow run
