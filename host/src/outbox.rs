@@ -372,6 +372,19 @@ impl Claim {
 /// A durable change, applied with others in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
+    /// Attempts under `claim` ended: `settlements` (entry id, how it ended)
+    /// are applied to the entries the claim still holds, and the claim's
+    /// other entries are extended to its lease. Its answer is how many were
+    /// still held: an entry whose lease ran out and was claimed again since
+    /// is left alone.
+    Settle {
+        /// The claim the attempts were made under.
+        claim: Claim,
+        /// Each entry's id and how its attempt ended.
+        settlements: Vec<(i64, Settlement)>,
+        /// When (stamps delivered entries).
+        now_ms: i64,
+    },
     /// A run committed: its committed intents become pending entries, due
     /// now, and the compensations it journaled are resolved: dropped, but
     /// for those that failed in a nested scope's rollback, which stay owed.
@@ -494,8 +507,10 @@ pub enum Retry {
 #[async_trait::async_trait]
 pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// Applies every write of `batch` in one transaction, durable when this
-    /// returns `Ok`; none of them on `Err`.
-    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError>;
+    /// returns `Ok`, with one answer per write (for a [`Write::Settle`], how
+    /// many entries its claim still held; 0 for the others); none of them
+    /// on `Err`.
+    async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError>;
 
     /// Claims up to `max_runs` runs whose next entry is due at `now_ms` and
     /// not claimed, with every pending entry of each (at most `max_entries`
@@ -508,18 +523,6 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
         max_runs: u32,
         max_entries: u32,
     ) -> Result<Vec<Entry>, OutboxError>;
-
-    /// Applies `settlements` (entry id, how it ended) for entries held by
-    /// `claim`, in one transaction, and extends the claim's other entries to
-    /// its lease. Returns how many entries were still held by the claim; an
-    /// entry whose lease expired and was claimed again is left alone.
-    /// `now_ms` (the outbox's clock) stamps delivered entries.
-    async fn settle(
-        &self,
-        claim: &Claim,
-        settlements: &[(i64, Settlement)],
-        now_ms: i64,
-    ) -> Result<u64, OutboxError>;
 
     /// Whether the intents of `run_id` are in the store: asked when the
     /// answer to a commit was lost.
@@ -724,7 +727,7 @@ struct Inner {
     groups: Arc<(AtomicU64, AtomicU64)>,
 }
 
-type Pending = (Write, oneshot::Sender<Result<(), OutboxError>>);
+type Pending = (Write, oneshot::Sender<Result<u64, OutboxError>>);
 
 impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -824,13 +827,14 @@ impl Outbox {
     }
 
     /// Applies `write` durably, in a transaction shared with the writes of
-    /// other runs waiting at the same time.
+    /// other runs waiting at the same time. Returns the write's answer (for
+    /// a [`Write::Settle`], how many entries its claim still held).
     ///
     /// # Errors
     ///
     /// When the store failed; the write was not applied, unless the store
     /// lost its answer after committing (see `docs/delivery.md`).
-    pub async fn write(&self, write: Write) -> Result<(), OutboxError> {
+    pub async fn write(&self, write: Write) -> Result<u64, OutboxError> {
         let (done, answer) = oneshot::channel();
         self.inner
             .writes
@@ -931,8 +935,11 @@ fn spawn_committer(
             if let Err(error) = &result {
                 tracing::warn!(%error, writes = writes.len(), "outbox write failed");
             }
-            for answer in answers {
-                let _ = answer.send(result.clone());
+            for (i, answer) in answers.into_iter().enumerate() {
+                let _ = answer.send(match &result {
+                    Ok(held) => Ok(held.get(i).copied().unwrap_or(0)),
+                    Err(error) => Err(error.clone()),
+                });
             }
         }
     })

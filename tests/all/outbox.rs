@@ -449,20 +449,19 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
         let second = Claim::new(now, Duration::from_secs(60));
         assert_eq!(store.claim(&second, now, 10, 100).await.unwrap().len(), 3);
 
-        let late = store
-            .settle(&first, &[(claimed[0].id, Settlement::Delivered)], now)
-            .await
-            .unwrap();
+        let settle = |claim: &Claim| Write::Settle {
+            claim: claim.clone(),
+            settlements: vec![(claimed[0].id, Settlement::Delivered)],
+            now_ms: now,
+        };
+        let late = outbox.write(settle(&first)).await.unwrap();
         assert_eq!(
             late,
             0,
             "{}: the stale claim changed nothing",
             backend.name()
         );
-        let held = store
-            .settle(&second, &[(claimed[0].id, Settlement::Delivered)], now)
-            .await
-            .unwrap();
+        let held = outbox.write(settle(&second)).await.unwrap();
         assert_eq!(held, 1);
     }
 }

@@ -219,7 +219,7 @@ impl EscrowCtx {
         // Set first: if the run is cut off while the write is in flight, the
         // write may still land, and the run's end must resolve it.
         self.journaled = true;
-        outbox.write(write).await
+        outbox.write(write).await.map(drop)
     }
 
     /// The checks before a handler is called: the request's own checks for

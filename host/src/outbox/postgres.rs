@@ -356,7 +356,86 @@ async fn resolve(
     Ok(())
 }
 
-async fn apply(client: &impl GenericClient, write: &Write) -> Result<(), tokio_postgres::Error> {
+/// Applies `settlements` for entries `claim` holds and extends the claim's
+/// other entries to its lease; returns how many were still held.
+async fn settle(
+    client: &impl GenericClient,
+    claim: &Claim,
+    settlements: &[(i64, Settlement)],
+    now_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let now = now_ms;
+    let token = &claim.token;
+    // The common case, delivered entries, in one statement.
+    let delivered: Vec<i64> = settlements
+        .iter()
+        .filter(|(_, s)| *s == Settlement::Delivered)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut held = client
+        .execute(
+            "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
+             delivered_at = $3, last_error = NULL, claim_token = NULL, lease_until = NULL \
+             WHERE id = ANY($1) AND claim_token = $2",
+            &[&delivered, token, &now],
+        )
+        .await?;
+    for (id, settlement) in settlements {
+        held += match settlement {
+            Settlement::Delivered => 0,
+            Settlement::Retry { due_at_ms, error } => {
+                client
+                    .execute(
+                        "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = $3, \
+                     last_error = $4, claim_token = NULL, lease_until = NULL \
+                     WHERE id = $1 AND claim_token = $2",
+                        &[id, token, due_at_ms, error],
+                    )
+                    .await?
+            }
+            Settlement::Dead { error } => {
+                client
+                    .execute(
+                        "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
+                     last_error = $3, claim_token = NULL, lease_until = NULL \
+                     WHERE id = $1 AND claim_token = $2",
+                        &[id, token, error],
+                    )
+                    .await?
+            }
+            Settlement::Reschedule { due_at_ms, reason } => {
+                client
+                    .execute(
+                        "UPDATE escrow_outbox SET due_at = $3, last_error = $4, \
+                     claim_token = NULL, lease_until = NULL \
+                     WHERE id = $1 AND claim_token = $2",
+                        &[id, token, due_at_ms, reason],
+                    )
+                    .await?
+            }
+            Settlement::Release => {
+                client
+                    .execute(
+                        "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                     WHERE id = $1 AND claim_token = $2",
+                        &[id, token],
+                    )
+                    .await?
+            }
+        };
+    }
+    client
+        .execute(
+            "UPDATE escrow_outbox SET lease_until = $2 WHERE claim_token = $1",
+            &[token, &claim.lease_until_ms],
+        )
+        .await?;
+    Ok(held)
+}
+
+/// Applies one write; returns how many entries a settlement found still
+/// held by its claim (0 for other writes).
+async fn apply(client: &impl GenericClient, write: &Write) -> Result<u64, tokio_postgres::Error> {
     match write {
         Write::Commit {
             run_id,
@@ -367,30 +446,36 @@ async fn apply(client: &impl GenericClient, write: &Write) -> Result<(), tokio_p
             failed_compensations,
         } => {
             insert(client, intents, *now_ms, claim.as_ref(), *now_ms).await?;
-            if !*journaled {
-                return Ok(());
+            if *journaled {
+                resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await?;
             }
-            resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await
+            Ok(0)
         }
+        Write::Settle {
+            claim,
+            settlements,
+            now_ms,
+        } => settle(client, claim, settlements, *now_ms).await,
         Write::Journal {
             entry,
             due_at_ms,
             now_ms,
-        } => {
-            insert(
-                client,
-                std::slice::from_ref(entry),
-                *due_at_ms,
-                None,
-                *now_ms,
-            )
-            .await
-        }
+        } => insert(
+            client,
+            std::slice::from_ref(entry),
+            *due_at_ms,
+            None,
+            *now_ms,
+        )
+        .await
+        .map(|()| 0),
         Write::Resolve {
             run_id,
             failed,
             due_at_ms,
-        } => resolve(client, &run_id.to_string(), failed, *due_at_ms).await,
+        } => resolve(client, &run_id.to_string(), failed, *due_at_ms)
+            .await
+            .map(|()| 0),
     }
 }
 
@@ -424,13 +509,15 @@ fn entries(rows: &[Row]) -> Result<Vec<Entry>, OutboxError> {
 
 #[async_trait::async_trait]
 impl OutboxStore for PostgresOutbox {
-    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError> {
+    async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError> {
         self.with(async |client| {
             let tx = client.transaction().await?;
+            let mut answers = Vec::with_capacity(batch.len());
             for write in batch {
-                apply(&tx, write).await?;
+                answers.push(apply(&tx, write).await?);
             }
-            tx.commit().await
+            tx.commit().await?;
+            Ok(answers)
         })
         .await
     }
@@ -486,81 +573,6 @@ impl OutboxStore for PostgresOutbox {
             })
             .await?;
         entries(&rows)
-    }
-
-    async fn settle(
-        &self,
-        claim: &Claim,
-        settlements: &[(i64, Settlement)],
-        now_ms: i64,
-    ) -> Result<u64, OutboxError> {
-        self.with(async |client| {
-            let tx = client.transaction().await?;
-            let now = now_ms;
-            let token = &claim.token;
-            // The common case, delivered entries, in one statement.
-            let delivered: Vec<i64> = settlements
-                .iter()
-                .filter(|(_, s)| *s == Settlement::Delivered)
-                .map(|(id, _)| *id)
-                .collect();
-            let mut held = tx
-                .execute(
-                    "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
-                     delivered_at = $3, last_error = NULL, claim_token = NULL, lease_until = NULL \
-                     WHERE id = ANY($1) AND claim_token = $2",
-                    &[&delivered, token, &now],
-                )
-                .await?;
-            for (id, settlement) in settlements {
-                held += match settlement {
-                    Settlement::Delivered => 0,
-                    Settlement::Retry { due_at_ms, error } => {
-                        tx.execute(
-                            "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = $3, \
-                             last_error = $4, claim_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND claim_token = $2",
-                            &[id, token, due_at_ms, error],
-                        )
-                        .await?
-                    }
-                    Settlement::Dead { error } => {
-                        tx.execute(
-                            "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
-                             last_error = $3, claim_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND claim_token = $2",
-                            &[id, token, error],
-                        )
-                        .await?
-                    }
-                    Settlement::Reschedule { due_at_ms, reason } => {
-                        tx.execute(
-                            "UPDATE escrow_outbox SET due_at = $3, last_error = $4, \
-                             claim_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND claim_token = $2",
-                            &[id, token, due_at_ms, reason],
-                        )
-                        .await?
-                    }
-                    Settlement::Release => {
-                        tx.execute(
-                            "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
-                             WHERE id = $1 AND claim_token = $2",
-                            &[id, token],
-                        )
-                        .await?
-                    }
-                };
-            }
-            tx.execute(
-                "UPDATE escrow_outbox SET lease_until = $2 WHERE claim_token = $1",
-                &[token, &claim.lease_until_ms],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(held)
-        })
-        .await
     }
 
     async fn committed(&self, run_id: RunId) -> Result<bool, OutboxError> {

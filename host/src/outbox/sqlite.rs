@@ -248,8 +248,66 @@ fn resolve(
     Ok(())
 }
 
-fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
+/// Applies `settlements` for entries `claim` holds and extends the claim's
+/// other entries to its lease; returns how many were still held.
+fn settle(
+    tx: &Transaction<'_>,
+    claim: &Claim,
+    settlements: &[(i64, Settlement)],
+    now_ms: i64,
+) -> rusqlite::Result<u64> {
+    let now = now_ms;
+    let mut held = 0;
+    for (id, settlement) in settlements {
+        let token = &claim.token;
+        held += match settlement {
+            Settlement::Delivered => tx.execute(
+                "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
+                 delivered_at = ?3, last_error = NULL, claim_token = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND claim_token = ?2",
+                params![id, token, now],
+            )?,
+            Settlement::Retry { due_at_ms, error } => tx.execute(
+                "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = ?3, \
+                 last_error = ?4, claim_token = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND claim_token = ?2",
+                params![id, token, due_at_ms, error],
+            )?,
+            Settlement::Dead { error } => tx.execute(
+                "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
+                 last_error = ?3, claim_token = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND claim_token = ?2",
+                params![id, token, error],
+            )?,
+            Settlement::Reschedule { due_at_ms, reason } => tx.execute(
+                "UPDATE escrow_outbox SET due_at = ?3, last_error = ?4, \
+                 claim_token = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND claim_token = ?2",
+                params![id, token, due_at_ms, reason],
+            )?,
+            Settlement::Release => tx.execute(
+                "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                 WHERE id = ?1 AND claim_token = ?2",
+                params![id, token],
+            )?,
+        } as u64;
+    }
+    tx.execute(
+        "UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1",
+        params![claim.token, claim.lease_until_ms],
+    )?;
+    Ok(held)
+}
+
+/// Applies one write; returns how many entries a settlement found still
+/// held by its claim (0 for other writes).
+fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<u64> {
     match write {
+        Write::Settle {
+            claim,
+            settlements,
+            now_ms,
+        } => return settle(tx, claim, settlements, *now_ms),
         Write::Commit {
             run_id,
             intents,
@@ -276,7 +334,7 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
             due_at_ms,
         } => resolve(tx, &run_id.to_string(), failed, *due_at_ms)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -311,14 +369,16 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 #[async_trait::async_trait]
 impl OutboxStore for SqliteOutbox {
-    async fn write(&self, batch: &[Write]) -> Result<(), OutboxError> {
+    async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError> {
         let batch = batch.to_vec();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for write in &batch {
-                apply(&tx, write)?;
-            }
-            tx.commit()
+            let answers = batch
+                .iter()
+                .map(|write| apply(&tx, write))
+                .collect::<rusqlite::Result<_>>()?;
+            tx.commit()?;
+            Ok(answers)
         })
         .await
     }
@@ -369,62 +429,6 @@ impl OutboxStore for SqliteOutbox {
             }
             tx.commit()?;
             Ok(entries)
-        })
-        .await
-    }
-
-    async fn settle(
-        &self,
-        claim: &Claim,
-        settlements: &[(i64, Settlement)],
-        now_ms: i64,
-    ) -> Result<u64, OutboxError> {
-        let claim = claim.clone();
-        let settlements = settlements.to_vec();
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms;
-            let mut held = 0;
-            for (id, settlement) in &settlements {
-                let token = &claim.token;
-                held += match settlement {
-                    Settlement::Delivered => tx.execute(
-                        "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
-                         delivered_at = ?3, last_error = NULL, claim_token = NULL, lease_until = NULL \
-                         WHERE id = ?1 AND claim_token = ?2",
-                        params![id, token, now],
-                    )?,
-                    Settlement::Retry { due_at_ms, error } => tx.execute(
-                        "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = ?3, \
-                         last_error = ?4, claim_token = NULL, lease_until = NULL \
-                         WHERE id = ?1 AND claim_token = ?2",
-                        params![id, token, due_at_ms, error],
-                    )?,
-                    Settlement::Dead { error } => tx.execute(
-                        "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
-                         last_error = ?3, claim_token = NULL, lease_until = NULL \
-                         WHERE id = ?1 AND claim_token = ?2",
-                        params![id, token, error],
-                    )?,
-                    Settlement::Reschedule { due_at_ms, reason } => tx.execute(
-                        "UPDATE escrow_outbox SET due_at = ?3, last_error = ?4, \
-                         claim_token = NULL, lease_until = NULL \
-                         WHERE id = ?1 AND claim_token = ?2",
-                        params![id, token, due_at_ms, reason],
-                    )?,
-                    Settlement::Release => tx.execute(
-                        "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
-                         WHERE id = ?1 AND claim_token = ?2",
-                        params![id, token],
-                    )?,
-                } as u64;
-            }
-            tx.execute(
-                "UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1",
-                params![claim.token, claim.lease_until_ms],
-            )?;
-            tx.commit()?;
-            Ok(held)
         })
         .await
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Claim, Entry, EntryKind, Outbox, OutboxError, PRUNE_BATCH, Prune, Settlement};
+use super::{Claim, Entry, EntryKind, Outbox, OutboxError, PRUNE_BATCH, Prune, Settlement, Write};
 use crate::handlers::{Call, Handlers};
 use crate::outcome::Delivery;
 use crate::sinks::{Attempt, Sinks};
@@ -331,13 +331,22 @@ impl<'a> Settler<'a> {
     async fn renew(&mut self) -> Result<(), OutboxError> {
         self.claim.lease_until_ms = self.outbox.now_ms() + self.lease.as_millis() as i64;
         match self.pending.is_empty() {
-            true => {
-                let now = self.outbox.now_ms();
-                let renewed = self.outbox.store().settle(&self.claim, &[], now).await;
-                renewed.map(drop)
-            }
+            true => self.write_back().await.map(drop),
             false => self.flush().await,
         }
+    }
+
+    /// Writes the pending settlements (maybe none) and the claim's lease
+    /// through the outbox's group committer, in a transaction shared with
+    /// other runs' commits and settlements; returns how many were held.
+    async fn write_back(&self) -> Result<u64, OutboxError> {
+        self.outbox
+            .write(Write::Settle {
+                claim: self.claim.clone(),
+                settlements: self.pending.clone(),
+                now_ms: self.outbox.now_ms(),
+            })
+            .await
     }
 
     async fn flush(&mut self) -> Result<(), OutboxError> {
@@ -346,10 +355,7 @@ impl<'a> Settler<'a> {
         }
         let outbox = self.outbox;
         self.claim.lease_until_ms = outbox.now_ms() + self.lease.as_millis() as i64;
-        let held = outbox
-            .store()
-            .settle(&self.claim, &self.pending, outbox.now_ms())
-            .await?;
+        let held = self.write_back().await?;
         let lost = self.pending.len() as u64 - held.min(self.pending.len() as u64);
         if lost > 0 {
             tracing::warn!(
