@@ -225,7 +225,10 @@ fn crash_while_committing_and_delivering(outbox: &str, trials: u32) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let sink = format!("file:{}", out.display());
-    let cfg = config(dir.path(), "[outbox]\nlease_ms = 50\ndelivery_lease_ms = 50\n");
+    let cfg = config(
+        dir.path(),
+        "[outbox]\nlease_ms = 50\ndelivery_lease_ms = 50\n",
+    );
     let input = steps_file(
         dir.path(),
         json!([{ "repeat": 1000, "steps": [{ "defer": "orders.save", "payload": { "total": 1999 } }] }]),

@@ -652,6 +652,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_outbox_of_the_first_schema_is_migrated_and_keeps_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE escrow_schema (version INTEGER NOT NULL); \
+             INSERT INTO escrow_schema (version) VALUES (1); \
+             INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+             status, attempts, due_at, created_at) VALUES ('intent', \
+             '01a24b4a-fe73-7077-ab33-28ba4abd545e', 1, 1, 'p', 'a.b', x'31', '[]', 'dead', 3, 5, 5)",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteOutbox::open_with(&path, OpenMode::Existing).unwrap();
+        let entries = store.list(&Filter::default()).await.unwrap();
+        assert_eq!(
+            (
+                entries.len(),
+                entries[0].attempts,
+                entries[0].attempts_before_retry
+            ),
+            (1, 3, 0)
+        );
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(
+            schema_version(&conn).unwrap(),
+            Some(MIGRATIONS.len() as i64)
+        );
+    }
+
+    #[tokio::test]
     async fn a_missing_directory_is_named() {
         let error = SqliteOutbox::open("/nonexistent/dir/o.db")
             .unwrap_err()
