@@ -464,6 +464,21 @@ fn languages(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs `plugin` `runs` times at once, each committed.
+async fn concurrently(plugin: &escrow_host::Plugin, options: &RunOptions, runs: u64) {
+    let runs: Vec<_> = (0..runs)
+        .map(|_| {
+            let plugin = plugin.clone();
+            let options = options.clone();
+            tokio::spawn(async move { plugin.run(options).await.unwrap() })
+        })
+        .collect();
+    for run in runs {
+        let outcome = run.await.unwrap();
+        assert_eq!(outcome.status(), escrow_host::Status::Committed);
+    }
+}
+
 /// Runs committed in one iteration of the concurrent outbox benchmarks.
 const CONCURRENT_RUNS: u64 = 8;
 
@@ -511,27 +526,23 @@ fn outbox(c: &mut Criterion) {
                 assert_eq!(outcome.status(), escrow_host::Status::Committed);
             })
         });
-        let before = outbox.group_commits();
-        group.bench_function(format!("commit_{name}_{CONCURRENT_RUNS}"), |b| {
-            b.to_async(&rt).iter(|| async {
-                let runs: Vec<_> = (0..CONCURRENT_RUNS)
-                    .map(|_| {
-                        let plugin = plugin.clone();
-                        let options = options.clone();
-                        tokio::spawn(async move { plugin.run(options).await.unwrap() })
-                    })
-                    .collect();
-                for run in runs {
-                    run.await.unwrap();
-                }
-            })
-        });
-        let after = outbox.group_commits();
-        println!(
-            "outbox/{name}: {} runs committed in {} transactions while {CONCURRENT_RUNS} ran at once",
-            after.writes - before.writes,
-            after.transactions - before.transactions
-        );
+        for (bench, dispatch) in [
+            ("commit", Dispatch::Later),
+            ("commit_and_deliver", Dispatch::Now),
+        ] {
+            let options = options.clone().dispatch(dispatch);
+            let before = outbox.group_commits();
+            group.bench_function(format!("{bench}_{name}_{CONCURRENT_RUNS}"), |b| {
+                b.to_async(&rt)
+                    .iter(|| concurrently(&plugin, &options, CONCURRENT_RUNS))
+            });
+            let after = outbox.group_commits();
+            println!(
+                "outbox/{bench}_{name}: {} writes in {} transactions while {CONCURRENT_RUNS} ran at once",
+                after.writes - before.writes,
+                after.transactions - before.transactions
+            );
+        }
     }
 
     // One worker delivering stored intents to an in-process sink.
@@ -697,6 +708,12 @@ fn summary() {
             baseline: ("whole_run", "run_two_intents_committed", 1),
         },
         Row {
+            name: "run into SQLite and delivered by its host, 8 at once",
+            ours: ("outbox", "commit_and_deliver_sqlite_8", CONCURRENT_RUNS),
+            baseline_name: "committed for a worker",
+            baseline: ("outbox", "commit_sqlite_8", CONCURRENT_RUNS),
+        },
+        Row {
             name: "run into Postgres, 1 at a time",
             ours: ("outbox", "commit_postgres_1", 1),
             baseline_name: "in-memory sink",
@@ -707,6 +724,12 @@ fn summary() {
             ours: ("outbox", "commit_postgres_8", CONCURRENT_RUNS),
             baseline_name: "in-memory sink",
             baseline: ("whole_run", "run_two_intents_committed", 1),
+        },
+        Row {
+            name: "run into Postgres and delivered by its host, 8 at once",
+            ours: ("outbox", "commit_and_deliver_postgres_8", CONCURRENT_RUNS),
+            baseline_name: "committed for a worker",
+            baseline: ("outbox", "commit_postgres_8", CONCURRENT_RUNS),
         },
         Row {
             name: "worker delivers one intent",
