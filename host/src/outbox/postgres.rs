@@ -55,6 +55,7 @@ CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
     r"
 ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX escrow_outbox_ended ON escrow_outbox (status, (COALESCE(delivered_at, due_at)));
+CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_token IS NOT NULL;
 ",
 ];
 

@@ -52,6 +52,7 @@ CREATE INDEX escrow_outbox_due ON escrow_outbox (status, due_at);
     r"
 ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX escrow_outbox_ended ON escrow_outbox (status, COALESCE(delivered_at, due_at));
+CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_token IS NOT NULL;
 ",
 ];
 
@@ -681,6 +682,35 @@ mod tests {
             schema_version(&conn).unwrap(),
             Some(MIGRATIONS.len() as i64)
         );
+    }
+
+    /// Without the index, every settlement and every read of a claim
+    /// scanned the whole table: 50 ms a run with 120,000 entries stored.
+    #[tokio::test]
+    async fn a_claim_s_entries_are_found_by_index_not_by_scanning_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteOutbox::open(dir.path().join("o.db")).unwrap();
+        let conn = store.conn.lock().unwrap();
+        for query in [
+            format!(
+                "SELECT {ENTRY_COLUMNS} FROM escrow_outbox WHERE claim_token = 't' ORDER BY run_id, ord"
+            ),
+            "UPDATE escrow_outbox SET lease_until = 1 WHERE claim_token = 't'".to_owned(),
+            "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL WHERE claim_token = 't'"
+                .to_owned(),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .unwrap()
+                .query_map([], |r| r.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|step| step.contains("USING INDEX escrow_outbox_claims")),
+                "{query}: {plan:?}"
+            );
+        }
     }
 
     #[tokio::test]
