@@ -327,36 +327,24 @@ impl<'a> Settler<'a> {
         (self.lease / 3).max(MIN_RENEW_EVERY)
     }
 
-    /// Extends the claim's lease from now, writing back what is pending.
-    async fn renew(&mut self) -> Result<(), OutboxError> {
-        self.claim.lease_until_ms = self.outbox.now_ms() + self.lease.as_millis() as i64;
-        match self.pending.is_empty() {
-            true => self.write_back().await.map(drop),
-            false => self.flush().await,
-        }
-    }
-
-    /// Writes the pending settlements (maybe none) and the claim's lease
-    /// through the outbox's group committer, in a transaction shared with
-    /// other runs' commits and settlements; returns how many were held.
-    async fn write_back(&self) -> Result<u64, OutboxError> {
-        self.outbox
+    /// Writes the pending settlements (maybe none, to renew the claim)
+    /// with the claim's lease extended from now, through the outbox's group
+    /// committer, in a transaction shared with other runs' commits and
+    /// settlements; counts those the claim had lost.
+    async fn write_back(&mut self) -> Result<(), OutboxError> {
+        let now_ms = self.outbox.now_ms();
+        self.claim.lease_until_ms = now_ms + self.lease.as_millis() as i64;
+        let settlements = std::mem::take(&mut self.pending);
+        let settled = settlements.len() as u64;
+        let held = self
+            .outbox
             .write(Write::Settle {
                 claim: self.claim.clone(),
-                settlements: self.pending.clone(),
-                now_ms: self.outbox.now_ms(),
+                settlements,
+                now_ms,
             })
-            .await
-    }
-
-    async fn flush(&mut self) -> Result<(), OutboxError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let outbox = self.outbox;
-        self.claim.lease_until_ms = outbox.now_ms() + self.lease.as_millis() as i64;
-        let held = self.write_back().await?;
-        let lost = self.pending.len() as u64 - held.min(self.pending.len() as u64);
+            .await?;
+        let lost = settled - held.min(settled);
         if lost > 0 {
             tracing::warn!(
                 lost,
@@ -364,8 +352,14 @@ impl<'a> Settler<'a> {
             );
         }
         self.lost += lost;
-        self.pending.clear();
         Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), OutboxError> {
+        match self.pending.is_empty() {
+            true => Ok(()),
+            false => self.write_back().await,
+        }
     }
 
     /// Writes back what is pending and gives back the rest of the claim;
@@ -412,7 +406,7 @@ pub(crate) async fn deliver_run(
             tokio::select! {
                 done = &mut attempt => break done,
                 () = tokio::time::sleep(settler.renew_every()) => {
-                    if let Err(error) = settler.renew().await {
+                    if let Err(error) = settler.write_back().await {
                         tracing::warn!(%error, "renewing a delivery claim failed");
                     }
                 }
