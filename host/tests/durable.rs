@@ -622,6 +622,15 @@ fn a_stopped_worker_loses_its_claim(outbox: &str) {
         assert!(sent.success());
     };
     signal("-STOP", first.id());
+    // A SQLite writer stopped inside a write transaction holds the file's
+    // one write lock until it resumes: no other process can write, which is
+    // SQLite's nature and not this test's case. So the worker is stopped
+    // again until it is stopped outside one.
+    while outbox.ends_with(".db") && write_locked(Path::new(outbox)) {
+        signal("-CONT", first.id());
+        std::thread::sleep(Duration::from_millis(3));
+        signal("-STOP", first.id());
+    }
     std::thread::sleep(Duration::from_millis(700));
 
     let taken = dir.path().join("second.jsonl");
@@ -674,6 +683,20 @@ fn a_stopped_worker_loses_its_claim(outbox: &str) {
     // Each entry counts the attempts of the claim that settled it: the
     // stopped worker's late settlements were refused.
     assert!(stats["attempts"].as_u64() <= Some(1000), "{stats}");
+}
+
+/// Whether another connection holds the SQLite file's write lock now.
+fn write_locked(path: &Path) -> bool {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+        Ok(()) => false,
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            true
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 #[test]
