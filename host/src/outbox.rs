@@ -512,6 +512,14 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// on `Err`.
     async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError>;
 
+    /// How many batches [`OutboxStore::write`] may apply at once (default
+    /// 1): a store with one writer at a time (SQLite) gains nothing from
+    /// more; one with a pool of connections (Postgres) overlaps their round
+    /// trips and fsyncs.
+    fn concurrent_writes(&self) -> usize {
+        1
+    }
+
     /// Claims up to `max_runs` runs whose next entry is due at `now_ms` and
     /// not claimed, with every pending entry of each (at most `max_entries`
     /// in all, the first ones in delivery order). Returns the entries, run
@@ -912,38 +920,65 @@ impl Outbox {
 
 /// Starts the thread that applies writes in groups: it takes every write
 /// that is waiting, applies them in one transaction, answers each, and
-/// starts over. It ends when the last `Outbox` sharing its queue is gone.
+/// starts over, with up to [`OutboxStore::concurrent_writes`] groups in
+/// flight; writes that arrive while every writer is busy wait and form the
+/// next group. It ends when the last `Outbox` sharing its queue is gone and
+/// the groups in flight are applied.
+///
+/// Groups in flight at once may commit in any order: each write's caller
+/// waits for its answer before it writes again, so a run's own writes are
+/// applied in the order it made them.
 fn spawn_committer(
     store: Arc<dyn OutboxStore>,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     groups: Arc<(AtomicU64, AtomicU64)>,
 ) {
     on_own_thread("escrow-outbox", async move {
-        let mut group: Vec<Pending> = Vec::new();
+        let writers = store.concurrent_writes().max(1);
+        let slots = Arc::new(tokio::sync::Semaphore::new(writers));
         while let Some(first) = queue.recv().await {
-            group.push(first);
+            let slot = Arc::clone(&slots)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match queue.try_recv() {
                     Ok(next) => group.push(next),
                     Err(_) => break,
                 }
             }
-            let (writes, answers): (Vec<Write>, Vec<_>) = group.drain(..).unzip();
-            let result = store.write(&writes).await;
-            groups.0.fetch_add(1, Ordering::Relaxed);
-            groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
-            if let Err(error) = &result {
-                tracing::warn!(%error, writes = writes.len(), "outbox write failed");
-            }
-            for (i, answer) in answers.into_iter().enumerate() {
-                let _ = answer.send(match &result {
-                    Ok(held) => Ok(held.get(i).copied().unwrap_or(0)),
-                    Err(error) => Err(error.clone()),
-                });
-            }
+            let store = Arc::clone(&store);
+            let groups = Arc::clone(&groups);
+            tokio::spawn(async move {
+                apply_group(&*store, group, &groups).await;
+                drop(slot);
+            });
         }
+        let _ = slots.acquire_many(writers as u32).await;
     })
     .expect("spawning the outbox writer thread");
+}
+
+/// Applies one group of writes and answers each of its writers.
+async fn apply_group(
+    store: &dyn OutboxStore,
+    group: Vec<Pending>,
+    groups: &(AtomicU64, AtomicU64),
+) {
+    let (writes, answers): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
+    let result = store.write(&writes).await;
+    groups.0.fetch_add(1, Ordering::Relaxed);
+    groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
+    if let Err(error) = &result {
+        tracing::warn!(%error, writes = writes.len(), "outbox write failed");
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        let _ = answer.send(match &result {
+            Ok(held) => Ok(held.get(i).copied().unwrap_or(0)),
+            Err(error) => Err(error.clone()),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -621,6 +621,19 @@ fn a_stopped_worker_loses_its_claim(outbox: &str) {
             .unwrap();
         assert!(sent.success());
     };
+    if outbox.starts_with("postgres") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(outbox, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            for _ in 0..30 {
+            for r in c.query("SELECT pid, state, left(query, 30), (now() - xact_start)::text FROM pg_stat_activity WHERE datname IS NOT NULL AND pid <> pg_backend_pid()", &[]).await.unwrap() {
+                eprintln!("SAMPLE {:?} {:?} {:?} {:?}", r.get::<_, i32>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        });
+    }
     signal("-STOP", first.id());
     // A SQLite writer stopped inside a write transaction holds the file's
     // one write lock until it resumes: no other process can write, which is
@@ -646,6 +659,19 @@ fn a_stopped_worker_loses_its_claim(outbox: &str) {
         &format!("file:{}", taken.display()),
     ]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    if outbox.starts_with("postgres") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(outbox, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            for r in c.query("SELECT pid, state, query, xact_start::text FROM pg_stat_activity WHERE datname IS NOT NULL", &[]).await.unwrap() {
+                eprintln!("DEBUG {:?} {:?} {:?} {:?}", r.get::<_, i32>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3));
+            }
+            for r in c.query("SELECT id, status, claim_token, lease_until, due_at, ord FROM escrow_outbox ORDER BY ord LIMIT 3", &[]).await.unwrap() {
+                eprintln!("ROW {:?} {:?} {:?} {:?} {:?} {:?}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2), r.get::<_, Option<i64>>(3), r.get::<_, i64>(4), r.get::<_, i64>(5));
+            }
+        });
+    }
     assert_eq!(stats(outbox)["pending"], 0, "{}", text(&second.stderr));
 
     // The first resumes, writes what it was writing, and finds its claim

@@ -2,20 +2,23 @@
 //! number of hosts claim runs with `FOR UPDATE SKIP LOCKED`, a lease and a
 //! claim token.
 //!
-//! Built on `tokio-postgres`: asynchronous, small, and without the compile
-//! time of a query-checking toolkit; escrow's dozen statements need no more.
+//! Built on `tokio-postgres`, through a small pool of connections
+//! (`deadpool-postgres`) whose statements are prepared once per
+//! connection. A group of writes is a handful of statements whatever its
+//! size: every new entry of every run in one `INSERT` over arrays
+//! (`UNNEST`), every settlement in one `UPDATE`.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
-use tokio_postgres::{Client, GenericClient, NoTls, Row};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
-    OutboxError, OutboxStore, Prune, Retry, Settlement, Stats, Write, fences_from_json,
-    fences_json, retriable,
+    Claim, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore,
+    Prune, Retry, Settlement, Stats, Write, fences_from_json, fences_json, retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
@@ -24,6 +27,13 @@ use crate::run_id::RunId;
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one statement may run before Postgres cancels it.
 pub const POSTGRES_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transaction may wait for its host between two statements
+/// before Postgres ends it: a host stopped or frozen inside one holds its
+/// row locks no longer than this.
+pub const POSTGRES_IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one [`PostgresOutbox`] keeps: as many groups of writes, or
+/// claims and reads, proceed at once.
+pub const POSTGRES_POOL_SIZE: usize = 4;
 
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
@@ -61,13 +71,13 @@ CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_tok
 
 /// An outbox in a Postgres database.
 ///
-/// One connection, shared by the writes (already grouped) and the claims of
-/// this process; it is opened again after it breaks.
+/// A pool of [`POSTGRES_POOL_SIZE`] connections, shared by the group
+/// committer and the claims and reads of this process; a connection that
+/// broke is replaced when next asked for.
 #[derive(Clone)]
 pub struct PostgresOutbox {
     url: String,
-    config: tokio_postgres::Config,
-    client: Arc<Mutex<Option<Client>>>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -87,6 +97,64 @@ fn redacted(url: &str) -> String {
             format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// The runtime that drives every Postgres connection of this process, on a
+/// thread of its own, so that a connection outlives the runtime of the code
+/// that opened it (a CLI command's, a test's).
+fn connections() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("escrow-postgres")
+            .enable_all()
+            .build()
+            .expect("building the Postgres connections' runtime")
+    })
+}
+
+/// Opens the pool's connections, each driven on [`connections`].
+struct Connect;
+
+impl deadpool_postgres::Connect for Connect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            let driven = connections().spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(error = %error_text(&error), "the Postgres connection ended");
+                }
+            });
+            Ok((client, driven))
+        })
+    }
+}
+
+/// A pool error as one line: the server's message, or what timed out.
+fn pool_error(error: deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => error_text(&e),
+        deadpool_postgres::PoolError::Timeout(_) => format!(
+            "no connection became free within {} ms",
+            POSTGRES_STATEMENT_TIMEOUT.as_millis()
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -112,81 +180,69 @@ impl PostgresOutbox {
     /// [`OutboxError::Open`] when the database holds no outbox.
     pub async fn connect_with(url: &str, mode: OpenMode) -> Result<Self, OutboxError> {
         let what = redacted(url);
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| OutboxError::Open {
+        let open = |message: String| OutboxError::Open {
             what: what.clone(),
-            message: e.to_string(),
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
-        }
+            message,
+        };
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| open(e.to_string()))?;
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(POSTGRES_CONNECT_TIMEOUT);
+        config.connect_timeout(connect_timeout);
         config.options(format!(
-            "-c statement_timeout={}",
-            POSTGRES_STATEMENT_TIMEOUT.as_millis()
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            POSTGRES_STATEMENT_TIMEOUT.as_millis(),
+            POSTGRES_IDLE_TRANSACTION_TIMEOUT.as_millis()
         ));
+        let manager = Manager::from_connect(
+            config,
+            Connect,
+            ManagerConfig {
+                // A closed connection is replaced; an open one is not asked
+                // a question before each use.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POSTGRES_POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(connect_timeout))
+            .wait_timeout(Some(POSTGRES_STATEMENT_TIMEOUT))
+            .build()
+            .map_err(|e| open(e.to_string()))?;
         let outbox = Self {
             url: url.to_owned(),
-            config,
-            client: Arc::new(Mutex::new(None)),
+            pool,
         };
-        {
-            let mut client = outbox.client.lock().await;
-            let conn = outbox.open().await.map_err(|message| OutboxError::Open {
-                what: what.clone(),
-                message,
-            })?;
-            if mode == OpenMode::Existing {
-                let exists: bool = conn
-                    .query_one("SELECT to_regclass('escrow_outbox') IS NOT NULL", &[])
-                    .await
-                    .map_err(|e| OutboxError::Open {
-                        what: what.clone(),
-                        message: error_text(&e),
-                    })?
-                    .get(0);
-                if !exists {
-                    return Err(OutboxError::Open {
-                        what,
-                        message: "the database holds no escrow outbox".into(),
-                    });
-                }
-            }
-            migrate(&mut *client.insert(conn))
+        let mut client = outbox.pool.get().await.map_err(|e| open(pool_error(e)))?;
+        if mode == OpenMode::Existing {
+            let exists: bool = client
+                .query_one("SELECT to_regclass('escrow_outbox') IS NOT NULL", &[])
                 .await
-                .map_err(|message| OutboxError::Corrupt { what, message })?;
+                .map_err(|e| open(error_text(&e)))?
+                .get(0);
+            if !exists {
+                return Err(open("the database holds no escrow outbox".into()));
+            }
         }
+        migrate(&mut client)
+            .await
+            .map_err(|message| OutboxError::Corrupt { what, message })?;
         Ok(outbox)
     }
 
-    /// A fresh connection, driven by a thread of its own so that it does
-    /// not depend on the caller's runtime staying alive.
-    async fn open(&self) -> Result<Client, String> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| error_text(&e))?;
-        super::on_own_thread("escrow-postgres", async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(error = %error_text(&error), "the Postgres connection ended");
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(client)
-    }
-
-    /// Runs `f` with the connection, opening it again if it broke.
+    /// Runs `f` with a connection of the pool.
     async fn with<T>(
         &self,
-        f: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, OutboxError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = None;
-            let client = self.open().await.map_err(OutboxError::Store)?;
-            *guard = Some(client);
-        }
-        let client = guard.as_mut().expect("connected above");
-        f(client)
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| OutboxError::Store(pool_error(e)))?;
+        f(&mut client)
             .await
             .map_err(|e| OutboxError::Store(error_text(&e)))
     }
@@ -216,6 +272,7 @@ impl PostgresOutbox {
             .filter(|i| i.fate == Fate::Committed)
             .map(NewEntry::intent)
             .collect();
+        let staged = intents.len();
         let write = Write::Commit {
             run_id: outcome.run_id,
             intents,
@@ -229,13 +286,13 @@ impl PostgresOutbox {
                 .filter_map(|c| Some((c.seq, c.result.clone().err()?)))
                 .collect(),
         };
-        apply(tx, &write)
-            .await
-            .map_err(|e| OutboxError::Store(error_text(&e)))?;
-        let Write::Commit { intents, .. } = write else {
-            unreachable!()
-        };
-        Ok(intents.len())
+        let group = Group::of(std::slice::from_ref(&write));
+        for (sql, params) in group.statements() {
+            tx.execute(sql, &params)
+                .await
+                .map_err(|e| OutboxError::Store(error_text(&e)))?;
+        }
+        Ok(staged)
     }
 }
 
@@ -250,7 +307,7 @@ fn error_text(error: &tokio_postgres::Error) -> String {
     }
 }
 
-async fn migrate(client: &mut Client) -> Result<(), String> {
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
     let text = |e: tokio_postgres::Error| error_text(&e);
     let tx = client.transaction().await.map_err(text)?;
     // Hosts starting together migrate one at a time.
@@ -286,199 +343,279 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
     tx.commit().await.map_err(text)
 }
 
-/// Inserts `entries` (all of one kind) in one statement.
-async fn insert(
-    client: &impl GenericClient,
-    entries: &[NewEntry],
-    due_at: i64,
-    claim: Option<&Claim>,
-    now: i64,
-) -> Result<(), tokio_postgres::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let column = |f: &dyn Fn(&NewEntry) -> String| entries.iter().map(f).collect::<Vec<_>>();
-    let kinds = column(&|e| e.kind.as_str().to_owned());
-    let runs = column(&|e| e.run_id.to_string());
-    let plugins = column(&|e| e.plugin.clone());
-    let effects = column(&|e| e.effect.clone());
-    let fences = column(&|e| fences_json(&e.fences));
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq as i64).collect();
-    let ords: Vec<i64> = entries.iter().map(|e| e.kind.ord(e.seq)).collect();
-    let payloads: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
-    client
-        .execute(
-            "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
-             status, attempts, due_at, claim_token, lease_until, created_at) \
-             SELECT k, r, s, o, p, e, b, f, 'pending', 0, $1, $2, $3, $4 \
-             FROM UNNEST($5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], \
-                         $10::TEXT[], $11::BYTEA[], $12::TEXT[]) AS t(k, r, s, o, p, e, b, f)",
-            &[
-                &due_at,
-                &claim.map(|c| c.token.as_str()),
-                &claim.map(|c| c.lease_until_ms),
-                &now,
-                &kinds,
-                &runs,
-                &seqs,
-                &ords,
-                &plugins,
-                &effects,
-                &payloads,
-                &fences,
-            ],
-        )
-        .await?;
-    Ok(())
+/// Inserts new entries, each row from the arrays' same index.
+const INSERT: &str = "\
+INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, status, \
+                           attempts, due_at, claim_token, lease_until, created_at) \
+SELECT kind, run_id, seq, ord, plugin, effect, payload, fences, 'pending', 0, due_at, \
+       claim_token, lease_until, created_at \
+FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], \
+            $7::BYTEA[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], $11::BIGINT[], $12::BIGINT[]) \
+     AS n(kind, run_id, seq, ord, plugin, effect, payload, fences, due_at, claim_token, \
+          lease_until, created_at)";
+
+/// Compensations that failed during their run stay owed: an attempt
+/// counted, their error kept, due again.
+const FAIL_COMPENSATIONS: &str = "\
+UPDATE escrow_outbox o SET attempts = o.attempts + 1, last_error = f.error, due_at = f.due_at \
+FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[]) AS f(run_id, seq, error, due_at) \
+WHERE o.run_id = f.run_id AND o.kind = 'compensation' AND o.seq = f.seq \
+  AND o.status = 'pending'";
+
+/// The other compensations journaled by ended runs are forgotten.
+const FORGET_COMPENSATIONS: &str = "\
+DELETE FROM escrow_outbox WHERE run_id = ANY($1) AND kind = 'compensation' \
+  AND status = 'pending' AND attempts = 0";
+
+/// Settles entries still held by the claim each settlement names; returns
+/// the index of the write each settled row came from.
+const SETTLE: &str = "\
+UPDATE escrow_outbox o SET \
+  status = CASE s.kind WHEN 'delivered' THEN 'delivered' WHEN 'dead' THEN 'dead' \
+                       ELSE o.status END, \
+  attempts = o.attempts + CASE WHEN s.kind IN ('delivered', 'retry', 'dead') THEN 1 ELSE 0 END, \
+  due_at = COALESCE(s.due_at, o.due_at), \
+  last_error = CASE s.kind WHEN 'delivered' THEN NULL WHEN 'release' THEN o.last_error \
+                           ELSE s.error END, \
+  delivered_at = CASE s.kind WHEN 'delivered' THEN s.now ELSE o.delivered_at END, \
+  claim_token = NULL, lease_until = NULL \
+FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::INT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], \
+            $7::BIGINT[]) AS s(id, claim_token, write, kind, due_at, error, now) \
+WHERE o.id = s.id AND o.claim_token = s.claim_token \
+RETURNING s.write";
+
+/// Extends every entry a claim still holds to the claim's lease.
+const RENEW: &str = "\
+UPDATE escrow_outbox o SET lease_until = r.lease_until \
+FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS r(claim_token, lease_until) \
+WHERE o.claim_token = r.claim_token";
+
+/// A group of writes as the few statements that apply it: one `INSERT` for
+/// the new entries of every write, one `UPDATE` for every settlement, one
+/// for every renewed claim, and for runs that journaled compensations, one
+/// `UPDATE` and one `DELETE` resolving them. Each column is an array.
+#[derive(Default)]
+struct Group {
+    // New entries.
+    kinds: Vec<&'static str>,
+    runs: Vec<String>,
+    seqs: Vec<i64>,
+    ords: Vec<i64>,
+    plugins: Vec<String>,
+    effects: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    fences: Vec<String>,
+    due_at: Vec<i64>,
+    claims: Vec<Option<String>>,
+    leases: Vec<Option<i64>>,
+    created_at: Vec<i64>,
+    // Compensations that failed during their run: run, seq, error, due.
+    failed_runs: Vec<String>,
+    failed_seqs: Vec<i64>,
+    failed_errors: Vec<String>,
+    failed_due_at: Vec<i64>,
+    // Runs whose unattempted compensations are forgotten.
+    resolved_runs: Vec<String>,
+    // Settlements: entry, claim, index of the write, kind, due, error, now.
+    settled_ids: Vec<i64>,
+    settled_claims: Vec<String>,
+    settled_writes: Vec<i32>,
+    settled_kinds: Vec<&'static str>,
+    settled_due_at: Vec<Option<i64>>,
+    settled_errors: Vec<Option<String>>,
+    settled_now: Vec<i64>,
+    // Claims renewed: token and lease.
+    renewed_claims: Vec<String>,
+    renewed_leases: Vec<i64>,
 }
 
-async fn resolve(
-    client: &impl GenericClient,
-    run: &str,
-    failed: &[(u64, String)],
-    due_at: i64,
-) -> Result<(), tokio_postgres::Error> {
-    for (seq, error) in failed {
-        client
-            .execute(
-                "UPDATE escrow_outbox SET attempts = attempts + 1, last_error = $3, due_at = $4 \
-                 WHERE run_id = $1 AND kind = 'compensation' AND seq = $2 AND status = 'pending'",
-                &[&run, &(*seq as i64), error, &due_at],
-            )
-            .await?;
-    }
-    client
-        .execute(
-            "DELETE FROM escrow_outbox WHERE run_id = $1 AND kind = 'compensation' \
-             AND status = 'pending' AND attempts = 0",
-            &[&run],
-        )
-        .await?;
-    Ok(())
-}
-
-/// Applies `settlements` for entries `claim` holds and extends the claim's
-/// other entries to its lease; returns how many were still held.
-async fn settle(
-    client: &impl GenericClient,
-    claim: &Claim,
-    settlements: &[(i64, Settlement)],
-    now_ms: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let now = now_ms;
-    let token = &claim.token;
-    // The common case, delivered entries, in one statement.
-    let delivered: Vec<i64> = settlements
-        .iter()
-        .filter(|(_, s)| *s == Settlement::Delivered)
-        .map(|(id, _)| *id)
-        .collect();
-    let mut held = client
-        .execute(
-            "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
-             delivered_at = $3, last_error = NULL, claim_token = NULL, lease_until = NULL \
-             WHERE id = ANY($1) AND claim_token = $2",
-            &[&delivered, token, &now],
-        )
-        .await?;
-    for (id, settlement) in settlements {
-        held += match settlement {
-            Settlement::Delivered => 0,
-            Settlement::Retry { due_at_ms, error } => {
-                client
-                    .execute(
-                        "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = $3, \
-                     last_error = $4, claim_token = NULL, lease_until = NULL \
-                     WHERE id = $1 AND claim_token = $2",
-                        &[id, token, due_at_ms, error],
-                    )
-                    .await?
+impl Group {
+    fn of(batch: &[Write]) -> Self {
+        let mut group = Self::default();
+        for (index, write) in batch.iter().enumerate() {
+            match write {
+                Write::Commit {
+                    run_id,
+                    intents,
+                    claim,
+                    now_ms,
+                    journaled,
+                    failed_compensations,
+                } => {
+                    for entry in intents {
+                        group.add_entry(entry, *now_ms, claim.as_ref(), *now_ms);
+                    }
+                    if *journaled {
+                        group.resolve(*run_id, failed_compensations, *now_ms);
+                    }
+                }
+                Write::Journal {
+                    entry,
+                    due_at_ms,
+                    now_ms,
+                } => group.add_entry(entry, *due_at_ms, None, *now_ms),
+                Write::Resolve {
+                    run_id,
+                    failed,
+                    due_at_ms,
+                } => group.resolve(*run_id, failed, *due_at_ms),
+                Write::Settle {
+                    claim,
+                    settlements,
+                    now_ms,
+                } => {
+                    let index = i32::try_from(index).expect("a group holds far fewer writes");
+                    for (id, settlement) in settlements {
+                        let (kind, due_at, error) = match settlement {
+                            Settlement::Delivered => ("delivered", None, None),
+                            Settlement::Retry { due_at_ms, error } => {
+                                ("retry", Some(*due_at_ms), Some(error.clone()))
+                            }
+                            Settlement::Dead { error } => ("dead", None, Some(error.clone())),
+                            Settlement::Reschedule { due_at_ms, reason } => {
+                                ("reschedule", Some(*due_at_ms), Some(reason.clone()))
+                            }
+                            Settlement::Release => ("release", None, None),
+                        };
+                        group.settled_ids.push(*id);
+                        group.settled_claims.push(claim.token.clone());
+                        group.settled_writes.push(index);
+                        group.settled_kinds.push(kind);
+                        group.settled_due_at.push(due_at);
+                        group.settled_errors.push(error);
+                        group.settled_now.push(*now_ms);
+                    }
+                    group.renewed_claims.push(claim.token.clone());
+                    group.renewed_leases.push(claim.lease_until_ms);
+                }
             }
-            Settlement::Dead { error } => {
-                client
-                    .execute(
-                        "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
-                     last_error = $3, claim_token = NULL, lease_until = NULL \
-                     WHERE id = $1 AND claim_token = $2",
-                        &[id, token, error],
-                    )
-                    .await?
-            }
-            Settlement::Reschedule { due_at_ms, reason } => {
-                client
-                    .execute(
-                        "UPDATE escrow_outbox SET due_at = $3, last_error = $4, \
-                     claim_token = NULL, lease_until = NULL \
-                     WHERE id = $1 AND claim_token = $2",
-                        &[id, token, due_at_ms, reason],
-                    )
-                    .await?
-            }
-            Settlement::Release => {
-                client
-                    .execute(
-                        "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
-                     WHERE id = $1 AND claim_token = $2",
-                        &[id, token],
-                    )
-                    .await?
-            }
-        };
-    }
-    client
-        .execute(
-            "UPDATE escrow_outbox SET lease_until = $2 WHERE claim_token = $1",
-            &[token, &claim.lease_until_ms],
-        )
-        .await?;
-    Ok(held)
-}
-
-/// Applies one write; returns how many entries a settlement found still
-/// held by its claim (0 for other writes).
-async fn apply(client: &impl GenericClient, write: &Write) -> Result<u64, tokio_postgres::Error> {
-    match write {
-        Write::Commit {
-            run_id,
-            intents,
-            claim,
-            now_ms,
-            journaled,
-            failed_compensations,
-        } => {
-            insert(client, intents, *now_ms, claim.as_ref(), *now_ms).await?;
-            if *journaled {
-                resolve(client, &run_id.to_string(), failed_compensations, *now_ms).await?;
-            }
-            Ok(0)
         }
-        Write::Settle {
-            claim,
-            settlements,
-            now_ms,
-        } => settle(client, claim, settlements, *now_ms).await,
-        Write::Journal {
-            entry,
-            due_at_ms,
-            now_ms,
-        } => insert(
-            client,
-            std::slice::from_ref(entry),
-            *due_at_ms,
-            None,
-            *now_ms,
-        )
-        .await
-        .map(|()| 0),
-        Write::Resolve {
-            run_id,
-            failed,
-            due_at_ms,
-        } => resolve(client, &run_id.to_string(), failed, *due_at_ms)
-            .await
-            .map(|()| 0),
+        group
+    }
+
+    fn add_entry(&mut self, entry: &NewEntry, due_at: i64, claim: Option<&Claim>, now: i64) {
+        self.kinds.push(entry.kind.as_str());
+        self.runs.push(entry.run_id.to_string());
+        self.seqs.push(entry.seq as i64);
+        self.ords.push(entry.kind.ord(entry.seq));
+        self.plugins.push(entry.plugin.clone());
+        self.effects.push(entry.effect.clone());
+        self.payloads.push(entry.payload.clone());
+        self.fences.push(fences_json(&entry.fences));
+        self.due_at.push(due_at);
+        self.claims.push(claim.map(|c| c.token.clone()));
+        self.leases.push(claim.map(|c| c.lease_until_ms));
+        self.created_at.push(now);
+    }
+
+    fn resolve(&mut self, run_id: RunId, failed: &[(u64, String)], due_at: i64) {
+        let run = run_id.to_string();
+        for (seq, error) in failed {
+            self.failed_runs.push(run.clone());
+            self.failed_seqs.push(*seq as i64);
+            self.failed_errors.push(error.clone());
+            self.failed_due_at.push(due_at);
+        }
+        self.resolved_runs.push(run);
+    }
+
+    /// The statements to run, in order, each with its parameters.
+    fn statements(&self) -> Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> {
+        let mut statements: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+        if !self.kinds.is_empty() {
+            statements.push((
+                INSERT,
+                vec![
+                    &self.kinds,
+                    &self.runs,
+                    &self.seqs,
+                    &self.ords,
+                    &self.plugins,
+                    &self.effects,
+                    &self.payloads,
+                    &self.fences,
+                    &self.due_at,
+                    &self.claims,
+                    &self.leases,
+                    &self.created_at,
+                ],
+            ));
+        }
+        if !self.failed_runs.is_empty() {
+            statements.push((
+                FAIL_COMPENSATIONS,
+                vec![
+                    &self.failed_runs,
+                    &self.failed_seqs,
+                    &self.failed_errors,
+                    &self.failed_due_at,
+                ],
+            ));
+        }
+        if !self.resolved_runs.is_empty() {
+            statements.push((FORGET_COMPENSATIONS, vec![&self.resolved_runs]));
+        }
+        if !self.settled_ids.is_empty() {
+            statements.push((
+                SETTLE,
+                vec![
+                    &self.settled_ids,
+                    &self.settled_claims,
+                    &self.settled_writes,
+                    &self.settled_kinds,
+                    &self.settled_due_at,
+                    &self.settled_errors,
+                    &self.settled_now,
+                ],
+            ));
+        }
+        if !self.renewed_claims.is_empty() {
+            statements.push((RENEW, vec![&self.renewed_claims, &self.renewed_leases]));
+        }
+        statements
+    }
+
+    /// Each write's answer: for a settlement, how many of its entries its
+    /// claim still held (the rows `SETTLE` returned for it).
+    fn answers(writes: usize, settled: &[Row]) -> Vec<u64> {
+        let mut answers = vec![0; writes];
+        for row in settled {
+            let index = row.get::<_, i32>(0) as usize;
+            if let Some(answer) = answers.get_mut(index) {
+                *answer += 1;
+            }
+        }
+        answers
     }
 }
+
+/// Claims the first `$2` runs whose next entry is due at `$1` and not
+/// held, each head row locked (others' locked heads skipped), and of their
+/// pending entries the first `$5` in delivery order, under token `$3` and
+/// lease `$4`. Each returned row ends with its place in delivery order.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH heads AS ( \
+           SELECT h.run_id, h.due_at, h.id FROM escrow_outbox h \
+           WHERE h.status = 'pending' AND h.due_at <= $1 \
+             AND (h.lease_until IS NULL OR h.lease_until < $1) \
+             AND NOT EXISTS (SELECT 1 FROM escrow_outbox p \
+                             WHERE p.run_id = h.run_id AND p.status = 'pending' \
+                               AND p.ord < h.ord) \
+           ORDER BY h.due_at, h.id LIMIT $2 \
+           FOR UPDATE SKIP LOCKED \
+         ), taken AS ( \
+           SELECT e.id AS entry, \
+                  row_number() OVER (ORDER BY heads.due_at, heads.id, e.ord) AS place \
+           FROM heads JOIN escrow_outbox e ON e.run_id = heads.run_id AND e.status = 'pending' \
+         ) \
+         UPDATE escrow_outbox SET claim_token = $3, lease_until = $4 \
+         FROM taken \
+         WHERE escrow_outbox.id = taken.entry AND taken.place <= $5 \
+           AND escrow_outbox.status = 'pending' \
+         RETURNING {ENTRY_COLUMNS}, taken.place"
+    )
+});
 
 fn entry_from_row(row: &Row) -> Result<Entry, OutboxError> {
     let run_id: String = row.get(2);
@@ -511,16 +648,27 @@ fn entries(rows: &[Row]) -> Result<Vec<Entry>, OutboxError> {
 #[async_trait::async_trait]
 impl OutboxStore for PostgresOutbox {
     async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError> {
+        let group = Group::of(batch);
+        let statements = group.statements();
         self.with(async |client| {
             let tx = client.transaction().await?;
-            let mut answers = Vec::with_capacity(batch.len());
-            for write in batch {
-                answers.push(apply(&tx, write).await?);
+            let mut settled = Vec::new();
+            for (sql, params) in &statements {
+                let statement = tx.prepare_cached(sql).await?;
+                if *sql == SETTLE {
+                    settled = tx.query(&statement, params).await?;
+                } else {
+                    tx.execute(&statement, params).await?;
+                }
             }
             tx.commit().await?;
-            Ok(answers)
+            Ok(Group::answers(batch.len(), &settled))
         })
         .await
+    }
+
+    fn concurrent_writes(&self) -> usize {
+        POSTGRES_POOL_SIZE
     }
 
     async fn claim(
@@ -530,49 +678,24 @@ impl OutboxStore for PostgresOutbox {
         max_runs: u32,
         max_entries: u32,
     ) -> Result<Vec<Entry>, OutboxError> {
-        let rows = self
+        let mut rows = self
             .with(async |client| {
-                let tx = client.transaction().await?;
-                let heads = tx
+                let statement = client.prepare_cached(&CLAIM).await?;
+                client
                     .query(
-                        "SELECT h.run_id FROM escrow_outbox h \
-                         WHERE h.status = 'pending' AND h.due_at <= $1 \
-                           AND (h.lease_until IS NULL OR h.lease_until < $1) \
-                           AND NOT EXISTS (SELECT 1 FROM escrow_outbox p \
-                                           WHERE p.run_id = h.run_id AND p.status = 'pending' \
-                                             AND p.ord < h.ord) \
-                         ORDER BY h.due_at, h.id LIMIT $2 \
-                         FOR UPDATE SKIP LOCKED",
-                        &[&now_ms, &i64::from(max_runs)],
+                        &statement,
+                        &[
+                            &now_ms,
+                            &i64::from(max_runs),
+                            &claim.token,
+                            &claim.lease_until_ms,
+                            &i64::from(max_entries),
+                        ],
                     )
-                    .await?;
-                let mut claimed = Vec::new();
-                let mut left = i64::from(max_entries);
-                for head in heads {
-                    if left <= 0 {
-                        break;
-                    }
-                    let run: String = head.get(0);
-                    let mut rows = tx
-                        .query(
-                            &format!(
-                                "UPDATE escrow_outbox SET claim_token = $1, lease_until = $2 \
-                                 WHERE id IN (SELECT id FROM escrow_outbox WHERE run_id = $3 \
-                                              AND status = 'pending' ORDER BY ord LIMIT $4 \
-                                              FOR UPDATE SKIP LOCKED) \
-                                 RETURNING {ENTRY_COLUMNS}, ord"
-                            ),
-                            &[&claim.token, &claim.lease_until_ms, &run, &left],
-                        )
-                        .await?;
-                    rows.sort_by_key(|r| r.get::<_, i64>(ENTRY_COLUMN_COUNT));
-                    left -= rows.len() as i64;
-                    claimed.extend(rows);
-                }
-                tx.commit().await?;
-                Ok(claimed)
+                    .await
             })
             .await?;
+        rows.sort_by_key(|r| r.get::<_, i64>(super::ENTRY_COLUMN_COUNT));
         entries(&rows)
     }
 
