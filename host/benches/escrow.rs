@@ -15,9 +15,11 @@
 //!   to an in-memory sink), against a bare instantiation from `InstancePre`
 //!   in a fresh store;
 //! - the same run committed durably into a SQLite outbox and into Postgres
-//!   (when a Postgres server can be started), one at a time and 8 at once,
-//!   against the in-memory sink; and one worker delivering stored intents to
-//!   an in-process sink, against handing the same intents to it from memory;
+//!   (when a Postgres server can be started), one at a time and 32 at once,
+//!   against the in-memory sink and against the same rows written by a
+//!   minimal batched client (one multi-row `INSERT` a group of 32 runs); and
+//!   one worker delivering stored intents from each store to an in-process
+//!   sink, against handing the same intents to it from memory;
 //! - a fresh-instance run of the checkout (3 intents committed to an
 //!   in-memory sink) in Python and in JavaScript, against the Rust checkout,
 //!   with each one's instantiate/call split (when `tests/setup.sh` has
@@ -27,6 +29,7 @@
 //! the guest, so the figures are the host's cost, not the harness's.
 
 mod baseline;
+mod outbox_baseline;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -466,21 +469,33 @@ fn languages(c: &mut Criterion) {
 
 /// Runs `plugin` `runs` times at once, each committed.
 async fn concurrently(plugin: &escrow_host::Plugin, options: &RunOptions, runs: u64) {
-    let runs: Vec<_> = (0..runs)
-        .map(|_| {
-            let plugin = plugin.clone();
-            let options = options.clone();
-            tokio::spawn(async move { plugin.run(options).await.unwrap() })
-        })
-        .collect();
-    for run in runs {
-        let outcome = run.await.unwrap();
-        assert_eq!(outcome.status(), escrow_host::Status::Committed);
+    in_flight(plugin, options, runs, runs).await;
+}
+
+/// Runs `plugin` `runs` times, `at_once` in flight: as one ends, the next
+/// starts. Each must commit.
+async fn in_flight(plugin: &escrow_host::Plugin, options: &RunOptions, runs: u64, at_once: u64) {
+    let mut running = tokio::task::JoinSet::<escrow_host::Outcome>::new();
+    for _ in 0..runs {
+        if running.len() as u64 >= at_once {
+            let outcome = running.join_next().await.unwrap().unwrap();
+            assert_eq!(outcome.status(), escrow_host::Status::Committed);
+        }
+        let plugin = plugin.clone();
+        let options = options.clone();
+        running.spawn(async move { plugin.run(options).await.unwrap() });
+    }
+    while let Some(outcome) = running.join_next().await {
+        assert_eq!(outcome.unwrap().status(), escrow_host::Status::Committed);
     }
 }
 
+/// Runs in flight at once in the concurrent outbox benchmarks: as one ends,
+/// the next starts.
+const CONCURRENT_RUNS: u64 = 32;
+
 /// Runs committed in one iteration of the concurrent outbox benchmarks.
-const CONCURRENT_RUNS: u64 = 8;
+const RUNS_PER_ITERATION: u64 = 8 * CONCURRENT_RUNS;
 
 /// Intents a worker delivers in one iteration of the delivery benchmark.
 const DELIVERED_PER_ITERATION: u64 = 1_000;
@@ -494,8 +509,10 @@ fn multi_thread_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Committed runs of 2 intents into a SQLite outbox and into Postgres, one
-/// at a time and 8 at once (group commit), and one worker delivering stored
-/// intents to an in-process sink, next to the same work without an outbox.
+/// at a time and 32 at once (group commit), next to the same rows written
+/// by a minimal batched client; and one worker delivering stored intents
+/// from each store to an in-process sink, next to the same work from
+/// memory.
 fn outbox(c: &mut Criterion) {
     let rt = multi_thread_runtime();
     let host = host();
@@ -510,9 +527,10 @@ fn outbox(c: &mut Criterion) {
         .dispatch(Dispatch::Later);
     let dir = tempfile::tempdir().unwrap();
     let postgres = escrow_fixtures::postgres::PostgresServer::try_start();
+    let sqlite_path = dir.path().join("bench.db");
     let mut stores = vec![(
         "sqlite",
-        Outbox::new(SqliteOutbox::open(dir.path().join("bench.db")).unwrap()),
+        Outbox::new(SqliteOutbox::open(&sqlite_path).unwrap()),
     )];
     if let Some(server) = &postgres {
         let store = rt.block_on(PostgresOutbox::connect(&server.url())).unwrap();
@@ -534,7 +552,7 @@ fn outbox(c: &mut Criterion) {
             let before = outbox.group_commits();
             group.bench_function(format!("{bench}_{name}_{CONCURRENT_RUNS}"), |b| {
                 b.to_async(&rt)
-                    .iter(|| concurrently(&plugin, &options, CONCURRENT_RUNS))
+                    .iter(|| in_flight(&plugin, &options, RUNS_PER_ITERATION, CONCURRENT_RUNS))
             });
             let after = outbox.group_commits();
             println!(
@@ -544,32 +562,53 @@ fn outbox(c: &mut Criterion) {
             );
         }
     }
+    // Baselines: the rows of 32 runs written by a minimal client, in one
+    // multi-row INSERT (one transaction) a group.
+    let mut sqlite = outbox_baseline::SqliteBatch::open(&sqlite_path);
+    group.bench_function(format!("batched_insert_sqlite_{CONCURRENT_RUNS}"), |b| {
+        b.iter(|| sqlite.insert_runs(CONCURRENT_RUNS))
+    });
+    if let Some(server) = &postgres {
+        let client = rt.block_on(outbox_baseline::PostgresBatch::connect(&server.url()));
+        group.bench_function(format!("batched_insert_postgres_{CONCURRENT_RUNS}"), |b| {
+            b.to_async(&rt).iter(|| client.insert_runs(CONCURRENT_RUNS))
+        });
+    }
 
     // One worker delivering stored intents to an in-process sink.
     let delivery_dir = tempfile::tempdir().unwrap();
-    let store = Outbox::new(SqliteOutbox::open(delivery_dir.path().join("d.db")).unwrap());
-    let filler = plugin.with_outbox(Some(store.clone()));
-    let worker = host.worker_for(store.clone());
-    group.bench_function("deliver_sqlite", |b| {
-        b.to_async(&rt).iter_custom(|iterations| {
-            let filler = filler.clone();
-            let worker = worker.clone();
-            let options = options.clone();
-            async move {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iterations {
-                    for _ in 0..DELIVERED_PER_ITERATION / 2 {
-                        filler.run(options.clone()).await.unwrap();
+    let mut delivery_stores = vec![(
+        "sqlite",
+        Outbox::new(SqliteOutbox::open(delivery_dir.path().join("d.db")).unwrap()),
+    )];
+    if let Some(server) = &postgres {
+        let store = rt
+            .block_on(PostgresOutbox::connect(&server.database("delivery")))
+            .unwrap();
+        delivery_stores.push(("postgres", Outbox::new(store)));
+    }
+    for (name, store) in &delivery_stores {
+        let filler = plugin.with_outbox(Some(store.clone()));
+        let worker = host.worker_for(store.clone());
+        group.bench_function(format!("deliver_{name}"), |b| {
+            b.to_async(&rt).iter_custom(|iterations| {
+                let filler = filler.clone();
+                let worker = worker.clone();
+                let options = options.clone();
+                async move {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iterations {
+                        concurrently(&filler, &options, DELIVERED_PER_ITERATION / 2).await;
+                        let started = std::time::Instant::now();
+                        let report = worker.run_once().await.unwrap();
+                        spent += started.elapsed();
+                        assert_eq!(report.delivered, DELIVERED_PER_ITERATION);
                     }
-                    let started = std::time::Instant::now();
-                    let report = worker.run_once().await.unwrap();
-                    spent += started.elapsed();
-                    assert_eq!(report.delivered, DELIVERED_PER_ITERATION);
+                    spent
                 }
-                spent
-            }
-        })
-    });
+            })
+        });
+    }
     // Baseline: the same intents handed to the same sink from memory.
     let intents: Vec<Intent> = rt.block_on(async {
         let outcome = plugin
@@ -702,16 +741,16 @@ fn summary() {
             baseline: ("whole_run", "run_two_intents_committed", 1),
         },
         Row {
-            name: "run into SQLite, 8 at once",
-            ours: ("outbox", "commit_sqlite_8", CONCURRENT_RUNS),
-            baseline_name: "in-memory sink",
-            baseline: ("whole_run", "run_two_intents_committed", 1),
+            name: "run into SQLite, 32 in flight",
+            ours: ("outbox", "commit_sqlite_32", RUNS_PER_ITERATION),
+            baseline_name: "batched INSERT of 32",
+            baseline: ("outbox", "batched_insert_sqlite_32", CONCURRENT_RUNS),
         },
         Row {
-            name: "run into SQLite and delivered by its host, 8 at once",
-            ours: ("outbox", "commit_and_deliver_sqlite_8", CONCURRENT_RUNS),
+            name: "run into SQLite and delivered by its host, 32 in flight",
+            ours: ("outbox", "commit_and_deliver_sqlite_32", RUNS_PER_ITERATION),
             baseline_name: "committed for a worker",
-            baseline: ("outbox", "commit_sqlite_8", CONCURRENT_RUNS),
+            baseline: ("outbox", "commit_sqlite_32", RUNS_PER_ITERATION),
         },
         Row {
             name: "run into Postgres, 1 at a time",
@@ -720,20 +759,30 @@ fn summary() {
             baseline: ("whole_run", "run_two_intents_committed", 1),
         },
         Row {
-            name: "run into Postgres, 8 at once",
-            ours: ("outbox", "commit_postgres_8", CONCURRENT_RUNS),
-            baseline_name: "in-memory sink",
-            baseline: ("whole_run", "run_two_intents_committed", 1),
+            name: "run into Postgres, 32 in flight",
+            ours: ("outbox", "commit_postgres_32", RUNS_PER_ITERATION),
+            baseline_name: "batched INSERT of 32",
+            baseline: ("outbox", "batched_insert_postgres_32", CONCURRENT_RUNS),
         },
         Row {
-            name: "run into Postgres and delivered by its host, 8 at once",
-            ours: ("outbox", "commit_and_deliver_postgres_8", CONCURRENT_RUNS),
+            name: "run into Postgres and delivered by its host, 32 in flight",
+            ours: (
+                "outbox",
+                "commit_and_deliver_postgres_32",
+                RUNS_PER_ITERATION,
+            ),
             baseline_name: "committed for a worker",
-            baseline: ("outbox", "commit_postgres_8", CONCURRENT_RUNS),
+            baseline: ("outbox", "commit_postgres_32", RUNS_PER_ITERATION),
         },
         Row {
-            name: "worker delivers one intent",
+            name: "worker delivers one intent (SQLite)",
             ours: ("outbox", "deliver_sqlite", DELIVERED_PER_ITERATION),
+            baseline_name: "from memory",
+            baseline: ("outbox", "deliver_from_memory", DELIVERED_PER_ITERATION),
+        },
+        Row {
+            name: "worker delivers one intent (Postgres)",
+            ours: ("outbox", "deliver_postgres", DELIVERED_PER_ITERATION),
             baseline_name: "from memory",
             baseline: ("outbox", "deliver_from_memory", DELIVERED_PER_ITERATION),
         },

@@ -1,0 +1,95 @@
+//! The baselines of the outbox benchmarks: the rows escrow writes for a
+//! group of runs, written by a minimal batched client into the same table.
+
+use std::time::Duration;
+
+/// The rows of one run of the outbox benchmarks: 2 intents.
+const ROWS_PER_RUN: u64 = 2;
+
+/// The baseline of the SQLite outbox: a minimal client writing the rows of
+/// a group of runs in one transaction (one fsync), with one prepared
+/// multi-row `INSERT`, into the same table.
+pub struct SqliteBatch {
+    conn: rusqlite::Connection,
+}
+
+impl SqliteBatch {
+    /// A second connection to the outbox file at `path`, with the outbox's
+    /// durability (WAL, `synchronous = FULL`).
+    pub fn open(path: &std::path::Path) -> Self {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .unwrap();
+        Self { conn }
+    }
+
+    /// Writes the rows of `runs` runs, pending.
+    pub fn insert_runs(&mut self, runs: u64) {
+        let tx = self.conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, \
+                     fences, status, attempts, due_at, created_at) \
+                     VALUES ('intent', ?1, ?2, ?2, 'bench', 'bench.effect', ?3, '[]', 'pending', \
+                     0, ?4, ?4)",
+                )
+                .unwrap();
+            for _ in 0..runs {
+                let run = uuid::Uuid::new_v4().to_string();
+                for seq in 0..ROWS_PER_RUN as i64 {
+                    insert
+                        .execute(rusqlite::params![run, seq, b"1".as_slice(), 0i64])
+                        .unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// The baseline of the Postgres outbox: a minimal client writing the rows
+/// of a group of runs with one prepared multi-row `INSERT` (autocommit: one
+/// transaction), into the same table.
+pub struct PostgresBatch {
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
+}
+
+impl PostgresBatch {
+    /// A connection of its own to the database at `url`.
+    pub async fn connect(url: &str) -> Self {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let insert = client
+            .prepare(
+                "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, \
+                 fences, status, attempts, due_at, created_at) \
+                 SELECT 'intent', r, s, s, 'bench', 'bench.effect', '\\x31', '[]', 'pending', \
+                 0, 0, 0 FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS t(r, s)",
+            )
+            .await
+            .unwrap();
+        Self { client, insert }
+    }
+
+    /// Writes the rows of `runs` runs, pending.
+    pub async fn insert_runs(&self, runs: u64) {
+        let mut run_ids = Vec::new();
+        let mut seqs = Vec::new();
+        for _ in 0..runs {
+            let run = uuid::Uuid::new_v4().to_string();
+            for seq in 0..ROWS_PER_RUN as i64 {
+                run_ids.push(run.clone());
+                seqs.push(seq);
+            }
+        }
+        self.client
+            .execute(&self.insert, &[&run_ids, &seqs])
+            .await
+            .unwrap();
+    }
+}
