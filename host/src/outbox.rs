@@ -137,6 +137,14 @@ pub enum OutboxError {
 const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fences, status, \
                              attempts, due_at, last_error, created_at, attempts_before_retry";
 
+/// The age of the oldest pending entry, how many pending entries a claim
+/// holds and until when: read through the indexes of pending and claimed
+/// entries, whatever else the table holds.
+const PENDING_STATS: &str = "SELECT (SELECT MIN(created_at) FROM escrow_outbox \
+                                      WHERE status = 'pending'), \
+                             COUNT(*), MAX(lease_until) FROM escrow_outbox \
+                             WHERE status = 'pending' AND claim_token IS NOT NULL";
+
 /// How many [`ENTRY_COLUMNS`] there are: the index of a column selected
 /// after them.
 const ENTRY_COLUMN_COUNT: usize = {
@@ -580,10 +588,13 @@ pub enum Prune {
 
 impl Prune {
     /// The statuses this deletes, as the stores write them.
-    pub(crate) fn statuses(self) -> &'static [&'static str] {
+    /// Each status deleted, with the column that says when its entries
+    /// ended: delivered ones when delivered, dead ones when their last
+    /// attempt was due.
+    pub(crate) fn statuses(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Prune::Delivered => &["delivered"],
-            Prune::DeliveredAndDead => &["delivered", "dead"],
+            Prune::Delivered => &[("delivered", "delivered_at")],
+            Prune::DeliveredAndDead => &[("delivered", "delivered_at"), ("dead", "due_at")],
         }
     }
 }
@@ -663,21 +674,14 @@ pub(crate) fn on_own_thread(
 }
 
 impl Stats {
-    /// Adds one row of a `GROUP BY status` count.
-    pub(crate) fn add(
-        &mut self,
-        status: &str,
-        count: u64,
-        attempts: u64,
-        retrying: u64,
-        oldest_ms: Option<i64>,
-    ) {
+    /// Adds the counts of one status: its entries, the attempts made on
+    /// them, and how many of them failed at least once.
+    pub(crate) fn add(&mut self, status: &str, count: u64, attempts: u64, retrying: u64) {
         self.attempts += attempts;
         match status {
             "pending" => {
                 self.pending = count;
                 self.retrying = retrying;
-                self.oldest_pending_ms = oldest_ms;
             }
             "delivered" => self.delivered = count,
             _ => self.dead = count,

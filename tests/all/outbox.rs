@@ -16,7 +16,7 @@ use escrow_host::clock::ManualClock;
 use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
 use escrow_host::outbox::{
     Claim, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry, RetryPolicy,
-    Settlement, SqliteOutbox, Worker, Write,
+    Settlement, SqliteOutbox, Stats, Worker, Write,
 };
 use escrow_host::sinks::{Sink, Sinks};
 use escrow_host::{CallError, Delivery, Dispatch, Fate, Intent, RunId, RunOptions, Status};
@@ -1020,6 +1020,129 @@ async fn write_run(outbox: &Outbox, count: u64) -> RunId {
         .await
         .unwrap();
     run_id
+}
+
+/// The counts of `outbox` computed from every entry it lists, as `stats`
+/// must report them (claims left out).
+async fn recount(outbox: &Outbox) -> Stats {
+    let entries = outbox
+        .store()
+        .list(&Filter {
+            status: None,
+            limit: Some(u32::MAX),
+        })
+        .await
+        .unwrap();
+    let mut stats = Stats::default();
+    for entry in &entries {
+        stats.attempts += u64::from(entry.attempts + entry.attempts_before_retry);
+        match entry.status {
+            EntryStatus::Pending => {
+                stats.pending += 1;
+                stats.retrying += u64::from(entry.attempts > 0);
+                stats.oldest_pending_ms = Some(
+                    stats
+                        .oldest_pending_ms
+                        .map_or(entry.created_at_ms, |o: i64| o.min(entry.created_at_ms)),
+                );
+            }
+            EntryStatus::Delivered => stats.delivered += 1,
+            EntryStatus::Dead => stats.dead += 1,
+        }
+    }
+    stats
+}
+
+/// `stats` with its claim figures left out, for comparing with [`recount`].
+async fn counted(outbox: &Outbox) -> Stats {
+    Stats {
+        claimed: 0,
+        claimed_until_ms: None,
+        ..outbox.store().stats().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn stats_kept_by_the_store_agree_with_a_count_of_every_entry_after_every_kind_of_write() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000_000);
+        let outbox = backend
+            .open()
+            .await
+            .clock(Arc::new(clock.clone()))
+            .retry_policy(RetryPolicy {
+                max_attempts: 2,
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(10),
+            });
+        let name = backend.name();
+        assert_eq!(counted(&outbox).await, Stats::default(), "{name}");
+        for _ in 0..3 {
+            write_run(&outbox, 40).await;
+        }
+        assert_eq!(
+            counted(&outbox).await,
+            recount(&outbox).await,
+            "written ({name})"
+        );
+
+        // A claim taken and given back changes no count.
+        let claim = Claim::new(outbox.now_ms(), Duration::from_secs(60));
+        let held = outbox
+            .store()
+            .claim(&claim, outbox.now_ms(), 2, 1000)
+            .await
+            .unwrap();
+        assert!(!held.is_empty());
+        outbox.store().release(&claim).await.unwrap();
+        assert_eq!(
+            counted(&outbox).await,
+            recount(&outbox).await,
+            "claimed ({name})"
+        );
+
+        // Delivered, failed (retrying), then dead.
+        let sink = Flaky::failing(u32::MAX);
+        let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new());
+        worker.run_once().await.unwrap();
+        let stats = counted(&outbox).await;
+        assert_eq!((stats.delivered, stats.retrying), (120, 3), "{name}");
+        assert_eq!(stats, recount(&outbox).await, "failed once ({name})");
+        clock.advance(Duration::from_millis(10));
+        worker.run_once().await.unwrap();
+        let stats = counted(&outbox).await;
+        assert_eq!((stats.dead, stats.pending), (3, 0), "{name}");
+        assert_eq!(stats, recount(&outbox).await, "dead ({name})");
+
+        // Brought back, expedited, delivered, pruned.
+        outbox
+            .store()
+            .retry(&Retry::Dead, outbox.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(
+            counted(&outbox).await,
+            recount(&outbox).await,
+            "retried ({name})"
+        );
+        outbox.store().expedite(outbox.now_ms()).await.unwrap();
+        sink.failures.store(0, Ordering::SeqCst);
+        worker.run_once().await.unwrap();
+        let stats = counted(&outbox).await;
+        assert_eq!(
+            (stats.delivered, stats.attempts),
+            (123, 120 + 3 * 3),
+            "{name}"
+        );
+        assert_eq!(stats, recount(&outbox).await, "delivered ({name})");
+        clock.advance(Duration::from_secs(1));
+        let deleted = outbox
+            .prune(escrow_host::outbox::Prune::Delivered, outbox.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(deleted, 123, "{name}");
+        assert_eq!(counted(&outbox).await, Stats::default(), "pruned ({name})");
+    }
 }
 
 #[tokio::test]

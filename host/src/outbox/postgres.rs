@@ -18,7 +18,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     Claim, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore,
-    Prune, Retry, Settlement, Stats, Write, fences_from_json, fences_json, retriable,
+    PENDING_STATS, Prune, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
+    retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
@@ -67,7 +68,75 @@ ALTER TABLE escrow_outbox ADD COLUMN attempts_before_retry BIGINT NOT NULL DEFAU
 CREATE INDEX escrow_outbox_ended ON escrow_outbox (status, (COALESCE(delivered_at, due_at)));
 CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_token IS NOT NULL;
 ",
+    // Indexes over the rows their queries read (a settled entry leaves the
+    // pending ones), and counts kept by statement triggers as rows of
+    // changes, which no two transactions ever update (so they never wait
+    // on each other) and which `stats` sums and folds.
+    r"
+DROP INDEX escrow_outbox_runs;
+DROP INDEX escrow_outbox_due;
+DROP INDEX escrow_outbox_ended;
+CREATE INDEX escrow_outbox_pending_runs ON escrow_outbox (run_id, ord) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_pending_due ON escrow_outbox (due_at, id) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_pending_age ON escrow_outbox (created_at) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_delivered ON escrow_outbox (delivered_at) WHERE status = 'delivered';
+CREATE INDEX escrow_outbox_dead ON escrow_outbox (due_at) WHERE status = 'dead';
+CREATE TABLE escrow_outbox_counts (
+    status   TEXT   NOT NULL,
+    entries  BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    retrying BIGINT NOT NULL
+);
+INSERT INTO escrow_outbox_counts
+SELECT status, COUNT(*), SUM(attempts + attempts_before_retry), COUNT(*) FILTER (WHERE attempts > 0)
+FROM escrow_outbox GROUP BY status;
+CREATE FUNCTION escrow_outbox_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO escrow_outbox_counts
+        SELECT status, COUNT(*), SUM(attempts + attempts_before_retry),
+               COUNT(*) FILTER (WHERE attempts > 0)
+        FROM new_rows GROUP BY status;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO escrow_outbox_counts
+        SELECT status, -COUNT(*), -SUM(attempts + attempts_before_retry),
+               -COUNT(*) FILTER (WHERE attempts > 0)
+        FROM old_rows GROUP BY status;
+    ELSE
+        INSERT INTO escrow_outbox_counts
+        SELECT status, SUM(entries), SUM(attempts), SUM(retrying) FROM (
+            SELECT status, 1 AS entries, attempts + attempts_before_retry AS attempts,
+                   (attempts > 0)::INT AS retrying
+            FROM new_rows
+            UNION ALL
+            SELECT status, -1, -(attempts + attempts_before_retry), -((attempts > 0)::INT)
+            FROM old_rows
+        ) AS change
+        GROUP BY status
+        HAVING SUM(entries) <> 0 OR SUM(attempts) <> 0 OR SUM(retrying) <> 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER escrow_outbox_counted_insert AFTER INSERT ON escrow_outbox
+REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION escrow_outbox_count();
+CREATE TRIGGER escrow_outbox_counted_update AFTER UPDATE ON escrow_outbox
+REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION escrow_outbox_count();
+CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox
+REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION escrow_outbox_count();
+",
 ];
+
+/// Folds the rows of changes into one a status and returns each status's
+/// sums. Under a transaction lock, so that two folds never hide each
+/// other's rows.
+const FOLD_COUNTS: &str = "\
+WITH gone AS (DELETE FROM escrow_outbox_counts RETURNING *), \
+     sums AS (SELECT status, SUM(entries)::BIGINT AS entries, SUM(attempts)::BIGINT AS attempts, \
+                     SUM(retrying)::BIGINT AS retrying FROM gone GROUP BY status), \
+     kept AS (INSERT INTO escrow_outbox_counts SELECT * FROM sums) \
+SELECT status, entries, attempts, retrying FROM sums";
 
 /// An outbox in a Postgres database.
 ///
@@ -794,41 +863,29 @@ impl OutboxStore for PostgresOutbox {
     }
 
     async fn stats(&self) -> Result<Stats, OutboxError> {
-        let rows = self
+        let (counts, pending) = self
             .with(async |client| {
-                client
-                    .query(
-                        "SELECT status, COUNT(*)::BIGINT, SUM(attempts + attempts_before_retry)::BIGINT, \
-                         SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END)::BIGINT, MIN(created_at) \
-                         FROM escrow_outbox GROUP BY status",
-                        &[],
-                    )
-                    .await
+                let tx = client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(7301948264)", &[])
+                    .await?;
+                let counts = tx.query(FOLD_COUNTS, &[]).await?;
+                let pending = tx.query_one(PENDING_STATS, &[]).await?;
+                tx.commit().await?;
+                Ok((counts, pending))
             })
             .await?;
         let mut stats = Stats::default();
-        for row in rows {
+        for row in counts {
             stats.add(
                 row.get(0),
                 row.get::<_, i64>(1) as u64,
-                row.get::<_, Option<i64>>(2).unwrap_or(0) as u64,
-                row.get::<_, Option<i64>>(3).unwrap_or(0) as u64,
-                row.get(4),
+                row.get::<_, i64>(2) as u64,
+                row.get::<_, i64>(3) as u64,
             );
         }
-        let claimed = self
-            .with(async |client| {
-                client
-                    .query_one(
-                        "SELECT COUNT(*)::BIGINT, MAX(lease_until) FROM escrow_outbox \
-                         WHERE status = 'pending' AND claim_token IS NOT NULL",
-                        &[],
-                    )
-                    .await
-            })
-            .await?;
-        stats.claimed = claimed.get::<_, i64>(0) as u64;
-        stats.claimed_until_ms = claimed.get(1);
+        stats.oldest_pending_ms = pending.get(0);
+        stats.claimed = pending.get::<_, i64>(1) as u64;
+        stats.claimed_until_ms = pending.get(2);
         Ok(stats)
     }
 
@@ -872,17 +929,27 @@ impl OutboxStore for PostgresOutbox {
         ended_before_ms: i64,
         limit: u32,
     ) -> Result<u64, OutboxError> {
-        let statuses: Vec<&str> = which.statuses().to_vec();
         self.with(async |client| {
-            // Rows another transaction holds are skipped, not waited for.
-            client
-                .execute(
-                    "DELETE FROM escrow_outbox WHERE id IN (SELECT id FROM escrow_outbox \
-                     WHERE status = ANY($1) AND COALESCE(delivered_at, due_at) < $2 \
-                     LIMIT $3 FOR UPDATE SKIP LOCKED)",
-                    &[&statuses, &ended_before_ms, &i64::from(limit)],
-                )
-                .await
+            let mut deleted = 0;
+            for (status, ended) in which.statuses() {
+                let left = i64::from(limit) - deleted as i64;
+                if left <= 0 {
+                    break;
+                }
+                // The status written out, so that its partial index serves;
+                // rows another transaction holds are skipped, not waited for.
+                let statement = client
+                    .prepare_cached(&format!(
+                        "DELETE FROM escrow_outbox WHERE id IN (SELECT id FROM escrow_outbox \
+                         WHERE status = '{status}' AND {ended} < $1 LIMIT $2 \
+                         FOR UPDATE SKIP LOCKED)"
+                    ))
+                    .await?;
+                deleted += client
+                    .execute(&statement, &[&ended_before_ms, &left])
+                    .await?;
+            }
+            Ok(deleted)
         })
         .await
     }
@@ -897,5 +964,55 @@ impl OutboxStore for PostgresOutbox {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outbox_of_the_second_schema_is_migrated_and_its_counts_start_from_its_entries() {
+        let server = escrow_fixtures::postgres::PostgresServer::start();
+        let (client, connection) = tokio_postgres::connect(&server.url(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for migration in &MIGRATIONS[..2] {
+            client.batch_execute(migration).await.unwrap();
+        }
+        client
+            .batch_execute(
+                "CREATE TABLE escrow_schema (version BIGINT NOT NULL); \
+                 INSERT INTO escrow_schema (version) VALUES (2); \
+                 INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, \
+                 fences, status, attempts, attempts_before_retry, due_at, created_at) VALUES \
+                 ('intent', '01a24b4a-fe73-7077-ab33-28ba4abd545e', 1, 1, 'p', 'a.b', '\\x31', \
+                  '[]', 'dead', 3, 2, 5, 5), \
+                 ('intent', '01a24b4a-fe73-7077-ab33-28ba4abd545e', 2, 2, 'p', 'a.b', '\\x31', \
+                  '[]', 'pending', 1, 0, 5, 7)",
+            )
+            .await
+            .unwrap();
+        let store = PostgresOutbox::connect_with(&server.url(), OpenMode::Existing)
+            .await
+            .unwrap();
+        let stats = store.stats().await.unwrap();
+        assert_eq!(
+            (
+                stats.dead,
+                stats.pending,
+                stats.retrying,
+                stats.attempts,
+                stats.oldest_pending_ms
+            ),
+            (1, 1, 1, 3 + 2 + 1, Some(7))
+        );
+        let version: i64 = client
+            .query_one("SELECT MAX(version) FROM escrow_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 }
