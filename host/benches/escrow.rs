@@ -41,7 +41,7 @@ use escrow_host::CallError;
 use escrow_host::backends::{LockBackend, RedisLocks};
 use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::Handlers;
-use escrow_host::outbox::{Outbox, PostgresOutbox, SqliteOutbox};
+use escrow_host::outbox::{Outbox, OutboxStore, PostgresOutbox, SqliteOutbox};
 use escrow_host::policy::DropAll;
 use escrow_host::sinks::FnSink;
 use escrow_host::{Dispatch, Grants, Host, Intent, Limits, RunOptions};
@@ -497,6 +497,9 @@ const CONCURRENT_RUNS: u64 = 32;
 /// Runs committed in one iteration of the concurrent outbox benchmarks.
 const RUNS_PER_ITERATION: u64 = 8 * CONCURRENT_RUNS;
 
+/// Entries in the outbox whose stats are read.
+const STATS_ROWS: u64 = 1_000_000;
+
 /// Intents a worker delivers in one iteration of the delivery benchmark.
 const DELIVERED_PER_ITERATION: u64 = 1_000;
 
@@ -572,6 +575,33 @@ fn outbox(c: &mut Criterion) {
         let client = rt.block_on(outbox_baseline::PostgresBatch::connect(&server.url()));
         group.bench_function(format!("batched_insert_postgres_{CONCURRENT_RUNS}"), |b| {
             b.to_async(&rt).iter(|| client.insert_runs(CONCURRENT_RUNS))
+        });
+    }
+
+    // Stats of an outbox of a million entries, next to counting them.
+    let stats_dir = tempfile::tempdir().unwrap();
+    let stats_path = stats_dir.path().join("stats.db");
+    let sqlite_stats = SqliteOutbox::open(&stats_path).unwrap();
+    outbox_baseline::fill_sqlite(&stats_path, STATS_ROWS);
+    group.bench_function("stats_sqlite_1m", |b| {
+        b.to_async(&rt)
+            .iter(|| async { sqlite_stats.stats().await.unwrap() })
+    });
+    let conn = rusqlite::Connection::open(&stats_path).unwrap();
+    group.bench_function("full_count_sqlite_1m", |b| {
+        b.iter(|| outbox_baseline::full_count_sqlite(&conn))
+    });
+    if let Some(server) = &postgres {
+        let url = server.database("stats");
+        let store = rt.block_on(PostgresOutbox::connect(&url)).unwrap();
+        rt.block_on(outbox_baseline::fill_postgres(&url, STATS_ROWS));
+        group.bench_function("stats_postgres_1m", |b| {
+            b.to_async(&rt).iter(|| async { store.stats().await.unwrap() })
+        });
+        let client = rt.block_on(outbox_baseline::PostgresBatch::connect(&url));
+        group.bench_function("full_count_postgres_1m", |b| {
+            b.to_async(&rt)
+                .iter(|| outbox_baseline::full_count_postgres(&client))
         });
     }
 
@@ -773,6 +803,18 @@ fn summary() {
             ),
             baseline_name: "committed for a worker",
             baseline: ("outbox", "commit_postgres_32", RUNS_PER_ITERATION),
+        },
+        Row {
+            name: "stats of 1M entries, SQLite",
+            ours: ("outbox", "stats_sqlite_1m", 1),
+            baseline_name: "counting every row",
+            baseline: ("outbox", "full_count_sqlite_1m", 1),
+        },
+        Row {
+            name: "stats of 1M entries, Postgres",
+            ours: ("outbox", "stats_postgres_1m", 1),
+            baseline_name: "counting every row",
+            baseline: ("outbox", "full_count_postgres_1m", 1),
         },
         Row {
             name: "worker delivers one intent (SQLite)",

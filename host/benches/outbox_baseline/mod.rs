@@ -93,3 +93,61 @@ impl PostgresBatch {
             .unwrap();
     }
 }
+
+/// An outbox of `rows` entries, as a busy one is after days: 1 in 100
+/// pending, 1 in 1,000 dead, the rest delivered. Written by SQL, the
+/// store's triggers counting them.
+pub fn fill_sqlite(path: &std::path::Path, rows: u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+         status, attempts, due_at, created_at, delivered_at) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         SELECT 'intent', 'run-' || (i / 2), i % 2, i % 2, 'bench', 'bench.effect', x'31', '[]', \
+                CASE WHEN i % 100 = 0 THEN 'pending' WHEN i % 1000 = 1 THEN 'dead' \
+                     ELSE 'delivered' END, \
+                1, i, i, CASE WHEN i % 100 = 0 OR i % 1000 = 1 THEN NULL ELSE i END \
+         FROM n",
+        [rows as i64],
+    )
+    .unwrap();
+}
+
+/// As [`fill_sqlite`], in Postgres.
+pub async fn fill_postgres(url: &str, rows: u64) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+             status, attempts, due_at, created_at, delivered_at) \
+             SELECT 'intent', 'run-' || (i / 2), i % 2, i % 2, 'bench', 'bench.effect', '\\x31', \
+                    '[]', CASE WHEN i % 100 = 0 THEN 'pending' WHEN i % 1000 = 1 THEN 'dead' \
+                               ELSE 'delivered' END, \
+                    1, i, i, CASE WHEN i % 100 = 0 OR i % 1000 = 1 THEN NULL ELSE i END \
+             FROM generate_series(1, $1::BIGINT) AS i",
+            &[&(rows as i64)],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("VACUUM ANALYZE escrow_outbox").await.unwrap();
+}
+
+/// What `stats` read before the store kept counts: every row, grouped by
+/// status.
+const FULL_COUNT: &str = "SELECT status, COUNT(*), SUM(attempts + attempts_before_retry), \
+                          SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), MIN(created_at) \
+                          FROM escrow_outbox GROUP BY status";
+
+/// The baseline of `stats` on SQLite: the full count.
+pub fn full_count_sqlite(conn: &rusqlite::Connection) -> usize {
+    let mut query = conn.prepare_cached(FULL_COUNT).unwrap();
+    query.query_map([], |_| Ok(())).unwrap().count()
+}
+
+/// The baseline of `stats` on Postgres: the full count.
+pub async fn full_count_postgres(client: &PostgresBatch) -> usize {
+    client.client.query(FULL_COUNT, &[]).await.unwrap().len()
+}
