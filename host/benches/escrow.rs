@@ -596,7 +596,8 @@ fn outbox(c: &mut Criterion) {
         let store = rt.block_on(PostgresOutbox::connect(&url)).unwrap();
         rt.block_on(outbox_baseline::fill_postgres(&url, STATS_ROWS));
         group.bench_function("stats_postgres_1m", |b| {
-            b.to_async(&rt).iter(|| async { store.stats().await.unwrap() })
+            b.to_async(&rt)
+                .iter(|| async { store.stats().await.unwrap() })
         });
         let client = rt.block_on(outbox_baseline::PostgresBatch::connect(&url));
         group.bench_function("full_count_postgres_1m", |b| {

@@ -132,7 +132,10 @@ pub async fn fill_postgres(url: &str, rows: u64) {
         )
         .await
         .unwrap();
-    client.batch_execute("VACUUM ANALYZE escrow_outbox").await.unwrap();
+    client
+        .batch_execute("VACUUM ANALYZE escrow_outbox")
+        .await
+        .unwrap();
 }
 
 /// What `stats` read before the store kept counts: every row, grouped by

@@ -974,9 +974,7 @@ mod tests {
     #[tokio::test]
     async fn an_outbox_of_the_second_schema_is_migrated_and_its_counts_start_from_its_entries() {
         let server = escrow_fixtures::postgres::PostgresServer::start();
-        let (client, connection) = tokio_postgres::connect(&server.url(), NoTls)
-            .await
-            .unwrap();
+        let (client, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();
         tokio::spawn(connection);
         for migration in &MIGRATIONS[..2] {
             client.batch_execute(migration).await.unwrap();

@@ -22,6 +22,9 @@ use crate::run_id::RunId;
 /// same file before it fails.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements a connection keeps: more than the store has.
+const STATEMENT_CACHE: usize = 64;
+
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
 const MIGRATIONS: &[&str] = &[
@@ -177,6 +180,8 @@ impl SqliteOutbox {
             }
         }
         conn.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(corrupt)?;
+        // Every statement the store runs stays prepared.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(corrupt)?;
@@ -313,41 +318,44 @@ fn settle(
     for (id, settlement) in settlements {
         let token = &claim.token;
         held += match settlement {
-            Settlement::Delivered => tx.execute(
-                "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
+            Settlement::Delivered => tx
+                .prepare_cached(
+                    "UPDATE escrow_outbox SET status = 'delivered', attempts = attempts + 1, \
                  delivered_at = ?3, last_error = NULL, claim_token = NULL, lease_until = NULL \
                  WHERE id = ?1 AND claim_token = ?2",
-                params![id, token, now],
-            )?,
-            Settlement::Retry { due_at_ms, error } => tx.execute(
-                "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = ?3, \
+                )?
+                .execute(params![id, token, now])?,
+            Settlement::Retry { due_at_ms, error } => tx
+                .prepare_cached(
+                    "UPDATE escrow_outbox SET attempts = attempts + 1, due_at = ?3, \
                  last_error = ?4, claim_token = NULL, lease_until = NULL \
                  WHERE id = ?1 AND claim_token = ?2",
-                params![id, token, due_at_ms, error],
-            )?,
-            Settlement::Dead { error } => tx.execute(
-                "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
+                )?
+                .execute(params![id, token, due_at_ms, error])?,
+            Settlement::Dead { error } => tx
+                .prepare_cached(
+                    "UPDATE escrow_outbox SET status = 'dead', attempts = attempts + 1, \
                  last_error = ?3, claim_token = NULL, lease_until = NULL \
                  WHERE id = ?1 AND claim_token = ?2",
-                params![id, token, error],
-            )?,
-            Settlement::Reschedule { due_at_ms, reason } => tx.execute(
-                "UPDATE escrow_outbox SET due_at = ?3, last_error = ?4, \
+                )?
+                .execute(params![id, token, error])?,
+            Settlement::Reschedule { due_at_ms, reason } => tx
+                .prepare_cached(
+                    "UPDATE escrow_outbox SET due_at = ?3, last_error = ?4, \
                  claim_token = NULL, lease_until = NULL \
                  WHERE id = ?1 AND claim_token = ?2",
-                params![id, token, due_at_ms, reason],
-            )?,
-            Settlement::Release => tx.execute(
-                "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                )?
+                .execute(params![id, token, due_at_ms, reason])?,
+            Settlement::Release => tx
+                .prepare_cached(
+                    "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
                  WHERE id = ?1 AND claim_token = ?2",
-                params![id, token],
-            )?,
+                )?
+                .execute(params![id, token])?,
         } as u64;
     }
-    tx.execute(
-        "UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1",
-        params![claim.token, claim.lease_until_ms],
-    )?;
+    tx.prepare_cached("UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1")?
+        .execute(params![claim.token, claim.lease_until_ms])?;
     Ok(held)
 }
 
