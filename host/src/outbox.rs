@@ -40,8 +40,11 @@ mod worker;
 mod postgres;
 
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresOutbox;
-pub use sqlite::SqliteOutbox;
+pub use postgres::{
+    POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_POOL_SIZE,
+    POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
+};
+pub use sqlite::{SQLITE_BUSY_TIMEOUT, SqliteOutbox};
 pub use worker::{DEFAULT_POLL_INTERVAL, Report, Worker, WorkerHandle};
 pub(crate) use worker::{Settler, deliver_run};
 
