@@ -16,7 +16,7 @@ use crate::grants::Grants;
 use crate::handlers::Call;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_ERROR_TEXT_BYTES, deadline_after, kept_failure};
-use crate::outbox::{Claim, NewEntry, Outbox, Write};
+use crate::outbox::{Claim, NewEntry, Outbox, OutboxError, Write};
 use crate::outcome::{
     BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
     Refusal,
@@ -577,6 +577,12 @@ impl EscrowCtx {
             outbox.store().committed(self.run_id).await
         } else {
             Err(error.clone())
+        };
+        // The failure says "outbox:" once: the store's message without its
+        // own prefix.
+        let error = match error {
+            OutboxError::Store(message) => message,
+            other => other.to_string(),
         };
         match landed {
             Ok(true) => Ok(claim),

@@ -839,6 +839,8 @@ async fn a_run_whose_commit_the_store_refuses_fails_and_undoes_what_it_did() {
         panic!("expected an outbox failure, got {:?}", outcome.result);
     };
     assert!(why.contains("could not be stored"), "{why}");
+    let failure = outcome.result.as_ref().unwrap_err().to_string();
+    assert_eq!(failure.matches("outbox:").count(), 1, "{failure}");
     assert_eq!(outcome.intents[0].fate, Fate::Discarded);
     assert!(sink.effects().is_empty(), "nothing is delivered");
     assert_eq!(outcome.compensations.len(), 1, "the booking was undone");
