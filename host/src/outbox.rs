@@ -590,8 +590,7 @@ pub enum Prune {
 }
 
 impl Prune {
-    /// The statuses this deletes, as the stores write them.
-    /// Each status deleted, with the column that says when its entries
+    /// Each status deleted, as the stores write it, with the column that says when its entries
     /// ended: delivered ones when delivered, dead ones when their last
     /// attempt was due.
     pub(crate) fn statuses(self) -> &'static [(&'static str, &'static str)] {

@@ -128,6 +128,11 @@ REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION escrow_out
 ",
 ];
 
+/// The advisory lock hosts take to migrate the schema one at a time.
+const MIGRATION_LOCK: i64 = 7_301_948_263;
+/// The advisory lock `stats` takes to fold the counts.
+const FOLD_LOCK: i64 = 7_301_948_264;
+
 /// Folds the rows of changes into one a status and returns each status's
 /// sums. Under a transaction lock, so that two folds never hide each
 /// other's rows.
@@ -380,7 +385,7 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
     let text = |e: tokio_postgres::Error| error_text(&e);
     let tx = client.transaction().await.map_err(text)?;
     // Hosts starting together migrate one at a time.
-    tx.execute("SELECT pg_advisory_xact_lock(7301948263)", &[])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(text)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS escrow_schema (version BIGINT NOT NULL)")
@@ -464,45 +469,45 @@ WHERE o.claim_token = r.claim_token";
 /// for every renewed claim, and for runs that journaled compensations, one
 /// `UPDATE` and one `DELETE` resolving them. Each column is an array.
 #[derive(Default)]
-struct Group {
+struct Group<'a> {
     // New entries.
     kinds: Vec<&'static str>,
     runs: Vec<String>,
     seqs: Vec<i64>,
     ords: Vec<i64>,
-    plugins: Vec<String>,
-    effects: Vec<String>,
-    payloads: Vec<Vec<u8>>,
+    plugins: Vec<&'a str>,
+    effects: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
     fences: Vec<String>,
     due_at: Vec<i64>,
-    claims: Vec<Option<String>>,
+    claims: Vec<Option<&'a str>>,
     leases: Vec<Option<i64>>,
     created_at: Vec<i64>,
     // Compensations that failed during their run: run, seq, error, due.
     failed_runs: Vec<String>,
     failed_seqs: Vec<i64>,
-    failed_errors: Vec<String>,
+    failed_errors: Vec<&'a str>,
     failed_due_at: Vec<i64>,
     // Runs whose unattempted compensations are forgotten.
     resolved_runs: Vec<String>,
     // Settlements: entry, claim, index of the write, kind, due, error, now.
     settled_ids: Vec<i64>,
-    settled_claims: Vec<String>,
+    settled_claims: Vec<&'a str>,
     settled_writes: Vec<i32>,
     settled_kinds: Vec<&'static str>,
     settled_due_at: Vec<Option<i64>>,
-    settled_errors: Vec<Option<String>>,
+    settled_errors: Vec<Option<&'a str>>,
     settled_now: Vec<i64>,
     // Claims renewed: token and lease.
-    renewed_claims: Vec<String>,
+    renewed_claims: Vec<&'a str>,
     renewed_leases: Vec<i64>,
 }
 
-impl Group {
+impl<'a> Group<'a> {
     /// The most statements a group is: one of each kind.
     const MAX_STATEMENTS: usize = 5;
 
-    fn of(batch: &[Write]) -> Self {
+    fn of(batch: &'a [Write]) -> Self {
         let mut group = Self::default();
         for (index, write) in batch.iter().enumerate() {
             match write {
@@ -541,23 +546,23 @@ impl Group {
                         let (kind, due_at, error) = match settlement {
                             Settlement::Delivered => ("delivered", None, None),
                             Settlement::Retry { due_at_ms, error } => {
-                                ("retry", Some(*due_at_ms), Some(error.clone()))
+                                ("retry", Some(*due_at_ms), Some(error.as_str()))
                             }
-                            Settlement::Dead { error } => ("dead", None, Some(error.clone())),
+                            Settlement::Dead { error } => ("dead", None, Some(error.as_str())),
                             Settlement::Reschedule { due_at_ms, reason } => {
-                                ("reschedule", Some(*due_at_ms), Some(reason.clone()))
+                                ("reschedule", Some(*due_at_ms), Some(reason.as_str()))
                             }
                             Settlement::Release => ("release", None, None),
                         };
                         group.settled_ids.push(*id);
-                        group.settled_claims.push(claim.token.clone());
+                        group.settled_claims.push(&claim.token);
                         group.settled_writes.push(index);
                         group.settled_kinds.push(kind);
                         group.settled_due_at.push(due_at);
                         group.settled_errors.push(error);
                         group.settled_now.push(*now_ms);
                     }
-                    group.renewed_claims.push(claim.token.clone());
+                    group.renewed_claims.push(&claim.token);
                     group.renewed_leases.push(claim.lease_until_ms);
                 }
             }
@@ -565,27 +570,27 @@ impl Group {
         group
     }
 
-    fn add_entry(&mut self, entry: &NewEntry, due_at: i64, claim: Option<&Claim>, now: i64) {
+    fn add_entry(&mut self, entry: &'a NewEntry, due_at: i64, claim: Option<&'a Claim>, now: i64) {
         self.kinds.push(entry.kind.as_str());
         self.runs.push(entry.run_id.to_string());
         self.seqs.push(entry.seq as i64);
         self.ords.push(entry.kind.ord(entry.seq));
-        self.plugins.push(entry.plugin.clone());
-        self.effects.push(entry.effect.clone());
-        self.payloads.push(entry.payload.clone());
+        self.plugins.push(&entry.plugin);
+        self.effects.push(&entry.effect);
+        self.payloads.push(&entry.payload);
         self.fences.push(fences_json(&entry.fences));
         self.due_at.push(due_at);
-        self.claims.push(claim.map(|c| c.token.clone()));
+        self.claims.push(claim.map(|c| c.token.as_str()));
         self.leases.push(claim.map(|c| c.lease_until_ms));
         self.created_at.push(now);
     }
 
-    fn resolve(&mut self, run_id: RunId, failed: &[(u64, String)], due_at: i64) {
+    fn resolve(&mut self, run_id: RunId, failed: &'a [(u64, String)], due_at: i64) {
         let run = run_id.to_string();
         for (seq, error) in failed {
             self.failed_runs.push(run.clone());
             self.failed_seqs.push(*seq as i64);
-            self.failed_errors.push(error.clone());
+            self.failed_errors.push(error);
             self.failed_due_at.push(due_at);
         }
         self.resolved_runs.push(run);
@@ -866,7 +871,7 @@ impl OutboxStore for PostgresOutbox {
         let (counts, pending) = self
             .with(async |client| {
                 let tx = client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(7301948264)", &[])
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FOLD_LOCK])
                     .await?;
                 let counts = tx.query(FOLD_COUNTS, &[]).await?;
                 let pending = tx.query_one(PENDING_STATS, &[]).await?;
