@@ -405,12 +405,12 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned() + &location(text, e.span()),
+            message: crate::text::printable(e.message(), false) + &location(text, e.span()),
         })?;
         config.base = path.parent().map(Path::to_owned).unwrap_or_default();
         config.check().map_err(|message| ConfigError::Value {
             path: path.to_owned(),
-            message,
+            message: crate::text::printable(&message, false),
         })?;
         Ok(config)
     }
@@ -839,6 +839,18 @@ mod tests {
     fn an_unknown_policy_is_refused() {
         let error = parse("policy = \"yolo\"").unwrap_err().to_string();
         assert!(error.contains("unknown variant `yolo`"), "{error}");
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_is_refused_in_one_line_that_shows_it_escaped() {
+        for text in [
+            "policy = \"\"\"\na\nb\"\"\"",
+            "[grants]\nlocks = [\"\"\"\na\nb\"\"\"]",
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(!error.contains('\n'), "{error}");
+            assert!(error.contains("a\\nb"), "{error}");
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ mod run;
 mod run_id;
 pub mod sinks;
 mod store;
+pub mod text;
 mod wasi_http;
 
 pub use capabilities::add_to_linker;

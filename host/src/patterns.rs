@@ -84,9 +84,12 @@ pub enum NameError {
     #[error("{} is {} bytes long; the limit is {}", .0.label(), .1, .0.max_bytes())]
     TooLong(NameKind, usize),
     /// A character its kind does not allow (`*` is allowed in patterns).
+    /// The name is shown escaped, so the message is one line whatever it
+    /// holds.
     #[error(
-        "{} `{name}` has {ch:?}; use {}{}",
+        "{} `{}` has {ch:?}; use {}{}",
         kind.label(),
+        crate::text::printable(name, false),
         kind.allowed_text(),
         if *pattern { " (and `*` in patterns)" } else { "" }
     )]
@@ -378,5 +381,12 @@ mod tests {
         );
         let error = check_lock_key("account 7").unwrap_err().to_string();
         assert!(error.starts_with("lock key `account 7` has ' '"), "{error}");
+    }
+
+    #[test]
+    fn a_name_with_a_line_break_is_refused_in_one_line_that_shows_it_escaped() {
+        let error = check_lock_key("a\nb").unwrap_err().to_string();
+        assert!(error.starts_with("lock key `a\\nb` has '\\n'"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
     }
 }

@@ -3,23 +3,8 @@
 
 use std::fmt::Write as _;
 
+use escrow_host::text::printable;
 use escrow_host::{BreakerVerdict, Delivery, EffectError, Fate, Outcome};
-
-/// Guest-controlled text made safe for a terminal: control characters
-/// (escape sequences, carriage returns) are shown escaped, so a plugin
-/// cannot forge or hide lines of the summary. Newlines are kept only where
-/// `multi_line`.
-pub(crate) fn printable(text: &str, multi_line: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && !(multi_line && c == '\n') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// The summary for people: one line per request, in request order, then
 /// the compensations in the order they ran. Guest-controlled text is
