@@ -491,7 +491,9 @@ fn no_cache_leaves_the_cache_alone() {
 }
 
 /// The compiled entries under `dir`, recursively, sorted (not the cache's
-/// own bookkeeping: usage statistics and clean-up markers).
+/// own bookkeeping: usage statistics, the `.wip-` files they are written
+/// through, which a background thread may leave at exit, and clean-up
+/// markers).
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -499,7 +501,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if path.is_dir() {
             files.extend(walk(&path));
-        } else if !name.starts_with('.') && !name.ends_with(".stats") {
+        } else if !name.starts_with('.') && !name.ends_with(".stats") && !name.contains(".wip-") {
             files.push(path);
         }
     }
