@@ -2,7 +2,8 @@
 # Installs what `cargo test --workspace` needs on a fresh machine, and
 # nothing that is already there:
 #   - the wasm32-wasip2 target, for the Rust guests;
-#   - redis-server and PostgreSQL (the tests start their own servers);
+#   - redis-server, nats-server and PostgreSQL (the tests start their own
+#     servers);
 #   - the Python and JavaScript guest toolchains, pinned:
 #     componentize-py (guest-sdk/python/requirements.txt) in
 #     guest-sdk/python/.venv, componentize-js (guest-sdk/js/package-lock.json)
@@ -12,9 +13,9 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 
-if ! { command -v redis-server && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
+if ! { command -v redis-server && command -v nats-server && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
     apt-get update -qq
-    apt-get install -y -qq redis-server postgresql
+    apt-get install -y -qq redis-server nats-server postgresql
 fi
 
 python=guest-sdk/python

@@ -17,4 +17,6 @@ pub use locks::{Lease, LockBackend, LockError};
 pub(crate) use memory::LocalCircuit;
 pub use memory::{MemoryBreakers, MemoryLocks};
 #[cfg(feature = "redis")]
+pub(crate) use redis::Store as RedisStore;
+#[cfg(feature = "redis")]
 pub use redis::{DEFAULT_LEASE, DEFAULT_STORE_TIMEOUT, RedisBreakers, RedisLocks};

@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use escrow_host::config::SinkSpec;
-use escrow_host::sinks::{JsonLines, Sinks};
+use escrow_host::breakers::Breakers;
+use escrow_host::config::{Config, SinkSpec};
+use escrow_host::sinks::Sinks;
 
 mod breakers;
 mod inspect;
@@ -55,33 +57,56 @@ enum Command {
     New(new::NewArgs),
 }
 
-/// The sinks of `escrow run` and `escrow outbox deliver`: JSON lines on
-/// stdout or stderr, or appended to a file. With `--json` and no sink the
-/// report is the output: there is no sink, and committed intents are listed
-/// in the report as `committed`.
-pub(crate) fn sinks(sink: Option<SinkSpec>, json: bool) -> anyhow::Result<Sinks> {
-    let mut sinks = Sinks::new();
-    match (sink, json) {
-        (Some(SinkSpec::Stdout), true) => {
-            bail!("--json prints the report on stdout; send intents to --sink file:PATH")
+/// Where `escrow run` and `escrow outbox deliver` send committed intents.
+pub(crate) struct Routing {
+    pub sinks: Sinks,
+    /// Whether some route writes to stdout (which then carries no result).
+    pub writes_stdout: bool,
+}
+
+/// The sinks of `escrow run` and `escrow outbox deliver`: `--sink` alone
+/// when given; else the config's `[[routes]]` in order, then its `sink` for
+/// every effect, or JSON lines on stdout when it has neither. With `--json`
+/// and nothing configured the report is the output: there is no sink, and
+/// committed intents are listed in the report as `committed`.
+pub(crate) fn routing(
+    config: &Config,
+    flag: Option<SinkSpec>,
+    json: bool,
+    breakers: &Arc<Breakers>,
+) -> anyhow::Result<Routing> {
+    let mut routes: Vec<(String, SinkSpec, Option<String>)> = Vec::new();
+    if let Some(sink) = flag {
+        routes.push(("*".into(), sink, None));
+    } else {
+        for (effects, sink, breaker) in config.routes() {
+            routes.push((effects.to_owned(), sink, breaker.map(str::to_owned)));
         }
-        (Some(SinkSpec::Stdout), false) | (None, false) => {
-            sinks.route("*", JsonLines::stdout())?;
+        match config.sink() {
+            Some(sink) => routes.push(("*".into(), sink, None)),
+            None if routes.is_empty() && !json => routes.push(("*".into(), SinkSpec::Stdout, None)),
+            None => {}
         }
-        (Some(SinkSpec::Stderr), _) => {
-            sinks.route("*", JsonLines::stderr())?;
-        }
-        (Some(SinkSpec::File(path)), _) => {
-            sinks.route(
-                "*",
-                JsonLines::append_to(&path)
-                    .with_context(|| format!("cannot open sink file `{}`", path.display()))?,
-            )?;
-        }
-        // The report is the output; `escrow run` holds the intents in it.
-        (None, true) => {}
     }
-    Ok(sinks)
+    let writes_stdout = routes.iter().any(|(_, sink, _)| sink.is_stdout());
+    if json && writes_stdout {
+        bail!("--json prints the report on stdout; send intents to --sink file:PATH")
+    }
+    let mut sinks = Sinks::new();
+    for (effects, sink, breaker) in routes {
+        let sink = sink.open().map_err(anyhow::Error::msg)?;
+        match breaker {
+            None => sinks.route(&effects, sink).map(drop)?,
+            Some(name) => sinks
+                .route_through(&effects, sink, breakers.clone(), &name)
+                .map(drop)
+                .map_err(anyhow::Error::msg)?,
+        }
+    }
+    Ok(Routing {
+        sinks,
+        writes_stdout,
+    })
 }
 
 /// Runs a command on a runtime of its own and returns as soon as the

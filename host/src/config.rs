@@ -4,7 +4,12 @@
 //! ```toml
 //! policy = "commit"               # commit | drop | assert-none
 //! block = ["email.*"]             # with commit: keep these, never dispatch
-//! sink = "stdout"                 # stdout | file:PATH
+//! sink = "stdout"                 # stdout | stderr | file:PATH | nats://… | redis-stream://…
+//!
+//! [[routes]]                      # tried in order, before `sink`
+//! effects = "email.*"
+//! sink = "redis-stream://127.0.0.1:6379/emails?db=0"
+//! breaker = "mailer"              # optional: one of [breakers]
 //!
 //! [grants]
 //! effects = ["payments.*", "orders.save", "email.send"]
@@ -44,6 +49,7 @@ use crate::handlers::{EffectKind, Exec, Handlers};
 use crate::limits::Limits;
 use crate::patterns::NameError;
 use crate::policy::{self, Policy};
+use crate::sinks::{JsonLines, Sink};
 
 /// A problem with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -113,21 +119,93 @@ pub enum SinkSpec {
     Stderr,
     /// JSON lines appended to a file.
     File(PathBuf),
+    /// Messages published to NATS JetStream: `nats://HOST:PORT/SUBJECT`
+    /// ([`sinks::NatsJetStream`](crate::sinks::NatsJetStream)).
+    Nats(String),
+    /// Entries added to a Redis stream:
+    /// `redis-stream://HOST:PORT/STREAM?db=N`
+    /// ([`sinks::RedisStream`](crate::sinks::RedisStream)).
+    RedisStream(String),
 }
 
 impl std::str::FromStr for SinkSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once(':') {
-            _ if s == "stdout" || s == "file:/dev/stdout" => Ok(Self::Stdout),
-            _ if s == "stderr" || s == "file:/dev/stderr" => Ok(Self::Stderr),
-            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-            _ => Err(format!(
-                "unknown sink `{s}`; use stdout, stderr or file:PATH"
-            )),
+        let spec = match s.split_once(':') {
+            _ if s == "stdout" || s == "file:/dev/stdout" => Self::Stdout,
+            _ if s == "stderr" || s == "file:/dev/stderr" => Self::Stderr,
+            Some(("file", path)) if !path.is_empty() => Self::File(PathBuf::from(path)),
+            Some(("nats", _)) => Self::Nats(s.to_owned()),
+            Some(("redis-stream", _)) => Self::RedisStream(s.to_owned()),
+            _ => {
+                return Err(format!(
+                    "unknown sink `{}`; use stdout, stderr, file:PATH, nats://HOST:PORT/SUBJECT \
+                     or redis-stream://HOST:PORT/STREAM",
+                    crate::text::printable(s, false)
+                ));
+            }
+        };
+        // A queue URL is checked now, so that a typo fails at load.
+        spec.open_queue()?;
+        Ok(spec)
+    }
+}
+
+impl SinkSpec {
+    /// The sink it names, ready to route to; a file is opened (created if
+    /// needed), a queue is connected on its first delivery.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be opened for appending, a malformed queue URL,
+    /// or a queue whose cargo feature is off.
+    pub fn open(&self) -> Result<Box<dyn Sink>, String> {
+        Ok(match self {
+            Self::Stdout => Box::new(JsonLines::stdout()),
+            Self::Stderr => Box::new(JsonLines::stderr()),
+            Self::File(path) => Box::new(
+                JsonLines::append_to(path)
+                    .map_err(|e| format!("cannot open sink file `{}`: {e}", path.display()))?,
+            ),
+            Self::Nats(_) | Self::RedisStream(_) => self.open_queue()?.expect("a queue sink"),
+        })
+    }
+
+    /// Whether it writes to the process's standard output.
+    pub fn is_stdout(&self) -> bool {
+        matches!(self, Self::Stdout)
+    }
+
+    fn open_queue(&self) -> Result<Option<Box<dyn Sink>>, String> {
+        match self {
+            #[cfg(feature = "nats")]
+            Self::Nats(url) => Ok(Some(Box::new(crate::sinks::NatsJetStream::new(url)?))),
+            #[cfg(not(feature = "nats"))]
+            Self::Nats(_) => Err("a nats:// sink needs escrow-host's `nats` feature".into()),
+            #[cfg(feature = "redis")]
+            Self::RedisStream(url) => Ok(Some(Box::new(crate::sinks::RedisStream::new(url)?))),
+            #[cfg(not(feature = "redis"))]
+            Self::RedisStream(_) => {
+                Err("a redis-stream:// sink needs escrow-host's `redis` feature".into())
+            }
+            Self::Stdout | Self::Stderr | Self::File(_) => Ok(None),
         }
     }
+}
+
+/// One `[[routes]]` table: where the committed intents of matching effects
+/// go. Routes are tried in order, before the top-level `sink`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The effect pattern (`email.*`; `*` for every effect).
+    pub effects: String,
+    /// The sink, written as the top-level `sink` is.
+    pub sink: String,
+    /// A breaker of `[breakers]` in front of the sink: while it is open,
+    /// deliveries on this route are not attempted.
+    pub breaker: Option<String>,
 }
 
 /// A parsed `escrow.toml`.
@@ -140,9 +218,15 @@ pub struct Config {
     /// Effect patterns to block (with policy commit).
     #[serde(default)]
     pub block: Vec<String>,
-    /// Where committed intents go: `stdout` or `file:PATH`.
+    /// Where committed intents go: `stdout`, `stderr`, `file:PATH`,
+    /// `nats://HOST:PORT/SUBJECT` or `redis-stream://HOST:PORT/STREAM`; after
+    /// the routes, for every effect.
     #[serde(default)]
     pub sink: Option<String>,
+    /// Where the committed intents of some effects go, tried in order
+    /// before `sink`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     /// What the plugin may request.
     #[serde(default)]
     pub grants: GrantsConfig,
@@ -434,6 +518,19 @@ impl Config {
         self.run_policy()?;
         if let Some(sink) = &self.sink {
             sink.parse::<SinkSpec>()?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |message: String| format!("routes[{i}]: {message}");
+            crate::patterns::Patterns::effects([route.effects.as_str()])
+                .map_err(|e| at(format!("effects: {e}")))?;
+            route.sink.parse::<SinkSpec>().map_err(at)?;
+            if let Some(breaker) = &route.breaker
+                && !self.breakers.contains_key(breaker)
+            {
+                return Err(at(format!(
+                    "breaker `{breaker}` is not defined in [breakers]"
+                )));
+            }
         }
         if let Some(outbox) = &self.outbox {
             if outbox.max_attempts == Some(0) {
@@ -761,11 +858,23 @@ impl Config {
 
     /// The sink, with a relative file path resolved.
     pub fn sink(&self) -> Option<SinkSpec> {
-        let sink = self.sink.as_ref()?.parse().ok()?;
-        Some(match sink {
+        Some(self.resolved(self.sink.as_ref()?.parse().ok()?))
+    }
+
+    /// The routes, in order: each effect pattern, its sink (a relative file
+    /// path resolved) and its breaker.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, SinkSpec, Option<&str>)> {
+        self.routes.iter().filter_map(|route| {
+            let sink = self.resolved(route.sink.parse().ok()?);
+            Some((route.effects.as_str(), sink, route.breaker.as_deref()))
+        })
+    }
+
+    fn resolved(&self, sink: SinkSpec) -> SinkSpec {
+        match sink {
             SinkSpec::File(path) => SinkSpec::File(self.base.join(path)),
             other => other,
-        })
+        }
     }
 }
 

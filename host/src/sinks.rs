@@ -18,9 +18,19 @@ use crate::patterns::{NameError, Patterns};
 
 mod closure;
 mod json_lines;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod queue_url;
+#[cfg(feature = "redis")]
+mod redis_stream;
 
 pub use closure::{AsyncFnSink, FnSink};
 pub use json_lines::JsonLines;
+#[cfg(feature = "nats")]
+pub use nats::{NATS_ACK_TIMEOUT, NATS_CONNECT_TIMEOUT, NatsJetStream};
+#[cfg(feature = "redis")]
+pub use redis_stream::{REDIS_STREAM_DEDUP_WINDOW, REDIS_STREAM_TIMEOUT, RedisStream};
 
 /// Delivers committed intents somewhere: a handler in this process, a file,
 /// a queue.
@@ -34,6 +44,14 @@ pub trait Sink: Send + Sync + 'static {
     /// A [`CallError`] is recorded as [`Delivery::Failed`] for this intent;
     /// the next intents are still delivered.
     async fn deliver(&self, intent: &Intent) -> Result<(), CallError>;
+}
+
+/// A sink chosen at run time (from a config file, say).
+#[async_trait::async_trait]
+impl Sink for Box<dyn Sink> {
+    async fn deliver(&self, intent: &Intent) -> Result<(), CallError> {
+        (**self).deliver(intent).await
+    }
 }
 
 /// Routes committed intents to sinks by effect pattern; the first route

@@ -247,6 +247,52 @@ fn the_file_sink_appends_committed_intents_to_the_file() {
 }
 
 #[test]
+fn config_routes_send_email_to_a_redis_stream_and_every_other_effect_to_the_sink() {
+    let server = escrow_fixtures::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("escrow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "sink = \"file:rest.jsonl\"\n\
+             [[routes]]\neffects = \"email.*\"\nsink = \"redis-stream://127.0.0.1:{}/emails\"\n\
+             [grants]\neffects = [\"payments.charge\", \"orders.save\", \"email.send\"]\n",
+            server.port()
+        ),
+    )
+    .unwrap();
+    let output = escrow(&[
+        "run",
+        fixtures::CHECKOUT,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(redis_cli(&server, &["XLEN", "emails"]).trim(), "1");
+    assert_eq!(
+        redis_cli(&server, &["XRANGE", "emails", "-", "+"])
+            .lines()
+            .filter(|line| *line == "email.send")
+            .count(),
+        1
+    );
+    let rest = std::fs::read_to_string(dir.path().join("rest.jsonl")).unwrap();
+    let effects: Vec<String> = rest
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["effect"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(effects, ["payments.charge", "orders.save"]);
+    // No route writes to stdout, so it carries the plugin's result.
+    assert_eq!(stdout(&output), "{\"order\":42,\"intents\":3}\n");
+}
+
+#[test]
 fn the_input_can_come_from_stdin() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_escrow"))
         .args([

@@ -18,6 +18,7 @@ mod locks;
 mod observe;
 mod outbox;
 mod policies;
+mod queue_sinks;
 mod scopes;
 mod sinks;
 mod store_faults;

@@ -997,7 +997,7 @@ async fn a_host_s_delivery_claim_is_renewed_while_a_slow_sink_takes_longer_than_
 
 /// One run of `count` intents to `a.b` and one to `x.flaky`, written
 /// straight to the store; returns its id.
-async fn write_run(outbox: &Outbox, count: u64) -> RunId {
+pub(super) async fn write_run(outbox: &Outbox, count: u64) -> RunId {
     let run_id = RunId::new();
     let entry = |seq: u64, effect: &str| NewEntry {
         kind: EntryKind::Intent,

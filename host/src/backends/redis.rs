@@ -46,7 +46,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// by a timeout, and, once an operation failed for want of Redis, answers
 /// "down" at once while a background task probes until Redis answers again.
 #[derive(Clone)]
-struct Store {
+pub(crate) struct Store {
     inner: Arc<StoreInner>,
 }
 
@@ -61,7 +61,7 @@ struct StoreInner {
 }
 
 impl Store {
-    fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn open(url: &str, timeout: Duration) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let what = match url.rfind('@') {
             Some(at) => format!("redis://{}", &url[at + 1..]),
@@ -107,7 +107,7 @@ impl Store {
 
     /// Runs `op` on the connection within the timeout. When Redis is known to
     /// be down, fails at once.
-    async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         op: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, String> {

@@ -2,6 +2,7 @@
 //! holds.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -176,7 +177,8 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<u8> {
         });
     }
     let handlers = config.handlers().map_err(anyhow::Error::msg)?;
-    let sinks = super::sinks(args.sink.clone().or(config.sink()), false)?;
+    let breakers = Arc::new(config.breakers().await.map_err(anyhow::Error::msg)?);
+    let sinks = super::routing(&config, args.sink.clone(), false, &breakers)?.sinks;
     let worker = Worker::new(outbox.clone(), sinks, handlers)
         .poll_interval(Duration::from_millis(args.poll_ms.max(1)));
     let report = if args.follow {

@@ -1,6 +1,7 @@
 //! `escrow run`: run one plugin and deliver its committed intents.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -121,17 +122,19 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     if args.no_deliver && outbox.is_none() {
         bail!("--no-deliver needs an outbox: give --outbox or [outbox] url in the config");
     }
-    let sink = args.sink.clone().or(config.sink());
+    let breakers = Arc::new(config.breakers().await.map_err(anyhow::Error::msg)?);
+    let routing = super::routing(&config, args.sink.clone(), args.json, &breakers)?;
     // With --json and no sink, intents have nowhere to go: with an outbox
     // they stay there for `escrow outbox deliver`, never marked delivered.
-    let report_only = args.json && sink.is_none();
+    let report_only = args.json && routing.sinks.is_empty();
+    let writes_stdout = routing.writes_stdout;
     let deliver_later = args.no_deliver || (outbox.is_some() && report_only);
     let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
         .slot_size(config.slot_size())
         .backtraces(args.backtrace)
-        .sinks(super::sinks(sink.clone(), args.json)?);
+        .sinks(routing.sinks);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
         host = host.cache_dir(dir);
     }
@@ -139,7 +142,6 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         host = host.outbox(outbox);
     }
     let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
-    let breakers = config.breakers().await.map_err(anyhow::Error::msg)?;
     let host = host
         .handlers(handlers)
         .locks(locks)
@@ -168,7 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         eprint!("{}", report::human(&outcome, args.backtrace));
         // With stdout free of intents, it carries the plugin's result.
-        if let (Ok(output), Some(SinkSpec::File(_) | SinkSpec::Stderr)) = (&outcome.result, &sink) {
+        if let (Ok(output), false) = (&outcome.result, writes_stdout) {
             std::io::Write::write_all(&mut std::io::stdout(), output)?;
             println!();
         }
