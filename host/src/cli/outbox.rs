@@ -69,7 +69,9 @@ impl Store {
 struct DeliverArgs {
     #[command(flatten)]
     store: Store,
-    /// Where intents go: stdout or file:PATH.
+    /// Where intents go, instead of the config's routes and sink: stdout,
+    /// stderr, file:PATH, nats://HOST:PORT/SUBJECT or
+    /// redis-stream://HOST:PORT/STREAM.
     #[arg(long, value_name = "SINK")]
     sink: Option<SinkSpec>,
     /// Deliver what is due now, then exit (the default).

@@ -13,10 +13,10 @@ use super::{EXIT_RUN_FAILED, EXIT_UNDELIVERED, report};
 /// Run a plugin once and deliver its committed intents.
 ///
 /// Immediate effects are performed by the handlers of the config file.
-/// Committed intents are written to stdout as JSON lines (or to --sink), and
-/// a summary of every intent, call and compensation to stderr. When the
-/// intents go elsewhere (--sink file:PATH or stderr) and there is no --json,
-/// the plugin's result is printed on stdout. Exit code: 0 when the run
+/// Committed intents go to the config's routes and sink (JSON lines on
+/// stdout by default) or to --sink, and a summary of every intent, call and
+/// compensation to stderr. When no intent goes to stdout and there is no
+/// --json, the plugin's result is printed on stdout. Exit code: 0 when the run
 /// succeeded, 1 when it failed, 2 for a bad invocation, 3 when it committed
 /// but not every intent was delivered.
 #[derive(Debug, Args)]
@@ -51,7 +51,9 @@ pub(crate) struct RunArgs {
     /// Stop the plugin after this many milliseconds.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
-    /// Where committed intents go: stdout or file:PATH.
+    /// Where committed intents go, instead of the config's routes and sink:
+    /// stdout, stderr, file:PATH, nats://HOST:PORT/SUBJECT or
+    /// redis-stream://HOST:PORT/STREAM.
     #[arg(long, value_name = "SINK")]
     sink: Option<SinkSpec>,
     /// Print one JSON report of the run on stdout instead of the summary.
