@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::{Clock, SystemClock};
 use crate::limits::{MAX_ERROR_TEXT_BYTES, kept_failure};
@@ -41,10 +41,10 @@ mod postgres;
 
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_POOL_SIZE,
-    POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
+    POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
+    POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
 };
-pub use sqlite::{SQLITE_BUSY_TIMEOUT, SqliteOutbox};
+pub use sqlite::{SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox};
 pub use worker::{DEFAULT_POLL_INTERVAL, Report, Worker, WorkerHandle};
 pub(crate) use worker::{Settler, deliver_run};
 
@@ -440,6 +440,22 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// Whether it makes entries due now that no claim holds: workers
+    /// waiting for work should look.
+    pub fn wakes_workers(&self) -> bool {
+        match self {
+            Write::Commit {
+                intents,
+                claim,
+                failed_compensations,
+                ..
+            } => (claim.is_none() && !intents.is_empty()) || !failed_compensations.is_empty(),
+            Write::Settle { .. } | Write::Journal { .. } | Write::Resolve { .. } => false,
+        }
+    }
+}
+
 /// How a claimed entry's attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -513,6 +529,16 @@ pub enum Retry {
     Dead,
 }
 
+/// A watch on the writes other processes make to a store, for a worker
+/// waiting for work ([`OutboxStore::changes`]).
+#[async_trait::async_trait]
+pub trait Changes: Send {
+    /// Resolves when the store may have been written to since the last
+    /// call returned (or since the watch began); it may resolve when
+    /// nothing new is due, never later than the store can tell.
+    async fn changed(&mut self);
+}
+
 /// A store of outbox entries. Implementations apply a batch of writes in
 /// one durable transaction, and never let two claims hold an entry.
 #[async_trait::async_trait]
@@ -577,6 +603,14 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
         ended_before_ms: i64,
         limit: u32,
     ) -> Result<u64, OutboxError>;
+
+    /// A watch on what other processes write, so that a waiting worker
+    /// wakes when they commit instead of at its next poll; `None` (the
+    /// default) when the store cannot tell, and workers poll. Writes made
+    /// through this process's [`Outbox`] wake its workers without it.
+    async fn changes(&self) -> Option<Box<dyn Changes>> {
+        None
+    }
 }
 
 /// Which ended entries to delete.
@@ -739,6 +773,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
     groups: Arc<(AtomicU64, AtomicU64)>,
+    /// Notified when a group made entries due that no claim holds.
+    work: Arc<Notify>,
 }
 
 type Pending = (Write, oneshot::Sender<Result<u64, OutboxError>>);
@@ -780,8 +816,14 @@ impl Outbox {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
-        let groups = Arc::default();
-        spawn_committer(Arc::clone(&store), queue, Arc::clone(&groups));
+        let groups: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+        let work = Arc::new(Notify::new());
+        spawn_committer(
+            Arc::clone(&store),
+            queue,
+            Arc::clone(&groups),
+            Arc::clone(&work),
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -793,6 +835,7 @@ impl Outbox {
                 compensation_grace,
                 clock,
                 groups,
+                work,
             }),
         }
     }
@@ -872,6 +915,13 @@ impl Outbox {
         &self.inner.store
     }
 
+    /// Notified whenever a write through this outbox (or a clone) made
+    /// entries due that no claim holds: a worker of this process waits on
+    /// it, and wakes as soon as a run commits.
+    pub(crate) fn work(&self) -> &Notify {
+        &self.inner.work
+    }
+
     /// The retry policy.
     pub fn retry(&self) -> &RetryPolicy {
         &self.inner.retry
@@ -938,6 +988,7 @@ fn spawn_committer(
     store: Arc<dyn OutboxStore>,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     groups: Arc<(AtomicU64, AtomicU64)>,
+    work: Arc<Notify>,
 ) {
     on_own_thread("escrow-outbox", async move {
         let writers = store.concurrent_writes().max(1);
@@ -956,8 +1007,11 @@ fn spawn_committer(
             }
             let store = Arc::clone(&store);
             let groups = Arc::clone(&groups);
+            let work = Arc::clone(&work);
             tokio::spawn(async move {
-                apply_group(&*store, group, &groups).await;
+                if apply_group(&*store, group, &groups).await {
+                    work.notify_waiters();
+                }
                 drop(slot);
             });
         }
@@ -966,14 +1020,16 @@ fn spawn_committer(
     .expect("spawning the outbox writer thread");
 }
 
-/// Applies one group of writes and answers each of its writers.
+/// Applies one group of writes and answers each of its writers. Returns
+/// whether it made entries due that no claim holds.
 async fn apply_group(
     store: &dyn OutboxStore,
     group: Vec<Pending>,
     groups: &(AtomicU64, AtomicU64),
-) {
+) -> bool {
     let (writes, answers): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
     let result = store.write(&writes).await;
+    let wakes = result.is_ok() && writes.iter().any(Write::wakes_workers);
     groups.0.fetch_add(1, Ordering::Relaxed);
     groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
     if let Err(error) = &result {
@@ -985,6 +1041,7 @@ async fn apply_group(
             Err(error) => Err(error.clone()),
         });
     }
+    wakes
 }
 
 #[cfg(test)]

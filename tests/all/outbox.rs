@@ -811,6 +811,77 @@ async fn a_spawned_worker_delivers_as_intents_come_due_and_stops_gracefully() {
     assert_eq!(outbox.store().stats().await.unwrap().delivered, 3);
 }
 
+/// How long a test waits for a worker that polls once a minute to deliver
+/// what was committed: only a wake-up can make it in time.
+const WOKEN_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until `sink` saw `count` deliveries; false if it took longer than
+/// [`WOKEN_WITHIN`].
+async fn delivered_within(sink: &Flaky, count: usize) -> bool {
+    let waited = std::time::Instant::now();
+    while sink.effects().len() < count {
+        if waited.elapsed() > WOKEN_WITHIN {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_worker_wakes_when_a_run_of_its_own_process_commits_not_at_its_next_poll() {
+    for backend in Backend::both() {
+        let outbox = backend.open().await;
+        let sink = Flaky::default();
+        let worker = Worker::new(outbox.clone(), sink.sinks(), Handlers::new())
+            .poll_interval(Duration::from_secs(60))
+            .spawn();
+        // The worker has drained the empty outbox and waits.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for round in 1..=3 {
+            scripted()
+                .with_outbox(Some(outbox.clone()))
+                .run(script(three_intents()).dispatch(Dispatch::Later))
+                .await
+                .unwrap();
+            assert!(
+                delivered_within(&sink, 3 * round).await,
+                "{}: round {round} waited for the poll",
+                backend.name()
+            );
+        }
+        worker.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_worker_wakes_when_another_process_commits_not_at_its_next_poll() {
+    for backend in Backend::both() {
+        let sink = Flaky::default();
+        let worker = Worker::new(backend.open().await, sink.sinks(), Handlers::new())
+            .poll_interval(Duration::from_secs(60))
+            .spawn();
+        // Another process: its own connection, its own group committer.
+        let other = backend.open().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for round in 1..=3 {
+            scripted()
+                .with_outbox(Some(other.clone()))
+                .run(script(three_intents()).dispatch(Dispatch::Later))
+                .await
+                .unwrap();
+            assert!(
+                delivered_within(&sink, 3 * round).await,
+                "{}: round {round} waited for the poll",
+                backend.name()
+            );
+            // Quiet for a while: a SQLite watch backs off to its longest pause.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        worker.stop().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_run_whose_commit_the_store_refuses_fails_and_undoes_what_it_did() {
     let dir = tempfile::tempdir().unwrap();

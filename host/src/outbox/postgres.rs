@@ -9,7 +9,7 @@
 //! (`UNNEST`), every settlement in one `UPDATE`.
 
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -17,12 +17,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Claim, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError, OutboxStore,
-    PENDING_STATS, Prune, Retry, Settlement, Stats, Write, fences_from_json, fences_json,
-    retriable,
+    Changes, Claim, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError,
+    OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Write, fences_from_json,
+    fences_json, retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
+
+mod wake;
+
+pub use wake::POSTGRES_NOTIFY_INTERVAL;
 
 /// How long connecting to Postgres may take, unless the URL says otherwise.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,10 +152,18 @@ SELECT status, entries, attempts, retrying FROM sums";
 /// A pool of [`POSTGRES_POOL_SIZE`] connections, shared by the group
 /// committer and the claims and reads of this process; a connection that
 /// broke is replaced when next asked for.
+///
+/// A commit that makes entries due notifies workers on other hosts
+/// (`NOTIFY escrow_outbox`, at most once per [`POSTGRES_NOTIFY_INTERVAL`]
+/// from one process, and once more at its end for the commits it covered);
+/// a waiting worker listens on a connection of its own.
 #[derive(Clone)]
 pub struct PostgresOutbox {
     url: String,
     pool: Pool,
+    /// The pool's connection settings, for a worker's listening connection.
+    config: tokio_postgres::Config,
+    throttle: Arc<wake::Throttle>,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -270,7 +282,7 @@ impl PostgresOutbox {
             POSTGRES_IDLE_TRANSACTION_TIMEOUT.as_millis()
         ));
         let manager = Manager::from_connect(
-            config,
+            config.clone(),
             Connect,
             ManagerConfig {
                 // A closed connection is replaced; an open one is not asked
@@ -288,6 +300,8 @@ impl PostgresOutbox {
         let outbox = Self {
             url: url.to_owned(),
             pool,
+            config,
+            throttle: Arc::default(),
         };
         let mut client = outbox.pool.get().await.map_err(|e| open(pool_error(e)))?;
         if mode == OpenMode::Existing {
@@ -729,44 +743,53 @@ impl OutboxStore for PostgresOutbox {
     async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError> {
         let group = Group::of(batch);
         let statements = group.statements();
-        self.with(async |client| {
-            let mut prepared = Vec::with_capacity(statements.len());
-            for (sql, _) in &statements {
-                prepared.push(client.prepare_cached(sql).await?);
-            }
-            // `BEGIN`, the statements and `COMMIT` are sent at once and
-            // answered in order: one round trip. Polled in order (`biased`),
-            // each is sent before the next. If one fails, the transaction
-            // is aborted and `COMMIT` rolls it back.
-            let client: &tokio_postgres::Client = client;
-            let run = |i: usize| {
-                let statement = prepared.get(i).zip(statements.get(i));
-                async move {
-                    match statement {
-                        Some((statement, (_, params))) => client.query(statement, params).await,
-                        None => Ok(Vec::new()),
-                    }
+        let answers = self
+            .with(async |client| {
+                let mut prepared = Vec::with_capacity(statements.len());
+                for (sql, _) in &statements {
+                    prepared.push(client.prepare_cached(sql).await?);
                 }
-            };
-            let (_, first, second, third, fourth, fifth, ()) = tokio::try_join!(
-                biased;
-                client.batch_execute("BEGIN"),
-                run(0),
-                run(1),
-                run(2),
-                run(3),
-                run(4),
-                client.batch_execute("COMMIT"),
-            )?;
-            let settled = [first, second, third, fourth, fifth]
-                .into_iter()
-                .zip(&statements)
-                .find(|(_, (sql, _))| *sql == SETTLE)
-                .map(|(rows, _)| rows)
-                .unwrap_or_default();
-            Ok(Group::answers(batch.len(), &settled))
-        })
-        .await
+                // `BEGIN`, the statements and `COMMIT` are sent at once and
+                // answered in order: one round trip. Polled in order (`biased`),
+                // each is sent before the next. If one fails, the transaction
+                // is aborted and `COMMIT` rolls it back.
+                let client: &tokio_postgres::Client = client;
+                let run = |i: usize| {
+                    let statement = prepared.get(i).zip(statements.get(i));
+                    async move {
+                        match statement {
+                            Some((statement, (_, params))) => client.query(statement, params).await,
+                            None => Ok(Vec::new()),
+                        }
+                    }
+                };
+                let (_, first, second, third, fourth, fifth, ()) = tokio::try_join!(
+                    biased;
+                    client.batch_execute("BEGIN"),
+                    run(0),
+                    run(1),
+                    run(2),
+                    run(3),
+                    run(4),
+                    client.batch_execute("COMMIT"),
+                )?;
+                let settled = [first, second, third, fourth, fifth]
+                    .into_iter()
+                    .zip(&statements)
+                    .find(|(_, (sql, _))| *sql == SETTLE)
+                    .map(|(rows, _)| rows)
+                    .unwrap_or_default();
+                Ok(Group::answers(batch.len(), &settled))
+            })
+            .await?;
+        if batch.iter().any(Write::wakes_workers) {
+            self.throttle.notify(&self.pool);
+        }
+        Ok(answers)
+    }
+
+    async fn changes(&self) -> Option<Box<dyn Changes>> {
+        Some(Box::new(wake::Listener::start(self.config.clone())))
     }
 
     /// Half the pool: claims and reads always find a connection free.
@@ -895,37 +918,42 @@ impl OutboxStore for PostgresOutbox {
     }
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
-        self.with(async |client| {
-            let set = "UPDATE escrow_outbox SET status = 'pending', \
+        let changed = self
+            .with(async |client| {
+                let set = "UPDATE escrow_outbox SET status = 'pending', \
                        attempts_before_retry = attempts_before_retry + attempts, attempts = 0, \
                        due_at = $1, claim_token = NULL, lease_until = NULL";
-            let tx = client.transaction().await?;
-            let changed = match which {
-                Retry::Dead => {
-                    tx.execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
-                        .await?
-                }
-                Retry::Ids(ids) => {
-                    // The rows locked while they are checked and changed.
-                    let rows = tx
+                let tx = client.transaction().await?;
+                let changed = match which {
+                    Retry::Dead => {
+                        tx.execute(&format!("{set} WHERE status = 'dead'"), &[&now_ms])
+                            .await?
+                    }
+                    Retry::Ids(ids) => {
+                        // The rows locked while they are checked and changed.
+                        let rows = tx
                         .query(
                             "SELECT id, status FROM escrow_outbox WHERE id = ANY($1) FOR UPDATE",
                             &[ids],
                         )
                         .await?;
-                    let found = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                    let ids = match retriable(ids, &found) {
-                        Ok(ids) => ids,
-                        Err(refused) => return Ok(Err(refused)),
-                    };
-                    tx.execute(&format!("{set} WHERE id = ANY($2)"), &[&now_ms, &ids])
-                        .await?
-                }
-            };
-            tx.commit().await?;
-            Ok(Ok(changed))
-        })
-        .await?
+                        let found = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                        let ids = match retriable(ids, &found) {
+                            Ok(ids) => ids,
+                            Err(refused) => return Ok(Err(refused)),
+                        };
+                        tx.execute(&format!("{set} WHERE id = ANY($2)"), &[&now_ms, &ids])
+                            .await?
+                    }
+                };
+                tx.commit().await?;
+                Ok(Ok(changed))
+            })
+            .await??;
+        if changed > 0 {
+            self.throttle.notify(&self.pool);
+        }
+        Ok(changed)
     }
 
     async fn prune(
@@ -960,15 +988,20 @@ impl OutboxStore for PostgresOutbox {
     }
 
     async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {
-        self.with(async |client| {
-            client
-                .execute(
-                    "UPDATE escrow_outbox SET due_at = $1 WHERE status = 'pending' AND due_at > $1",
-                    &[&now_ms],
-                )
-                .await
-        })
-        .await
+        let moved = self
+            .with(async |client| {
+                client
+                    .execute(
+                        "UPDATE escrow_outbox SET due_at = $1 WHERE status = 'pending' AND due_at > $1",
+                        &[&now_ms],
+                    )
+                    .await
+            })
+            .await?;
+        if moved > 0 {
+            self.throttle.notify(&self.pool);
+        }
+        Ok(moved)
     }
 }
 

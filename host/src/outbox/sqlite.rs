@@ -12,8 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode,
-    OutboxError, OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Write,
+    Changes, Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry,
+    OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Write,
     fences_from_json, fences_json, retriable,
 };
 use crate::run_id::RunId;
@@ -24,6 +24,15 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prepared statements a connection keeps: more than the store has.
 const STATEMENT_CACHE: usize = 64;
+
+/// How soon a waiting worker first looks whether another process wrote to
+/// the file; each look that finds nothing doubles the pause, up to
+/// [`SQLITE_WATCH_MAX`]. A look reads one counter in the shared memory of
+/// the WAL (`PRAGMA data_version`), not the table.
+pub const SQLITE_WATCH_MIN: Duration = Duration::from_millis(1);
+
+/// The longest pause between two looks of a waiting worker at the file.
+pub const SQLITE_WATCH_MAX: Duration = Duration::from_millis(25);
 
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
@@ -217,6 +226,47 @@ impl SqliteOutbox {
         })
         .await
         .map_err(|e| OutboxError::Store(format!("the outbox task failed: {e}")))?
+    }
+}
+
+/// What another connection committed, as far as `conn` can tell: the file's
+/// `data_version` changes with every commit made through any other
+/// connection.
+struct FileChanges {
+    conn: Connection,
+    seen: i64,
+    /// Whether the last look failed: the next failures back off like looks
+    /// that find nothing, instead of waking the worker every time.
+    failing: bool,
+}
+
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+#[async_trait::async_trait]
+impl Changes for FileChanges {
+    async fn changed(&mut self) {
+        let mut pause = SQLITE_WATCH_MIN;
+        loop {
+            tokio::time::sleep(pause).await;
+            match data_version(&self.conn) {
+                Ok(version) if version == self.seen => self.failing = false,
+                Ok(version) => {
+                    self.seen = version;
+                    self.failing = false;
+                    return;
+                }
+                // Busy (a writer holds the file) or failing: the worker
+                // looks for itself, once.
+                Err(_) if !self.failing => {
+                    self.failing = true;
+                    return;
+                }
+                Err(_) => {}
+            }
+            pause = (pause * 2).min(SQLITE_WATCH_MAX);
+        }
     }
 }
 
@@ -636,6 +686,22 @@ impl OutboxStore for SqliteOutbox {
             Ok(deleted as u64)
         })
         .await
+    }
+
+    /// Watches `PRAGMA data_version` on a connection of its own: it changes
+    /// whenever another connection, in this process or another, commits.
+    async fn changes(&self) -> Option<Box<dyn Changes>> {
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .inspect_err(|error| tracing::warn!(%error, "cannot watch the outbox file; polling"))
+            .ok()?;
+        // A look never waits for a lock: busy means someone writes.
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let seen = data_version(&conn).ok()?;
+        Some(Box::new(FileChanges {
+            conn,
+            seen,
+            failing: false,
+        }))
     }
 
     async fn expedite(&self, now_ms: i64) -> Result<u64, OutboxError> {

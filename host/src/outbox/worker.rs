@@ -239,11 +239,20 @@ impl Worker {
         }
     }
 
-    /// Delivers until `stop` is sent `true`, looking for due entries every
-    /// poll interval.
+    /// Delivers until `stop` is sent `true`. Between two drains it waits
+    /// for a run of this process to commit, for the store to say another
+    /// process wrote ([`OutboxStore::changes`](super::OutboxStore::changes)),
+    /// or for the poll interval (entries whose backoff ends come due
+    /// without a write), whichever comes first.
     async fn follow(self, mut stopped: watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
+        let mut changes = self.outbox.store().changes().await;
         loop {
+            // Registered before draining, so that a commit made while the
+            // drain runs wakes the wait after it.
+            let committed = self.outbox.work().notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
             match self.drain(&stopped).await {
                 Ok(done) => report += done,
                 Err(error) => {
@@ -253,8 +262,16 @@ impl Worker {
             if *stopped.borrow() {
                 return Ok(report);
             }
+            let written_elsewhere = async {
+                match &mut changes {
+                    Some(changes) => changes.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = committed => {}
+                () = written_elsewhere => {}
                 _ = stopped.changed() => {}
             }
             if *stopped.borrow() {
