@@ -22,6 +22,23 @@ use crate::run_id::RunId;
 /// same file before it fails.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an operation pauses before it tries again a file another
+/// connection is writing. SQLite's own busy handler pauses longer each try
+/// (up to 100 ms), which a writer that holds the file for a millisecond at a
+/// time (a worker settling while runs commit) turns into tail latency.
+const SQLITE_BUSY_PAUSE: Duration = Duration::from_millis(1);
+
+/// SQLite's busy handler: tries again every [`SQLITE_BUSY_PAUSE`] until
+/// [`SQLITE_BUSY_TIMEOUT`] has passed, then lets the operation fail busy.
+fn wait_while_busy(tries: i32) -> bool {
+    let waited = SQLITE_BUSY_PAUSE * u32::try_from(tries).unwrap_or(u32::MAX);
+    if waited >= SQLITE_BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(SQLITE_BUSY_PAUSE);
+    true
+}
+
 /// Prepared statements a connection keeps: more than the store has.
 const STATEMENT_CACHE: usize = 64;
 
@@ -188,7 +205,7 @@ impl SqliteOutbox {
                 return Err(open("the file holds no escrow outbox".into()));
             }
         }
-        conn.busy_timeout(SQLITE_BUSY_TIMEOUT).map_err(corrupt)?;
+        conn.busy_handler(Some(wait_while_busy)).map_err(corrupt)?;
         // Every statement the store runs stays prepared.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn
