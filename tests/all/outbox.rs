@@ -1345,7 +1345,7 @@ async fn postgres_restarted_mid_delivery_loses_nothing_and_repeats_only_under_th
 
 /// One sample of the soak: entries in the outbox, bytes of its files, and
 /// the resident memory of this process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Sample {
     at_s: u64,
     runs: u64,
@@ -1412,7 +1412,7 @@ async fn soak_at_500_runs_a_second_keeps_entries_file_and_memory_flat_and_loses_
             done.unwrap();
         }
         runs += 1;
-        if runs % 30_000 == 0 {
+        if runs.is_multiple_of(30_000) {
             let stats = outbox.store().stats().await.unwrap();
             let file_bytes = ["soak.db", "soak.db-wal", "soak.db-shm"]
                 .iter()
