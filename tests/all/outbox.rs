@@ -1427,8 +1427,15 @@ async fn soak_at_500_runs_a_second_keeps_entries_file_and_memory_flat_and_loses_
                 rss_bytes: resident_bytes(),
             };
             println!(
-                "soak: {sample:?}, pending {}, dead {}",
-                stats.pending, stats.dead
+                "soak: {:>5} s {:>8} runs {:>8} entries ({} pending, {} dead) \
+                 {:>6.1} MiB of files {:>6.1} MiB resident",
+                sample.at_s,
+                sample.runs,
+                sample.entries,
+                stats.pending,
+                stats.dead,
+                sample.file_bytes as f64 / f64::from(1 << 20),
+                sample.rss_bytes as f64 / f64::from(1 << 20),
             );
             samples.push(sample);
         }
