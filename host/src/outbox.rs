@@ -892,12 +892,22 @@ impl Outbox {
     /// When the store failed; the write was not applied, unless the store
     /// lost its answer after committing (see `docs/delivery.md`).
     pub async fn write(&self, write: Write) -> Result<u64, OutboxError> {
+        self.send(write).await
+    }
+
+    /// Hands `write` to the group committer now and returns its answer to
+    /// come, so that the caller can go on meanwhile (a worker delivering
+    /// the next entries while the last ones are settled).
+    pub(crate) fn send(
+        &self,
+        write: Write,
+    ) -> impl Future<Output = Result<u64, OutboxError>> + Send + 'static {
         let (done, answer) = oneshot::channel();
-        self.inner
-            .writes
-            .send((write, done))
-            .map_err(|_| OutboxError::Closed)?;
-        answer.await.map_err(|_| OutboxError::Closed)?
+        let sent = self.inner.writes.send((write, done));
+        async move {
+            sent.map_err(|_| OutboxError::Closed)?;
+            answer.await.map_err(|_| OutboxError::Closed)?
+        }
     }
 
     /// How many transactions the group committer made, and how many writes

@@ -2,6 +2,8 @@
 //! and perform owed compensations through the handlers, in order per run,
 //! and settle each attempt.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -20,9 +22,15 @@ const CLAIM_RUNS: u32 = 128;
 /// Entries one claim takes at most.
 const CLAIM_ENTRIES: u32 = 1024;
 /// Settled entries written back together (one transaction, one fsync); the
-/// claim's lease is renewed with them. A worker that dies delivers at most
-/// this many entries again.
+/// claim's lease is renewed with them.
 const SETTLE_EVERY: usize = 256;
+
+/// Write-backs a claim may have in flight while its worker delivers the
+/// next entries; the next one waits for it. One: two write-backs of one
+/// claim at once would both renew its entries, and could deadlock each
+/// other on Postgres. A worker that dies delivers again at most what it had
+/// not written back: `SETTLE_EVERY * (SETTLES_IN_FLIGHT + 1)` entries.
+const SETTLES_IN_FLIGHT: usize = 1;
 
 /// The shortest pause between two renewals of a claim, whatever its lease.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(10);
@@ -87,7 +95,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Most batches of [`PRUNE_BATCH`] one round of retention deletes, so that
 /// delivery is never held up for long; a backlog is worked off over the
-/// following rounds.
+/// following rounds, one with each drain.
 const PRUNE_BATCHES_PER_ROUND: u32 = 10;
 
 impl std::fmt::Debug for Worker {
@@ -162,7 +170,12 @@ impl Worker {
         let last = self.pruned_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64 {
             self.pruned_at.store(now, Ordering::Relaxed);
-            self.prune_delivered(now).await;
+            if self.prune_delivered(now).await {
+                // A backlog is left: the next round comes with the next
+                // drain, not a minute later, so that retention keeps up
+                // with any delivery rate.
+                self.pruned_at.store(i64::MIN, Ordering::Relaxed);
+            }
         }
         let last = self.counted_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= STATS_EVERY.as_millis() as i64 {
@@ -178,9 +191,9 @@ impl Worker {
         Ok(report)
     }
 
-    /// Deletes delivered entries older than the outbox's retention, a few
-    /// batches a round.
-    async fn prune_delivered(&self, now: i64) {
+    /// Deletes delivered entries older than the outbox's retention, at most
+    /// [`PRUNE_BATCHES_PER_ROUND`] batches. Returns whether more are left.
+    async fn prune_delivered(&self, now: i64) -> bool {
         let retain = i64::try_from(self.outbox.retained_for().as_millis()).unwrap_or(i64::MAX);
         let before = now.saturating_sub(retain);
         for _ in 0..PRUNE_BATCHES_PER_ROUND {
@@ -191,29 +204,25 @@ impl Worker {
                 .await
             {
                 Ok(deleted) if deleted == u64::from(PRUNE_BATCH) => {}
-                Ok(_) => return,
+                Ok(_) => return false,
                 Err(error) => {
                     tracing::warn!(%error, "deleting delivered entries past their retention failed");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
+        let mut claimed = self.claim().await?;
         loop {
-            let now = self.outbox.now_ms();
-            let lease = self.outbox.lease_duration();
-            let claim = Claim::new(now, lease);
-            let entries = self
-                .outbox
-                .store()
-                .claim(&claim, now, CLAIM_RUNS, CLAIM_ENTRIES)
-                .await?;
+            let (claim, entries) = claimed;
             if entries.is_empty() {
                 return Ok(report);
             }
+            let lease = self.outbox.lease_duration();
             let mut settler = Settler::new(&self.outbox, claim, lease, entries.len());
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
@@ -231,12 +240,34 @@ impl Worker {
                     .await?;
                 report += done.report;
             }
-            // What was not attempted goes back for another worker.
-            report.lost += settler.finish().await?;
             if *stopped.borrow() {
+                // What was not attempted goes back for another worker.
+                report.lost += settler.finish().await?;
                 return Ok(report);
             }
+            // The next claim is taken while the last settlements of this
+            // one are written: it takes other runs, this claim still holds
+            // its own. If it found nothing, it is taken again once they are
+            // written, for what they made due (a retry without backoff).
+            let (lost, next) = tokio::join!(settler.finish(), self.claim());
+            report.lost += lost?;
+            claimed = match next? {
+                (_, entries) if entries.is_empty() => self.claim().await?,
+                next => next,
+            };
         }
+    }
+
+    /// Claims what is due now, under a fresh claim.
+    async fn claim(&self) -> Result<(Claim, Vec<Entry>), OutboxError> {
+        let now = self.outbox.now_ms();
+        let claim = Claim::new(now, self.outbox.lease_duration());
+        let entries = self
+            .outbox
+            .store()
+            .claim(&claim, now, CLAIM_RUNS, CLAIM_ENTRIES)
+            .await?;
+        Ok((claim, entries))
     }
 
     /// Delivers until `stop` is sent `true`. Between two drains it waits
@@ -303,6 +334,9 @@ pub(crate) struct Settler<'a> {
     /// How long the claim lasts from each renewal.
     lease: Duration,
     pending: Vec<(i64, Settlement)>,
+    /// Write-backs sent and not answered yet, oldest first: how many
+    /// settlements each held, and its answer to come.
+    in_flight: VecDeque<(u64, WriteBack)>,
     /// Claimed entries not settled yet: when none is left at the end, there
     /// is nothing to give back.
     unsettled: usize,
@@ -318,6 +352,7 @@ impl<'a> Settler<'a> {
             claim,
             lease,
             pending: Vec::new(),
+            in_flight: VecDeque::new(),
             unsettled: claimed,
             lost: 0,
         }
@@ -344,23 +379,35 @@ impl<'a> Settler<'a> {
         (self.lease / 3).max(MIN_RENEW_EVERY)
     }
 
-    /// Writes the pending settlements (maybe none, to renew the claim)
-    /// with the claim's lease extended from now, through the outbox's group
+    /// Sends the pending settlements (maybe none, to renew the claim) with
+    /// the claim's lease extended from now, through the outbox's group
     /// committer, in a transaction shared with other runs' commits and
-    /// settlements; counts those the claim had lost.
+    /// settlements, without waiting for its answer; waits first for the
+    /// answers of earlier ones while [`SETTLES_IN_FLIGHT`] are in flight,
+    /// and counts the settlements the claim had lost.
     async fn write_back(&mut self) -> Result<(), OutboxError> {
+        while self.in_flight.len() >= SETTLES_IN_FLIGHT {
+            self.answered().await?;
+        }
         let now_ms = self.outbox.now_ms();
         self.claim.lease_until_ms = now_ms + self.lease.as_millis() as i64;
         let settlements = std::mem::take(&mut self.pending);
         let settled = settlements.len() as u64;
-        let held = self
-            .outbox
-            .write(Write::Settle {
-                claim: self.claim.clone(),
-                settlements,
-                now_ms,
-            })
-            .await?;
+        let answer = self.outbox.send(Write::Settle {
+            claim: self.claim.clone(),
+            settlements,
+            now_ms,
+        });
+        self.in_flight.push_back((settled, Box::pin(answer)));
+        Ok(())
+    }
+
+    /// Waits for the oldest write-back in flight.
+    async fn answered(&mut self) -> Result<(), OutboxError> {
+        let Some((settled, answer)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let held = answer.await?;
         let lost = settled - held.min(settled);
         if lost > 0 {
             tracing::warn!(
@@ -383,12 +430,18 @@ impl<'a> Settler<'a> {
     /// returns how many settled entries the claim had lost.
     pub(crate) async fn finish(mut self) -> Result<u64, OutboxError> {
         self.flush().await?;
+        while !self.in_flight.is_empty() {
+            self.answered().await?;
+        }
         if self.unsettled > 0 {
             self.outbox.store().release(&self.claim).await?;
         }
         Ok(self.lost)
     }
 }
+
+/// The answer to come of a write-back.
+type WriteBack = Pin<Box<dyn Future<Output = Result<u64, OutboxError>> + Send>>;
 
 /// What delivering one run's claimed entries came to.
 pub(crate) struct RunDelivery {
