@@ -1010,6 +1010,48 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn every_connection_of_the_pool_ends_a_transaction_left_idle_and_bounds_each_statement() {
+        let server = escrow_fixtures::postgres::PostgresServer::start();
+        let outbox = PostgresOutbox::connect(&server.url()).await.unwrap();
+        let settings = outbox
+            .with(async |client| {
+                client
+                    .query_one(
+                        "SELECT current_setting('idle_in_transaction_session_timeout'), \
+                                current_setting('statement_timeout')",
+                        &[],
+                    )
+                    .await
+            })
+            .await
+            .unwrap();
+        let (idle, statement): (String, String) = (settings.get(0), settings.get(1));
+        assert_eq!(
+            idle,
+            format!("{}s", POSTGRES_IDLE_TRANSACTION_TIMEOUT.as_secs())
+        );
+        assert_eq!(
+            statement,
+            format!("{}s", POSTGRES_STATEMENT_TIMEOUT.as_secs())
+        );
+        // A transaction left idle (a host stopped inside one) is ended by
+        // the server, and its row locks with it: here on a connection with
+        // a timeout of 200 ms, the same setting.
+        let mut config = tokio_postgres::Config::from_str(&server.url()).unwrap();
+        config.options("-c idle_in_transaction_session_timeout=200");
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        let driven = tokio::spawn(connection);
+        client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let error = client.batch_execute("COMMIT").await.unwrap_err();
+        assert!(
+            client.is_closed() || error.to_string().contains("idle"),
+            "{error}"
+        );
+        drop(driven);
+    }
+
+    #[tokio::test]
     async fn an_outbox_of_the_second_schema_is_migrated_and_its_counts_start_from_its_entries() {
         let server = escrow_fixtures::postgres::PostgresServer::start();
         let (client, connection) = tokio_postgres::connect(&server.url(), NoTls).await.unwrap();

@@ -18,12 +18,12 @@ use crate::sinks::{Attempt, Sinks};
 /// Default pause between two looks at the outbox when nothing was due.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Runs one claim takes at most.
-const CLAIM_RUNS: u32 = 128;
+const CLAIM_RUNS: u32 = 1024;
 /// Entries one claim takes at most.
 const CLAIM_ENTRIES: u32 = 1024;
 /// Settled entries written back together (one transaction, one fsync); the
 /// claim's lease is renewed with them.
-const SETTLE_EVERY: usize = 256;
+const SETTLE_EVERY: usize = 512;
 
 /// Write-backs a claim may have in flight while its worker delivers the
 /// next entries; the next one waits for it. One: two write-backs of one
@@ -474,6 +474,9 @@ pub(crate) async fn deliver_run(
         tokio::pin!(attempt);
         let (settlement, delivery) = loop {
             tokio::select! {
+                // The attempt first: one that answers at once (an
+                // in-process sink) never arms the renewal timer.
+                biased;
                 done = &mut attempt => break done,
                 () = tokio::time::sleep(settler.renew_every()) => {
                     if let Err(error) = settler.write_back().await {
