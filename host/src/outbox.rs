@@ -44,7 +44,9 @@ pub use postgres::{
     POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
     POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
 };
-pub use sqlite::{SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox};
+pub use sqlite::{
+    SQLITE_BUSY_PAUSE, SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox,
+};
 pub use worker::{DEFAULT_POLL_INTERVAL, Report, Worker, WorkerHandle};
 pub(crate) use worker::{Settler, deliver_run};
 

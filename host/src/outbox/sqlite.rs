@@ -26,7 +26,7 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection is writing. SQLite's own busy handler pauses longer each try
 /// (up to 100 ms), which a writer that holds the file for a millisecond at a
 /// time (a worker settling while runs commit) turns into tail latency.
-const SQLITE_BUSY_PAUSE: Duration = Duration::from_millis(1);
+pub const SQLITE_BUSY_PAUSE: Duration = Duration::from_millis(1);
 
 /// SQLite's busy handler: tries again every [`SQLITE_BUSY_PAUSE`] until
 /// [`SQLITE_BUSY_TIMEOUT`] has passed, then lets the operation fail busy.
