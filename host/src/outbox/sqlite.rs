@@ -246,6 +246,28 @@ impl SqliteOutbox {
     }
 }
 
+/// Claims up to `?2` runs whose first pending entry is due at `?1` and not
+/// held by a live claim, with their pending entries in delivery order, at
+/// most `?5` in all, under the token `?3` until `?4`: one statement.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH heads AS ( \
+           SELECT h.run_id, h.due_at, h.id FROM escrow_outbox h \
+           WHERE h.status = 'pending' AND h.due_at <= ?1 \
+             AND (h.lease_until IS NULL OR h.lease_until < ?1) \
+             AND NOT EXISTS (SELECT 1 FROM escrow_outbox p WHERE p.run_id = h.run_id \
+                             AND p.status = 'pending' AND p.ord < h.ord) \
+           ORDER BY h.due_at, h.id LIMIT ?2 \
+         ), taken AS ( \
+           SELECT e.id, row_number() OVER (ORDER BY heads.due_at, heads.id, e.ord) AS place \
+           FROM heads JOIN escrow_outbox e ON e.run_id = heads.run_id AND e.status = 'pending' \
+         ) \
+         UPDATE escrow_outbox SET claim_token = ?3, lease_until = ?4 \
+         WHERE id IN (SELECT id FROM taken WHERE place <= ?5) \
+         RETURNING {ENTRY_COLUMNS}, ord"
+    )
+});
+
 /// What another connection committed, as far as `conn` can tell: the file's
 /// `data_version` changes with every commit made through any other
 /// connection.
@@ -520,42 +542,31 @@ impl OutboxStore for SqliteOutbox {
         let claim = claim.clone();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let runs: Vec<String> = {
-                let mut heads = tx.prepare_cached(
-                    "SELECT h.run_id FROM escrow_outbox h \
-                     WHERE h.status = 'pending' AND h.due_at <= ?1 \
-                       AND (h.lease_until IS NULL OR h.lease_until < ?1) \
-                       AND NOT EXISTS (SELECT 1 FROM escrow_outbox p WHERE p.run_id = h.run_id \
-                                       AND p.status = 'pending' AND p.ord < h.ord) \
-                     ORDER BY h.due_at, h.id LIMIT ?2",
-                )?;
-                heads
-                    .query_map(params![now_ms, max_runs], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            let mut entries = Vec::new();
-            let mut left = max_entries as i64;
-            for run in &runs {
-                if left <= 0 {
-                    break;
-                }
-                let mut take = tx.prepare_cached(&format!(
-                    "UPDATE escrow_outbox SET claim_token = ?1, lease_until = ?2 \
-                     WHERE id IN (SELECT id FROM escrow_outbox WHERE run_id = ?3 \
-                                  AND status = 'pending' ORDER BY ord LIMIT ?4) \
-                     RETURNING {ENTRY_COLUMNS}, ord"
-                ))?;
-                let mut claimed: Vec<(i64, Entry)> = take
-                    .query_map(params![claim.token, claim.lease_until_ms, run, left], |r| {
-                        Ok((r.get(ENTRY_COLUMN_COUNT)?, entry_from_row(r)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                claimed.sort_by_key(|(ord, _)| *ord);
-                left -= claimed.len() as i64;
-                entries.extend(claimed.into_iter().map(|(_, e)| e));
-            }
+            let mut claimed: Vec<(i64, Entry)> = tx
+                .prepare_cached(&CLAIM)?
+                .query_map(
+                    params![
+                        now_ms,
+                        max_runs,
+                        claim.token,
+                        claim.lease_until_ms,
+                        max_entries
+                    ],
+                    |r| Ok((r.get(ENTRY_COLUMN_COUNT)?, entry_from_row(r)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
             tx.commit()?;
-            Ok(entries)
+            // Run by run, in the order their heads (first entries) came
+            // due, each in delivery order: the order the claim took them in.
+            let mut heads: HashMap<RunId, (i64, i64)> = HashMap::new();
+            for (_, entry) in &claimed {
+                let head = heads
+                    .entry(entry.entry.run_id)
+                    .or_insert((entry.due_at_ms, entry.id));
+                *head = (*head).min((entry.due_at_ms, entry.id));
+            }
+            claimed.sort_by_key(|(ord, entry)| (heads[&entry.entry.run_id], *ord));
+            Ok(claimed.into_iter().map(|(_, entry)| entry).collect())
         })
         .await
     }
