@@ -386,10 +386,10 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Attempts under `claim` ended: `settlements` (entry id, how it ended)
-    /// are applied to the entries the claim still holds, and the claim's
-    /// other entries are extended to its lease. Its answer is how many were
-    /// still held: an entry whose lease ran out and was claimed again since
-    /// is left alone.
+    /// are applied to the entries the claim still holds, and with `renew`
+    /// the claim's other entries are extended to its lease. Its answer is
+    /// how many were still held: an entry whose lease ran out and was
+    /// claimed again since is left alone.
     Settle {
         /// The claim the attempts were made under.
         claim: Claim,
@@ -397,6 +397,10 @@ pub enum Write {
         settlements: Vec<(i64, Settlement)>,
         /// When (stamps delivered entries).
         now_ms: i64,
+        /// Whether the claim's other entries are extended to
+        /// `claim.lease_until_ms` (each of them is rewritten: a worker
+        /// renews only as often as its lease needs).
+        renew: bool,
     },
     /// A run committed: its committed intents become pending entries, due
     /// now, and the compensations it journaled are resolved: dropped, but

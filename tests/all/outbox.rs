@@ -453,6 +453,7 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
             claim: claim.clone(),
             settlements: vec![(claimed[0].id, Settlement::Delivered)],
             now_ms: now,
+            renew: true,
         };
         let late = outbox.write(settle(&first)).await.unwrap();
         assert_eq!(

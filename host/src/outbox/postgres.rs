@@ -456,7 +456,10 @@ DELETE FROM escrow_outbox WHERE run_id = ANY($1) AND kind = 'compensation' \
   AND status = 'pending' AND attempts = 0";
 
 /// Settles entries still held by the claim each settlement names; returns
-/// the index of the write each settled row came from.
+/// the index of the write each settled row came from. The claim is compared
+/// with `IS NOT DISTINCT FROM` (a settlement always names one), not `=`,
+/// which the planner answers through the claims index: every row of the
+/// claim for every settlement, filtered by id (31 ms instead of 8 for 512).
 const SETTLE: &str = "\
 UPDATE escrow_outbox o SET \
   status = CASE s.kind WHEN 'delivered' THEN 'delivered' WHEN 'dead' THEN 'dead' \
@@ -469,7 +472,7 @@ UPDATE escrow_outbox o SET \
   claim_token = NULL, lease_until = NULL \
 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::INT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], \
             $7::BIGINT[]) AS s(id, claim_token, write, kind, due_at, error, now) \
-WHERE o.id = s.id AND o.claim_token = s.claim_token \
+WHERE o.id = s.id AND o.claim_token IS NOT DISTINCT FROM s.claim_token \
 RETURNING s.write";
 
 /// Extends every entry a claim still holds to the claim's lease.
@@ -554,6 +557,7 @@ impl<'a> Group<'a> {
                     claim,
                     settlements,
                     now_ms,
+                    renew,
                 } => {
                     let index = i32::try_from(index).expect("a group holds far fewer writes");
                     for (id, settlement) in settlements {
@@ -576,8 +580,10 @@ impl<'a> Group<'a> {
                         group.settled_errors.push(error);
                         group.settled_now.push(*now_ms);
                     }
-                    group.renewed_claims.push(&claim.token);
-                    group.renewed_leases.push(claim.lease_until_ms);
+                    if *renew {
+                        group.renewed_claims.push(&claim.token);
+                        group.renewed_leases.push(claim.lease_until_ms);
+                    }
                 }
             }
         }

@@ -394,13 +394,15 @@ fn resolve(
     Ok(())
 }
 
-/// Applies `settlements` for entries `claim` holds and extends the claim's
-/// other entries to its lease; returns how many were still held.
+/// Applies `settlements` for entries `claim` holds and, with `renew`,
+/// extends the claim's other entries to its lease; returns how many were
+/// still held.
 fn settle(
     tx: &Transaction<'_>,
     claim: &Claim,
     settlements: &[(i64, Settlement)],
     now_ms: i64,
+    renew: bool,
 ) -> rusqlite::Result<u64> {
     let now = now_ms;
     let mut held = 0;
@@ -443,8 +445,10 @@ fn settle(
                 .execute(params![id, token])?,
         } as u64;
     }
-    tx.prepare_cached("UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1")?
-        .execute(params![claim.token, claim.lease_until_ms])?;
+    if renew {
+        tx.prepare_cached("UPDATE escrow_outbox SET lease_until = ?2 WHERE claim_token = ?1")?
+            .execute(params![claim.token, claim.lease_until_ms])?;
+    }
     Ok(held)
 }
 
@@ -456,7 +460,8 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<u64> {
             claim,
             settlements,
             now_ms,
-        } => return settle(tx, claim, settlements, *now_ms),
+            renew,
+        } => return settle(tx, claim, settlements, *now_ms, *renew),
         Write::Commit {
             run_id,
             intents,

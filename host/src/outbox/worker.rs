@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -334,6 +334,9 @@ pub(crate) struct Settler<'a> {
     /// How long the claim lasts from each renewal.
     lease: Duration,
     pending: Vec<(i64, Settlement)>,
+    /// When the claim's lease was last extended (when it was taken, at
+    /// first).
+    renewed_at: Instant,
     /// Write-backs sent and not answered yet, oldest first: how many
     /// settlements each held, and its answer to come.
     in_flight: VecDeque<(u64, WriteBack)>,
@@ -352,6 +355,7 @@ impl<'a> Settler<'a> {
             claim,
             lease,
             pending: Vec::new(),
+            renewed_at: Instant::now(),
             in_flight: VecDeque::new(),
             unsettled: claimed,
             lost: 0,
@@ -390,13 +394,21 @@ impl<'a> Settler<'a> {
             self.answered().await?;
         }
         let now_ms = self.outbox.now_ms();
-        self.claim.lease_until_ms = now_ms + self.lease.as_millis() as i64;
+        // Renewing rewrites every entry the claim still holds: only when a
+        // third of the lease has passed since the last renewal, or when the
+        // renewal is all this write-back is for.
         let settlements = std::mem::take(&mut self.pending);
+        let renew = settlements.is_empty() || self.renewed_at.elapsed() >= self.renew_every();
+        if renew {
+            self.renewed_at = Instant::now();
+            self.claim.lease_until_ms = now_ms + self.lease.as_millis() as i64;
+        }
         let settled = settlements.len() as u64;
         let answer = self.outbox.send(Write::Settle {
             claim: self.claim.clone(),
             settlements,
             now_ms,
+            renew,
         });
         self.in_flight.push_back((settled, Box::pin(answer)));
         Ok(())
