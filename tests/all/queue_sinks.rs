@@ -327,6 +327,14 @@ fn a_config_routes_effects_to_queue_sinks_and_refuses_a_route_behind_an_undefine
     );
 }
 
+/// The idempotency keys a stream holds are the 2,000 of
+/// [`deliver_through_a_restart`], each once.
+fn assert_every_intent_once(keys: &[String]) {
+    let unique: HashSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), 2000, "every intent arrived");
+    assert_eq!(keys.len(), 2000, "none twice in the stream");
+}
+
 /// Delivers 2,000 intents from a SQLite outbox through `sink` while
 /// `restart` kills and restarts its server once 200 are delivered; returns
 /// what `restart` returned once every intent is delivered.
@@ -388,9 +396,7 @@ async fn jetstream_killed_and_restarted_mid_delivery_gets_every_intent_once() {
         .iter()
         .map(|m| header(m, "Nats-Msg-Id"))
         .collect();
-    let unique: HashSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), 2000, "every intent arrived");
-    assert_eq!(ids.len(), 2000, "none twice in the stream");
+    assert_every_intent_once(&ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +414,5 @@ async fn a_redis_stream_killed_and_restarted_mid_delivery_gets_every_intent_once
 
     let entries = entries(&server, 0, "bulk").await;
     let keys: Vec<String> = entries.iter().map(|e| text(e, "idempotency_key")).collect();
-    let unique: HashSet<&String> = keys.iter().collect();
-    assert_eq!(unique.len(), 2000, "every intent arrived");
-    assert_eq!(keys.len(), 2000, "none twice in the stream");
+    assert_every_intent_once(&keys);
 }
