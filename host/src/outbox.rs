@@ -143,8 +143,8 @@ const ENTRY_COLUMNS: &str = "id, kind, run_id, seq, plugin, effect, payload, fen
                              attempts, due_at, last_error, created_at, attempts_before_retry";
 
 /// The age of the oldest pending entry, how many pending entries a claim
-/// holds and until when: read through the indexes of pending and claimed
-/// entries, whatever else the table holds.
+/// holds and until when: read through the indexes of pending entries,
+/// whatever else the table holds.
 const PENDING_STATS: &str = "SELECT (SELECT MIN(created_at) FROM escrow_outbox \
                                       WHERE status = 'pending'), \
                              COUNT(*), MAX(lease_until) FROM escrow_outbox \
@@ -386,10 +386,10 @@ impl Claim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     /// Attempts under `claim` ended: `settlements` (entry id, how it ended)
-    /// are applied to the entries the claim still holds, and with `renew`
-    /// the claim's other entries are extended to its lease. Its answer is
-    /// how many were still held: an entry whose lease ran out and was
-    /// claimed again since is left alone.
+    /// are applied to the entries the claim still holds, and the entries
+    /// `renewed` it still holds are extended to its lease. Its answer is
+    /// how many settled entries were still held: an entry whose lease ran
+    /// out and was claimed again since is left alone.
     Settle {
         /// The claim the attempts were made under.
         claim: Claim,
@@ -397,10 +397,10 @@ pub enum Write {
         settlements: Vec<(i64, Settlement)>,
         /// When (stamps delivered entries).
         now_ms: i64,
-        /// Whether the claim's other entries are extended to
-        /// `claim.lease_until_ms` (each of them is rewritten: a worker
-        /// renews only as often as its lease needs).
-        renew: bool,
+        /// The ids of the claim's entries not settled yet whose lease is
+        /// extended to `claim.lease_until_ms`; empty for none. Each is
+        /// rewritten, so a worker renews only as often as its lease needs.
+        renewed: Vec<i64>,
     },
     /// A run committed: its committed intents become pending entries, due
     /// now, and the compensations it journaled are resolved: dropped, but
@@ -579,11 +579,13 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// answer to a commit was lost.
     async fn committed(&self, run_id: RunId) -> Result<bool, OutboxError>;
 
-    /// The entries `claim` holds, run by run, in delivery order.
-    async fn claimed(&self, claim: &Claim) -> Result<Vec<Entry>, OutboxError>;
+    /// The entries of `run_id` that `claim` holds, in delivery order.
+    async fn claimed(&self, claim: &Claim, run_id: RunId) -> Result<Vec<Entry>, OutboxError>;
 
-    /// Gives up every entry `claim` still holds.
-    async fn release(&self, claim: &Claim) -> Result<(), OutboxError>;
+    /// Gives up the entries `ids` that `claim` still holds. Entries are
+    /// found by id, not by claim: no index covers the claim, so that taking
+    /// one rewrites no index entry.
+    async fn release(&self, claim: &Claim, ids: &[i64]) -> Result<(), OutboxError>;
 
     /// Entries by filter, oldest first.
     async fn list(&self, filter: &Filter) -> Result<Vec<Entry>, OutboxError>;

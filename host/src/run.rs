@@ -257,11 +257,12 @@ impl Plugin {
     async fn deliver_stored(&self, outbox: &Outbox, claim: Option<Claim>, outcome: &mut Outcome) {
         let deliveries = match claim {
             None => Vec::new(),
-            Some(claim) => match outbox.store().claimed(&claim).await {
+            Some(claim) => match outbox.store().claimed(&claim, outcome.run_id).await {
                 Ok(entries) => {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
                     let lease = outbox.delivery_lease_duration();
-                    let mut settler = Settler::new(outbox, claim, lease, entries.len());
+                    let ids = entries.iter().map(|e| e.id);
+                    let mut settler = Settler::new(outbox, claim, lease, ids);
                     let delivered = crate::outbox::deliver_run(
                         &self.sinks,
                         &self.handlers,

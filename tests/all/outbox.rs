@@ -453,7 +453,7 @@ async fn a_worker_whose_lease_ran_out_cannot_settle_what_another_worker_claimed_
             claim: claim.clone(),
             settlements: vec![(claimed[0].id, Settlement::Delivered)],
             now_ms: now,
-            renew: true,
+            renewed: Vec::new(),
         };
         let late = outbox.write(settle(&first)).await.unwrap();
         assert_eq!(
@@ -1040,7 +1040,8 @@ async fn stats_count_the_entries_a_claim_holds_and_until_when() {
             "{}",
             backend.name()
         );
-        outbox.store().release(&claim).await.unwrap();
+        let ids: Vec<i64> = held.iter().map(|e| e.id).collect();
+        outbox.store().release(&claim, &ids).await.unwrap();
         assert_eq!(outbox.store().stats().await.unwrap().claimed, 0);
     }
 }
@@ -1198,7 +1199,8 @@ async fn stats_kept_by_the_store_agree_with_a_count_of_every_entry_after_every_k
             .await
             .unwrap();
         assert!(!held.is_empty());
-        outbox.store().release(&claim).await.unwrap();
+        let ids: Vec<i64> = held.iter().map(|e| e.id).collect();
+        outbox.store().release(&claim, &ids).await.unwrap();
         assert_eq!(
             counted(&outbox).await,
             recount(&outbox).await,

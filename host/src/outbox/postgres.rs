@@ -130,6 +130,17 @@ FOR EACH STATEMENT EXECUTE FUNCTION escrow_outbox_count();
 CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox
 REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION escrow_outbox_count();
 ",
+    // Taking a claim writes no indexed column, so its update can stay on
+    // the row's page with no new index entry (a HOT update): a claim's
+    // entries are found by id, not through an index of claims. Pages are
+    // filled to half, so that a page whose entries are all claimed at once
+    // (they were written together) holds their new versions: at 70 %,
+    // 40 % of a claim's updates were HOT, and a claim of 1,000 took 24 ms
+    // instead of 13.
+    r"
+DROP INDEX escrow_outbox_claims;
+ALTER TABLE escrow_outbox SET (fillfactor = 50);
+",
 ];
 
 /// The advisory lock hosts take to migrate the schema one at a time.
@@ -475,11 +486,12 @@ FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::INT[], $4::TEXT[], $5::BIGINT[], $6::T
 WHERE o.id = s.id AND o.claim_token IS NOT DISTINCT FROM s.claim_token \
 RETURNING s.write";
 
-/// Extends every entry a claim still holds to the claim's lease.
+/// Extends the entries named that their claim still holds to the claim's
+/// lease.
 const RENEW: &str = "\
 UPDATE escrow_outbox o SET lease_until = r.lease_until \
-FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS r(claim_token, lease_until) \
-WHERE o.claim_token = r.claim_token";
+FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS r(id, claim_token, lease_until) \
+WHERE o.id = r.id AND o.claim_token IS NOT DISTINCT FROM r.claim_token";
 
 /// A group of writes as the few statements that apply it: one `INSERT` for
 /// the new entries of every write, one `UPDATE` for every settlement, one
@@ -516,6 +528,7 @@ struct Group<'a> {
     settled_errors: Vec<Option<&'a str>>,
     settled_now: Vec<i64>,
     // Claims renewed: token and lease.
+    renewed_ids: Vec<i64>,
     renewed_claims: Vec<&'a str>,
     renewed_leases: Vec<i64>,
 }
@@ -557,7 +570,7 @@ impl<'a> Group<'a> {
                     claim,
                     settlements,
                     now_ms,
-                    renew,
+                    renewed,
                 } => {
                     let index = i32::try_from(index).expect("a group holds far fewer writes");
                     for (id, settlement) in settlements {
@@ -580,7 +593,8 @@ impl<'a> Group<'a> {
                         group.settled_errors.push(error);
                         group.settled_now.push(*now_ms);
                     }
-                    if *renew {
+                    for id in renewed {
+                        group.renewed_ids.push(*id);
                         group.renewed_claims.push(&claim.token);
                         group.renewed_leases.push(claim.lease_until_ms);
                     }
@@ -667,8 +681,15 @@ impl<'a> Group<'a> {
                 ],
             ));
         }
-        if !self.renewed_claims.is_empty() {
-            statements.push((RENEW, vec![&self.renewed_claims, &self.renewed_leases]));
+        if !self.renewed_ids.is_empty() {
+            statements.push((
+                RENEW,
+                vec![
+                    &self.renewed_ids,
+                    &self.renewed_claims,
+                    &self.renewed_leases,
+                ],
+            ));
         }
         debug_assert!(statements.len() <= Self::MAX_STATEMENTS);
         statements
@@ -846,16 +867,18 @@ impl OutboxStore for PostgresOutbox {
         .await
     }
 
-    async fn claimed(&self, claim: &Claim) -> Result<Vec<Entry>, OutboxError> {
+    async fn claimed(&self, claim: &Claim, run_id: RunId) -> Result<Vec<Entry>, OutboxError> {
+        let run = run_id.to_string();
         let rows = self
             .with(async |client| {
                 client
                     .query(
                         &format!(
-                            "SELECT {ENTRY_COLUMNS} FROM escrow_outbox WHERE claim_token = $1 \
-                             ORDER BY run_id, ord"
+                            "SELECT {ENTRY_COLUMNS} FROM escrow_outbox \
+                             WHERE run_id = $2 AND status = 'pending' AND claim_token = $1 \
+                             ORDER BY ord"
                         ),
-                        &[&claim.token],
+                        &[&claim.token, &run],
                     )
                     .await
             })
@@ -863,13 +886,13 @@ impl OutboxStore for PostgresOutbox {
         entries(&rows)
     }
 
-    async fn release(&self, claim: &Claim) -> Result<(), OutboxError> {
+    async fn release(&self, claim: &Claim, ids: &[i64]) -> Result<(), OutboxError> {
         self.with(async |client| {
             client
                 .execute(
                     "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
-                     WHERE claim_token = $1",
-                    &[&claim.token],
+                     WHERE id = ANY($2) AND claim_token IS NOT DISTINCT FROM $1",
+                    &[&claim.token, &ids],
                 )
                 .await
                 .map(drop)

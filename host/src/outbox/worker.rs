@@ -223,7 +223,8 @@ impl Worker {
                 return Ok(report);
             }
             let lease = self.outbox.lease_duration();
-            let mut settler = Settler::new(&self.outbox, claim, lease, entries.len());
+            let mut settler =
+                Settler::new(&self.outbox, claim, lease, entries.iter().map(|e| e.id));
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
                 let run = first.entry.run_id;
@@ -340,16 +341,21 @@ pub(crate) struct Settler<'a> {
     /// Write-backs sent and not answered yet, oldest first: how many
     /// settlements each held, and its answer to come.
     in_flight: VecDeque<(u64, WriteBack)>,
-    /// Claimed entries not settled yet: when none is left at the end, there
-    /// is nothing to give back.
-    unsettled: usize,
+    /// Claimed entries not settled yet: renewed with the claim, and given
+    /// back at the end.
+    unsettled: foldhash::HashSet<i64>,
     lost: u64,
 }
 
 impl<'a> Settler<'a> {
-    /// A settler for `claimed` entries held by `claim`, whose lease is
-    /// `lease` from each renewal.
-    pub(crate) fn new(outbox: &'a Outbox, claim: Claim, lease: Duration, claimed: usize) -> Self {
+    /// A settler for the entries `claimed` (their ids) held by `claim`,
+    /// whose lease is `lease` from each renewal.
+    pub(crate) fn new(
+        outbox: &'a Outbox,
+        claim: Claim,
+        lease: Duration,
+        claimed: impl IntoIterator<Item = i64>,
+    ) -> Self {
         Self {
             outbox,
             claim,
@@ -357,13 +363,13 @@ impl<'a> Settler<'a> {
             pending: Vec::new(),
             renewed_at: Instant::now(),
             in_flight: VecDeque::new(),
-            unsettled: claimed,
+            unsettled: claimed.into_iter().collect(),
             lost: 0,
         }
     }
 
     async fn push(&mut self, id: i64, settlement: Settlement) -> Result<(), OutboxError> {
-        self.unsettled = self.unsettled.saturating_sub(1);
+        self.unsettled.remove(&id);
         self.pending.push((id, settlement));
         if self.pending.len() >= SETTLE_EVERY {
             self.flush().await?;
@@ -404,11 +410,15 @@ impl<'a> Settler<'a> {
             self.claim.lease_until_ms = now_ms + self.lease.as_millis() as i64;
         }
         let settled = settlements.len() as u64;
+        let renewed = match renew {
+            true => self.unsettled.iter().copied().collect(),
+            false => Vec::new(),
+        };
         let answer = self.outbox.send(Write::Settle {
             claim: self.claim.clone(),
             settlements,
             now_ms,
-            renew,
+            renewed,
         });
         self.in_flight.push_back((settled, Box::pin(answer)));
         Ok(())
@@ -445,8 +455,9 @@ impl<'a> Settler<'a> {
         while !self.in_flight.is_empty() {
             self.answered().await?;
         }
-        if self.unsettled > 0 {
-            self.outbox.store().release(&self.claim).await?;
+        if !self.unsettled.is_empty() {
+            let ids: Vec<i64> = self.unsettled.iter().copied().collect();
+            self.outbox.store().release(&self.claim, &ids).await?;
         }
         Ok(self.lost)
     }
