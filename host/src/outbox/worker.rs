@@ -368,10 +368,14 @@ impl<'a> Settler<'a> {
         }
     }
 
+    /// Records how an attempt ended; writes back what is pending once
+    /// [`SETTLE_EVERY`] settlements wait, or once a third of the lease has
+    /// passed since the last renewal (so that a claim whose entries are slow
+    /// to deliver is renewed before its lease runs out).
     async fn push(&mut self, id: i64, settlement: Settlement) -> Result<(), OutboxError> {
         self.unsettled.remove(&id);
         self.pending.push((id, settlement));
-        if self.pending.len() >= SETTLE_EVERY {
+        if self.pending.len() >= SETTLE_EVERY || self.renewed_at.elapsed() >= self.renew_every() {
             self.flush().await?;
         }
         Ok(())
