@@ -134,11 +134,6 @@ BEGIN
     WHERE status = NEW.status;
 END;
 ",
-    // A claim's entries are found by id, not through an index of claims,
-    // so that taking a claim writes no index entry (as on Postgres).
-    r"
-DROP INDEX escrow_outbox_claims;
-",
 ];
 
 /// An outbox in a SQLite file.
