@@ -632,9 +632,9 @@ pub enum Prune {
 }
 
 impl Prune {
-    /// Each status deleted, as the stores write it, with the column that says when its entries
-    /// ended: delivered ones when delivered, dead ones when their last
-    /// attempt was due.
+    /// Each status deleted, as the stores write it, with the column that
+    /// says when its entries ended: delivered ones when delivered, dead
+    /// ones when their last attempt was due.
     pub(crate) fn statuses(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Prune::Delivered => &[("delivered", "delivered_at")],

@@ -1309,6 +1309,38 @@ async fn workers_delete_delivered_entries_past_their_retention_in_batches_and_ke
     }
 }
 
+#[tokio::test]
+async fn a_retention_round_that_leaves_a_backlog_is_followed_by_another_at_the_next_drain() {
+    for backend in Backend::both() {
+        let clock = ManualClock::new(1_000_000_000);
+        let outbox = backend
+            .open()
+            .await
+            .clock(Arc::new(clock.clone()))
+            .retain_delivered(Duration::from_secs(60));
+        // More delivered entries than one round deletes (ten batches).
+        let count = 10 * u64::from(escrow_host::outbox::PRUNE_BATCH) + 500;
+        write_run(&outbox, count).await;
+        let worker = Worker::new(outbox.clone(), Flaky::default().sinks(), Handlers::new());
+        assert_eq!(worker.run_once().await.unwrap().delivered, count + 1);
+
+        // Past the retention, one drain deletes one round's worth; the next
+        // drain, within the same minute, deletes the rest.
+        clock.advance(Duration::from_secs(120));
+        worker.run_once().await.unwrap();
+        let left = outbox.store().stats().await.unwrap().delivered;
+        assert_eq!(left, 501, "{}: one round of ten batches", backend.name());
+        worker.run_once().await.unwrap();
+        let left = outbox.store().stats().await.unwrap().delivered;
+        assert_eq!(
+            left,
+            0,
+            "{}: the backlog, at the next drain",
+            backend.name()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_delivery_loses_nothing_and_repeats_only_under_the_same_keys() {
     let mut server = PostgresServer::start();

@@ -15,7 +15,7 @@ use escrow_host::config::Config;
 use escrow_host::handlers::Handlers;
 use escrow_host::outbox::{Outbox, RetryPolicy, SqliteOutbox, Worker};
 use escrow_host::sinks::{NatsJetStream, RedisStream, Sink, Sinks};
-use escrow_host::{Delivery, Fate, RunOptions, Status};
+use escrow_host::{Delivery, Fate, Intent, RunOptions, Status};
 use escrow_tests::{all_effects, scripted};
 use serde_json::json;
 
@@ -50,6 +50,19 @@ fn header(message: &jetstream::message::StreamMessage, name: &str) -> String {
         .get(name)
         .unwrap_or_else(|| panic!("no header {name}"))
         .to_string()
+}
+
+/// A message's fields (read by name with `field`) say which intent it is.
+fn assert_carries_the_identity_of(intent: &Intent, field: impl Fn(&str) -> String) {
+    for (name, expected) in [
+        ("idempotency_key", intent.idempotency_key()),
+        ("run_id", intent.run_id.to_string()),
+        ("effect", intent.effect.clone()),
+        ("plugin", intent.plugin.to_string()),
+        ("seq", intent.seq.to_string()),
+    ] {
+        assert_eq!(field(name), expected, "{name}");
+    }
 }
 
 fn two_intents() -> RunOptions {
@@ -113,11 +126,7 @@ async fn intents_published_to_jetstream_carry_their_payload_and_identity_and_wai
         assert_eq!(message.subject.as_str(), "orders.intents");
         assert_eq!(message.payload.as_ref(), &intent.payload[..]);
         assert_eq!(header(message, "Nats-Msg-Id"), intent.idempotency_key());
-        assert_eq!(header(message, "idempotency_key"), intent.idempotency_key());
-        assert_eq!(header(message, "run_id"), intent.run_id.to_string());
-        assert_eq!(header(message, "effect"), intent.effect);
-        assert_eq!(header(message, "plugin"), &*intent.plugin);
-        assert_eq!(header(message, "seq"), intent.seq.to_string());
+        assert_carries_the_identity_of(intent, |name| header(message, name));
     }
 }
 
@@ -234,11 +243,7 @@ async fn intents_added_to_a_redis_stream_carry_their_payload_and_identity_in_the
     assert_eq!(entries.len(), 2);
     for (entry, intent) in entries.iter().zip(&outcome.intents) {
         assert_eq!(entry["payload"], intent.payload);
-        assert_eq!(text(entry, "idempotency_key"), intent.idempotency_key());
-        assert_eq!(text(entry, "run_id"), intent.run_id.to_string());
-        assert_eq!(text(entry, "effect"), intent.effect);
-        assert_eq!(text(entry, "plugin"), &*intent.plugin);
-        assert_eq!(text(entry, "seq"), intent.seq.to_string());
+        assert_carries_the_identity_of(intent, |name| text(entry, name));
     }
 }
 

@@ -28,8 +28,10 @@ pub const POSTGRES_NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 /// again; meanwhile its worker polls.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
-/// The channel notified and listened to.
-const CHANNEL: &str = "escrow_outbox";
+/// Tells the listeners of the channel `escrow_outbox`.
+const NOTIFY: &str = "NOTIFY escrow_outbox";
+/// Listens to the channel `escrow_outbox`.
+const LISTEN: &str = "LISTEN escrow_outbox";
 
 /// When this process last notified, and whether a notification at the end
 /// of the interval is already due.
@@ -67,7 +69,7 @@ impl Throttle {
             }
             let sent = match pool.get().await {
                 Ok(client) => client
-                    .batch_execute(&format!("NOTIFY {CHANNEL}"))
+                    .batch_execute(NOTIFY)
                     .await
                     .map_err(|e| error_text(&e)),
                 Err(e) => Err(e.to_string()),
@@ -124,8 +126,7 @@ impl Changes for Listener {
 /// while it was not listening is looked for.
 async fn listen(config: &tokio_postgres::Config, wake: &Notify) -> Result<(), String> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(|e| error_text(&e))?;
-    let statement = format!("LISTEN {CHANNEL}");
-    let listening = client.batch_execute(&statement);
+    let listening = client.batch_execute(LISTEN);
     tokio::pin!(listening);
     let mut listened = false;
     loop {
