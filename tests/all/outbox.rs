@@ -1248,6 +1248,77 @@ async fn stats_kept_by_the_store_agree_with_a_count_of_every_entry_after_every_k
             .unwrap();
         assert_eq!(deleted, 123, "{name}");
         assert_eq!(counted(&outbox).await, Stats::default(), "pruned ({name})");
+
+        // Dead entries pruned with delivered ones.
+        sink.failures.store(u32::MAX, Ordering::SeqCst);
+        write_run(&outbox, 1).await;
+        worker.run_once().await.unwrap();
+        clock.advance(Duration::from_millis(10));
+        worker.run_once().await.unwrap();
+        assert_eq!(counted(&outbox).await.dead, 1, "{name}");
+        clock.advance(Duration::from_secs(1));
+        outbox
+            .prune(
+                escrow_host::outbox::Prune::DeliveredAndDead,
+                outbox.now_ms(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            counted(&outbox).await,
+            Stats::default(),
+            "pruned dead ({name})"
+        );
+
+        // Two compensations journaled; their run resolved them, one failed
+        // (owed, one attempt), the other forgotten.
+        let run_id = RunId::new();
+        for seq in [1, 2] {
+            outbox
+                .write(Write::Journal {
+                    entry: NewEntry {
+                        kind: EntryKind::Compensation,
+                        run_id,
+                        seq,
+                        plugin: "bulk".into(),
+                        effect: "a.undo".into(),
+                        payload: b"1".to_vec(),
+                        fences: Vec::new(),
+                    },
+                    due_at_ms: outbox.now_ms() + 60_000,
+                    now_ms: outbox.now_ms(),
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(counted(&outbox).await.pending, 2, "{name}");
+        outbox
+            .write(Write::Resolve {
+                run_id,
+                failed: vec![(1, "refused".into())],
+                due_at_ms: outbox.now_ms() + 60_000,
+            })
+            .await
+            .unwrap();
+        let stats = counted(&outbox).await;
+        assert_eq!(
+            (stats.pending, stats.retrying, stats.attempts),
+            (1, 1, 1),
+            "{name}"
+        );
+        assert_eq!(stats, recount(&outbox).await, "resolved ({name})");
+
+        // A pending entry brought back by id: its attempt kept apart.
+        let owed = outbox.store().list(&Filter::default()).await.unwrap();
+        let ids: Vec<i64> = owed.iter().map(|e| e.id).collect();
+        outbox
+            .store()
+            .retry(&Retry::Ids(ids), outbox.now_ms())
+            .await
+            .unwrap();
+        let stats = counted(&outbox).await;
+        assert_eq!((stats.retrying, stats.attempts), (0, 1), "{name}");
+        assert_eq!(stats, recount(&outbox).await, "retried by id ({name})");
     }
 }
 
