@@ -22,14 +22,17 @@ const CLAIM_RUNS: u32 = 1024;
 /// Entries one claim takes at most.
 const CLAIM_ENTRIES: u32 = 1024;
 /// Settled entries written back together (one transaction, one fsync); the
-/// claim's lease is renewed with them.
-const SETTLE_EVERY: usize = 512;
+/// claim's lease is renewed with them. A whole claim: delivered at once, a
+/// claim is one statement to take and one to settle, written while the
+/// next claim is taken and delivered.
+const SETTLE_EVERY: usize = CLAIM_ENTRIES as usize;
 
 /// Write-backs a claim may have in flight while its worker delivers the
 /// next entries; the next one waits for it. One: two write-backs of one
 /// claim at once would both renew its entries, and could deadlock each
 /// other on Postgres. A worker that dies delivers again at most what it had
-/// not written back: `SETTLE_EVERY * (SETTLES_IN_FLIGHT + 1)` entries.
+/// not written back: the last write-back of the claim before, and
+/// `SETTLE_EVERY * (SETTLES_IN_FLIGHT + 1)` entries of its current claim.
 const SETTLES_IN_FLIGHT: usize = 1;
 
 /// The shortest pause between two renewals of a claim, whatever its lease.
@@ -214,17 +217,25 @@ impl Worker {
         true
     }
 
+    /// Claims and delivers until nothing is due. A claim's last
+    /// write-backs are written while the next claim is taken and delivered
+    /// (it holds other runs), one claim finishing at a time.
     async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
+        let mut finishing: Option<Finishing> = None;
         let mut claimed = self.claim().await?;
         loop {
             let (claim, entries) = claimed;
             if entries.is_empty() {
-                return Ok(report);
+                break;
             }
             let lease = self.outbox.lease_duration();
-            let mut settler =
-                Settler::new(&self.outbox, claim, lease, entries.iter().map(|e| e.id));
+            let mut settler = Settler::new(
+                self.outbox.clone(),
+                claim,
+                lease,
+                entries.iter().map(|e| e.id),
+            );
             let mut rest = entries.as_slice();
             while let Some(first) = rest.first() {
                 let run = first.entry.run_id;
@@ -241,22 +252,34 @@ impl Worker {
                     .await?;
                 report += done.report;
             }
+            if let Some(previous) = finishing.take() {
+                report.lost += previous.wait().await?.lost;
+            }
             if *stopped.borrow() {
                 // What was not attempted goes back for another worker.
-                report.lost += settler.finish().await?;
+                report.lost += settler.finish().await?.lost;
                 return Ok(report);
             }
-            // The next claim is taken while the last settlements of this
-            // one are written: it takes other runs, this claim still holds
-            // its own. If it found nothing, it is taken again once they are
-            // written, for what they made due (a retry without backoff).
-            let (lost, next) = tokio::join!(settler.finish(), self.claim());
-            report.lost += lost?;
-            claimed = match next? {
-                (_, entries) if entries.is_empty() => self.claim().await?,
-                next => next,
-            };
+            // A claim that took all it may could have left the rest of its
+            // last run, which its settlements make due.
+            let full = entries.len() >= CLAIM_ENTRIES as usize;
+            finishing = Some(Finishing::spawn(settler, full));
+            claimed = self.claim().await?;
+            // Nothing else was due: once the last settlements are written,
+            // what they made due (a retry without backoff, entries given
+            // back, the rest of a run) is claimed.
+            if claimed.1.is_empty() {
+                let finished = finishing.take().expect("set above").wait().await?;
+                report.lost += finished.lost;
+                if finished.made_due {
+                    claimed = self.claim().await?;
+                }
+            }
         }
+        if let Some(previous) = finishing {
+            report.lost += previous.wait().await?.lost;
+        }
+        Ok(report)
     }
 
     /// Claims what is due now, under a fresh claim.
@@ -329,8 +352,8 @@ impl Worker {
 /// Settles attempts under one claim, in batches (one transaction, so one
 /// fsync, per batch), renewing the claim's lease with each, and gives back
 /// what the claim still holds when done.
-pub(crate) struct Settler<'a> {
-    outbox: &'a Outbox,
+pub(crate) struct Settler {
+    outbox: Outbox,
     claim: Claim,
     /// How long the claim lasts from each renewal.
     lease: Duration,
@@ -345,13 +368,15 @@ pub(crate) struct Settler<'a> {
     /// back at the end.
     unsettled: foldhash::HashSet<i64>,
     lost: u64,
+    /// Whether a settlement made its entry due now.
+    made_due: bool,
 }
 
-impl<'a> Settler<'a> {
+impl Settler {
     /// A settler for the entries `claimed` (their ids) held by `claim`,
     /// whose lease is `lease` from each renewal.
     pub(crate) fn new(
-        outbox: &'a Outbox,
+        outbox: Outbox,
         claim: Claim,
         lease: Duration,
         claimed: impl IntoIterator<Item = i64>,
@@ -365,6 +390,7 @@ impl<'a> Settler<'a> {
             in_flight: VecDeque::new(),
             unsettled: claimed.into_iter().collect(),
             lost: 0,
+            made_due: false,
         }
     }
 
@@ -374,6 +400,13 @@ impl<'a> Settler<'a> {
     /// to deliver is renewed before its lease runs out).
     async fn push(&mut self, id: i64, settlement: Settlement) -> Result<(), OutboxError> {
         self.unsettled.remove(&id);
+        self.made_due |= match &settlement {
+            Settlement::Retry { due_at_ms, .. } | Settlement::Reschedule { due_at_ms, .. } => {
+                *due_at_ms <= self.outbox.now_ms()
+            }
+            Settlement::Release => true,
+            Settlement::Delivered | Settlement::Dead { .. } => false,
+        };
         self.pending.push((id, settlement));
         if self.pending.len() >= SETTLE_EVERY || self.renewed_at.elapsed() >= self.renew_every() {
             self.flush().await?;
@@ -452,9 +485,8 @@ impl<'a> Settler<'a> {
         }
     }
 
-    /// Writes back what is pending and gives back the rest of the claim;
-    /// returns how many settled entries the claim had lost.
-    pub(crate) async fn finish(mut self) -> Result<u64, OutboxError> {
+    /// Writes back what is pending and gives back the rest of the claim.
+    pub(crate) async fn finish(mut self) -> Result<Finished, OutboxError> {
         self.flush().await?;
         while !self.in_flight.is_empty() {
             self.answered().await?;
@@ -462,8 +494,52 @@ impl<'a> Settler<'a> {
         if !self.unsettled.is_empty() {
             let ids: Vec<i64> = self.unsettled.iter().copied().collect();
             self.outbox.store().release(&self.claim, &ids).await?;
+            self.made_due = true;
         }
-        Ok(self.lost)
+        Ok(Finished {
+            lost: self.lost,
+            made_due: self.made_due,
+        })
+    }
+}
+
+/// How a claim's settlements ended.
+pub(crate) struct Finished {
+    /// Settled entries the claim had lost to another worker.
+    pub(crate) lost: u64,
+    /// Whether its settlements made entries due now: retried without
+    /// backoff, or given back.
+    pub(crate) made_due: bool,
+}
+
+/// A claim's settler finishing on a task of its own, while its worker
+/// takes the next claim.
+struct Finishing {
+    task: tokio::task::JoinHandle<Result<Finished, OutboxError>>,
+    /// Whether the claim took all it may: what follows its last run is due
+    /// once it is settled.
+    full: bool,
+}
+
+impl Finishing {
+    fn spawn(settler: Settler, full: bool) -> Self {
+        Self {
+            task: tokio::spawn(settler.finish()),
+            full,
+        }
+    }
+
+    async fn wait(self) -> Result<Finished, OutboxError> {
+        match self.task.await {
+            Ok(finished) => finished.map(|f| Finished {
+                made_due: f.made_due || self.full,
+                ..f
+            }),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Err(OutboxError::Store(
+                "the runtime stopped while a claim was settled".into(),
+            )),
+        }
     }
 }
 
@@ -483,13 +559,14 @@ pub(crate) struct RunDelivery {
 pub(crate) async fn deliver_run(
     sinks: &Sinks,
     handlers: &Handlers,
-    settler: &mut Settler<'_>,
+    settler: &mut Settler,
     entries: &[Entry],
     stopped: &watch::Receiver<bool>,
 ) -> Result<RunDelivery, OutboxError> {
     let mut report = Report::default();
     let mut deliveries = Vec::with_capacity(entries.len());
     let mut blocked = false;
+    let outbox = settler.outbox.clone();
     for entry in entries {
         if blocked || settler.lost() || *stopped.borrow() {
             deliveries.push(Delivery::Queued);
@@ -497,7 +574,7 @@ pub(crate) async fn deliver_run(
         }
         // A slow sink or handler does not let the claim lapse: it is renewed
         // while the attempt runs.
-        let attempt = attempt(settler.outbox, sinks, handlers, entry);
+        let attempt = attempt(&outbox, sinks, handlers, entry);
         tokio::pin!(attempt);
         let (settlement, delivery) = loop {
             tokio::select! {
