@@ -467,11 +467,6 @@ fn languages(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs `plugin` `runs` times at once, each committed.
-async fn concurrently(plugin: &escrow_host::Plugin, options: &RunOptions, runs: u64) {
-    in_flight(plugin, options, runs, runs).await;
-}
-
 /// Runs `plugin` `runs` times, `at_once` in flight: as one ends, the next
 /// starts. Each must commit.
 async fn in_flight(plugin: &escrow_host::Plugin, options: &RunOptions, runs: u64, at_once: u64) {
