@@ -262,7 +262,8 @@ impl Plugin {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
                     let lease = outbox.delivery_lease_duration();
                     let ids = entries.iter().map(|e| e.id);
-                    let mut settler = Settler::new(outbox.clone(), claim, lease, ids);
+                    let mut settler =
+                        Settler::new(outbox.clone(), claim, lease, Instant::now(), ids);
                     let delivered = crate::outbox::deliver_run(
                         &self.sinks,
                         &self.handlers,

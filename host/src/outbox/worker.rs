@@ -219,56 +219,60 @@ impl Worker {
 
     /// Claims and delivers until nothing is due. A claim's last
     /// write-backs are written while the next claim is taken and delivered
-    /// (it holds other runs), one claim finishing at a time.
+    /// (it holds other runs), one claim finishing at a time; and a claim
+    /// that took all it may is delivered while the next one is taken.
     async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
         let mut finishing: Option<Finishing> = None;
         let mut claimed = self.claim().await?;
-        loop {
-            let (claim, entries) = claimed;
-            if entries.is_empty() {
-                break;
-            }
-            let lease = self.outbox.lease_duration();
-            let mut settler = Settler::new(
-                self.outbox.clone(),
+        while !claimed.entries.is_empty() {
+            let Claimed {
                 claim,
-                lease,
-                entries.iter().map(|e| e.id),
-            );
-            let mut rest = entries.as_slice();
-            while let Some(first) = rest.first() {
-                let run = first.entry.run_id;
-                let end = rest
-                    .iter()
-                    .position(|e| e.entry.run_id != run)
-                    .unwrap_or(rest.len());
-                let (entries, next) = rest.split_at(end);
-                rest = next;
-                if *stopped.borrow() || settler.lost() {
-                    break;
-                }
-                let done = deliver_run(&self.sinks, &self.handlers, &mut settler, entries, stopped)
-                    .await?;
-                report += done.report;
-            }
+                entries,
+                taken,
+            } = claimed;
+            let lease = self.outbox.lease_duration();
+            let ids = entries.iter().map(|e| e.id);
+            let mut settler = Settler::new(self.outbox.clone(), claim, lease, taken, ids);
+            // It took all it may: more is due, most likely.
+            let full = entries.len() >= CLAIM_ENTRIES as usize;
+            let (delivered, ahead) =
+                tokio::join!(self.deliver_claim(&mut settler, &entries, stopped), async {
+                    match full {
+                        true => Some(self.claim().await),
+                        false => None,
+                    }
+                },);
+            report += delivered?;
+            let ahead = ahead.transpose()?;
             if let Some(previous) = finishing.take() {
                 report.lost += previous.wait().await?.lost;
             }
             if *stopped.borrow() {
                 // What was not attempted goes back for another worker.
                 report.lost += settler.finish().await?.lost;
+                if let Some(ahead) = ahead {
+                    ahead.give_back(&self.outbox).await?;
+                }
                 return Ok(report);
             }
-            // A claim that took all it may could have left the rest of its
-            // last run, which its settlements make due.
-            let full = entries.len() >= CLAIM_ENTRIES as usize;
+            // A full claim could have left the rest of its last run, which
+            // its settlements make due.
             finishing = Some(Finishing::spawn(settler, full));
-            claimed = self.claim().await?;
+            claimed = match ahead {
+                // Its lease ran out while the claim before was delivered (a
+                // slow sink): another worker may hold its entries now.
+                Some(ahead) if self.outbox.now_ms() >= ahead.claim.lease_until_ms => {
+                    ahead.give_back(&self.outbox).await?;
+                    self.claim().await?
+                }
+                Some(ahead) => ahead,
+                None => self.claim().await?,
+            };
             // Nothing else was due: once the last settlements are written,
             // what they made due (a retry without backoff, entries given
             // back, the rest of a run) is claimed.
-            if claimed.1.is_empty() {
+            if claimed.entries.is_empty() {
                 let finished = finishing.take().expect("set above").wait().await?;
                 report.lost += finished.lost;
                 if finished.made_due {
@@ -282,8 +286,29 @@ impl Worker {
         Ok(report)
     }
 
+    /// Delivers a claim's entries, run by run, until it is stopped or the
+    /// claim is lost.
+    async fn deliver_claim(
+        &self,
+        settler: &mut Settler,
+        entries: &[Entry],
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Report, OutboxError> {
+        let mut report = Report::default();
+        for run in entries.chunk_by(|a, b| a.entry.run_id == b.entry.run_id) {
+            if *stopped.borrow() || settler.lost() {
+                break;
+            }
+            report += deliver_run(&self.sinks, &self.handlers, settler, run, stopped)
+                .await?
+                .report;
+        }
+        Ok(report)
+    }
+
     /// Claims what is due now, under a fresh claim.
-    async fn claim(&self) -> Result<(Claim, Vec<Entry>), OutboxError> {
+    async fn claim(&self) -> Result<Claimed, OutboxError> {
+        let taken = Instant::now();
         let now = self.outbox.now_ms();
         let claim = Claim::new(now, self.outbox.lease_duration());
         let entries = self
@@ -291,7 +316,11 @@ impl Worker {
             .store()
             .claim(&claim, now, CLAIM_RUNS, CLAIM_ENTRIES)
             .await?;
-        Ok((claim, entries))
+        Ok(Claimed {
+            claim,
+            entries,
+            taken,
+        })
     }
 
     /// Delivers until `stop` is sent `true`. Between two drains it waits
@@ -374,11 +403,12 @@ pub(crate) struct Settler {
 
 impl Settler {
     /// A settler for the entries `claimed` (their ids) held by `claim`,
-    /// whose lease is `lease` from each renewal.
+    /// taken at `taken`, whose lease is `lease` from each renewal.
     pub(crate) fn new(
         outbox: Outbox,
         claim: Claim,
         lease: Duration,
+        taken: Instant,
         claimed: impl IntoIterator<Item = i64>,
     ) -> Self {
         Self {
@@ -386,7 +416,7 @@ impl Settler {
             claim,
             lease,
             pending: Vec::new(),
-            renewed_at: Instant::now(),
+            renewed_at: taken,
             in_flight: VecDeque::new(),
             unsettled: claimed.into_iter().collect(),
             lost: 0,
@@ -500,6 +530,26 @@ impl Settler {
             lost: self.lost,
             made_due: self.made_due,
         })
+    }
+}
+
+/// What one claim took.
+struct Claimed {
+    claim: Claim,
+    /// In delivery order, each run's entries together.
+    entries: Vec<Entry>,
+    /// When it was taken.
+    taken: Instant,
+}
+
+impl Claimed {
+    /// Gives every entry back unattempted, due as before.
+    async fn give_back(self, outbox: &Outbox) -> Result<(), OutboxError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = self.entries.iter().map(|e| e.id).collect();
+        outbox.store().release(&self.claim, &ids).await
     }
 }
 
