@@ -15,6 +15,7 @@ mod effects;
 mod intents;
 mod locks;
 mod scopes;
+mod typed;
 
 /// Adds every escrow interface (the `escrow:host/imports` world) to
 /// `linker`, reading each run's [`EscrowCtx`] out of the store's data with

@@ -36,6 +36,14 @@ pub enum Error {
         /// What the compiler said.
         error: wasmtime::Error,
     },
+    /// A typed effect the component imports cannot be one.
+    #[error("{what} cannot run here: {message}")]
+    TypedEffect {
+        /// The component.
+        what: String,
+        /// Which function, and why.
+        message: String,
+    },
     /// The component imports something the host does not provide, or lacks
     /// the export the host calls.
     #[error("{what} cannot run here: {error:#}")]

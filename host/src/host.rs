@@ -18,6 +18,7 @@ use crate::outbox::Outbox;
 use crate::outcome::Intent;
 use crate::sinks::Sinks;
 use crate::store::RunState;
+use crate::typed::TypedEffects;
 
 /// How often the host's clock ticks for deadlines. A run is stopped at most
 /// about one tick after its deadline.
@@ -90,6 +91,7 @@ struct Inner {
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
     observers: crate::observe::Observers,
+    typed: TypedEffects,
     max_memory_bytes: usize,
     slots: Semaphore,
     blocking: OnceLock<tokio::runtime::Runtime>,
@@ -124,6 +126,7 @@ pub struct HostBuilder {
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
     observers: crate::observe::Observers,
+    typed: TypedEffects,
     max_concurrent_runs: u32,
     max_memory_bytes: usize,
     pooling: bool,
@@ -141,6 +144,7 @@ impl Default for HostBuilder {
             breakers: Arc::default(),
             outbox: None,
             observers: Default::default(),
+            typed: TypedEffects::new(),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             pooling: true,
@@ -202,6 +206,15 @@ impl HostBuilder {
     /// default) intents live in memory until dispatched, with one attempt.
     pub fn outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// Treats the functions of the WIT interfaces in `typed` as effects: a
+    /// plugin calls them through its own generated bindings, and each call
+    /// is held in escrow as `enqueue` or `invoke` holds theirs
+    /// (`docs/typed-effects.md`).
+    pub fn typed_effects(mut self, typed: TypedEffects) -> Self {
+        self.typed = typed;
         self
     }
 
@@ -350,6 +363,7 @@ impl HostBuilder {
                 breakers: self.breakers,
                 outbox: self.outbox,
                 observers: self.observers,
+                typed: self.typed,
                 max_memory_bytes: self.max_memory_bytes,
                 slots: Semaphore::new(self.max_concurrent_runs as usize),
                 blocking: OnceLock::new(),
@@ -475,6 +489,11 @@ impl Host {
     /// The linker every plugin of this host is resolved against.
     pub(crate) fn linker(&self) -> &Linker<RunState> {
         &self.inner.linker
+    }
+
+    /// The interfaces whose functions are effects.
+    pub fn typed_effects(&self) -> &TypedEffects {
+        &self.inner.typed
     }
 
     pub(crate) fn observers(&self) -> &[crate::observe::Observer] {

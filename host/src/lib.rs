@@ -77,6 +77,7 @@ mod run_id;
 pub mod sinks;
 mod store;
 pub mod text;
+pub mod typed;
 mod wasi_http;
 
 pub use capabilities::add_to_linker;

@@ -345,6 +345,14 @@ pub enum Failure {
         /// The rule that forbade it.
         rule: String,
     },
+    /// A typed effect whose signature has no error channel was refused,
+    /// failed, or was answered with a value its result type cannot hold.
+    TypedEffect {
+        /// The effect.
+        effect: String,
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -360,6 +368,7 @@ impl fmt::Display for Failure {
                     "the plugin requested `{effect}` where {rule} forbids effects"
                 )
             }
+            Failure::TypedEffect { effect, reason } => write!(f, "`{effect}`: {reason}"),
         }
     }
 }

@@ -187,7 +187,17 @@ impl Host {
             what: what.to_owned(),
             error,
         };
-        let pre = self.linker().instantiate_pre(&component).map_err(link)?;
+        let imported = crate::typed::link::imported(self.engine(), &component, self.typed_effects())
+            .map_err(|message| Error::TypedEffect {
+                what: what.to_owned(),
+                message,
+            })?;
+        let pre = match imported.is_empty() {
+            true => self.linker().instantiate_pre(&component),
+            false => crate::typed::link::define(self.linker(), imported)
+                .and_then(|linker| linker.instantiate_pre(&component)),
+        }
+        .map_err(link)?;
         let pre = PluginPre::new(pre).map_err(link)?;
         Ok(Plugin::new(self.clone(), name, component, pre))
     }

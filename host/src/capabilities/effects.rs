@@ -269,7 +269,7 @@ impl EscrowCtx {
         Ok((registered, undo))
     }
 
-    fn record(
+    pub(crate) fn record(
         &mut self,
         seq: u64,
         effect: String,

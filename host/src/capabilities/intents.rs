@@ -74,7 +74,7 @@ impl Host for EscrowCtx {
 impl EscrowCtx {
     /// Records a refused deferred request and returns the refusal for the
     /// guest.
-    fn refuse(
+    pub(crate) fn refuse(
         &mut self,
         seq: u64,
         effect: String,

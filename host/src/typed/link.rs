@@ -1,0 +1,104 @@
+//! Linking a component's typed effects: each function of each declared
+//! interface it imports, checked and defined on a linker of its own.
+
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::types::{ComponentFunc, ComponentItem};
+use wasmtime::component::{Component, Linker};
+
+use super::{TypedEffects, TypedFunction};
+use crate::store::RunState;
+
+/// The typed functions a component imports, checked: each with the
+/// interface it is imported from (`acme:shop/payments@1.0.0`) and its name
+/// there.
+pub(crate) struct Imported {
+    pub(crate) interface: String,
+    pub(crate) function: String,
+    pub(crate) checked: TypedFunction,
+}
+
+/// Checks every function of every declared interface `component` imports.
+///
+/// # Errors
+///
+/// One line for the first function that cannot be a typed effect, or an
+/// import of a declared interface that is not an instance.
+pub(crate) fn imported(
+    engine: &Engine,
+    component: &Component,
+    typed: &TypedEffects,
+) -> Result<Vec<Imported>, String> {
+    let mut functions = Vec::new();
+    let ty = component.component_type();
+    for (import, item) in ty.imports(engine) {
+        let Some(declared) = typed.find(import) else {
+            continue;
+        };
+        let ComponentItem::ComponentInstance(instance) = &item.ty else {
+            return Err(format!(
+                "`{import}` is declared a typed interface, but the plugin imports it as \
+                 something other than an interface"
+            ));
+        };
+        for (function, export) in instance.exports(engine) {
+            let ComponentItem::ComponentFunc(func) = &export.ty else {
+                // Types need no definition.
+                if let ComponentItem::Resource(_) = &export.ty {
+                    return Err(format!(
+                        "`{import}` defines the resource `{function}`; typed effects carry \
+                         values only (no resources, futures, streams or error-context)"
+                    ));
+                }
+                continue;
+            };
+            let effect = declared.effect(function);
+            let checked = TypedFunction::check(effect, declared.timing_of(function), func)?;
+            functions.push(Imported {
+                interface: import.to_owned(),
+                function: function.to_owned(),
+                checked,
+            });
+        }
+    }
+    Ok(functions)
+}
+
+/// `linker` with every function of `imported` defined, each performing its
+/// effect through the run's escrow context.
+///
+/// # Errors
+///
+/// When wasmtime refuses a definition (an interface the host defines
+/// already, such as escrow's own).
+pub(crate) fn define(
+    linker: &Linker<RunState>,
+    imported: Vec<Imported>,
+) -> wasmtime::Result<Linker<RunState>> {
+    let mut linker = linker.clone();
+    for Imported {
+        interface,
+        function,
+        checked,
+    } in imported
+    {
+        let checked = Arc::new(checked);
+        let mut instance = linker.instance(&interface)?;
+        instance.func_new_async(&function, move |mut store, _: ComponentFunc, params, results| {
+            let checked = Arc::clone(&checked);
+            Box::new(async move {
+                let ctx = &mut store.data_mut().escrow;
+                let result = match checked.timing {
+                    super::Timing::Deferred => Some(ctx.defer_typed(&checked, params)?),
+                    super::Timing::Immediate => ctx.perform_typed(&checked, params).await?,
+                };
+                if let (Some(slot), Some(result)) = (results.first_mut(), result) {
+                    *slot = result;
+                }
+                Ok(())
+            })
+        })?;
+    }
+    Ok(linker)
+}

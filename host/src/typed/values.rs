@@ -1,0 +1,629 @@
+//! WIT values as JSON, both ways, lossless for every type a typed effect
+//! may carry (`docs/typed-effects.md` has the table).
+//!
+//! The type drives both directions: the same JSON can only be read back as
+//! the type it was written from, which is what makes `list<u8>` a base64
+//! string and an option of an option distinguishable from its `none`.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::ser::{Error as _, SerializeMap, SerializeSeq};
+use serde_json::Value;
+use wasmtime::component::{Type, Val};
+
+/// A float that JSON has no number for, as the string that stands for it.
+const NAN: &str = "NaN";
+const INFINITY: &str = "Infinity";
+const NEG_INFINITY: &str = "-Infinity";
+
+/// Why a value could not be written as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToJsonError {
+    /// The JSON would pass `max` bytes; writing stopped there.
+    #[error("its JSON passes {max} bytes")]
+    TooLarge {
+        /// The bound.
+        max: usize,
+    },
+    /// The value does not have the type it was declared with, or the type
+    /// has no JSON form (a resource, a future, a stream).
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Writes named values (a function's parameters) as one JSON object, in
+/// order, stopping as soon as it would pass `max` bytes.
+///
+/// # Errors
+///
+/// [`ToJsonError::TooLarge`] past `max`; [`ToJsonError::Mismatch`] for a
+/// value that is not of its type.
+pub fn params_to_json<'a>(
+    params: impl ExactSizeIterator<Item = (&'a str, Type)>,
+    values: &[Val],
+    max: usize,
+) -> Result<Vec<u8>, ToJsonError> {
+    let params: Vec<(&str, Type)> = params.collect();
+    if params.len() != values.len() {
+        return Err(ToJsonError::Mismatch(format!(
+            "{} values for {} parameters",
+            values.len(),
+            params.len()
+        )));
+    }
+    write_bounded(max, |out| {
+        let mut serializer = serde_json::Serializer::new(out);
+        let mut map = serde::Serializer::serialize_map(&mut serializer, Some(params.len()))?;
+        for ((name, ty), val) in params.iter().zip(values) {
+            map.serialize_entry(name, &Typed { ty, val })?;
+        }
+        SerializeMap::end(map)
+    })
+}
+
+/// Writes one value of type `ty` as JSON, stopping as soon as it would pass
+/// `max` bytes.
+///
+/// # Errors
+///
+/// As [`params_to_json`].
+pub fn value_to_json(ty: &Type, val: &Val, max: usize) -> Result<Vec<u8>, ToJsonError> {
+    write_bounded(max, |out| {
+        serde::Serialize::serialize(&Typed { ty, val }, &mut serde_json::Serializer::new(out))
+    })
+}
+
+/// Runs `write` into a buffer that refuses to grow past `max` bytes.
+fn write_bounded(
+    max: usize,
+    write: impl FnOnce(&mut Bounded) -> Result<(), serde_json::Error>,
+) -> Result<Vec<u8>, ToJsonError> {
+    let mut out = Bounded {
+        bytes: Vec::new(),
+        max,
+        passed: false,
+    };
+    match write(&mut out) {
+        Ok(()) => Ok(out.bytes),
+        Err(_) if out.passed => Err(ToJsonError::TooLarge { max }),
+        Err(error) => Err(ToJsonError::Mismatch(error.to_string())),
+    }
+}
+
+/// Bytes up to a bound: a write past it fails, and says so.
+struct Bounded {
+    bytes: Vec<u8>,
+    max: usize,
+    passed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.max {
+            self.passed = true;
+            return Err(std::io::Error::other("past the bound"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A value with its type, serialized as the mapping says.
+struct Typed<'a> {
+    ty: &'a Type,
+    val: &'a Val,
+}
+
+impl serde::Serialize for Typed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mismatch = || S::Error::custom(format!("{} is not a {}", kind(self.val), name(self.ty)));
+        match (self.ty, self.val) {
+            (Type::Bool, Val::Bool(v)) => s.serialize_bool(*v),
+            (Type::S8, Val::S8(v)) => s.serialize_i8(*v),
+            (Type::U8, Val::U8(v)) => s.serialize_u8(*v),
+            (Type::S16, Val::S16(v)) => s.serialize_i16(*v),
+            (Type::U16, Val::U16(v)) => s.serialize_u16(*v),
+            (Type::S32, Val::S32(v)) => s.serialize_i32(*v),
+            (Type::U32, Val::U32(v)) => s.serialize_u32(*v),
+            (Type::S64, Val::S64(v)) => s.serialize_i64(*v),
+            (Type::U64, Val::U64(v)) => s.serialize_u64(*v),
+            (Type::Float32, Val::Float32(v)) => match special(f64::from(*v)) {
+                Some(text) => s.serialize_str(text),
+                None => s.serialize_f32(*v),
+            },
+            (Type::Float64, Val::Float64(v)) => match special(*v) {
+                Some(text) => s.serialize_str(text),
+                None => s.serialize_f64(*v),
+            },
+            (Type::Char, Val::Char(c)) => s.serialize_char(*c),
+            (Type::String, Val::String(v)) => s.serialize_str(v),
+            (Type::List(list), Val::List(items)) if list.ty() == Type::U8 => {
+                let mut bytes = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Val::U8(b) => bytes.push(*b),
+                        _ => return Err(mismatch()),
+                    }
+                }
+                s.serialize_str(&BASE64.encode(bytes))
+            }
+            (Type::List(list), Val::List(items)) => sequence(s, &list.ty(), items),
+            (Type::FixedLengthList(list), Val::FixedLengthList(items)) => {
+                sequence(s, &list.ty(), items)
+            }
+            (Type::Map(map), Val::Map(entries)) => {
+                let (key, value) = (map.key(), map.value());
+                let mut seq = s.serialize_seq(Some(entries.len()))?;
+                for (k, v) in entries {
+                    seq.serialize_element(&(Typed { ty: &key, val: k }, Typed { ty: &value, val: v }))?;
+                }
+                seq.end()
+            }
+            (Type::Record(record), Val::Record(fields)) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for (field, (name, val)) in record.fields().zip(fields) {
+                    if field.name != name {
+                        return Err(mismatch());
+                    }
+                    map.serialize_entry(name, &Typed { ty: &field.ty, val })?;
+                }
+                map.end()
+            }
+            (Type::Tuple(tuple), Val::Tuple(items)) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for (ty, val) in tuple.types().zip(items) {
+                    seq.serialize_element(&Typed { ty: &ty, val })?;
+                }
+                seq.end()
+            }
+            (Type::Variant(variant), Val::Variant(case, payload)) => {
+                let ty = variant
+                    .cases()
+                    .find(|c| c.name == case)
+                    .ok_or_else(mismatch)?
+                    .ty;
+                tagged(s, case, ty.as_ref(), payload.as_deref())
+            }
+            (Type::Enum(_), Val::Enum(case)) => s.serialize_str(case),
+            (Type::Option(option), Val::Option(value)) => {
+                let inner = option.ty();
+                match value.as_deref() {
+                    None => s.serialize_none(),
+                    // `null` is taken by this option's none: an option of an
+                    // option wraps its some.
+                    Some(val) if matches!(inner, Type::Option(_)) => {
+                        let mut map = s.serialize_map(Some(1))?;
+                        map.serialize_entry("some", &Typed { ty: &inner, val })?;
+                        map.end()
+                    }
+                    Some(val) => Typed { ty: &inner, val }.serialize(s),
+                }
+            }
+            (Type::Result(result), Val::Result(value)) => match value {
+                Ok(payload) => tagged(s, "ok", result.ok().as_ref(), payload.as_deref()),
+                Err(payload) => tagged(s, "err", result.err().as_ref(), payload.as_deref()),
+            },
+            (Type::Flags(_), Val::Flags(names)) => {
+                let mut seq = s.serialize_seq(Some(names.len()))?;
+                for name in names {
+                    seq.serialize_element(name)?;
+                }
+                seq.end()
+            }
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+fn sequence<S: serde::Serializer>(s: S, ty: &Type, items: &[Val]) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(items.len()))?;
+    for val in items {
+        seq.serialize_element(&Typed { ty, val })?;
+    }
+    seq.end()
+}
+
+/// `{"case": payload}`, with `null` for a case without one.
+fn tagged<S: serde::Serializer>(
+    s: S,
+    case: &str,
+    ty: Option<&Type>,
+    payload: Option<&Val>,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(1))?;
+    match (ty, payload) {
+        (Some(ty), Some(val)) => map.serialize_entry(case, &Typed { ty, val })?,
+        (None, None) => map.serialize_entry(case, &())?,
+        _ => {
+            return Err(S::Error::custom(format!(
+                "the payload of `{case}` does not match its type"
+            )));
+        }
+    }
+    map.end()
+}
+
+/// The string a float JSON cannot write as a number stands for.
+fn special(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some(NAN)
+    } else if v == f64::INFINITY {
+        Some(INFINITY)
+    } else if v == f64::NEG_INFINITY {
+        Some(NEG_INFINITY)
+    } else {
+        None
+    }
+}
+
+/// Why JSON could not be read as a value of a type: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: expected {expected}, found {found}", if path.is_empty() { "the value" } else { path.as_str() })]
+pub struct FromJsonError {
+    /// Where in the value (`.items[2].price`), empty for the whole.
+    pub path: String,
+    /// The type expected there, as WIT writes it.
+    pub expected: String,
+    /// What was there, shortened.
+    pub found: String,
+}
+
+/// Reads JSON bytes as a value of type `ty`.
+///
+/// # Errors
+///
+/// When the bytes are not JSON, or the JSON does not fit the type; the
+/// error says where.
+pub fn value_from_json(ty: &Type, json: &[u8]) -> Result<Val, FromJsonError> {
+    let value: Value = serde_json::from_slice(json).map_err(|error| FromJsonError {
+        path: String::new(),
+        expected: name(ty),
+        found: format!("text that is not JSON ({error})"),
+    })?;
+    from_value(ty, &value, &mut String::new())
+}
+
+/// Longest text of a found value an error quotes.
+const FOUND_CHARS: usize = 60;
+
+fn from_value(ty: &Type, value: &Value, path: &mut String) -> Result<Val, FromJsonError> {
+    let wrong = |path: &str| FromJsonError {
+        path: path.to_owned(),
+        expected: name(ty),
+        found: shown(value),
+    };
+    macro_rules! int {
+        ($variant:ident, $t:ty) => {
+            value
+                .as_i64()
+                .and_then(|v| <$t>::try_from(v).ok())
+                .or_else(|| value.as_u64().and_then(|v| <$t>::try_from(v).ok()))
+                .map(Val::$variant)
+                .ok_or_else(|| wrong(path))
+        };
+    }
+    match ty {
+        Type::Bool => value.as_bool().map(Val::Bool).ok_or_else(|| wrong(path)),
+        Type::S8 => int!(S8, i8),
+        Type::U8 => int!(U8, u8),
+        Type::S16 => int!(S16, i16),
+        Type::U16 => int!(U16, u16),
+        Type::S32 => int!(S32, i32),
+        Type::U32 => int!(U32, u32),
+        Type::S64 => int!(S64, i64),
+        Type::U64 => int!(U64, u64),
+        Type::Float32 => float(value)
+            .map(|v| Val::Float32(v as f32))
+            .ok_or_else(|| wrong(path)),
+        Type::Float64 => float(value).map(Val::Float64).ok_or_else(|| wrong(path)),
+        Type::Char => {
+            let text = value.as_str().ok_or_else(|| wrong(path))?;
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Ok(Val::Char(c)),
+                _ => Err(wrong(path)),
+            }
+        }
+        Type::String => value
+            .as_str()
+            .map(|s| Val::String(s.to_owned()))
+            .ok_or_else(|| wrong(path)),
+        Type::List(list) if list.ty() == Type::U8 => {
+            let text = value.as_str().ok_or_else(|| wrong(path))?;
+            let bytes = BASE64.decode(text).map_err(|_| wrong(path))?;
+            Ok(Val::List(bytes.into_iter().map(Val::U8).collect()))
+        }
+        Type::List(list) => Ok(Val::List(items(&list.ty(), value, path, wrong)?)),
+        Type::FixedLengthList(list) => {
+            let items = items(&list.ty(), value, path, wrong)?;
+            if items.len() != list.len() as usize {
+                return Err(wrong(path));
+            }
+            Ok(Val::FixedLengthList(items))
+        }
+        Type::Map(map) => {
+            let pairs = value.as_array().ok_or_else(|| wrong(path))?;
+            let (key_ty, value_ty) = (map.key(), map.value());
+            let mut entries = Vec::with_capacity(pairs.len());
+            for (i, pair) in pairs.iter().enumerate() {
+                let mark = path.len();
+                let _ = write!(path, "[{i}]");
+                let [k, v] = pair.as_array().map(Vec::as_slice).unwrap_or_default() else {
+                    let error = FromJsonError {
+                        path: path.clone(),
+                        expected: "a [key, value] pair".into(),
+                        found: shown(pair),
+                    };
+                    return Err(error);
+                };
+                let entry = (from_value(&key_ty, k, path)?, from_value(&value_ty, v, path)?);
+                path.truncate(mark);
+                entries.push(entry);
+            }
+            Ok(Val::Map(entries))
+        }
+        Type::Record(record) => {
+            let object = value.as_object().ok_or_else(|| wrong(path))?;
+            let mut fields = Vec::with_capacity(record.fields().len());
+            for field in record.fields() {
+                let mark = path.len();
+                let _ = write!(path, ".{}", field.name);
+                let val = match object.get(field.name) {
+                    Some(v) => from_value(&field.ty, v, path)?,
+                    // A missing optional field is its none.
+                    None if matches!(field.ty, Type::Option(_)) => Val::Option(None),
+                    None => {
+                        return Err(FromJsonError {
+                            path: path.clone(),
+                            expected: name(&field.ty),
+                            found: "nothing (the field is missing)".into(),
+                        });
+                    }
+                };
+                path.truncate(mark);
+                fields.push((field.name.to_owned(), val));
+            }
+            if let Some(extra) = object
+                .keys()
+                .find(|k| !record.fields().any(|f| f.name == k.as_str()))
+            {
+                return Err(FromJsonError {
+                    path: format!("{path}.{extra}"),
+                    expected: "no such field".into(),
+                    found: "a field the record does not have".into(),
+                });
+            }
+            Ok(Val::Record(fields))
+        }
+        Type::Tuple(tuple) => {
+            let array = value.as_array().ok_or_else(|| wrong(path))?;
+            if array.len() != tuple.types().len() {
+                return Err(wrong(path));
+            }
+            let mut items = Vec::with_capacity(array.len());
+            for (i, (ty, v)) in tuple.types().zip(array).enumerate() {
+                let mark = path.len();
+                let _ = write!(path, "[{i}]");
+                items.push(from_value(&ty, v, path)?);
+                path.truncate(mark);
+            }
+            Ok(Val::Tuple(items))
+        }
+        Type::Variant(variant) => {
+            let (case, payload) = tag(value).ok_or_else(|| wrong(path))?;
+            let ty = variant
+                .cases()
+                .find(|c| c.name == case)
+                .ok_or_else(|| wrong(path))?
+                .ty;
+            let payload = tagged_payload(ty.as_ref(), payload, case, path, wrong)?;
+            Ok(Val::Variant(case.to_owned(), payload))
+        }
+        Type::Enum(cases) => {
+            let case = value.as_str().ok_or_else(|| wrong(path))?;
+            match cases.names().any(|n| n == case) {
+                true => Ok(Val::Enum(case.to_owned())),
+                false => Err(wrong(path)),
+            }
+        }
+        Type::Option(option) => {
+            let inner = option.ty();
+            match value {
+                Value::Null => Ok(Val::Option(None)),
+                Value::Object(object) if matches!(inner, Type::Option(_)) => {
+                    let some = match (object.len(), object.get("some")) {
+                        (1, Some(some)) => some,
+                        _ => return Err(wrong(path)),
+                    };
+                    Ok(Val::Option(Some(Box::new(from_value(&inner, some, path)?))))
+                }
+                _ if matches!(inner, Type::Option(_)) => Err(wrong(path)),
+                _ => Ok(Val::Option(Some(Box::new(from_value(&inner, value, path)?)))),
+            }
+        }
+        Type::Result(result) => {
+            let (case, payload) = tag(value).ok_or_else(|| wrong(path))?;
+            let (ty, ok) = match case {
+                "ok" => (result.ok(), true),
+                "err" => (result.err(), false),
+                _ => return Err(wrong(path)),
+            };
+            let payload = tagged_payload(ty.as_ref(), payload, case, path, wrong)?;
+            Ok(Val::Result(if ok { Ok(payload) } else { Err(payload) }))
+        }
+        Type::Flags(flags) => {
+            let array = value.as_array().ok_or_else(|| wrong(path))?;
+            let mut set = Vec::with_capacity(array.len());
+            // In declaration order, each once, as the guest's side lists them.
+            for flag in flags.names() {
+                if array.iter().any(|v| v.as_str() == Some(flag)) {
+                    set.push(flag.to_owned());
+                }
+            }
+            let known = array
+                .iter()
+                .all(|v| v.as_str().is_some_and(|f| flags.names().any(|n| n == f)));
+            match known {
+                true => Ok(Val::Flags(set)),
+                false => Err(wrong(path)),
+            }
+        }
+        Type::Own(_) | Type::Borrow(_) | Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
+            Err(wrong(path))
+        }
+    }
+}
+
+fn items(
+    ty: &Type,
+    value: &Value,
+    path: &mut String,
+    wrong: impl Fn(&str) -> FromJsonError,
+) -> Result<Vec<Val>, FromJsonError> {
+    let array = value.as_array().ok_or_else(|| wrong(path))?;
+    let mut items = Vec::with_capacity(array.len());
+    for (i, v) in array.iter().enumerate() {
+        let mark = path.len();
+        let _ = write!(path, "[{i}]");
+        items.push(from_value(ty, v, path)?);
+        path.truncate(mark);
+    }
+    Ok(items)
+}
+
+/// The one key of `{"case": payload}`, and its payload.
+fn tag(value: &Value) -> Option<(&str, &Value)> {
+    let object = value.as_object()?;
+    match object.len() {
+        1 => object.iter().next().map(|(k, v)| (k.as_str(), v)),
+        _ => None,
+    }
+}
+
+fn tagged_payload(
+    ty: Option<&Type>,
+    payload: &Value,
+    case: &str,
+    path: &mut String,
+    wrong: impl Fn(&str) -> FromJsonError,
+) -> Result<Option<Box<Val>>, FromJsonError> {
+    match ty {
+        None if payload.is_null() => Ok(None),
+        None => Err(wrong(path)),
+        Some(ty) => {
+            let mark = path.len();
+            let _ = write!(path, ".{case}");
+            let val = from_value(ty, payload, path)?;
+            path.truncate(mark);
+            Ok(Some(Box::new(val)))
+        }
+    }
+}
+
+/// A JSON number, or one of the strings that stand for NaN and the
+/// infinities.
+fn float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if s == NAN => Some(f64::NAN),
+        Value::String(s) if s == INFINITY => Some(f64::INFINITY),
+        Value::String(s) if s == NEG_INFINITY => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// A JSON value for an error message, cut to [`FOUND_CHARS`].
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(FOUND_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// What a value is, for an error message.
+fn kind(val: &Val) -> &'static str {
+    match val {
+        Val::Bool(_) => "a bool",
+        Val::S8(_) | Val::U8(_) | Val::S16(_) | Val::U16(_) => "an integer",
+        Val::S32(_) | Val::U32(_) | Val::S64(_) | Val::U64(_) => "an integer",
+        Val::Float32(_) | Val::Float64(_) => "a float",
+        Val::Char(_) => "a char",
+        Val::String(_) => "a string",
+        Val::List(_) | Val::FixedLengthList(_) => "a list",
+        Val::Map(_) => "a map",
+        Val::Record(_) => "a record",
+        Val::Tuple(_) => "a tuple",
+        Val::Variant(..) => "a variant",
+        Val::Enum(_) => "an enum",
+        Val::Option(_) => "an option",
+        Val::Result(_) => "a result",
+        Val::Flags(_) => "flags",
+        Val::Resource(_) => "a resource",
+        Val::Future(_) => "a future",
+        Val::Stream(_) => "a stream",
+        Val::ErrorContext(_) => "an error-context",
+    }
+}
+
+/// A type as WIT writes it (records, variants, enums and flags by their
+/// cases, since a dynamic type has no name).
+pub fn name(ty: &Type) -> String {
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(list) => format!("list<{}>", name(&list.ty())),
+        Type::FixedLengthList(list) => format!("list<{}, {}>", name(&list.ty()), list.len()),
+        Type::Map(map) => format!("map<{}, {}>", name(&map.key()), name(&map.value())),
+        Type::Record(record) => {
+            let fields: Vec<String> = record
+                .fields()
+                .map(|f| format!("{}: {}", f.name, name(&f.ty)))
+                .collect();
+            format!("record {{ {} }}", fields.join(", "))
+        }
+        Type::Tuple(tuple) => {
+            let types: Vec<String> = tuple.types().map(|t| name(&t)).collect();
+            format!("tuple<{}>", types.join(", "))
+        }
+        Type::Variant(variant) => {
+            let cases: Vec<String> = variant
+                .cases()
+                .map(|c| match c.ty {
+                    Some(ty) => format!("{}({})", c.name, name(&ty)),
+                    None => c.name.to_owned(),
+                })
+                .collect();
+            format!("variant {{ {} }}", cases.join(", "))
+        }
+        Type::Enum(cases) => format!("enum {{ {} }}", cases.names().collect::<Vec<_>>().join(", ")),
+        Type::Option(option) => format!("option<{}>", name(&option.ty())),
+        Type::Result(result) => {
+            let part = |t: Option<Type>| t.map_or_else(|| "_".to_owned(), |t| name(&t));
+            format!("result<{}, {}>", part(result.ok()), part(result.err()))
+        }
+        Type::Flags(flags) => format!("flags {{ {} }}", flags.names().collect::<Vec<_>>().join(", ")),
+        Type::Own(_) => "own<resource>".into(),
+        Type::Borrow(_) => "borrow<resource>".into(),
+        Type::Future(_) => "future".into(),
+        Type::Stream(_) => "stream".into(),
+        Type::ErrorContext => "error-context".into(),
+    }
+}
