@@ -187,11 +187,13 @@ impl Host {
             what: what.to_owned(),
             error,
         };
-        let imported = crate::typed::link::imported(self.engine(), &component, self.typed_effects())
-            .map_err(|message| Error::TypedEffect {
-                what: what.to_owned(),
-                message,
-            })?;
+        let imported =
+            crate::typed::link::imported(self.engine(), &component, self.typed_effects()).map_err(
+                |message| Error::TypedEffect {
+                    what: what.to_owned(),
+                    message,
+                },
+            )?;
         let pre = match imported.is_empty() {
             true => self.linker().instantiate_pre(&component),
             false => crate::typed::link::define(self.linker(), imported)

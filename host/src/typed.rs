@@ -57,9 +57,7 @@ pub enum TypedError {
         alias: String,
     },
     /// Two interfaces would name their effects alike.
-    #[error(
-        "`{first}` and `{second}` both name their effects `{prefix}.*`; give one an alias"
-    )]
+    #[error("`{first}` and `{second}` both name their effects `{prefix}.*`; give one an alias")]
     Clash {
         /// The interface declared first.
         first: String,
@@ -190,9 +188,11 @@ impl std::fmt::Display for TypedInterface {
 /// A WIT name part: lowercase words of letters and digits joined by `-`.
 fn is_kebab(part: &str) -> bool {
     !part.is_empty()
-        && part
-            .split('-')
-            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && part.split('-').all(|w| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
 }
 
 /// The interfaces a host treats as typed effects.
@@ -264,7 +264,12 @@ mod tests {
 
     #[test]
     fn malformed_names_and_clashing_interfaces_are_refused_naming_both() {
-        for bad in ["payments", "acme:shop", "acme:Shop/payments", "acme:shop/payments@"] {
+        for bad in [
+            "payments",
+            "acme:shop",
+            "acme:Shop/payments",
+            "acme:shop/payments@",
+        ] {
             assert_eq!(
                 TypedInterface::new(bad, Timing::Deferred),
                 Err(TypedError::Name(bad.into()))

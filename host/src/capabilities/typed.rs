@@ -61,7 +61,14 @@ impl EscrowCtx {
                 Ok(seq) => {
                     let result = Err(EffectError::Refused(refusal));
                     let kind = self.handlers.kind(&function.effect);
-                    self.record(seq, function.effect.clone(), Vec::new(), kind, &result, None);
+                    self.record(
+                        seq,
+                        function.effect.clone(),
+                        Vec::new(),
+                        kind,
+                        &result,
+                        None,
+                    );
                     result
                 }
                 Err(refusal) => Err(EffectError::Refused(refusal)),

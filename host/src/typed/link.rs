@@ -85,20 +85,23 @@ pub(crate) fn define(
     {
         let checked = Arc::new(checked);
         let mut instance = linker.instance(&interface)?;
-        instance.func_new_async(&function, move |mut store, _: ComponentFunc, params, results| {
-            let checked = Arc::clone(&checked);
-            Box::new(async move {
-                let ctx = &mut store.data_mut().escrow;
-                let result = match checked.timing {
-                    super::Timing::Deferred => Some(ctx.defer_typed(&checked, params)?),
-                    super::Timing::Immediate => ctx.perform_typed(&checked, params).await?,
-                };
-                if let (Some(slot), Some(result)) = (results.first_mut(), result) {
-                    *slot = result;
-                }
-                Ok(())
-            })
-        })?;
+        instance.func_new_async(
+            &function,
+            move |mut store, _: ComponentFunc, params, results| {
+                let checked = Arc::clone(&checked);
+                Box::new(async move {
+                    let ctx = &mut store.data_mut().escrow;
+                    let result = match checked.timing {
+                        super::Timing::Deferred => Some(ctx.defer_typed(&checked, params)?),
+                        super::Timing::Immediate => ctx.perform_typed(&checked, params).await?,
+                    };
+                    if let (Some(slot), Some(result)) = (results.first_mut(), result) {
+                        *slot = result;
+                    }
+                    Ok(())
+                })
+            },
+        )?;
     }
     Ok(linker)
 }

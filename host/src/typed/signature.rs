@@ -144,7 +144,9 @@ fn unsupported(ty: &Type) -> Option<String> {
         Type::Map(map) => unsupported(&map.key()).or_else(|| unsupported(&map.value())),
         Type::Record(record) => record.fields().find_map(|f| unsupported(&f.ty)),
         Type::Tuple(tuple) => tuple.types().find_map(|t| unsupported(&t)),
-        Type::Variant(variant) => variant.cases().find_map(|c| c.ty.and_then(|t| unsupported(&t))),
+        Type::Variant(variant) => variant
+            .cases()
+            .find_map(|c| c.ty.and_then(|t| unsupported(&t))),
         Type::Option(option) => unsupported(&option.ty()),
         Type::Result(result) => result
             .ok()

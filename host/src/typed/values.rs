@@ -122,7 +122,8 @@ struct Typed<'a> {
 
 impl serde::Serialize for Typed<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mismatch = || S::Error::custom(format!("{} is not a {}", kind(self.val), name(self.ty)));
+        let mismatch =
+            || S::Error::custom(format!("{} is not a {}", kind(self.val), name(self.ty)));
         match (self.ty, self.val) {
             (Type::Bool, Val::Bool(v)) => s.serialize_bool(*v),
             (Type::S8, Val::S8(v)) => s.serialize_i8(*v),
@@ -161,7 +162,10 @@ impl serde::Serialize for Typed<'_> {
                 let (key, value) = (map.key(), map.value());
                 let mut seq = s.serialize_seq(Some(entries.len()))?;
                 for (k, v) in entries {
-                    seq.serialize_element(&(Typed { ty: &key, val: k }, Typed { ty: &value, val: v }))?;
+                    seq.serialize_element(&(
+                        Typed { ty: &key, val: k },
+                        Typed { ty: &value, val: v },
+                    ))?;
                 }
                 seq.end()
             }
@@ -362,7 +366,10 @@ fn from_value(ty: &Type, value: &Value, path: &mut String) -> Result<Val, FromJs
                     };
                     return Err(error);
                 };
-                let entry = (from_value(&key_ty, k, path)?, from_value(&value_ty, v, path)?);
+                let entry = (
+                    from_value(&key_ty, k, path)?,
+                    from_value(&value_ty, v, path)?,
+                );
                 path.truncate(mark);
                 entries.push(entry);
             }
@@ -444,7 +451,9 @@ fn from_value(ty: &Type, value: &Value, path: &mut String) -> Result<Val, FromJs
                     Ok(Val::Option(Some(Box::new(from_value(&inner, some, path)?))))
                 }
                 _ if matches!(inner, Type::Option(_)) => Err(wrong(path)),
-                _ => Ok(Val::Option(Some(Box::new(from_value(&inner, value, path)?)))),
+                _ => Ok(Val::Option(Some(Box::new(from_value(
+                    &inner, value, path,
+                )?)))),
             }
         }
         Type::Result(result) => {
@@ -613,13 +622,19 @@ pub fn name(ty: &Type) -> String {
                 .collect();
             format!("variant {{ {} }}", cases.join(", "))
         }
-        Type::Enum(cases) => format!("enum {{ {} }}", cases.names().collect::<Vec<_>>().join(", ")),
+        Type::Enum(cases) => format!(
+            "enum {{ {} }}",
+            cases.names().collect::<Vec<_>>().join(", ")
+        ),
         Type::Option(option) => format!("option<{}>", name(&option.ty())),
         Type::Result(result) => {
             let part = |t: Option<Type>| t.map_or_else(|| "_".to_owned(), |t| name(&t));
             format!("result<{}, {}>", part(result.ok()), part(result.err()))
         }
-        Type::Flags(flags) => format!("flags {{ {} }}", flags.names().collect::<Vec<_>>().join(", ")),
+        Type::Flags(flags) => format!(
+            "flags {{ {} }}",
+            flags.names().collect::<Vec<_>>().join(", ")
+        ),
         Type::Own(_) => "own<resource>".into(),
         Type::Borrow(_) => "borrow<resource>".into(),
         Type::Future(_) => "future".into(),
