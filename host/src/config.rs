@@ -24,6 +24,11 @@
 //! kind = "action"
 //! exec = ["./book-flight.sh"]     # payload on stdin, answer on stdout
 //!
+//! [typed."acme:shop/payments"]   # a WIT interface whose functions are effects
+//! timing = "deferred"             # deferred | immediate
+//! alias = "pay"                   # optional: effects named pay.FUNCTION
+//! functions = { balance = "immediate" }
+//!
 //! [limits]
 //! timeout_ms = 10000
 //! max_memory_bytes = 67108864
@@ -50,6 +55,7 @@ use crate::limits::Limits;
 use crate::patterns::NameError;
 use crate::policy::{self, Policy};
 use crate::sinks::{JsonLines, Sink};
+use crate::typed::{Timing, TypedEffects, TypedError, TypedInterface};
 
 /// A problem with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -252,9 +258,28 @@ pub struct Config {
     /// What each instance slot holds.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// The WIT interfaces whose functions are effects, by interface name
+    /// (`acme:shop/payments`, or `acme:shop/payments@1.0.0` for that
+    /// version only).
+    #[serde(default)]
+    pub typed: BTreeMap<String, TypedConfig>,
     /// The directory relative paths are resolved against.
     #[serde(skip)]
     pub base: PathBuf,
+}
+
+/// One `[typed."namespace:package/interface"]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedConfig {
+    /// `deferred` (each call an intent) or `immediate` (each call performed
+    /// now by its handler).
+    pub timing: Timing,
+    /// What its effect names start with instead of the interface's name.
+    pub alias: Option<String>,
+    /// Functions whose timing differs from the interface's.
+    #[serde(default)]
+    pub functions: BTreeMap<String, Timing>,
 }
 
 /// `[grants]`.
@@ -501,6 +526,7 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         self.grants()?;
+        self.typed_effects()?;
         for (key, backend) in [
             ("locks.backend", &self.locks.backend),
             ("breaker_state.backend", &self.breaker_state.backend),
@@ -555,6 +581,28 @@ impl Config {
             return Err("limits.timeout_ms must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The typed effects the `[typed]` tables declare.
+    ///
+    /// # Errors
+    ///
+    /// One line for a malformed interface name or alias, or two interfaces
+    /// whose effects would be named alike.
+    pub fn typed_effects(&self) -> Result<TypedEffects, String> {
+        let mut typed = TypedEffects::new();
+        for (name, table) in &self.typed {
+            let at = |e: TypedError| format!("typed.\"{name}\": {e}");
+            let mut interface = TypedInterface::new(name, table.timing).map_err(at)?;
+            if let Some(alias) = &table.alias {
+                interface = interface.alias(alias).map_err(at)?;
+            }
+            for (function, timing) in &table.functions {
+                interface = interface.function(function, *timing);
+            }
+            typed.add(interface).map_err(|e| format!("typed: {e}"))?;
+        }
+        Ok(typed)
     }
 
     /// The grants, with relative directories resolved.

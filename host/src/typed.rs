@@ -16,6 +16,7 @@ pub(crate) mod link;
 mod signature;
 pub mod values;
 
+pub use link::{Imported, imported};
 pub use signature::{Channel, TypedFunction};
 
 /// When a typed function's effect happens.

@@ -1383,6 +1383,101 @@ fn python_and_javascript_checkouts_report_what_the_rust_checkout_reports_under_r
 }
 
 #[test]
+fn the_typed_checkout_reports_what_the_string_checkout_reports_under_run() {
+    let cases: [&[&str]; 4] = [
+        &[],
+        &["--input", r#"{"fail": true}"#],
+        &["--input", r#"{"id": 7}"#, "--policy", "drop"],
+        &["--input", r#"{"id": 7}"#, "--block", "email.*"],
+    ];
+    for extra in cases {
+        let report = |plugin: &str, example: &str| {
+            let config = example_config(example);
+            let mut args = vec!["run", plugin, "--config", &config, "--json"];
+            args.extend(extra);
+            let output = escrow(&args);
+            (output.status.code(), comparable(json_report(&output)))
+        };
+        let strings = report(fixtures::CHECKOUT, "checkout");
+        assert!(
+            !strings.1["intents"].as_array().unwrap().is_empty(),
+            "{}",
+            strings.1
+        );
+        let typed = report(fixtures::TYPED_CHECKOUT, "typed-checkout");
+        assert_eq!(typed, strings, "typed checkout with {extra:?}");
+    }
+}
+
+#[test]
+fn the_typed_checkout_is_refused_at_load_by_a_config_that_does_not_declare_its_interfaces() {
+    let output = escrow(&[
+        "run",
+        fixtures::TYPED_CHECKOUT,
+        "--config",
+        &example_config("checkout"),
+    ]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("acme:shop/payments@1.0.0"), "{text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "{text}");
+}
+
+#[test]
+fn inspect_lists_each_typed_function_with_its_timing_types_payload_and_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("escrow.toml");
+    let example = std::fs::read_to_string(example_config("typed-checkout")).unwrap();
+    std::fs::write(
+        &config,
+        example.replace(
+            r#"effects = ["payments.charge", "orders.save", "email.send"]"#,
+            r#"effects = ["payments.*", "orders.save"]"#,
+        ) + "\n[typed.\"acme:elsewhere/unused\"]\ntiming = \"immediate\"\n",
+    )
+    .unwrap();
+    let output = escrow(&[
+        "inspect",
+        fixtures::TYPED_CHECKOUT,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    for line in [
+        "  acme:shop/payments@1.0.0                 typed effects",
+        "  payments.charge (deferred): func(amount: u64, order: u64) -> result<_, string>",
+        r#"    payload {"amount": u64, "order": u64}; granted by payments.*"#,
+        r#"    payload {"order": u64, "status": "paid" | "refunded"}; granted by orders.save"#,
+        r#"    payload {"subject": string, "to": string}; not granted"#,
+        "  acme:elsewhere/unused: declared, not imported (unused)",
+        "runs on this host: yes",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line `{line}` in\n{text}"
+        );
+    }
+
+    // A signature `run` refuses, `inspect` refuses in the same words.
+    std::fs::write(
+        &config,
+        "[typed.\"escrow-test:refused/counter\"]\ntiming = \"deferred\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let inspected = escrow(&["inspect", fixtures::TYPED_REFUSED, "--config", config]);
+    let ran = escrow(&["run", fixtures::TYPED_REFUSED, "--config", config]);
+    let why = "`counter.bump` is deferred, so it must be able to tell the guest it was refused: \
+               it must return result<_, string> or result<_, refusal> (escrow:host/types), and \
+               it returns u64";
+    assert_eq!(inspected.status.code(), Some(2));
+    assert_eq!(ran.status.code(), Some(2));
+    assert!(stdout(&inspected).contains(why), "{}", stdout(&inspected));
+    assert!(stderr(&ran).contains(why), "{}", stderr(&ran));
+}
+
+#[test]
 fn inspect_shows_a_starlingmonkey_component_s_http_imports_as_denied_and_that_it_runs_here() {
     use fixtures::languages::{Language, checkout};
 

@@ -360,3 +360,46 @@ pub mod bench_baseline {
         assert_eq!(calls.load(Ordering::Relaxed), 2009);
     }
 }
+
+pub mod typed {
+    //! The typed fixture calls its own WIT interfaces' functions; `typed.rs`
+    //! tests them as typed effects.
+
+    use escrow_host::Host;
+    use escrow_tests::{compile_cache, fixtures};
+
+    #[test]
+    fn imports_interfaces_of_its_own_that_a_host_must_declare() {
+        let host = Host::builder().cache_dir(compile_cache()).build().unwrap();
+        let component = host.compile_file(fixtures::TYPED).unwrap();
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(host.engine())
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.starts_with("escrow-test:"))
+            .collect();
+        assert_eq!(
+            imports,
+            [
+                "escrow-test:typed/catalog",
+                "escrow-test:typed/ledger",
+                "escrow-test:typed/values"
+            ]
+        );
+    }
+}
+
+pub mod typed_refused {
+    //! The typed-refused fixture imports interfaces that cannot be typed
+    //! effects; `typed.rs` tests the refusals.
+
+    use escrow_host::Host;
+    use escrow_tests::{compile_cache, fixtures};
+
+    #[test]
+    fn compiles_but_cannot_be_linked_without_the_interfaces_it_imports() {
+        let host = Host::builder().cache_dir(compile_cache()).build().unwrap();
+        host.compile_file(fixtures::TYPED_REFUSED).unwrap();
+        assert!(host.load_file(fixtures::TYPED_REFUSED).is_err());
+    }
+}

@@ -22,6 +22,7 @@ mod queue_sinks;
 mod scopes;
 mod sinks;
 mod store_faults;
+mod typed;
 
 /// Counts what each thread holds, so that tests can check what the host
 /// keeps of a run in allocated bytes.

@@ -136,17 +136,21 @@ impl EscrowCtx {
         let max = self.limits.max_payload_bytes;
         let total = self.limits.max_total_payload_bytes;
         let left = total.saturating_sub(self.payload_bytes);
-        let (budget, limit, bound) = match max <= left {
-            true => (max, Limit::PayloadSize, max),
-            false => (left, Limit::TotalPayload, total),
+        let (budget, limit) = match max <= left {
+            true => (max, Limit::PayloadSize),
+            false => (left, Limit::TotalPayload),
         };
         let types = function.params.iter().map(|(n, t)| (n.as_str(), t.clone()));
         match params_to_json(types, params, budget) {
             Ok(json) => Ok(Payload::Json(json)),
             Err(ToJsonError::TooLarge { .. }) => {
                 self.violate(Failure::Limit(limit));
+                let room = match limit {
+                    Limit::PayloadSize => format!("{budget} bytes"),
+                    _ => format!("the {budget} bytes left of {total}"),
+                };
                 Ok(Payload::TooLarge(Refusal::Limit(format!(
-                    "{limit}: the arguments of `{}` pass {budget} bytes as JSON, at most {bound}",
+                    "{limit}: the arguments of `{}` as JSON are more than {room}",
                     function.effect
                 ))))
             }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::Args;
 use escrow_host::Host;
 use escrow_host::config::Config;
+use escrow_host::typed::values::name;
+use escrow_host::typed::{Channel, Imported, Timing};
 use wasmtime::component::types::{ComponentItem, Type};
 
 use super::EXIT_USAGE;
@@ -50,6 +52,7 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
         .max_concurrent_runs(1)
         .max_memory_bytes(config.limits().max_memory_bytes)
         .slot_size(config.slot_size())
+        .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?)
         .build()?;
     let component = match host.compile_file(&args.plugin) {
         Ok(component) => component,
@@ -75,6 +78,9 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
         .exports(engine)
         .map(|(name, item)| (name.to_owned(), item_desc(&item.ty)))
         .collect();
+    let typed = host.typed_effects();
+    // Refused signatures are the verdict's to report, in `run`'s words.
+    let functions = escrow_host::typed::imported(engine, &component, typed).unwrap_or_default();
     let mut capabilities = Vec::new();
     let imports: Vec<(String, String)> = ty
         .imports(engine)
@@ -84,11 +90,22 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
                     capabilities.push(cap);
                     format!("escrow: {cap}")
                 }
+                None if typed.find(name).is_some() => "typed effects".to_owned(),
                 None if name.starts_with("wasi:") => format!("WASI: {}", wasi_note(name, &config)),
                 None => "not provided by escrow".to_owned(),
             };
             (name.to_owned(), note)
         })
+        .collect();
+    let typed_functions: Vec<TypedLine> = functions
+        .iter()
+        .map(|f| TypedLine::of(f, grants.effect_grant(&f.checked.effect)))
+        .collect();
+    let unused: Vec<String> = typed
+        .interfaces()
+        .iter()
+        .filter(|i| !ty.imports(engine).any(|(name, _)| i.matches(name)))
+        .map(ToString::to_string)
         .collect();
     let effects = grants.effect_patterns();
     let asks_effects =
@@ -117,6 +134,8 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
                 "breakers": breakers_granted,
                 "breakers_defined": breakers_defined,
             },
+            "typed_effects": typed_functions.iter().map(TypedLine::json).collect::<Vec<_>>(),
+            "typed_unused": unused,
             "runs_here": verdict.is_ok(),
             "why_not": verdict.as_ref().err().map(ToString::to_string),
         });
@@ -134,8 +153,17 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
     for (name, note) in &imports {
         writeln!(out, "  {name:<40} {note}")?;
     }
+    if !typed_functions.is_empty() || !unused.is_empty() {
+        writeln!(out, "typed effects:")?;
+        for line in &typed_functions {
+            writeln!(out, "  {}", line.text())?;
+        }
+        for interface in &unused {
+            writeln!(out, "  {interface}: declared, not imported (unused)")?;
+        }
+    }
     writeln!(out, "grants:")?;
-    if !asks_effects {
+    if !asks_effects && typed_functions.is_empty() {
         writeln!(
             out,
             "  effects: the plugin imports no effect interface, so it cannot request effects"
@@ -225,9 +253,9 @@ fn item_desc(item: &ComponentItem) -> String {
         ComponentItem::ComponentFunc(func) => {
             let params: Vec<String> = func
                 .params()
-                .map(|(name, ty)| format!("{name}: {}", type_desc(&ty)))
+                .map(|(param, ty)| format!("{param}: {}", name(&ty)))
                 .collect();
-            let results: Vec<String> = func.results().map(|ty| type_desc(&ty)).collect();
+            let results: Vec<String> = func.results().map(|ty| name(&ty)).collect();
             let arrow = if results.is_empty() {
                 String::new()
             } else {
@@ -240,31 +268,133 @@ fn item_desc(item: &ComponentItem) -> String {
     }
 }
 
-fn type_desc(ty: &Type) -> String {
-    match ty {
-        Type::Bool => "bool".into(),
-        Type::U8 => "u8".into(),
-        Type::U16 => "u16".into(),
-        Type::U32 => "u32".into(),
-        Type::U64 => "u64".into(),
-        Type::S8 => "s8".into(),
-        Type::S16 => "s16".into(),
-        Type::S32 => "s32".into(),
-        Type::S64 => "s64".into(),
-        Type::Float32 => "f32".into(),
-        Type::Float64 => "f64".into(),
-        Type::Char => "char".into(),
-        Type::String => "string".into(),
-        Type::List(list) => format!("list<{}>", type_desc(&list.ty())),
-        Type::Option(option) => format!("option<{}>", type_desc(&option.ty())),
-        Type::Result(result) => {
-            let side = |t: Option<Type>| t.map_or("_".to_owned(), |t| type_desc(&t));
-            format!("result<{}, {}>", side(result.ok()), side(result.err()))
+/// One typed function as `inspect` shows it.
+struct TypedLine {
+    effect: String,
+    timing: Timing,
+    signature: String,
+    payload: String,
+    answer: Option<String>,
+    granted_by: Option<String>,
+}
+
+impl TypedLine {
+    fn of(function: &Imported, granted_by: Option<&str>) -> Self {
+        let checked = &function.checked;
+        let params: Vec<String> = checked
+            .params
+            .iter()
+            .map(|(param, ty)| format!("{param}: {}", name(ty)))
+            .collect();
+        let result = checked
+            .result
+            .as_ref()
+            .map_or_else(String::new, |ty| format!(" -> {}", name(ty)));
+        let fields: Vec<String> = checked
+            .params
+            .iter()
+            .map(|(param, ty)| format!("{param:?}: {}", shape(ty)))
+            .collect();
+        let answer = match checked.timing {
+            Timing::Deferred => None,
+            Timing::Immediate => Some(match (&checked.answer, checked.channel) {
+                (None, _) => "nothing".to_owned(),
+                (Some(ty), Channel::None) => format!("{} (the whole result)", shape(ty)),
+                (Some(ty), _) => shape(ty),
+            }),
+        };
+        Self {
+            effect: checked.effect.clone(),
+            timing: checked.timing,
+            signature: format!("func({}){result}", params.join(", ")),
+            payload: format!("{{{}}}", fields.join(", ")),
+            answer,
+            granted_by: granted_by.map(str::to_owned),
         }
-        other => format!("{other:?}")
-            .split(['(', ' '])
-            .next()
-            .unwrap_or("type")
-            .to_lowercase(),
+    }
+
+    fn text(&self) -> String {
+        let granted = match &self.granted_by {
+            Some(pattern) => format!("granted by {pattern}"),
+            None => "not granted".to_owned(),
+        };
+        let answer = match &self.answer {
+            Some(answer) => format!("; answer {answer}"),
+            None => String::new(),
+        };
+        format!(
+            "{} ({}): {}\n    payload {}{answer}; {granted}",
+            self.effect,
+            self.timing.as_str(),
+            self.signature,
+            self.payload
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "effect": self.effect,
+            "timing": self.timing.as_str(),
+            "signature": self.signature,
+            "payload": self.payload,
+            "answer": self.answer,
+            "granted_by": self.granted_by,
+        })
+    }
+}
+
+/// The JSON a value of `ty` is written as (`docs/typed-effects.md`), as a
+/// template: each leaf by its WIT type.
+fn shape(ty: &Type) -> String {
+    match ty {
+        Type::List(list) if list.ty() == Type::U8 => "\"<base64>\"".to_owned(),
+        Type::List(list) => format!("[{}, …]", shape(&list.ty())),
+        Type::Record(record) => {
+            let fields: Vec<String> = record
+                .fields()
+                .map(|f| format!("{:?}: {}", f.name, shape(&f.ty)))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        Type::Tuple(tuple) => {
+            let items: Vec<String> = tuple.types().map(|t| shape(&t)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Type::Variant(variant) => {
+            let cases: Vec<String> = variant
+                .cases()
+                .map(|c| match c.ty {
+                    Some(ty) => format!("{{{:?}: {}}}", c.name, shape(&ty)),
+                    None => format!("{{{:?}: null}}", c.name),
+                })
+                .collect();
+            cases.join(" | ")
+        }
+        Type::Enum(cases) => cases
+            .names()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        Type::Option(option) => match option.ty() {
+            inner @ Type::Option(_) => format!("null | {{\"some\": {}}}", shape(&inner)),
+            inner => format!("null | {}", shape(&inner)),
+        },
+        Type::Result(result) => {
+            let side = |t: Option<Type>| t.map_or_else(|| "null".to_owned(), |t| shape(&t));
+            format!(
+                "{{\"ok\": {}}} | {{\"err\": {}}}",
+                side(result.ok()),
+                side(result.err())
+            )
+        }
+        Type::Flags(flags) => format!(
+            "[{}]",
+            flags
+                .names()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+        other => name(other),
     }
 }

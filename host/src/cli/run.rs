@@ -135,6 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .max_concurrent_runs(1)
         .max_memory_bytes(limits.max_memory_bytes)
         .slot_size(config.slot_size())
+        .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?)
         .backtraces(args.backtrace)
         .sinks(routing.sinks);
     if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {

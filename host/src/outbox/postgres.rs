@@ -7,6 +7,15 @@
 //! connection. A group of writes is a handful of statements whatever its
 //! size: every new entry of every run in one `INSERT` over arrays
 //! (`UNNEST`), every settlement in one `UPDATE`.
+//!
+//! Settling, renewing or giving back claimed entries first locks them in
+//! ascending id order (`LOCK_IN_ID_ORDER`, a statement of its own in the
+//! same transaction). A claim taking over a run whose lease ran out
+//! locks the run's first pending entry before the others (it is the head
+//! it claims by); the late write-back of the worker that held the run,
+//! locking in id order, asks for that entry first too (a run's entries
+//! have ascending ids), so the two wait for each other in one order only
+//! and never deadlock.
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -24,6 +33,7 @@ use super::{
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
 
+mod statistics;
 mod wake;
 
 pub use wake::POSTGRES_NOTIFY_INTERVAL;
@@ -232,6 +242,8 @@ pub struct PostgresOutbox {
     /// The pool's connection settings, for a worker's listening connection.
     config: tokio_postgres::Config,
     throttle: Arc<wake::Throttle>,
+    /// When claims last looked at the planner's statistics.
+    freshness: Arc<statistics::Freshness>,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -370,6 +382,7 @@ impl PostgresOutbox {
             pool,
             config,
             throttle: Arc::default(),
+            freshness: Arc::default(),
         };
         let mut client = outbox.pool.get().await.map_err(|e| open(pool_error(e)))?;
         if mode == OpenMode::Existing {
@@ -585,8 +598,14 @@ UPDATE escrow_outbox o SET lease_until = r.lease_until \
 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS r(id, claim_token, lease_until) \
 WHERE o.id = r.id AND o.claim_token IS NOT DISTINCT FROM r.claim_token";
 
+/// Locks the entries named in ascending id order (see the module's docs):
+/// sent before the statements that settle or renew them.
+const LOCK_IN_ID_ORDER: &str =
+    "SELECT id FROM escrow_outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 /// A group of writes as the few statements that apply it: one `INSERT` for
-/// the new entries of every write, one `UPDATE` for every settlement, one
+/// the new entries of every write, one `UPDATE` for every settlement (after
+/// one `SELECT … FOR UPDATE` locking the entries settled and renewed), one
 /// for every renewed claim, and for runs that journaled compensations, one
 /// `UPDATE` and one `DELETE` resolving them. Each column is an array.
 #[derive(Default)]
@@ -619,6 +638,8 @@ struct Group<'a> {
     settled_due_at: Vec<Option<i64>>,
     settled_errors: Vec<Option<&'a str>>,
     settled_now: Vec<i64>,
+    // Every entry settled or renewed, in id order: locked in that order.
+    locked_ids: Vec<i64>,
     // Claims renewed: token and lease.
     renewed_ids: Vec<i64>,
     renewed_claims: Vec<&'a str>,
@@ -627,7 +648,7 @@ struct Group<'a> {
 
 impl<'a> Group<'a> {
     /// The most statements a group is: one of each kind.
-    const MAX_STATEMENTS: usize = 5;
+    const MAX_STATEMENTS: usize = 6;
 
     fn of(batch: &'a [Write]) -> Self {
         let mut group = Self::default();
@@ -693,6 +714,14 @@ impl<'a> Group<'a> {
                 }
             }
         }
+        group.locked_ids = group
+            .settled_ids
+            .iter()
+            .chain(&group.renewed_ids)
+            .copied()
+            .collect();
+        group.locked_ids.sort_unstable();
+        group.locked_ids.dedup();
         group
     }
 
@@ -758,6 +787,9 @@ impl<'a> Group<'a> {
         }
         if !self.resolved_runs.is_empty() {
             statements.push((FORGET_COMPENSATIONS.as_str(), vec![&self.resolved_runs]));
+        }
+        if !self.locked_ids.is_empty() {
+            statements.push((LOCK_IN_ID_ORDER, vec![&self.locked_ids]));
         }
         if !self.settled_ids.is_empty() {
             statements.push((
@@ -857,6 +889,39 @@ fn entries(rows: &[Row]) -> Result<Vec<Entry>, OutboxError> {
     rows.iter().map(entry_from_row).collect()
 }
 
+impl PostgresOutbox {
+    /// Analyzes the outbox when `look` says so, or says to compare and the
+    /// statistics are stale (`statistics.rs`); a failure only costs the
+    /// next claims their speed.
+    async fn refresh_statistics(&self, look: statistics::Look) {
+        if look == statistics::Look::Skip {
+            return;
+        }
+        let analyzed = self
+            .with(async |client| {
+                if look == statistics::Look::Compare {
+                    let row = client
+                        .query_one(
+                            statistics::PENDING_AND_BELIEVED,
+                            &[&statistics::PENDING_COUNTED],
+                        )
+                        .await?;
+                    if !statistics::stale(row.get(0), row.get(1), row.get(2)) {
+                        return Ok(false);
+                    }
+                }
+                client.batch_execute(statistics::ANALYZE).await?;
+                Ok(true)
+            })
+            .await;
+        match analyzed {
+            Ok(true) => tracing::debug!("analyzed the outbox for the claims' plans"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "analyzing the outbox failed"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl OutboxStore for PostgresOutbox {
     async fn write(&self, batch: &[Write]) -> Result<Vec<u64>, OutboxError> {
@@ -882,7 +947,7 @@ impl OutboxStore for PostgresOutbox {
                         }
                     }
                 };
-                let (_, first, second, third, fourth, fifth, ()) = tokio::try_join!(
+                let (_, first, second, third, fourth, fifth, sixth, ()) = tokio::try_join!(
                     biased;
                     client.batch_execute("BEGIN"),
                     run(0),
@@ -890,9 +955,10 @@ impl OutboxStore for PostgresOutbox {
                     run(2),
                     run(3),
                     run(4),
+                    run(5),
                     client.batch_execute("COMMIT"),
                 )?;
-                let settled = [first, second, third, fourth, fifth]
+                let settled = [first, second, third, fourth, fifth, sixth]
                     .into_iter()
                     .zip(&statements)
                     .find(|(_, (sql, _))| *sql == SETTLE.as_str())
@@ -923,7 +989,9 @@ impl OutboxStore for PostgresOutbox {
         max_runs: u32,
         max_entries: u32,
     ) -> Result<Vec<Entry>, OutboxError> {
-        let mut rows = self
+        self.refresh_statistics(self.freshness.before_claim()).await;
+        let started = std::time::Instant::now();
+        let claimed = self
             .with(async |client| {
                 let statement = client.prepare_cached(&CLAIM).await?;
                 client
@@ -939,7 +1007,12 @@ impl OutboxStore for PostgresOutbox {
                     )
                     .await
             })
-            .await?;
+            .await;
+        if claimed.is_err() || started.elapsed() >= statistics::SLOW_CLAIM {
+            self.refresh_statistics(self.freshness.after_slow_claim())
+                .await;
+        }
+        let mut rows = claimed?;
         rows.sort_by_key(|r| r.get::<_, i64>(super::ENTRY_COLUMN_COUNT));
         entries(&rows)
     }
@@ -979,15 +1052,18 @@ impl OutboxStore for PostgresOutbox {
     }
 
     async fn release(&self, claim: &Claim, ids: &[i64]) -> Result<(), OutboxError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
         self.with(async |client| {
-            client
-                .execute(
-                    "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
-                     WHERE id = ANY($2) AND claim_token IS NOT DISTINCT FROM $1",
-                    &[&claim.token, &ids],
-                )
-                .await
-                .map(drop)
+            let tx = client.transaction().await?;
+            tx.execute(LOCK_IN_ID_ORDER, &[&ids]).await?;
+            tx.execute(
+                "UPDATE escrow_outbox SET claim_token = NULL, lease_until = NULL \
+                 WHERE id = ANY($2) AND claim_token IS NOT DISTINCT FROM $1",
+                &[&claim.token, &ids],
+            )
+            .await?;
+            tx.commit().await
         })
         .await
     }

@@ -219,8 +219,7 @@ impl Worker {
 
     /// Claims and delivers until nothing is due. A claim's last
     /// write-backs are written while the next claim is taken and delivered
-    /// (it holds other runs), one claim finishing at a time; and a claim
-    /// that took all it may is delivered while the next one is taken.
+    /// (it holds other runs), one claim finishing at a time.
     async fn drain_claims(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
         let mut report = Report::default();
         let mut finishing: Option<Finishing> = None;
@@ -234,41 +233,20 @@ impl Worker {
             let lease = self.outbox.lease_duration();
             let ids = entries.iter().map(|e| e.id);
             let mut settler = Settler::new(self.outbox.clone(), claim, lease, taken, ids);
-            // It took all it may: more is due, most likely.
-            let full = entries.len() >= CLAIM_ENTRIES as usize;
-            let (delivered, ahead) =
-                tokio::join!(self.deliver_claim(&mut settler, &entries, stopped), async {
-                    match full {
-                        true => Some(self.claim().await),
-                        false => None,
-                    }
-                },);
-            report += delivered?;
-            let ahead = ahead.transpose()?;
+            report += self.deliver_claim(&mut settler, &entries, stopped).await?;
             if let Some(previous) = finishing.take() {
                 report.lost += previous.wait().await?.lost;
             }
             if *stopped.borrow() {
                 // What was not attempted goes back for another worker.
                 report.lost += settler.finish().await?.lost;
-                if let Some(ahead) = ahead {
-                    ahead.give_back(&self.outbox).await?;
-                }
                 return Ok(report);
             }
-            // A full claim could have left the rest of its last run, which
-            // its settlements make due.
+            // A claim that took all it may could have left the rest of its
+            // last run, which its settlements make due.
+            let full = entries.len() >= CLAIM_ENTRIES as usize;
             finishing = Some(Finishing::spawn(settler, full));
-            claimed = match ahead {
-                // Its lease ran out while the claim before was delivered (a
-                // slow sink): another worker may hold its entries now.
-                Some(ahead) if self.outbox.now_ms() >= ahead.claim.lease_until_ms => {
-                    ahead.give_back(&self.outbox).await?;
-                    self.claim().await?
-                }
-                Some(ahead) => ahead,
-                None => self.claim().await?,
-            };
+            claimed = self.claim().await?;
             // Nothing else was due: once the last settlements are written,
             // what they made due (a retry without backoff, entries given
             // back, the rest of a run) is claimed.
@@ -540,17 +518,6 @@ struct Claimed {
     entries: Vec<Entry>,
     /// When it was taken.
     taken: Instant,
-}
-
-impl Claimed {
-    /// Gives every entry back unattempted, due as before.
-    async fn give_back(self, outbox: &Outbox) -> Result<(), OutboxError> {
-        if self.entries.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = self.entries.iter().map(|e| e.id).collect();
-        outbox.store().release(&self.claim, &ids).await
-    }
 }
 
 /// How a claim's settlements ended.

@@ -10,13 +10,15 @@ use wasmtime::component::{Component, Linker};
 use super::{TypedEffects, TypedFunction};
 use crate::store::RunState;
 
-/// The typed functions a component imports, checked: each with the
-/// interface it is imported from (`acme:shop/payments@1.0.0`) and its name
-/// there.
-pub(crate) struct Imported {
-    pub(crate) interface: String,
-    pub(crate) function: String,
-    pub(crate) checked: TypedFunction,
+/// A typed function a component imports, checked.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The interface it is imported from, `acme:shop/payments@1.0.0`.
+    pub interface: String,
+    /// Its name there, `charge`.
+    pub function: String,
+    /// Its effect, timing, types and error channel.
+    pub checked: TypedFunction,
 }
 
 /// Checks every function of every declared interface `component` imports.
@@ -25,7 +27,7 @@ pub(crate) struct Imported {
 ///
 /// One line for the first function that cannot be a typed effect, or an
 /// import of a declared interface that is not an instance.
-pub(crate) fn imported(
+pub fn imported(
     engine: &Engine,
     component: &Component,
     typed: &TypedEffects,

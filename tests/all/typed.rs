@@ -1,0 +1,574 @@
+//! Typed effects: functions of WIT interfaces the host declares effects,
+//! called by the `typed` fixture through plain `wit-bindgen` bindings.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
+use escrow_host::typed::{Timing, TypedEffects, TypedInterface};
+use escrow_host::{
+    CallError, Dispatch, Error, Failure, Fate, Grants, Host, Limits, Outcome, Plugin, RunOptions,
+    Status, policy,
+};
+use escrow_tests::{compile_cache, fixtures};
+
+/// The typed fixture's interfaces, as a host declares them.
+fn declared() -> TypedEffects {
+    let mut typed = TypedEffects::new();
+    for (name, timing) in [
+        ("escrow-test:typed/catalog", Timing::Immediate),
+        ("escrow-test:typed/ledger", Timing::Deferred),
+        ("escrow-test:typed/values", Timing::Deferred),
+    ] {
+        typed
+            .add(TypedInterface::new(name, timing).unwrap())
+            .unwrap();
+    }
+    typed
+}
+
+/// A host declaring `typed`, compiling through the tests' cache.
+fn host_with(typed: TypedEffects) -> Host {
+    Host::builder()
+        .max_concurrent_runs(4)
+        .cache_dir(compile_cache())
+        .typed_effects(typed)
+        .build()
+        .unwrap()
+}
+
+/// The `typed` fixture on a host that declares its interfaces, loaded once.
+fn typed_plugin() -> Plugin {
+    static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+    PLUGIN
+        .get_or_init(|| host_with(declared()).load_file(fixtures::TYPED).unwrap())
+        .clone()
+}
+
+/// Answers each call with a fixed text and records what it was asked.
+#[derive(Clone)]
+struct Answering {
+    answer: Result<&'static str, &'static str>,
+    calls: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Answering {
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        self.calls.lock().unwrap().push((
+            call.effect.to_owned(),
+            String::from_utf8_lossy(call.payload).into_owned(),
+        ));
+        match self.answer {
+            Ok(answer) => Ok(answer.as_bytes().to_vec()),
+            Err(error) => Err(CallError::new(error)),
+        }
+    }
+}
+
+impl Answering {
+    fn with(answer: Result<&'static str, &'static str>) -> Self {
+        Self {
+            answer,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Handlers performing each of `effects` (queries) with this one.
+    fn handlers(&self, effects: &[&str]) -> Handlers {
+        let mut handlers = Handlers::new();
+        for effect in effects {
+            handlers
+                .register(effect, EffectKind::Query, Arc::new(self.clone()))
+                .unwrap();
+        }
+        handlers
+    }
+}
+
+async fn run(plugin: &Plugin, command: &str, options: RunOptions) -> Outcome {
+    plugin.run(options.input(command)).await.unwrap()
+}
+
+/// Options granting `patterns`, holding committed intents for the test to
+/// look at rather than dispatching them.
+fn granted(patterns: &[&str]) -> RunOptions {
+    RunOptions::new()
+        .grants(Grants::new().effects(patterns.iter().copied()).unwrap())
+        .dispatch(Dispatch::Hold)
+}
+
+fn answer(outcome: &Outcome) -> String {
+    match &outcome.result {
+        Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Err(failure) => panic!("the run failed: {failure}"),
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_typed_call_is_an_intent_whose_payload_is_its_arguments_as_json() {
+    let outcome = run(
+        &typed_plugin(),
+        "post sales 1999 gift",
+        granted(&["ledger.*"]),
+    )
+    .await;
+
+    assert_eq!(answer(&outcome), "Ok(())");
+    let [intent] = outcome.intents.as_slice() else {
+        panic!("one intent: {:?}", outcome.intents);
+    };
+    assert_eq!(intent.effect, "ledger.post");
+    assert_eq!(
+        String::from_utf8_lossy(&intent.payload),
+        r#"{"entry":{"account":"sales","cents":1999,"memo":"gift"}}"#
+    );
+    assert_eq!(intent.fate, Fate::Committed);
+}
+
+#[tokio::test]
+async fn a_value_of_every_type_lowered_by_the_guest_becomes_the_documented_json() {
+    let outcome = run(&typed_plugin(), "take", granted(&["values.*"])).await;
+
+    assert_eq!(answer(&outcome), "Ok(())");
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.intents[0].payload),
+        concat!(
+            r#"{"value":{"yes":true,"tiny":-8,"byte":8,"short":-16,"ushort":16,"int":-32,"#,
+            r#""uint":32,"long":-9223372036854775808,"ulong":18446744073709551615,"#,
+            r#""single":1.5,"double":"Infinity","letter":"é","text":"naïve","bytes":"/wA=","#,
+            r#""words":["a","b"],"pair":[7,"x"],"shape":{"rectangle":[2.0,3.0]},"#,
+            r#""color":"green","maybe":3,"maybe-maybe":{"some":null},"outcome":{"err":"no"},"#,
+            r#""bare":{"ok":null},"permissions":["read","execute"],"#,
+            r#""nested":[null,{"point":null}]}}"#
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_typed_call_without_a_grant_is_refused_as_a_value_and_the_run_goes_on() {
+    let outcome = run(&typed_plugin(), "post sales 5", RunOptions::new()).await;
+
+    assert_eq!(outcome.status(), Status::Committed);
+    assert_eq!(
+        answer(&outcome),
+        "Err(Refusal::NotGranted(\"`ledger.post` is not covered by the plugin's grants\"))"
+    );
+    assert!(matches!(outcome.intents[0].fate, Fate::Refused(_)));
+
+    // Through a `string` error, the refusal's kind and message.
+    let outcome = run(&typed_plugin(), "attach a 3", RunOptions::new()).await;
+    assert_eq!(
+        answer(&outcome),
+        "Err(\"not-granted: `ledger.attach` is not covered by the plugin's grants\")"
+    );
+}
+
+#[tokio::test]
+async fn typed_intents_are_dropped_blocked_or_forbidden_by_policy_like_string_effects() {
+    let plugin = typed_plugin();
+    let dropped = run(
+        &plugin,
+        "post sales 5",
+        granted(&["ledger.*"]).policy(policy::DropAll),
+    )
+    .await;
+    assert_eq!(dropped.intents[0].fate, Fate::Dropped);
+
+    let blocked = run(
+        &plugin,
+        "post sales 5",
+        granted(&["ledger.*"]).policy(policy::Block::new(["ledger.p*"]).unwrap()),
+    )
+    .await;
+    assert_eq!(blocked.intents[0].fate, Fate::Blocked);
+
+    let forbidden = run(
+        &plugin,
+        "post sales 5",
+        granted(&["ledger.*"]).policy(policy::AssertNone),
+    )
+    .await;
+    assert!(
+        matches!(&forbidden.result, Err(Failure::Forbidden { effect, .. }) if effect == "ledger.post"),
+        "{:?}",
+        forbidden.result
+    );
+}
+
+#[tokio::test]
+async fn arguments_past_the_payload_limit_are_refused_limit_while_written_and_nothing_is_kept() {
+    let limits = Limits {
+        max_payload_bytes: 1_000,
+        ..Limits::default()
+    };
+    // 100,000 bytes are 133,336 characters of base64: writing stops at 1,000.
+    let outcome = run(
+        &typed_plugin(),
+        "attach big 100000",
+        granted(&["ledger.*"]).limits(limits),
+    )
+    .await;
+
+    assert_eq!(
+        outcome.result,
+        Err(Failure::Limit(escrow_host::limits::Limit::PayloadSize))
+    );
+    let [intent] = outcome.intents.as_slice() else {
+        panic!("one intent: {:?}", outcome.intents);
+    };
+    assert!(intent.payload.is_empty());
+    let Fate::Refused(refusal) = &intent.fate else {
+        panic!("refused: {:?}", intent.fate);
+    };
+    assert_eq!(
+        refusal.message(),
+        "max_payload_bytes: the arguments of `ledger.attach` as JSON are more than 1000 bytes"
+    );
+}
+
+#[tokio::test]
+async fn an_immediate_typed_call_gets_its_handler_s_answer_as_its_result_type() {
+    let handler = Answering::with(Ok(r#"{"cents": 1999, "currency": "EUR"}"#));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.price-of"]));
+
+    let outcome = run(&plugin, "price-of book", granted(&["catalog.*"])).await;
+
+    assert_eq!(
+        answer(&outcome),
+        "Ok(Price { cents: 1999, currency: \"EUR\" })"
+    );
+    assert_eq!(
+        *handler.calls.lock().unwrap(),
+        [(
+            "catalog.price-of".to_owned(),
+            r#"{"sku":"book"}"#.to_owned()
+        )]
+    );
+    assert_eq!(outcome.invocations[0].effect, "catalog.price-of");
+}
+
+#[tokio::test]
+async fn an_answer_that_does_not_fit_fails_the_call_through_its_error_channel() {
+    let handler = Answering::with(Ok(r#"{"cents": "many", "currency": "EUR"}"#));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.price-of"]));
+
+    let outcome = run(&plugin, "price-of book", granted(&["catalog.*"])).await;
+
+    assert_eq!(outcome.status(), Status::Committed);
+    assert_eq!(
+        answer(&outcome),
+        "Err(\"the handler's answer does not fit record { cents: u64, currency: string }: \
+         .cents: expected u64, found \\\"many\\\"\")"
+    );
+}
+
+#[tokio::test]
+async fn an_effect_error_channel_gets_refusals_and_failures_as_its_own_cases() {
+    let handler = Answering::with(Err("the catalog is down"));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.quote"]));
+
+    let failed = run(&plugin, "quote book 2", granted(&["catalog.*"])).await;
+    assert_eq!(
+        answer(&failed),
+        "Err(EffectError::Failed(\"the catalog is down\"))"
+    );
+    assert_eq!(
+        handler.calls.lock().unwrap()[0].1,
+        r#"{"sku":"book","quantity":2}"#
+    );
+
+    let refused = run(&plugin, "quote book 2", RunOptions::new()).await;
+    assert_eq!(
+        answer(&refused),
+        "Err(EffectError::Refused(Refusal::NotGranted(\"`catalog.quote` is not covered by the \
+         plugin's grants\")))"
+    );
+}
+
+#[tokio::test]
+async fn without_an_error_channel_a_refused_or_unfit_call_fails_the_run_without_a_trap() {
+    let handler = Answering::with(Ok(r#""seven""#));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.stock"]));
+
+    let unfit = run(&plugin, "stock book", granted(&["catalog.*"])).await;
+    assert_eq!(
+        unfit.result,
+        Err(Failure::TypedEffect {
+            effect: "catalog.stock".into(),
+            reason: "the handler's answer does not fit u32: the value: expected u32, found \
+                     \"seven\""
+                .into()
+        })
+    );
+
+    let refused = run(&plugin, "stock book", RunOptions::new()).await;
+    let Err(failure) = &refused.result else {
+        panic!("the run must fail");
+    };
+    assert_eq!(
+        failure.to_string(),
+        "`catalog.stock`: refused (not-granted): `catalog.stock` is not covered by the plugin's \
+         grants"
+    );
+}
+
+#[tokio::test]
+async fn an_immediate_answer_feeds_a_deferred_call_in_one_run() {
+    let handler = Answering::with(Ok(r#"{"cents": 250, "currency": "EUR"}"#));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.price-of"]));
+
+    let outcome = run(&plugin, "checkout pen", granted(&["catalog.*", "ledger.*"])).await;
+
+    assert_eq!(answer(&outcome), "charged 250");
+    assert_eq!(
+        String::from_utf8_lossy(&outcome.intents[0].payload),
+        r#"{"entry":{"account":"sales","cents":250,"memo":"EUR"}}"#
+    );
+}
+
+#[test]
+fn a_deferred_function_that_cannot_carry_a_refusal_is_refused_at_load_in_one_line() {
+    let mut typed = TypedEffects::new();
+    typed
+        .add(TypedInterface::new("escrow-test:refused/counter", Timing::Deferred).unwrap())
+        .unwrap();
+    let error = host_with(typed)
+        .load_file(fixtures::TYPED_REFUSED)
+        .unwrap_err();
+
+    assert!(matches!(error, Error::TypedEffect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.ends_with(
+            "cannot run here: `counter.bump` is deferred, so it must be able to tell the guest \
+             it was refused: it must return result<_, string> or result<_, refusal> \
+             (escrow:host/types), and it returns u64"
+        ),
+        "{message}"
+    );
+    assert_eq!(message.lines().count(), 1);
+}
+
+#[test]
+fn a_declared_interface_with_a_resource_is_refused_at_load_naming_it() {
+    let mut typed = TypedEffects::new();
+    typed
+        .add(TypedInterface::new("escrow-test:refused/files", Timing::Immediate).unwrap())
+        .unwrap();
+    let error = host_with(typed)
+        .load_file(fixtures::TYPED_REFUSED)
+        .unwrap_err();
+
+    assert!(
+        error.to_string().ends_with(
+            "`escrow-test:refused/files` defines the resource `handle`; typed effects carry \
+             values only (no resources, futures, streams or error-context)"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn declared_interfaces_the_plugin_does_not_import_are_fine_and_undeclared_ones_are_refused() {
+    let mut typed = declared();
+    typed
+        .add(TypedInterface::new("acme:elsewhere/unused", Timing::Deferred).unwrap())
+        .unwrap();
+    host_with(typed).load_file(fixtures::TYPED).unwrap();
+
+    let error = host_with(TypedEffects::new())
+        .load_file(fixtures::TYPED)
+        .unwrap_err();
+    assert!(matches!(error, Error::Link { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("escrow-test:typed/catalog"),
+        "{error}"
+    );
+}
+
+/// The type of `values.take`'s parameter: a record of every type a typed
+/// effect carries.
+fn everything() -> wasmtime::component::Type {
+    static EVERYTHING: OnceLock<wasmtime::component::Type> = OnceLock::new();
+    EVERYTHING.get_or_init(read_everything).clone()
+}
+
+fn read_everything() -> wasmtime::component::Type {
+    use wasmtime::component::types::ComponentItem;
+    let host = host_with(TypedEffects::new());
+    let component = host.compile_file(fixtures::TYPED).unwrap();
+    let engine = host.engine();
+    let ty = component.component_type();
+    let values = ty
+        .get_import(engine, "escrow-test:typed/values")
+        .expect("the fixture imports values");
+    let ComponentItem::ComponentInstance(instance) = values.ty else {
+        panic!("values is an interface");
+    };
+    let ComponentItem::ComponentFunc(take) = instance.get_export(engine, "take").unwrap().ty else {
+        panic!("take is a function");
+    };
+    take.params().next().unwrap().1
+}
+
+mod json {
+    //! The JSON mapping of WIT values, property-tested over generated
+    //! values of every type.
+
+    use escrow_host::typed::values::{value_from_json, value_to_json};
+    use proptest::prelude::*;
+    use wasmtime::component::{Type, Val};
+
+    /// Any value of type `ty`.
+    fn val(ty: &Type) -> BoxedStrategy<Val> {
+        match ty {
+            Type::Bool => any::<bool>().prop_map(Val::Bool).boxed(),
+            Type::S8 => any::<i8>().prop_map(Val::S8).boxed(),
+            Type::U8 => any::<u8>().prop_map(Val::U8).boxed(),
+            Type::S16 => any::<i16>().prop_map(Val::S16).boxed(),
+            Type::U16 => any::<u16>().prop_map(Val::U16).boxed(),
+            Type::S32 => any::<i32>().prop_map(Val::S32).boxed(),
+            Type::U32 => any::<u32>().prop_map(Val::U32).boxed(),
+            Type::S64 => any::<i64>().prop_map(Val::S64).boxed(),
+            Type::U64 => any::<u64>().prop_map(Val::U64).boxed(),
+            Type::Float32 => any::<f32>().prop_map(Val::Float32).boxed(),
+            Type::Float64 => any::<f64>().prop_map(Val::Float64).boxed(),
+            Type::Char => any::<char>().prop_map(Val::Char).boxed(),
+            Type::String => any::<String>().prop_map(Val::String).boxed(),
+            Type::List(list) => prop::collection::vec(val(&list.ty()), 0..4)
+                .prop_map(Val::List)
+                .boxed(),
+            Type::Record(record) => {
+                let names: Vec<String> = record.fields().map(|f| f.name.to_owned()).collect();
+                let fields: Vec<_> = record.fields().map(|f| val(&f.ty)).collect();
+                fields
+                    .prop_map(move |vals| Val::Record(names.iter().cloned().zip(vals).collect()))
+                    .boxed()
+            }
+            Type::Tuple(tuple) => {
+                let items: Vec<_> = tuple.types().map(|t| val(&t)).collect();
+                items.prop_map(Val::Tuple).boxed()
+            }
+            Type::Variant(variant) => {
+                let cases: Vec<BoxedStrategy<Val>> = variant
+                    .cases()
+                    .map(|case| {
+                        let name = case.name.to_owned();
+                        match case.ty {
+                            Some(ty) => val(&ty)
+                                .prop_map(move |v| Val::Variant(name.clone(), Some(Box::new(v))))
+                                .boxed(),
+                            None => Just(Val::Variant(name, None)).boxed(),
+                        }
+                    })
+                    .collect();
+                proptest::strategy::Union::new(cases).boxed()
+            }
+            Type::Enum(cases) => {
+                let names: Vec<String> = cases.names().map(str::to_owned).collect();
+                prop::sample::select(names).prop_map(Val::Enum).boxed()
+            }
+            Type::Option(option) => prop::option::of(val(&option.ty()))
+                .prop_map(|v| Val::Option(v.map(Box::new)))
+                .boxed(),
+            Type::Result(result) => {
+                let side = |ty: Option<Type>| match ty {
+                    Some(ty) => val(&ty).prop_map(|v| Some(Box::new(v))).boxed(),
+                    None => Just(None).boxed(),
+                };
+                prop_oneof![
+                    side(result.ok()).prop_map(|v| Val::Result(Ok(v))),
+                    side(result.err()).prop_map(|v| Val::Result(Err(v))),
+                ]
+                .boxed()
+            }
+            Type::Flags(flags) => {
+                let names: Vec<String> = flags.names().map(str::to_owned).collect();
+                let count = names.len();
+                prop::sample::subsequence(names, 0..=count)
+                    .prop_map(Val::Flags)
+                    .boxed()
+            }
+            other => panic!("the fixture has no {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_value_of_every_type_survives_json_and_back(
+            value in val(&super::everything())
+        ) {
+            let ty = super::everything();
+            let json = value_to_json(&ty, &value, usize::MAX).unwrap();
+            let back = value_from_json(&ty, &json)
+                .unwrap_or_else(|e| panic!("{e} in {}", String::from_utf8_lossy(&json)));
+            prop_assert_eq!(back, value, "{}", String::from_utf8_lossy(&json));
+        }
+    }
+
+    #[test]
+    fn the_extremes_survive_json_and_back() {
+        let ty = super::everything();
+        let Type::Record(record) = &ty else {
+            panic!("a record");
+        };
+        let field = |name: &str| record.fields().find(|f| f.name == name).unwrap().ty;
+        for (name, value, text) in [
+            ("ulong", Val::U64(u64::MAX), "18446744073709551615"),
+            ("long", Val::S64(i64::MIN), "-9223372036854775808"),
+            ("double", Val::Float64(f64::NAN), r#""NaN""#),
+            ("double", Val::Float64(f64::INFINITY), r#""Infinity""#),
+            ("single", Val::Float32(f32::NEG_INFINITY), r#""-Infinity""#),
+            ("double", Val::Float64(-0.0), "-0.0"),
+            (
+                "text",
+                Val::String("naïve – 東京 🦀".into()),
+                r#""naïve – 東京 🦀""#,
+            ),
+            (
+                "bytes",
+                Val::List([0xff, 0xfe, 0x00, 0x80].map(Val::U8).to_vec()),
+                r#""//4AgA==""#,
+            ),
+            (
+                "maybe-maybe",
+                Val::Option(Some(Box::new(Val::Option(None)))),
+                r#"{"some":null}"#,
+            ),
+            ("maybe-maybe", Val::Option(None), "null"),
+            (
+                "shape",
+                Val::Variant("point".into(), None),
+                r#"{"point":null}"#,
+            ),
+            (
+                "permissions",
+                Val::Flags(vec!["read".into(), "execute".into()]),
+                r#"["read","execute"]"#,
+            ),
+        ] {
+            let ty = field(name);
+            let json = value_to_json(&ty, &value, usize::MAX).unwrap();
+            assert_eq!(String::from_utf8_lossy(&json), text, "{name}");
+            assert_eq!(value_from_json(&ty, &json).unwrap(), value, "{name}");
+        }
+    }
+
+    #[test]
+    fn json_that_does_not_fit_says_where_and_what() {
+        let ty = super::everything();
+        let error = value_from_json(&ty, br#"{"yes": 1}"#).unwrap_err();
+        assert_eq!(error.to_string(), ".yes: expected bool, found 1");
+        let Type::Record(record) = &ty else {
+            panic!("a record");
+        };
+        let words = record.fields().find(|f| f.name == "words").unwrap().ty;
+        let error = value_from_json(&words, br#"["a", 2]"#).unwrap_err();
+        assert_eq!(error.to_string(), "[1]: expected string, found 2");
+        let tiny = record.fields().find(|f| f.name == "tiny").unwrap().ty;
+        let error = value_from_json(&tiny, b"200").unwrap_err();
+        assert_eq!(error.to_string(), "the value: expected s8, found 200");
+    }
+}
