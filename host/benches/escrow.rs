@@ -140,6 +140,36 @@ fn per_call(c: &mut Criterion) {
         })
     });
 
+    // escrow: typed effects, each next to the escrow call with the same
+    // JSON payload: a deferred call carrying a record of 3 fields
+    // (`ledger.post`) and `enqueue`; an immediate call answered `1` as a u32
+    // (`catalog.stock`) and `invoke`.
+    let typed = baseline::typed_plugin();
+    let typed_options = RunOptions::new()
+        .grants(Grants::new().effects(["ledger.*", "catalog.*"]).unwrap())
+        .policy(DropAll)
+        .limits(Limits {
+            max_intents: CALLS_PER_RUN as usize,
+            ..Limits::default()
+        });
+    for (name, mode) in [
+        ("typed_deferred", "post"),
+        ("enqueue_same_payload", "enqueue"),
+        ("typed_immediate", "stock"),
+        ("invoke_same_payload", "invoke"),
+    ] {
+        let options = typed_options
+            .clone()
+            .input(format!("{mode}:{CALLS_PER_RUN}"));
+        let typed = &typed;
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let outcome = typed.run(options.clone()).await.unwrap();
+                assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+            })
+        });
+    }
+
     // Baseline: the same number of calls to host functions with the same
     // signatures that do nothing; for invoke, also as an async host
     // function, which escrow's invoke is.
@@ -726,6 +756,18 @@ fn summary() {
             ours: ("per_call", "invoke", CALLS_PER_RUN),
             baseline_name: "bare async host call",
             baseline: ("per_call", "bare_async_invoke_call", CALLS_PER_RUN),
+        },
+        Row {
+            name: "deferred typed call, record of 3 fields",
+            ours: ("per_call", "typed_deferred", CALLS_PER_RUN),
+            baseline_name: "enqueue, same JSON",
+            baseline: ("per_call", "enqueue_same_payload", CALLS_PER_RUN),
+        },
+        Row {
+            name: "immediate typed call, u32 answer",
+            ours: ("per_call", "typed_immediate", CALLS_PER_RUN),
+            baseline_name: "invoke, same JSON",
+            baseline: ("per_call", "invoke_same_payload", CALLS_PER_RUN),
         },
         Row {
             name: "invoke through a closed breaker",

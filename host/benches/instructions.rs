@@ -21,7 +21,11 @@
 //! - `breaker`: N invocations through a closed breaker;
 //! - `lock`: N memory locks taken and released;
 //! - `run` / `instantiate`: N whole runs of 2 committed intents / N bare
-//!   instantiations of the same component.
+//!   instantiations of the same component;
+//! - `typed-deferred` / `typed-enqueue`: N deferred typed calls carrying a
+//!   record of 3 fields / N `enqueue`s of the same JSON;
+//! - `typed-immediate` / `typed-invoke`: N immediate typed calls answered
+//!   as a u32 / N `invoke`s of the same JSON.
 
 mod baseline;
 
@@ -53,7 +57,11 @@ fn main() {
     run(scenario, n);
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 15] = [
+    "typed-deferred",
+    "typed-enqueue",
+    "typed-immediate",
+    "typed-invoke",
     "intent",
     "bare-call",
     "commit",
@@ -173,6 +181,22 @@ fn run(scenario: &str, n: u64) {
                     pre.instantiate_async(&mut store).await.unwrap();
                 });
             }
+        }
+        "typed-deferred" | "typed-enqueue" | "typed-immediate" | "typed-invoke" => {
+            let typed = baseline::typed_plugin();
+            let options = RunOptions::new()
+                .grants(Grants::new().effects(["ledger.*", "catalog.*"]).unwrap())
+                .policy(DropAll)
+                .limits(limits);
+            let mode = match scenario {
+                "typed-deferred" => "post",
+                "typed-enqueue" => "enqueue",
+                "typed-immediate" => "stock",
+                _ => "invoke",
+            };
+            once(&typed, options.clone().input(format!("{mode}:1")));
+            let outcome = once(&typed, options.input(format!("{mode}:{n}")));
+            assert!(outcome.result.is_ok(), "{:?}", outcome.result);
         }
         // Start-up only: what every scenario shares.
         "noop" => {}

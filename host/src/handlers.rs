@@ -112,6 +112,78 @@ where
     }
 }
 
+/// A handler of JSON as serde types: it deserializes the payload into `A`
+/// (for a typed effect, the object of its arguments keyed by parameter
+/// name) and serializes the answer from `R`. With `serde_json::Value` it
+/// takes and gives any JSON.
+///
+/// # Examples
+///
+/// ```
+/// use escrow_host::CallError;
+/// use escrow_host::handlers::{Handlers, JsonHandler};
+///
+/// #[derive(serde::Deserialize)]
+/// struct PriceOf {
+///     sku: String,
+/// }
+///
+/// #[derive(serde::Serialize)]
+/// struct Price {
+///     cents: u64,
+///     currency: &'static str,
+/// }
+///
+/// let mut handlers = Handlers::new();
+/// handlers.query(
+///     "catalog.price-of",
+///     JsonHandler::new(|args: PriceOf| match args.sku.as_str() {
+///         "book" => Ok(Price { cents: 1999, currency: "EUR" }),
+///         other => Err(CallError::new(format!("no price for {other}"))),
+///     }),
+/// )?;
+/// # Ok::<_, escrow_host::patterns::NameError>(())
+/// ```
+pub struct JsonHandler<F, A, R> {
+    f: F,
+    types: std::marker::PhantomData<fn(A) -> R>,
+}
+
+impl<F, A, R> JsonHandler<F, A, R> {
+    /// A handler calling `f` with the payload as an `A`.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            types: std::marker::PhantomData,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<F, A, R, E> Handler for JsonHandler<F, A, R>
+where
+    F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    A: serde::de::DeserializeOwned + 'static,
+    R: serde::Serialize + 'static,
+    E: Into<CallError>,
+{
+    async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+        let args: A = serde_json::from_slice(call.payload).map_err(|error| {
+            CallError::new(format!(
+                "the payload of `{}` does not fit the handler: {error}",
+                call.effect
+            ))
+        })?;
+        let answer = (self.f)(args).map_err(Into::into)?;
+        serde_json::to_vec(&answer).map_err(|error| {
+            CallError::new(format!(
+                "the answer to `{}` cannot be written as JSON: {error}",
+                call.effect
+            ))
+        })
+    }
+}
+
 /// A registered handler and its kind.
 #[derive(Clone)]
 pub(crate) struct Registered {

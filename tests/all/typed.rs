@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
+use escrow_host::handlers::{Call, EffectKind, Handler, Handlers, JsonHandler};
 use escrow_host::typed::{Timing, TypedEffects, TypedInterface};
 use escrow_host::{
     CallError, Dispatch, Error, Failure, Fate, Grants, Host, Limits, Outcome, Plugin, RunOptions,
@@ -323,6 +323,68 @@ async fn an_immediate_answer_feeds_a_deferred_call_in_one_run() {
     assert_eq!(
         String::from_utf8_lossy(&outcome.intents[0].payload),
         r#"{"entry":{"account":"sales","cents":250,"memo":"EUR"}}"#
+    );
+}
+
+#[tokio::test]
+async fn a_rust_handler_takes_the_arguments_and_gives_the_answer_as_serde_types() {
+    #[derive(serde::Deserialize)]
+    struct Quote {
+        sku: String,
+        quantity: u32,
+    }
+    #[derive(serde::Serialize)]
+    struct Price {
+        cents: u64,
+        currency: &'static str,
+    }
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code, reason = "only its shape is checked")]
+    struct WrongShape {
+        item: String,
+    }
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "catalog.quote",
+            JsonHandler::new(|quote: Quote| {
+                Ok::<_, CallError>(Price {
+                    cents: 250 * u64::from(quote.quantity) + quote.sku.len() as u64,
+                    currency: "EUR",
+                })
+            }),
+        )
+        .unwrap()
+        .query(
+            "catalog.price-of",
+            JsonHandler::new(|args: serde_json::Value| {
+                Ok::<_, CallError>(serde_json::json!({ "cents": 5, "currency": args["sku"] }))
+            }),
+        )
+        .unwrap()
+        .query(
+            "catalog.stock",
+            JsonHandler::new(|_: WrongShape| Ok::<_, CallError>(1)),
+        )
+        .unwrap();
+    let plugin = typed_plugin().with_handlers(handlers);
+
+    let quoted = run(&plugin, "quote pen 2", granted(&["catalog.*"])).await;
+    assert_eq!(
+        answer(&quoted),
+        "Ok(Price { cents: 503, currency: \"EUR\" })"
+    );
+    let priced = run(&plugin, "price-of XL", granted(&["catalog.*"])).await;
+    assert_eq!(answer(&priced), "Ok(Price { cents: 5, currency: \"XL\" })");
+    let stocked = run(&plugin, "stock pen", granted(&["catalog.*"])).await;
+    let Err(failure) = &stocked.result else {
+        panic!("the run must fail: stock has no error channel");
+    };
+    assert!(
+        failure
+            .to_string()
+            .starts_with("`catalog.stock`: the payload of `catalog.stock` does not fit the handler: missing field `item`"),
+        "{failure}"
     );
 }
 

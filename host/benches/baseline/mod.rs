@@ -107,3 +107,38 @@ pub fn noop_handlers() -> Handlers {
         .unwrap();
     handlers
 }
+
+/// The `typed` fixture on a host declaring its interfaces typed effects,
+/// with a query `catalog.stock` that answers `1`: typed calls, each next to
+/// the escrow call with the same payload.
+pub fn typed_plugin() -> escrow_host::Plugin {
+    use escrow_host::typed::{Timing, TypedEffects, TypedInterface};
+    let mut typed = TypedEffects::new();
+    for (name, timing) in [
+        ("escrow-test:typed/catalog", Timing::Immediate),
+        ("escrow-test:typed/ledger", Timing::Deferred),
+        ("escrow-test:typed/values", Timing::Deferred),
+    ] {
+        typed
+            .add(TypedInterface::new(name, timing).unwrap())
+            .unwrap();
+    }
+    let mut handlers = Handlers::new();
+    handlers
+        .query(
+            "catalog.stock",
+            FnHandler(|_: &[u8]| Ok::<_, CallError>(b"1".to_vec())),
+        )
+        .unwrap();
+    escrow_host::Host::builder()
+        .cache_dir(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasmtime-cache"),
+        )
+        .max_concurrent_runs(2)
+        .typed_effects(typed)
+        .handlers(handlers)
+        .build()
+        .unwrap()
+        .load_file(escrow_fixtures::TYPED)
+        .unwrap()
+}

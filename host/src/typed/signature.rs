@@ -94,7 +94,7 @@ impl TypedFunction {
             }
             _ => (Channel::None, None),
         };
-        match timing {
+        let answer = match timing {
             Timing::Deferred => {
                 let fits = matches!(channel, Channel::Text | Channel::Refusal) && ok.is_none();
                 if !fits {
@@ -105,30 +105,21 @@ impl TypedFunction {
                          (escrow:host/types), and it returns {returns}"
                     ));
                 }
-                Ok(Self {
-                    effect,
-                    timing,
-                    params,
-                    result,
-                    channel,
-                    answer: None,
-                })
+                None
             }
-            Timing::Immediate => {
-                let answer = match channel {
-                    Channel::None => result.clone(),
-                    _ => ok,
-                };
-                Ok(Self {
-                    effect,
-                    timing,
-                    params,
-                    result,
-                    channel,
-                    answer,
-                })
-            }
-        }
+            Timing::Immediate => match channel {
+                Channel::None => result.clone(),
+                _ => ok,
+            },
+        };
+        Ok(Self {
+            effect,
+            timing,
+            params,
+            result,
+            channel,
+            answer,
+        })
     }
 }
 
