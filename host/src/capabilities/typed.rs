@@ -140,8 +140,7 @@ impl EscrowCtx {
             true => (max, Limit::PayloadSize),
             false => (left, Limit::TotalPayload),
         };
-        let types = function.params.iter().map(|(n, t)| (n.as_str(), t.clone()));
-        match params_to_json(types, params, budget) {
+        match params_to_json(&function.params, params, budget) {
             Ok(json) => Ok(Payload::Json(json)),
             Err(ToJsonError::TooLarge { .. }) => {
                 self.violate(Failure::Limit(limit));

@@ -40,12 +40,11 @@ pub enum ToJsonError {
 ///
 /// [`ToJsonError::TooLarge`] past `max`; [`ToJsonError::Mismatch`] for a
 /// value that is not of its type.
-pub fn params_to_json<'a>(
-    params: impl ExactSizeIterator<Item = (&'a str, Type)>,
+pub fn params_to_json(
+    params: &[(String, Type)],
     values: &[Val],
     max: usize,
 ) -> Result<Vec<u8>, ToJsonError> {
-    let params: Vec<(&str, Type)> = params.collect();
     if params.len() != values.len() {
         return Err(ToJsonError::Mismatch(format!(
             "{} values for {} parameters",
@@ -81,7 +80,7 @@ fn write_bounded(
     write: impl FnOnce(&mut Bounded) -> Result<(), serde_json::Error>,
 ) -> Result<Vec<u8>, ToJsonError> {
     let mut out = Bounded {
-        bytes: Vec::new(),
+        bytes: Vec::with_capacity(INITIAL_CAPACITY.min(max)),
         max,
         passed: false,
     };
@@ -91,6 +90,9 @@ fn write_bounded(
         Err(error) => Err(ToJsonError::Mismatch(error.to_string())),
     }
 }
+
+/// Bytes a value's JSON starts with room for: most payloads are small.
+const INITIAL_CAPACITY: usize = 128;
 
 /// Bytes up to a bound: a write past it fails, and says so.
 struct Bounded {
