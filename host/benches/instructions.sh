@@ -10,8 +10,10 @@ cd "$(dirname "$0")/../.."
 cargo bench -q -p escrow-host --bench instructions --no-run 2>/dev/null
 driver=$(cargo bench -q -p escrow-host --bench instructions --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*instructions[^"]*\)".*/\1/p' | tail -1)
-# Warm the compile cache outside the counts.
+# Warm the compile cache outside the counts (the typed fixture is
+# compiled by a host of its own).
 "$driver" noop 0 >/dev/null
+"$driver" typed-enqueue 0 >/dev/null
 
 count() {
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$driver" "$1" "$2" 2>&1 \
