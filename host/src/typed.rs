@@ -157,6 +157,11 @@ impl TypedInterface {
         self.functions.get(function).copied().unwrap_or(self.timing)
     }
 
+    /// The functions whose timing differs from the interface's.
+    pub fn overridden(&self) -> impl Iterator<Item = &str> {
+        self.functions.keys().map(String::as_str)
+    }
+
     /// The effect name of `function`.
     pub fn effect(&self, function: &str) -> String {
         format!("{}.{function}", self.prefix())

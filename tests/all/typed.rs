@@ -431,6 +431,29 @@ fn a_declared_interface_with_a_resource_is_refused_at_load_naming_it() {
 }
 
 #[test]
+fn a_timing_declared_for_a_function_the_interface_lacks_is_refused_at_load() {
+    let mut typed = TypedEffects::new();
+    for interface in [
+        TypedInterface::new("escrow-test:typed/catalog", Timing::Immediate)
+            .unwrap()
+            .function("price-off", Timing::Deferred),
+        TypedInterface::new("escrow-test:typed/ledger", Timing::Deferred).unwrap(),
+        TypedInterface::new("escrow-test:typed/values", Timing::Deferred).unwrap(),
+    ] {
+        typed.add(interface).unwrap();
+    }
+    let error = host_with(typed).load_file(fixtures::TYPED).unwrap_err();
+
+    assert!(
+        error.to_string().ends_with(
+            "the timing of `price-off` is declared for `escrow-test:typed/catalog`, which has \
+             no such function (it has price-of, stock, quote)"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
 fn declared_interfaces_the_plugin_does_not_import_are_fine_and_undeclared_ones_are_refused() {
     let mut typed = declared();
     typed

@@ -44,6 +44,18 @@ pub fn imported(
                  something other than an interface"
             ));
         };
+        let names: Vec<&str> = instance
+            .exports(engine)
+            .filter(|(_, export)| matches!(export.ty, ComponentItem::ComponentFunc(_)))
+            .map(|(name, _)| name)
+            .collect();
+        if let Some(unknown) = declared.overridden().find(|f| !names.contains(f)) {
+            return Err(format!(
+                "the timing of `{unknown}` is declared for `{import}`, which has no such \
+                 function (it has {})",
+                names.join(", ")
+            ));
+        }
         for (function, export) in instance.exports(engine) {
             let ComponentItem::ComponentFunc(func) = &export.ty else {
                 // Types need no definition.
