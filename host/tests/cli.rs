@@ -1383,7 +1383,7 @@ fn python_and_javascript_checkouts_report_what_the_rust_checkout_reports_under_r
 }
 
 #[test]
-fn the_typed_checkouts_in_rust_and_python_report_what_the_string_checkout_reports_under_run() {
+fn the_typed_checkouts_in_rust_python_and_javascript_report_what_the_string_checkout_reports() {
     let cases: [&[&str]; 4] = [
         &[],
         &["--input", r#"{"fail": true}"#],
@@ -1406,9 +1406,16 @@ fn the_typed_checkouts_in_rust_and_python_report_what_the_string_checkout_report
         );
         let typed = report(fixtures::TYPED_CHECKOUT, "typed-checkout");
         assert_eq!(typed, strings, "typed checkout with {extra:?}");
-        let python = fixtures::languages::typed_checkout().to_str().unwrap();
-        let typed = report(python, "typed-checkout");
-        assert_eq!(typed, strings, "Python typed checkout with {extra:?}");
+        for language in fixtures::languages::Language::ALL {
+            let path = fixtures::languages::typed_checkout(language);
+            let typed = report(path.to_str().unwrap(), "typed-checkout");
+            assert_eq!(
+                typed,
+                strings,
+                "{} typed checkout with {extra:?}",
+                language.name()
+            );
+        }
     }
 }
 
