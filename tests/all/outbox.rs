@@ -607,22 +607,7 @@ async fn a_compensation_owed_by_a_run_that_never_ended_is_performed_once_after_t
         let outbox = backend.open().await.clock(Arc::new(clock.clone()));
         // What a host killed right after performing `flight.book` leaves.
         let run_id = RunId::new();
-        outbox
-            .write(Write::Journal {
-                entry: NewEntry {
-                    kind: EntryKind::Compensation,
-                    run_id,
-                    seq: 1,
-                    plugin: "trip".into(),
-                    effect: "flight.cancel".into(),
-                    payload: b"1".to_vec(),
-                    fences: Vec::new(),
-                },
-                due_at_ms: outbox.now_ms() + 5_000,
-                now_ms: outbox.now_ms(),
-            })
-            .await
-            .unwrap();
+        journal(&outbox, run_id, 1, "flight.cancel", 5_000).await;
         let booking = Booking::default();
         let worker = Worker::new(outbox.clone(), Sinks::new(), booking_handlers(&booking));
 
@@ -648,10 +633,7 @@ async fn a_run_staged_in_a_rolled_back_transaction_delivers_nothing_and_in_a_com
  {
     let server = PostgresServer::start();
     let outbox = Outbox::new(PostgresOutbox::connect(&server.url()).await.unwrap());
-    let (mut client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut client = raw_client(&server).await;
     client
         .batch_execute("CREATE TABLE orders (id BIGINT PRIMARY KEY)")
         .await
@@ -1111,10 +1093,7 @@ async fn a_burst_into_a_postgres_outbox_analyzed_while_empty_is_claimed_within_t
         .run_once()
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&server).await;
     client.batch_execute("ANALYZE escrow_outbox").await.unwrap();
 
     // A burst, then a worker of another process: planned for an empty
@@ -1129,6 +1108,36 @@ async fn a_burst_into_a_postgres_outbox_analyzed_while_empty_is_claimed_within_t
         .await
         .unwrap();
     assert_eq!(report.delivered, 20 * 1000);
+}
+
+/// A compensation of `effect` for call `seq` of `run_id`, journaled as a
+/// host does before the action's handler runs, owed `due_in_ms` from now.
+async fn journal(outbox: &Outbox, run_id: RunId, seq: u64, effect: &str, due_in_ms: i64) {
+    outbox
+        .write(Write::Journal {
+            entry: NewEntry {
+                kind: EntryKind::Compensation,
+                run_id,
+                seq,
+                plugin: "journal".into(),
+                effect: effect.into(),
+                payload: b"1".to_vec(),
+                fences: Vec::new(),
+            },
+            due_at_ms: outbox.now_ms() + due_in_ms,
+            now_ms: outbox.now_ms(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A plain connection to `server`, for what the tests do beside escrow.
+async fn raw_client(server: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 /// One run of `count` intents to `a.b` and one to `x.flaky`, written
@@ -1307,22 +1316,7 @@ async fn stats_kept_by_the_store_agree_with_a_count_of_every_entry_after_every_k
         // (owed, one attempt), the other forgotten.
         let run_id = RunId::new();
         for seq in [1, 2] {
-            outbox
-                .write(Write::Journal {
-                    entry: NewEntry {
-                        kind: EntryKind::Compensation,
-                        run_id,
-                        seq,
-                        plugin: "bulk".into(),
-                        effect: "a.undo".into(),
-                        payload: b"1".to_vec(),
-                        fences: Vec::new(),
-                    },
-                    due_at_ms: outbox.now_ms() + 60_000,
-                    now_ms: outbox.now_ms(),
-                })
-                .await
-                .unwrap();
+            journal(&outbox, run_id, seq, "a.undo", 60_000).await;
         }
         assert_eq!(counted(&outbox).await.pending, 2, "{name}");
         outbox

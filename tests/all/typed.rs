@@ -196,6 +196,24 @@ async fn typed_intents_are_dropped_blocked_or_forbidden_by_policy_like_string_ef
 }
 
 #[tokio::test]
+async fn a_typed_intent_inside_a_rolled_back_scope_is_discarded_and_the_run_commits() {
+    let outcome = run(
+        &typed_plugin(),
+        "rolled-back sales 5",
+        granted(&["ledger.*"]),
+    )
+    .await;
+
+    assert_eq!(answer(&outcome), "Ok(())");
+    assert_eq!(outcome.status(), Status::Committed);
+    let [intent] = outcome.intents.as_slice() else {
+        panic!("one intent: {:?}", outcome.intents);
+    };
+    assert_eq!(intent.effect, "ledger.post");
+    assert_eq!(intent.fate, Fate::Discarded);
+}
+
+#[tokio::test]
 async fn arguments_past_the_payload_limit_are_refused_limit_while_written_and_nothing_is_kept() {
     let limits = Limits {
         max_payload_bytes: 1_000,

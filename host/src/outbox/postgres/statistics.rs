@@ -21,11 +21,13 @@
 //! most once per [`ANALYZE_MIN_INTERVAL`].
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Pending entries the statistics may hold, and pending entries past
-/// twice that, that make a worker's first claim analyze the outbox first.
-pub(super) const ANALYZE_AFTER_CHANGES: i64 = 1_000;
+/// Pending entries below which statistics count as taken while nearly
+/// nothing was pending; with more than twice their count plus this many
+/// pending now, a worker's first claim analyzes the outbox first.
+pub(super) const STALE_PENDING: i64 = 1_000;
 /// The most pending entries counted to compare with the statistics: past
 /// them, the statistics cannot be that far off for the claim's plan.
 pub(super) const PENDING_COUNTED: i64 = 100_000;
@@ -49,9 +51,7 @@ SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM escrow_outbox WHERE status = 'pendin
 /// pending entries, were taken while nearly none was pending, and
 /// `pending` entries are many more.
 pub(super) fn stale(pending: i64, believed: i64, analyzed: bool) -> bool {
-    analyzed
-        && (0..ANALYZE_AFTER_CHANGES).contains(&believed)
-        && pending >= 2 * believed + ANALYZE_AFTER_CHANGES
+    analyzed && (0..STALE_PENDING).contains(&believed) && pending >= 2 * believed + STALE_PENDING
 }
 
 /// Refreshes the statistics of `escrow_outbox`.
@@ -60,15 +60,10 @@ pub(super) const ANALYZE: &str = "ANALYZE escrow_outbox";
 /// When one outbox last looked at its statistics.
 #[derive(Debug, Default)]
 pub(super) struct Freshness {
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
     /// Whether a claim has compared yet.
-    compared: bool,
+    compared: AtomicBool,
     /// When a slow claim last had the outbox analyzed.
-    analyzed_at: Option<Instant>,
+    analyzed_at: Mutex<Option<Instant>>,
 }
 
 /// What a claim does about the statistics.
@@ -86,8 +81,7 @@ pub(super) enum Look {
 impl Freshness {
     /// What the first claim does before it is taken.
     pub(super) fn before_claim(&self) -> Look {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match std::mem::replace(&mut state.compared, true) {
+        match self.compared.swap(true, Ordering::Relaxed) {
             false => Look::Compare,
             true => Look::Skip,
         }
@@ -95,13 +89,42 @@ impl Freshness {
 
     /// What a claim that was slow or failed does after it.
     pub(super) fn after_slow_claim(&self) -> Look {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.analyzed_at {
+        let mut analyzed_at = self.analyzed_at.lock().unwrap_or_else(|e| e.into_inner());
+        match *analyzed_at {
             Some(at) if at.elapsed() < ANALYZE_MIN_INTERVAL => Look::Skip,
             _ => {
-                state.analyzed_at = Some(Instant::now());
+                *analyzed_at = Some(Instant::now());
                 Look::Analyze
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_stale_only_when_taken_nearly_empty_with_many_pending_now() {
+        // Analyzed while nothing was pending, 7,000 pending now.
+        assert!(stale(7_000, 0, true));
+        // Never analyzed: the planner sizes the table by its pages.
+        assert!(!stale(7_000, 0, false));
+        // Taken with a backlog: close enough for the claim's plan.
+        assert!(!stale(7_000, 5_000, true));
+        // Few pending: any plan is quick.
+        assert!(!stale(900, 0, true));
+        assert!(stale(2 * 400 + STALE_PENDING, 400, true));
+    }
+
+    #[test]
+    fn the_first_claim_compares_once_and_slow_claims_analyze_at_most_once_an_interval() {
+        let freshness = Freshness::default();
+        assert_eq!(freshness.before_claim(), Look::Compare);
+        assert_eq!(freshness.before_claim(), Look::Skip);
+        assert_eq!(freshness.after_slow_claim(), Look::Analyze);
+        assert_eq!(freshness.after_slow_claim(), Look::Skip);
+        *freshness.analyzed_at.lock().unwrap() = Instant::now().checked_sub(ANALYZE_MIN_INTERVAL);
+        assert_eq!(freshness.after_slow_claim(), Look::Analyze);
     }
 }
