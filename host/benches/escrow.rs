@@ -198,6 +198,16 @@ fn per_call(c: &mut Criterion) {
         "bare_async_invoke_call",
         bare(async_calls, format!("invoke:{CALLS_PER_RUN}")),
     );
+    // Baseline: the deferred typed call to a wasmtime dynamic host function
+    // that does nothing: the arguments lifted into `Val`s, as escrow's
+    // typed effects receive them, and dropped.
+    group.bench_function(
+        "bare_typed_call",
+        bare(
+            baseline::bare_typed(engine),
+            format!("post:{CALLS_PER_RUN}"),
+        ),
+    );
     group.finish();
 }
 
@@ -762,6 +772,12 @@ fn summary() {
             ours: ("per_call", "typed_deferred", CALLS_PER_RUN),
             baseline_name: "enqueue, same JSON",
             baseline: ("per_call", "enqueue_same_payload", CALLS_PER_RUN),
+        },
+        Row {
+            name: "deferred typed call, record of 3 fields",
+            ours: ("per_call", "typed_deferred", CALLS_PER_RUN),
+            baseline_name: "bare dynamic host call",
+            baseline: ("per_call", "bare_typed_call", CALLS_PER_RUN),
         },
         Row {
             name: "immediate typed call, u32 answer",

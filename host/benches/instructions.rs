@@ -22,8 +22,10 @@
 //! - `lock`: N memory locks taken and released;
 //! - `run` / `instantiate`: N whole runs of 2 committed intents / N bare
 //!   instantiations of the same component;
-//! - `typed-deferred` / `typed-enqueue`: N deferred typed calls carrying a
-//!   record of 3 fields / N `enqueue`s of the same JSON;
+//! - `typed-deferred` / `typed-enqueue` / `bare-typed`: N deferred typed
+//!   calls carrying a record of 3 fields / N `enqueue`s of the same JSON /
+//!   N calls of the same function to a wasmtime dynamic host function that
+//!   does nothing (the arguments lifted into `Val`s and dropped);
 //! - `typed-immediate` / `typed-invoke`: N immediate typed calls answered
 //!   as a u32 / N `invoke`s of the same JSON.
 
@@ -57,9 +59,10 @@ fn main() {
     run(scenario, n);
 }
 
-const SCENARIOS: [&str; 15] = [
+const SCENARIOS: [&str; 16] = [
     "typed-deferred",
     "typed-enqueue",
+    "bare-typed",
     "typed-immediate",
     "typed-invoke",
     "intent",
@@ -146,6 +149,14 @@ fn run(scenario: &str, n: u64) {
             "invoke",
         ),
         "bare-invoke" => bare("invoke", false),
+        "bare-typed" => {
+            let engine = host.engine();
+            let pre = baseline::bare_typed(engine);
+            for count in [1, n] {
+                let input = format!("post:{count}");
+                rt.block_on(baseline::bare_run(engine, &pre, input.as_bytes()));
+            }
+        }
         "bare-async-invoke" => bare("invoke", true),
         "breaker" => in_guest(
             &invoking.with_breakers(Arc::new(breakers)),

@@ -518,7 +518,7 @@ mod json {
     //! The JSON mapping of WIT values, property-tested over generated
     //! values of every type.
 
-    use escrow_host::typed::values::{value_from_json, value_to_json};
+    use escrow_host::typed::values::{ToJsonError, value_from_json, value_to_json};
     use proptest::prelude::*;
     use wasmtime::component::{Type, Val};
 
@@ -608,6 +608,21 @@ mod json {
             let back = value_from_json(&ty, &json)
                 .unwrap_or_else(|e| panic!("{e} in {}", String::from_utf8_lossy(&json)));
             prop_assert_eq!(back, value, "{}", String::from_utf8_lossy(&json));
+        }
+
+        #[test]
+        fn a_value_is_written_within_a_bound_of_its_length_and_refused_under_it(
+            value in val(&super::everything()),
+            cut in 1..64usize,
+        ) {
+            let ty = super::everything();
+            let json = value_to_json(&ty, &value, usize::MAX).unwrap();
+            prop_assert_eq!(value_to_json(&ty, &value, json.len()), Ok(json.clone()));
+            let under = json.len().saturating_sub(cut);
+            prop_assert_eq!(
+                value_to_json(&ty, &value, under),
+                Err(ToJsonError::TooLarge { max: under })
+            );
         }
     }
 

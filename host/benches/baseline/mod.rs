@@ -74,6 +74,30 @@ pub fn bare_calls(engine: &Engine, async_invoke: bool) -> InstancePre<State> {
     linker.instantiate_pre(&component).unwrap()
 }
 
+/// The `typed` fixture with `ledger`'s functions linked as wasmtime's own
+/// dynamic host functions (`func_new`) that do nothing but answer `ok`:
+/// what lifting a typed call's arguments into `Val`s costs before escrow
+/// does anything with them. Escrow's and WASI's interfaces are linked as
+/// escrow links them; `catalog` and `values` are never called.
+pub fn bare_typed(engine: &Engine) -> InstancePre<State> {
+    use wasmtime::component::Val;
+    let mut linker = Linker::<State>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    escrow_host::add_to_linker(&mut linker, |s| &mut s.escrow).unwrap();
+    let mut ledger = linker.instance("escrow-test:typed/ledger").unwrap();
+    for function in ["post", "attach"] {
+        ledger
+            .func_new(function, |_, _, _params, results| {
+                results[0] = Val::Result(Ok(None));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let component = Component::from_file(engine, escrow_fixtures::TYPED).unwrap();
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    linker.instantiate_pre(&component).unwrap()
+}
+
 /// A fresh store and instance from `pre` (a baseline guest), whose `run` is
 /// called with `input`: what a run is without escrow.
 pub async fn bare_run(engine: &Engine, pre: &InstancePre<State>, input: &[u8]) {

@@ -7,7 +7,7 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, Linker};
 
-use super::{TypedEffects, TypedFunction};
+use super::{Timing, TypedEffects, TypedFunction};
 use crate::store::RunState;
 
 /// A typed function a component imports, checked.
@@ -97,25 +97,39 @@ pub(crate) fn define(
         checked,
     } in imported
     {
-        let checked = Arc::new(checked);
         let mut instance = linker.instance(&interface)?;
-        instance.func_new_async(
-            &function,
-            move |mut store, _: ComponentFunc, params, results| {
-                let checked = Arc::clone(&checked);
-                Box::new(async move {
-                    let ctx = &mut store.data_mut().escrow;
-                    let result = match checked.timing {
-                        super::Timing::Deferred => Some(ctx.defer_typed(&checked, params)?),
-                        super::Timing::Immediate => ctx.perform_typed(&checked, params).await?,
-                    };
-                    if let (Some(slot), Some(result)) = (results.first_mut(), result) {
+        match checked.timing {
+            // Recording an intent never waits: a synchronous definition
+            // spares each call a boxed future.
+            Timing::Deferred => instance.func_new(
+                &function,
+                move |mut store, _: ComponentFunc, params, results| {
+                    let result = store.data_mut().escrow.defer_typed(&checked, params)?;
+                    if let Some(slot) = results.first_mut() {
                         *slot = result;
                     }
                     Ok(())
-                })
-            },
-        )?;
+                },
+            )?,
+            Timing::Immediate => {
+                let checked = Arc::new(checked);
+                instance.func_new_async(
+                    &function,
+                    move |mut store, _: ComponentFunc, params, results| {
+                        let checked = Arc::clone(&checked);
+                        Box::new(async move {
+                            let ctx = &mut store.data_mut().escrow;
+                            if let Some(result) = ctx.perform_typed(&checked, params).await?
+                                && let Some(slot) = results.first_mut()
+                            {
+                                *slot = result;
+                            }
+                            Ok(())
+                        })
+                    },
+                )?
+            }
+        }
     }
     Ok(linker)
 }

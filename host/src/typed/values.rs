@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde_json::Value;
 use wasmtime::component::{Type, Val};
 
@@ -52,14 +51,17 @@ pub fn params_to_json(
             params.len()
         )));
     }
-    write_bounded(max, |out| {
-        let mut serializer = serde_json::Serializer::new(out);
-        let mut map = serde::Serializer::serialize_map(&mut serializer, Some(params.len()))?;
-        for ((name, ty), val) in params.iter().zip(values) {
-            map.serialize_entry(name, &Typed { ty, val })?;
+    let mut out = Bounded::new(max);
+    out.put(b"{")?;
+    for (i, ((name, ty), val)) in params.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.put(b",")?;
         }
-        SerializeMap::end(map)
-    })
+        out.name(name)?;
+        out.value(ty, val)?;
+    }
+    out.put(b"}")?;
+    Ok(out.bytes)
 }
 
 /// Writes one value of type `ty` as JSON, stopping as soon as it would pass
@@ -69,190 +71,268 @@ pub fn params_to_json(
 ///
 /// As [`params_to_json`].
 pub fn value_to_json(ty: &Type, val: &Val, max: usize) -> Result<Vec<u8>, ToJsonError> {
-    write_bounded(max, |out| {
-        serde::Serialize::serialize(&Typed { ty, val }, &mut serde_json::Serializer::new(out))
-    })
-}
-
-/// Runs `write` into a buffer that refuses to grow past `max` bytes.
-fn write_bounded(
-    max: usize,
-    write: impl FnOnce(&mut Bounded) -> Result<(), serde_json::Error>,
-) -> Result<Vec<u8>, ToJsonError> {
-    let mut out = Bounded {
-        bytes: Vec::with_capacity(INITIAL_CAPACITY.min(max)),
-        max,
-        passed: false,
-    };
-    match write(&mut out) {
-        Ok(()) => Ok(out.bytes),
-        Err(_) if out.passed => Err(ToJsonError::TooLarge { max }),
-        Err(error) => Err(ToJsonError::Mismatch(error.to_string())),
-    }
+    let mut out = Bounded::new(max);
+    out.value(ty, val)?;
+    Ok(out.bytes)
 }
 
 /// Bytes a value's JSON starts with room for: most payloads are small.
 const INITIAL_CAPACITY: usize = 128;
 
-/// Bytes up to a bound: a write past it fails, and says so.
+/// JSON written straight from the values, checked against the bound before
+/// each piece is copied: a 50 MiB list stops at the bound, and a payload
+/// of a few fields costs a few copies. Numbers are written by `itoa` and
+/// serde_json, and strings that need escapes by serde_json, so the text is
+/// exactly serde_json's.
 struct Bounded {
     bytes: Vec<u8>,
     max: usize,
     passed: bool,
 }
 
-impl std::io::Write for Bounded {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.max {
-            self.passed = true;
-            return Err(std::io::Error::other("past the bound"));
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Bounded {
+            bytes: Vec::with_capacity(INITIAL_CAPACITY.min(max)),
+            max,
+            passed: false,
         }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Whether `len` more bytes would pass the bound.
+    fn room_for(&self, len: usize) -> Result<(), ToJsonError> {
+        match self.bytes.len().saturating_add(len) > self.max {
+            true => Err(ToJsonError::TooLarge { max: self.max }),
+            false => Ok(()),
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), ToJsonError> {
+        self.room_for(bytes.len())?;
+        self.bytes.extend_from_slice(bytes);
         Ok(())
     }
-}
 
-/// A value with its type, serialized as the mapping says.
-struct Typed<'a> {
-    ty: &'a Type,
-    val: &'a Val,
-}
+    fn string(&mut self, text: &str) -> Result<(), ToJsonError> {
+        self.room_for(text.len() + 2)?;
+        // Without short-circuits, the check runs over whole vectors.
+        let escapes = text.bytes().fold(false, |found, b| {
+            found | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if escapes {
+            return self.serde(text);
+        }
+        self.quoted(text);
+        Ok(())
+    }
 
-impl serde::Serialize for Typed<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mismatch =
-            || S::Error::custom(format!("{} is not a {}", kind(self.val), name(self.ty)));
-        match (self.ty, self.val) {
-            (Type::Bool, Val::Bool(v)) => s.serialize_bool(*v),
-            (Type::S8, Val::S8(v)) => s.serialize_i8(*v),
-            (Type::U8, Val::U8(v)) => s.serialize_u8(*v),
-            (Type::S16, Val::S16(v)) => s.serialize_i16(*v),
-            (Type::U16, Val::U16(v)) => s.serialize_u16(*v),
-            (Type::S32, Val::S32(v)) => s.serialize_i32(*v),
-            (Type::U32, Val::U32(v)) => s.serialize_u32(*v),
-            (Type::S64, Val::S64(v)) => s.serialize_i64(*v),
-            (Type::U64, Val::U64(v)) => s.serialize_u64(*v),
-            (Type::Float32, Val::Float32(v)) => match special(f64::from(*v)) {
-                Some(text) => s.serialize_str(text),
-                None => s.serialize_f32(*v),
-            },
-            (Type::Float64, Val::Float64(v)) => match special(*v) {
-                Some(text) => s.serialize_str(text),
-                None => s.serialize_f64(*v),
-            },
-            (Type::Char, Val::Char(c)) => s.serialize_char(*c),
-            (Type::String, Val::String(v)) => s.serialize_str(v),
-            (Type::List(list), Val::List(items)) if list.ty() == Type::U8 => {
-                let mut bytes = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Val::U8(b) => bytes.push(*b),
-                        _ => return Err(mismatch()),
-                    }
-                }
-                s.serialize_str(&BASE64.encode(bytes))
+    /// `"text"`, for text known to need no escapes, within a bound the
+    /// caller has checked.
+    fn quoted(&mut self, text: &str) {
+        self.bytes.reserve(text.len() + 2);
+        self.bytes.push(b'"');
+        self.bytes.extend_from_slice(text.as_bytes());
+        self.bytes.push(b'"');
+    }
+
+    /// A parameter's or field's name and its colon: WIT names are ASCII
+    /// letters, digits and hyphens, which need no escapes.
+    fn name(&mut self, name: &str) -> Result<(), ToJsonError> {
+        self.room_for(name.len() + 3)?;
+        self.quoted(name);
+        self.bytes.push(b':');
+        Ok(())
+    }
+
+    fn integer(&mut self, n: impl itoa::Integer) -> Result<(), ToJsonError> {
+        self.put(itoa::Buffer::new().format(n).as_bytes())
+    }
+
+    fn float(
+        &mut self,
+        v: f64,
+        write: impl FnOnce(&mut Self) -> Result<(), ToJsonError>,
+    ) -> Result<(), ToJsonError> {
+        match special(v) {
+            Some(text) => self.string(text),
+            None => write(self),
+        }
+    }
+
+    /// Writes `value` through serde_json, within the bound.
+    fn serde<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ToJsonError> {
+        match serde_json::to_writer(&mut *self, value) {
+            Ok(()) => Ok(()),
+            Err(_) if self.passed => Err(ToJsonError::TooLarge { max: self.max }),
+            Err(error) => Err(ToJsonError::Mismatch(error.to_string())),
+        }
+    }
+
+    /// `[a,b,…]`, each written by `each`.
+    fn sequence<T>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        mut each: impl FnMut(&mut Self, T) -> Result<(), ToJsonError>,
+    ) -> Result<(), ToJsonError> {
+        self.put(b"[")?;
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.put(b",")?;
             }
-            (Type::List(list), Val::List(items)) => sequence(s, &list.ty(), items),
+            each(self, item)?;
+        }
+        self.put(b"]")
+    }
+
+    /// `{"case":payload}`, with `null` for a case without one.
+    fn tagged(
+        &mut self,
+        case: &str,
+        ty: Option<&Type>,
+        payload: Option<&Val>,
+    ) -> Result<(), ToJsonError> {
+        self.put(b"{")?;
+        self.name(case)?;
+        match (ty, payload) {
+            (Some(ty), Some(val)) => self.value(ty, val)?,
+            (None, None) => self.put(b"null")?,
+            _ => {
+                return Err(ToJsonError::Mismatch(format!(
+                    "the payload of `{case}` does not match its type"
+                )));
+            }
+        }
+        self.put(b"}")
+    }
+
+    /// A value with its type, written as the mapping says.
+    fn value(&mut self, ty: &Type, val: &Val) -> Result<(), ToJsonError> {
+        let mismatch = || ToJsonError::Mismatch(format!("{} is not a {}", kind(val), name(ty)));
+        match (ty, val) {
+            (Type::Bool, Val::Bool(v)) => self.put(if *v { b"true" } else { b"false" }),
+            (Type::S8, Val::S8(v)) => self.integer(*v),
+            (Type::U8, Val::U8(v)) => self.integer(*v),
+            (Type::S16, Val::S16(v)) => self.integer(*v),
+            (Type::U16, Val::U16(v)) => self.integer(*v),
+            (Type::S32, Val::S32(v)) => self.integer(*v),
+            (Type::U32, Val::U32(v)) => self.integer(*v),
+            (Type::S64, Val::S64(v)) => self.integer(*v),
+            (Type::U64, Val::U64(v)) => self.integer(*v),
+            (Type::Float32, Val::Float32(v)) => self.float(f64::from(*v), |out| out.serde(v)),
+            (Type::Float64, Val::Float64(v)) => self.float(*v, |out| out.serde(v)),
+            (Type::Char, Val::Char(c)) => self.string(c.encode_utf8(&mut [0; 4])),
+            (Type::String, Val::String(v)) => self.string(v),
+            (Type::List(list), Val::List(items)) if list.ty() == Type::U8 => {
+                // The base64 text's length is known before a byte is copied.
+                let len = base64::encoded_len(items.len(), true)
+                    .ok_or(ToJsonError::TooLarge { max: self.max })?;
+                self.room_for(len + 2)?;
+                let bytes = items
+                    .iter()
+                    .map(|item| match item {
+                        Val::U8(b) => Ok(*b),
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<u8>, _>>()?;
+                self.bytes.push(b'"');
+                let start = self.bytes.len();
+                self.bytes.resize(start + len, 0);
+                BASE64
+                    .encode_slice(bytes, &mut self.bytes[start..])
+                    .map_err(|error| ToJsonError::Mismatch(error.to_string()))?;
+                self.bytes.push(b'"');
+                Ok(())
+            }
+            (Type::List(list), Val::List(items)) => {
+                let ty = list.ty();
+                self.sequence(items, |out, val| out.value(&ty, val))
+            }
             (Type::FixedLengthList(list), Val::FixedLengthList(items)) => {
-                sequence(s, &list.ty(), items)
+                let ty = list.ty();
+                self.sequence(items, |out, val| out.value(&ty, val))
             }
             (Type::Map(map), Val::Map(entries)) => {
                 let (key, value) = (map.key(), map.value());
-                let mut seq = s.serialize_seq(Some(entries.len()))?;
-                for (k, v) in entries {
-                    seq.serialize_element(&(
-                        Typed { ty: &key, val: k },
-                        Typed { ty: &value, val: v },
-                    ))?;
-                }
-                seq.end()
+                self.sequence(entries, |out, (k, v)| {
+                    out.put(b"[")?;
+                    out.value(&key, k)?;
+                    out.put(b",")?;
+                    out.value(&value, v)?;
+                    out.put(b"]")
+                })
             }
             (Type::Record(record), Val::Record(fields)) => {
-                let mut map = s.serialize_map(Some(fields.len()))?;
-                for (field, (name, val)) in record.fields().zip(fields) {
+                self.put(b"{")?;
+                for (i, (field, (name, val))) in record.fields().zip(fields).enumerate() {
                     if field.name != name {
                         return Err(mismatch());
                     }
-                    map.serialize_entry(name, &Typed { ty: &field.ty, val })?;
+                    if i > 0 {
+                        self.put(b",")?;
+                    }
+                    self.name(name)?;
+                    self.value(&field.ty, val)?;
                 }
-                map.end()
+                self.put(b"}")
             }
-            (Type::Tuple(tuple), Val::Tuple(items)) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for (ty, val) in tuple.types().zip(items) {
-                    seq.serialize_element(&Typed { ty: &ty, val })?;
-                }
-                seq.end()
-            }
+            (Type::Tuple(tuple), Val::Tuple(items)) => self
+                .sequence(tuple.types().zip(items), |out, (ty, val)| {
+                    out.value(&ty, val)
+                }),
             (Type::Variant(variant), Val::Variant(case, payload)) => {
                 let ty = variant
                     .cases()
                     .find(|c| c.name == case)
                     .ok_or_else(mismatch)?
                     .ty;
-                tagged(s, case, ty.as_ref(), payload.as_deref())
+                self.tagged(case, ty.as_ref(), payload.as_deref())
             }
-            (Type::Enum(_), Val::Enum(case)) => s.serialize_str(case),
+            (Type::Enum(_), Val::Enum(case)) => self.string(case),
             (Type::Option(option), Val::Option(value)) => {
                 let inner = option.ty();
                 match value.as_deref() {
-                    None => s.serialize_none(),
+                    None => self.put(b"null"),
                     // `null` is taken by this option's none: an option of an
                     // option wraps its some.
                     Some(val) if matches!(inner, Type::Option(_)) => {
-                        let mut map = s.serialize_map(Some(1))?;
-                        map.serialize_entry("some", &Typed { ty: &inner, val })?;
-                        map.end()
+                        self.put(b"{\"some\":")?;
+                        self.value(&inner, val)?;
+                        self.put(b"}")
                     }
-                    Some(val) => Typed { ty: &inner, val }.serialize(s),
+                    Some(val) => self.value(&inner, val),
                 }
             }
             (Type::Result(result), Val::Result(value)) => match value {
-                Ok(payload) => tagged(s, "ok", result.ok().as_ref(), payload.as_deref()),
-                Err(payload) => tagged(s, "err", result.err().as_ref(), payload.as_deref()),
+                Ok(payload) => self.tagged("ok", result.ok().as_ref(), payload.as_deref()),
+                Err(payload) => self.tagged("err", result.err().as_ref(), payload.as_deref()),
             },
             (Type::Flags(_), Val::Flags(names)) => {
-                let mut seq = s.serialize_seq(Some(names.len()))?;
-                for name in names {
-                    seq.serialize_element(name)?;
-                }
-                seq.end()
+                self.sequence(names, |out, name| out.string(name))
             }
             _ => Err(mismatch()),
         }
     }
 }
 
-fn sequence<S: serde::Serializer>(s: S, ty: &Type, items: &[Val]) -> Result<S::Ok, S::Error> {
-    let mut seq = s.serialize_seq(Some(items.len()))?;
-    for val in items {
-        seq.serialize_element(&Typed { ty, val })?;
+/// serde_json's way out for the strings that need escapes and the floats,
+/// checked against the same bound.
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
     }
-    seq.end()
-}
 
-/// `{"case": payload}`, with `null` for a case without one.
-fn tagged<S: serde::Serializer>(
-    s: S,
-    case: &str,
-    ty: Option<&Type>,
-    payload: Option<&Val>,
-) -> Result<S::Ok, S::Error> {
-    let mut map = s.serialize_map(Some(1))?;
-    match (ty, payload) {
-        (Some(ty), Some(val)) => map.serialize_entry(case, &Typed { ty, val })?,
-        (None, None) => map.serialize_entry(case, &())?,
-        _ => {
-            return Err(S::Error::custom(format!(
-                "the payload of `{case}` does not match its type"
-            )));
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.room_for(buf.len()).is_err() {
+            self.passed = true;
+            return Err(std::io::Error::other("past the bound"));
         }
+        self.bytes.extend_from_slice(buf);
+        Ok(())
     }
-    map.end()
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The string a float JSON cannot write as a number stands for.
