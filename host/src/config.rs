@@ -27,7 +27,11 @@
 //! [typed."acme:shop/payments"]   # a WIT interface whose functions are effects
 //! timing = "deferred"             # deferred | immediate
 //! alias = "pay"                   # optional: effects named pay.FUNCTION
-//! functions = { balance = "immediate" }
+//!
+//! [typed."acme:shop/payments".functions]
+//! balance = "immediate"           # a function's own timing
+//! # or its own table: a timing, the effect that undoes it, a breaker
+//! refund-all = { timing = "immediate", compensate = "payments.restore", breaker = "payments" }
 //!
 //! [limits]
 //! timeout_ms = 10000
@@ -277,9 +281,34 @@ pub struct TypedConfig {
     pub timing: Timing,
     /// What its effect names start with instead of the interface's name.
     pub alias: Option<String>,
-    /// Functions whose timing differs from the interface's.
+    /// What is said of single functions: a timing that differs from the
+    /// interface's, or a table with a timing, a compensation and a breaker.
     #[serde(default)]
-    pub functions: BTreeMap<String, Timing>,
+    pub functions: BTreeMap<String, TypedFunctionConfig>,
+}
+
+/// One entry of a `[typed]` table's `functions`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TypedFunctionConfig {
+    /// `charge = "immediate"`.
+    Timing(Timing),
+    /// `charge = { timing = "immediate", compensate = "payments.refund",
+    /// breaker = "payments" }`.
+    Table(TypedFunctionTable),
+}
+
+/// `functions.NAME = { … }` of a `[typed]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypedFunctionTable {
+    /// When it happens, if not at the interface's timing.
+    pub timing: Option<Timing>,
+    /// The effect that undoes a call when its run or scope fails; a
+    /// `[handlers]` entry performs it.
+    pub compensate: Option<String>,
+    /// A breaker of `[breakers]` its calls go through.
+    pub breaker: Option<String>,
 }
 
 /// `[grants]`.
@@ -597,8 +626,39 @@ impl Config {
             if let Some(alias) = &table.alias {
                 interface = interface.alias(alias).map_err(at)?;
             }
-            for (function, timing) in &table.functions {
-                interface = interface.function(function, *timing);
+            for (function, config) in &table.functions {
+                let config = match config {
+                    TypedFunctionConfig::Timing(timing) => {
+                        interface = interface.function(function, *timing);
+                        continue;
+                    }
+                    TypedFunctionConfig::Table(config) => config,
+                };
+                let at =
+                    |message: String| format!("typed.\"{name}\".functions.{function}: {message}");
+                if let Some(timing) = config.timing {
+                    interface = interface.function(function, timing);
+                }
+                if let Some(compensate) = &config.compensate {
+                    if !self.handlers.contains_key(compensate) {
+                        return Err(at(format!(
+                            "the compensation `{compensate}` has no [handlers] entry to perform it"
+                        )));
+                    }
+                    interface = interface
+                        .compensate(function, compensate)
+                        .map_err(|e| at(e.to_string()))?;
+                }
+                if let Some(breaker) = &config.breaker {
+                    if !self.breakers.contains_key(breaker) {
+                        return Err(at(format!(
+                            "breaker `{breaker}` is not defined in [breakers]"
+                        )));
+                    }
+                    interface = interface
+                        .breaker(function, breaker)
+                        .map_err(|e| at(e.to_string()))?;
+                }
             }
             typed.add(interface).map_err(|e| format!("typed: {e}"))?;
         }
@@ -973,6 +1033,52 @@ mod tests {
         let path = dir.path().join("escrow.toml");
         std::fs::write(&path, text).unwrap();
         Config::load(&path)
+    }
+
+    #[test]
+    fn a_typed_function_names_a_compensation_with_a_handler_and_a_defined_breaker() {
+        let base = r#"
+            [handlers."payments.refund"]
+            kind = "action"
+            exec = ["true"]
+
+            [breakers.payments]
+
+            [typed."acme:shop/payments"]
+            timing = "immediate"
+        "#;
+        let config = parse(&format!(
+            "{base}\n[typed.\"acme:shop/payments\".functions]\n\
+             balance = \"deferred\"\n\
+             charge = {{ compensate = \"payments.refund\", breaker = \"payments\" }}\n"
+        ))
+        .unwrap();
+        let typed = config.typed_effects().unwrap();
+        let [payments] = typed.interfaces() else {
+            panic!("one interface");
+        };
+        assert_eq!(payments.timing_of("balance"), Timing::Deferred);
+        assert_eq!(payments.timing_of("charge"), Timing::Immediate);
+        let charge = payments.config_of("charge").unwrap();
+        assert_eq!(charge.compensate.as_deref(), Some("payments.refund"));
+        assert_eq!(charge.breaker.as_deref(), Some("payments"));
+
+        for (function, error) in [
+            (
+                r#"charge = { breaker = "ledger" }"#,
+                "typed.\"acme:shop/payments\".functions.charge: breaker `ledger` is not \
+                 defined in [breakers]",
+            ),
+            (
+                r#"charge = { compensate = "payments.void" }"#,
+                "typed.\"acme:shop/payments\".functions.charge: the compensation \
+                 `payments.void` has no [handlers] entry to perform it",
+            ),
+        ] {
+            let text = format!("{base}\n[typed.\"acme:shop/payments\".functions]\n{function}\n");
+            let refused = parse(&text).unwrap_err().to_string();
+            assert!(refused.ends_with(error), "{refused}");
+        }
     }
 
     #[test]

@@ -70,6 +70,32 @@ pub enum TypedError {
     /// The same interface declared twice.
     #[error("`{0}` is declared twice")]
     Twice(String),
+    /// A compensation or breaker named with characters an effect or breaker
+    /// name cannot have.
+    #[error("`{interface}`'s `{function}`: {reason}")]
+    Guard {
+        /// The interface.
+        interface: String,
+        /// The function.
+        function: String,
+        /// What is wrong with the name.
+        reason: String,
+    },
+}
+
+/// What the operator says of one function of a typed interface, beyond its
+/// interface's timing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionConfig {
+    /// When it happens, if not at its interface's timing.
+    pub timing: Option<Timing>,
+    /// The effect that undoes it when its run or scope fails, performed
+    /// by that effect's handler with `{"arguments": …, "answer": …}`
+    /// (immediate functions only).
+    pub compensate: Option<String>,
+    /// The circuit breaker its calls go through (immediate functions
+    /// only).
+    pub breaker: Option<String>,
 }
 
 /// One WIT interface whose functions are effects.
@@ -81,7 +107,7 @@ pub struct TypedInterface {
     version: Option<String>,
     timing: Timing,
     alias: Option<String>,
-    functions: BTreeMap<String, Timing>,
+    functions: BTreeMap<String, FunctionConfig>,
 }
 
 impl TypedInterface {
@@ -140,8 +166,48 @@ impl TypedInterface {
 
     /// Function `function` happens at `timing`, whatever the interface's.
     pub fn function(mut self, function: &str, timing: Timing) -> Self {
-        self.functions.insert(function.to_owned(), timing);
+        self.functions
+            .entry(function.to_owned())
+            .or_default()
+            .timing = Some(timing);
         self
+    }
+
+    /// A failed run or scope undoes `function`'s calls by performing
+    /// `effect`, whose handler receives `{"arguments": …, "answer": …}`.
+    ///
+    /// # Errors
+    ///
+    /// [`TypedError::Guard`] unless `effect` is a valid effect name.
+    pub fn compensate(mut self, function: &str, effect: &str) -> Result<Self, TypedError> {
+        self.check_guard(function, effect)?;
+        self.functions
+            .entry(function.to_owned())
+            .or_default()
+            .compensate = Some(effect.into());
+        Ok(self)
+    }
+
+    /// `function`'s calls go through the circuit breaker `breaker`.
+    ///
+    /// # Errors
+    ///
+    /// [`TypedError::Guard`] unless `breaker` is a valid breaker name.
+    pub fn breaker(mut self, function: &str, breaker: &str) -> Result<Self, TypedError> {
+        self.check_guard(function, breaker)?;
+        self.functions
+            .entry(function.to_owned())
+            .or_default()
+            .breaker = Some(breaker.into());
+        Ok(self)
+    }
+
+    fn check_guard(&self, function: &str, name: &str) -> Result<(), TypedError> {
+        crate::patterns::check_effect_name(name).map_err(|error| TypedError::Guard {
+            interface: self.to_string(),
+            function: function.to_owned(),
+            reason: error.to_string(),
+        })
     }
 
     /// What its effect names start with: the alias, or the interface's
@@ -154,11 +220,19 @@ impl TypedInterface {
 
     /// When `function` happens.
     pub fn timing_of(&self, function: &str) -> Timing {
-        self.functions.get(function).copied().unwrap_or(self.timing)
+        self.functions
+            .get(function)
+            .and_then(|f| f.timing)
+            .unwrap_or(self.timing)
     }
 
-    /// The functions whose timing differs from the interface's.
-    pub fn overridden(&self) -> impl Iterator<Item = &str> {
+    /// What is said of `function` beyond the interface's timing.
+    pub fn config_of(&self, function: &str) -> Option<&FunctionConfig> {
+        self.functions.get(function)
+    }
+
+    /// The functions something is said of.
+    pub fn configured(&self) -> impl Iterator<Item = &str> {
         self.functions.keys().map(String::as_str)
     }
 

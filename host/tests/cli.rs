@@ -1488,6 +1488,68 @@ fn inspect_lists_each_typed_function_with_its_timing_types_payload_and_grant() {
 }
 
 #[test]
+fn a_typed_call_the_config_compensates_is_undone_by_its_handler_with_its_arguments_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let undone = dir.path().join("undone.json");
+    let config = dir.path().join("escrow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[grants]
+effects = ["catalog.*"]
+
+[handlers."catalog.quote"]
+kind = "action"
+exec = ["printf", "%s", '{{"cents":1999,"currency":"EUR"}}']
+
+[handlers."catalog.unquote"]
+kind = "action"
+exec = ["sh", "-c", "cat > '{}'"]
+
+[breakers.quotes]
+
+[typed."escrow-test:typed/catalog"]
+timing = "immediate"
+functions = {{ quote = {{ compensate = "catalog.unquote", breaker = "quotes" }} }}
+
+[typed."escrow-test:typed/ledger"]
+timing = "deferred"
+
+[typed."escrow-test:typed/values"]
+timing = "deferred"
+"#,
+            undone.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+
+    let inspected = escrow(&["inspect", fixtures::TYPED, "--config", config]);
+    assert!(
+        stdout(&inspected)
+            .contains("; undone by catalog.unquote; through breaker quotes; granted by catalog.*"),
+        "{}",
+        stdout(&inspected)
+    );
+    let ran = escrow(&[
+        "run",
+        fixtures::TYPED,
+        "--config",
+        config,
+        "--input",
+        r#""fail-after quote pen 2""#,
+        "--json",
+    ]);
+    let report = json_report(&ran);
+    assert_eq!(report["status"], "failed", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(&undone).unwrap(),
+        r#"{"arguments":{"sku":"pen","quantity":2},"answer":{"cents":1999,"currency":"EUR"}}"#
+    );
+}
+
+#[test]
 fn inspect_shows_a_starlingmonkey_component_s_http_imports_as_denied_and_that_it_runs_here() {
     use fixtures::languages::{Language, checkout};
 

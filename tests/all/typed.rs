@@ -449,7 +449,7 @@ fn a_declared_interface_with_a_resource_is_refused_at_load_naming_it() {
 }
 
 #[test]
-fn a_timing_declared_for_a_function_the_interface_lacks_is_refused_at_load() {
+fn a_function_configured_that_the_interface_lacks_is_refused_at_load() {
     let mut typed = TypedEffects::new();
     for interface in [
         TypedInterface::new("escrow-test:typed/catalog", Timing::Immediate)
@@ -464,8 +464,8 @@ fn a_timing_declared_for_a_function_the_interface_lacks_is_refused_at_load() {
 
     assert!(
         error.to_string().ends_with(
-            "the timing of `price-off` is declared for `escrow-test:typed/catalog`, which has \
-             no such function (it has price-of, stock, quote)"
+            "`price-off` is configured for `escrow-test:typed/catalog`, which has no such \
+             function (it has price-of, stock, quote)"
         ),
         "{error}"
     );
@@ -688,5 +688,233 @@ mod json {
         let tiny = record.fields().find(|f| f.name == "tiny").unwrap().ty;
         let error = value_from_json(&tiny, b"200").unwrap_err();
         assert_eq!(error.to_string(), "the value: expected s8, found 200");
+    }
+}
+
+mod guarded {
+    //! Compensations and breakers of typed immediate effects, named by the
+    //! operator for `catalog.quote`.
+
+    use std::sync::{Arc, Mutex};
+
+    use escrow_host::breakers::{BreakerConfig, Breakers};
+    use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
+    use escrow_host::outbox::{EntryKind, Filter, Outbox, SqliteOutbox};
+    use escrow_host::typed::{Timing, TypedEffects, TypedInterface};
+    use escrow_host::{BreakerVerdict, CallError, Plugin, Status};
+    use escrow_tests::fixtures;
+
+    use super::{Answering, answer, granted, host_with, run};
+
+    /// The typed fixture with `catalog.quote` undone by `catalog.unquote`,
+    /// or made through the breaker `quotes`.
+    fn plugin(
+        catalog: TypedInterface,
+        ledger: TypedInterface,
+    ) -> Result<Plugin, escrow_host::Error> {
+        let values = TypedInterface::new("escrow-test:typed/values", Timing::Deferred).unwrap();
+        let mut typed = TypedEffects::new();
+        for interface in [catalog, ledger, values] {
+            typed.add(interface).unwrap();
+        }
+        host_with(typed).load_file(fixtures::TYPED)
+    }
+
+    fn catalog() -> TypedInterface {
+        TypedInterface::new("escrow-test:typed/catalog", Timing::Immediate).unwrap()
+    }
+
+    fn ledger() -> TypedInterface {
+        TypedInterface::new("escrow-test:typed/ledger", Timing::Deferred).unwrap()
+    }
+
+    fn compensated() -> Plugin {
+        let catalog = catalog().compensate("quote", "catalog.unquote").unwrap();
+        plugin(catalog, ledger()).unwrap()
+    }
+
+    const PRICE: &str = r#"{"cents":1999,"currency":"EUR"}"#;
+
+    #[tokio::test]
+    async fn a_failed_run_undoes_a_compensated_typed_call_with_its_arguments_and_the_answer() {
+        let handler = Answering::with(Ok(PRICE));
+        let plugin =
+            compensated().with_handlers(handler.handlers(&["catalog.quote", "catalog.unquote"]));
+
+        let succeeded = run(&plugin, "quote pen 2", granted(&["catalog.*"])).await;
+        assert_eq!(
+            answer(&succeeded),
+            r#"Ok(Price { cents: 1999, currency: "EUR" })"#
+        );
+        assert!(
+            succeeded.compensations.is_empty(),
+            "a success undoes nothing"
+        );
+
+        let failed = run(&plugin, "fail-after quote pen 2", granted(&["catalog.*"])).await;
+        assert_eq!(failed.status(), Status::Failed);
+        let [undo] = failed.compensations.as_slice() else {
+            panic!("one compensation: {:?}", failed.compensations);
+        };
+        let undo_payload =
+            r#"{"arguments":{"sku":"pen","quantity":2},"answer":{"cents":1999,"currency":"EUR"}}"#;
+        assert_eq!(undo.effect, "catalog.unquote");
+        assert_eq!(String::from_utf8_lossy(&undo.payload), undo_payload);
+        assert_eq!(undo.result.as_deref(), Ok(PRICE.as_bytes()));
+        let arguments = r#"{"sku":"pen","quantity":2}"#;
+        assert_eq!(
+            *handler.calls.lock().unwrap(),
+            [
+                ("catalog.quote".into(), arguments.into()),
+                ("catalog.quote".into(), arguments.into()),
+                ("catalog.unquote".into(), undo_payload.into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compensated_typed_call_without_a_grant_for_its_compensation_is_refused_unperformed()
+    {
+        let handler = Answering::with(Ok(PRICE));
+        let plugin =
+            compensated().with_handlers(handler.handlers(&["catalog.quote", "catalog.unquote"]));
+
+        let outcome = run(&plugin, "quote pen 2", granted(&["catalog.quote"])).await;
+
+        assert!(
+            answer(&outcome)
+                .starts_with(r#"Err(EffectError::Refused(Refusal::NotGranted("`catalog.unquote`"#),
+            "{}",
+            answer(&outcome)
+        );
+        assert!(
+            handler.calls.lock().unwrap().is_empty(),
+            "nothing performed"
+        );
+    }
+
+    /// Answers `catalog.quote` and records whether the outbox held its
+    /// compensation, with which payload, when it was performed.
+    #[derive(Clone)]
+    struct Journaled {
+        outbox: Outbox,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Journaled {
+        async fn call(&self, call: Call<'_>) -> Result<Vec<u8>, CallError> {
+            if !call.compensation && call.effect == "catalog.quote" {
+                let entries = self.outbox.store().list(&Filter::default()).await.unwrap();
+                for e in entries {
+                    if e.entry.kind == EntryKind::Compensation && e.entry.run_id == call.run_id {
+                        let payload = String::from_utf8_lossy(&e.entry.payload).into_owned();
+                        self.seen.lock().unwrap().push(payload);
+                    }
+                }
+            }
+            Ok(PRICE.as_bytes().to_vec())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compensated_typed_call_is_journaled_with_its_arguments_before_it_is_performed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("outbox.db")).unwrap());
+        let handler = Journaled {
+            outbox: outbox.clone(),
+            seen: Arc::default(),
+        };
+        let mut handlers = Handlers::new();
+        for effect in ["catalog.quote", "catalog.unquote"] {
+            handlers
+                .register(effect, EffectKind::Action, Arc::new(handler.clone()))
+                .unwrap();
+        }
+        let plugin = compensated()
+            .with_handlers(handlers)
+            .with_outbox(Some(outbox.clone()));
+
+        let failed = run(&plugin, "fail-after quote pen 2", granted(&["catalog.*"])).await;
+
+        assert_eq!(failed.status(), Status::Failed);
+        assert_eq!(
+            *handler.seen.lock().unwrap(),
+            [r#"{"arguments":{"sku":"pen","quantity":2}}"#],
+            "what is owed if the host stops during the call: the arguments, no answer yet"
+        );
+        assert_eq!(failed.compensations.len(), 1);
+        assert_eq!(
+            outbox.store().stats().await.unwrap().pending,
+            0,
+            "performed, so no longer owed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_typed_call_through_an_open_breaker_is_not_performed_and_the_guest_hears_why() {
+        let plugin = plugin(catalog().breaker("quote", "quotes").unwrap(), ledger()).unwrap();
+        let mut breakers = Breakers::default();
+        breakers
+            .define(
+                "quotes",
+                BreakerConfig {
+                    failure_threshold: 1,
+                    ..BreakerConfig::default()
+                },
+            )
+            .unwrap();
+        let handler = Answering::with(Err("the price list is down"));
+        let plugin = plugin
+            .with_handlers(handler.handlers(&["catalog.quote"]))
+            .with_breakers(Arc::new(breakers));
+
+        let first = run(&plugin, "quote pen 1", granted(&["catalog.*"])).await;
+        assert_eq!(
+            answer(&first),
+            r#"Err(EffectError::Failed("the price list is down"))"#
+        );
+        let second = run(&plugin, "quote pen 1", granted(&["catalog.*"])).await;
+
+        assert!(
+            answer(&second).starts_with(
+                r#"Err(EffectError::Failed("the breaker `quotes` is open: `catalog.quote` was not performed; retry after "#
+            ),
+            "{}",
+            answer(&second)
+        );
+        assert_eq!(handler.calls.lock().unwrap().len(), 1, "called once");
+        let [decision] = second.breakers.as_slice() else {
+            panic!("one breaker decision: {:?}", second.breakers);
+        };
+        assert_eq!(decision.effect, "catalog.quote");
+        assert!(
+            matches!(decision.verdict, BreakerVerdict::Rejected { .. }),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn compensations_and_breakers_on_functions_that_cannot_have_them_are_refused_at_load() {
+        for ((catalog, ledger), error) in [
+            (
+                (catalog().breaker("stock", "quotes").unwrap(), ledger()),
+                "`catalog.stock` goes through the breaker `quotes`, so it must be able to tell \
+                 the guest the circuit is open: it must return result<_, string> or \
+                 result<_, effect-error> (escrow:host/effects)",
+            ),
+            (
+                (
+                    catalog(),
+                    ledger().compensate("post", "ledger.unpost").unwrap(),
+                ),
+                "`ledger.post` is deferred and is given a compensation; only immediate \
+                 functions have compensations and breakers (an intent is undone by not \
+                 dispatching it)",
+            ),
+        ] {
+            let refused = plugin(catalog, ledger).err().expect("refused").to_string();
+            assert!(refused.ends_with(error), "{refused}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::bindings::escrow::host::breakers::{
 };
 use crate::bindings::escrow::host::effects::EffectError;
 use crate::breakers::{Breakers, Defined};
+use crate::capabilities::effects::Undo;
 use crate::ctx::EscrowCtx;
 use crate::limits::{MAX_EFFECT_NAME_BYTES, kept};
 use crate::outcome::{BreakerDecision, BreakerVerdict, Refusal};
@@ -89,56 +90,8 @@ impl HostBreaker for EscrowCtx {
             });
             return Ok(Err(BreakerError::Effect(EffectError::Refused(refusal))));
         }
-        let mut transitions = Vec::new();
-        let trial = match breakers.admit(defined).await {
-            Admission::Rejected {
-                retry_after_ms,
-                lapsed,
-            } => {
-                transitions.extend(lapsed);
-                self.breaker_decisions.push(BreakerDecision {
-                    seq,
-                    breaker: name,
-                    effect,
-                    verdict: BreakerVerdict::Rejected { retry_after_ms },
-                    transitions,
-                });
-                return Ok(Err(BreakerError::CircuitOpen(retry_after_ms)));
-            }
-            Admission::Allowed { trial, transition } => {
-                transitions.extend(transition);
-                trial
-            }
-        };
-        // If the run is dropped or cut off while the call runs, the trial
-        // still reports: as failed, at once, not after its lease.
-        let unreported = trial.then(|| UnreportedTrial {
-            breakers: Arc::clone(&breakers),
-            name: Some(Arc::clone(&name)),
-        });
-        let performed = self.perform_as(seq, effect.clone(), payload, None).await;
-        if let Some(unreported) = unreported {
-            unreported.reported();
-        }
-        let counted = match &performed {
-            Ok(Ok(_)) => CallResult::Success,
-            Ok(Err(EffectError::Refused(_))) => CallResult::NotCalled,
-            Ok(Err(EffectError::Failed(message))) if defined.ignores(message) => {
-                CallResult::Success
-            }
-            // A failed call, or one still running at the deadline.
-            Ok(Err(EffectError::Failed(_))) | Err(_) => CallResult::Failure,
-        };
-        transitions.extend(breakers.record(defined, trial, counted).await);
-        tracing::debug!(seq, breaker = %name, trial, counted = counted.as_str(), "breaker call");
-        self.breaker_decisions.push(BreakerDecision {
-            seq,
-            breaker: name,
-            effect,
-            verdict: BreakerVerdict::Allowed { trial, counted },
-            transitions,
-        });
-        Ok(performed?.map_err(BreakerError::Effect))
+        self.perform_guarded(&breakers, defined, seq, effect, payload, None)
+            .await
     }
 
     async fn drop(&mut self, _breaker: Resource<Breaker>) -> wasmtime::Result<()> {
@@ -178,6 +131,71 @@ impl Drop for UnreportedTrial {
 }
 
 impl EscrowCtx {
+    /// Performs the immediate effect `effect` through the breaker
+    /// `defined`, as request `seq`: rejected while it is open, counted by
+    /// what the handler answered, and recorded.
+    pub(crate) async fn perform_guarded(
+        &mut self,
+        breakers: &Arc<Breakers>,
+        defined: &Defined,
+        seq: u64,
+        effect: String,
+        payload: Vec<u8>,
+        undo: Option<Undo>,
+    ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
+        let name = Arc::clone(&defined.name);
+        let mut transitions = Vec::new();
+        let trial = match breakers.admit(defined).await {
+            Admission::Rejected {
+                retry_after_ms,
+                lapsed,
+            } => {
+                transitions.extend(lapsed);
+                self.breaker_decisions.push(BreakerDecision {
+                    seq,
+                    breaker: name,
+                    effect,
+                    verdict: BreakerVerdict::Rejected { retry_after_ms },
+                    transitions,
+                });
+                return Ok(Err(BreakerError::CircuitOpen(retry_after_ms)));
+            }
+            Admission::Allowed { trial, transition } => {
+                transitions.extend(transition);
+                trial
+            }
+        };
+        // If the run is dropped or cut off while the call runs, the trial
+        // still reports: as failed, at once, not after its lease.
+        let unreported = trial.then(|| UnreportedTrial {
+            breakers: Arc::clone(breakers),
+            name: Some(Arc::clone(&name)),
+        });
+        let performed = self.perform_as(seq, effect.clone(), payload, undo).await;
+        if let Some(unreported) = unreported {
+            unreported.reported();
+        }
+        let counted = match &performed {
+            Ok(Ok(_)) => CallResult::Success,
+            Ok(Err(EffectError::Refused(_))) => CallResult::NotCalled,
+            Ok(Err(EffectError::Failed(message))) if defined.ignores(message) => {
+                CallResult::Success
+            }
+            // A failed call, or one still running at the deadline.
+            Ok(Err(EffectError::Failed(_))) | Err(_) => CallResult::Failure,
+        };
+        transitions.extend(breakers.record(defined, trial, counted).await);
+        tracing::debug!(seq, breaker = %name, trial, counted = counted.as_str(), "breaker call");
+        self.breaker_decisions.push(BreakerDecision {
+            seq,
+            breaker: name,
+            effect,
+            verdict: BreakerVerdict::Allowed { trial, counted },
+            transitions,
+        });
+        Ok(performed?.map_err(BreakerError::Effect))
+    }
+
     fn opened(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<&Defined> {
         self.opened_in(&self.breakers, breaker)
     }

@@ -30,13 +30,27 @@ impl Host for EscrowCtx {
         compensate: String,
         compensate_payload: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
-        self.perform(effect, payload, Some((compensate, compensate_payload)))
-            .await
+        let undo = Undo {
+            effect: compensate,
+            payload: compensate_payload,
+            answer: false,
+        };
+        self.perform(effect, payload, Some(undo)).await
     }
 }
 
 /// What a call will undo with, once its handler has run.
-type Undo = (String, Vec<u8>);
+pub(crate) struct Undo {
+    /// The compensation's effect.
+    pub effect: String,
+    /// Its payload, journaled before the call.
+    pub payload: Vec<u8>,
+    /// Whether the payload is a JSON object (`{"arguments":…}`, a typed
+    /// effect's) that the handler's answer joins as `"answer"` once it has
+    /// answered. The journaled copy, owed if the host stops during the
+    /// call, has no answer: none was known.
+    pub answer: bool,
+}
 
 /// How a handler call ended.
 enum Called {
@@ -87,8 +101,8 @@ impl EscrowCtx {
             }
         };
 
-        if let Some((compensate, compensate_payload)) = &undo
-            && let Err(error) = self.journal(seq, compensate, compensate_payload).await
+        if let Some(undo) = &undo
+            && let Err(error) = self.journal(seq, &undo.effect, &undo.payload).await
         {
             // The undo could not be made durable: the action is not performed.
             let result = Err(EffectError::Failed(format!(
@@ -124,26 +138,33 @@ impl EscrowCtx {
         };
         // The handler was called: whatever it answered, it may have acted,
         // so its undo is registered.
-        let compensation = undo.map(|(compensate, compensate_payload)| {
-            let handler = self
-                .handlers
-                .get(&compensate)
-                .expect("checked by admit")
-                .handler
-                .clone();
-            self.payload_bytes += compensate_payload.len();
-            self.compensations.push(PendingCompensation {
-                seq,
-                effect: compensate.clone(),
-                payload: compensate_payload,
-                handler,
-            });
-            compensate
-        });
         let (max, max_total) = (
             self.limits.max_payload_bytes,
             self.limits.max_total_payload_bytes,
         );
+        let compensation = undo.map(|undo| {
+            let handler = self
+                .handlers
+                .get(&undo.effect)
+                .expect("checked by admit")
+                .handler
+                .clone();
+            let mut payload = undo.payload;
+            if undo.answer
+                && let Called::Answered(Ok(answer)) = &called
+                && answer.len() <= max
+            {
+                join_answer(&mut payload, answer);
+            }
+            self.payload_bytes += payload.len();
+            self.compensations.push(PendingCompensation {
+                seq,
+                effect: undo.effect.clone(),
+                payload,
+                handler,
+            });
+            undo.effect
+        });
         // The answer is kept in the outcome like a payload, so it counts
         // towards the run's total; one that does not fit is not kept.
         let total = self.payload_bytes + payload.len();
@@ -232,10 +253,13 @@ impl EscrowCtx {
         payload: &[u8],
         undo: Option<Undo>,
     ) -> Result<(Registered, Option<Undo>), (Refusal, bool)> {
-        let held = payload.len() + undo.as_ref().map_or(0, |(_, p)| p.len());
+        let held = payload.len() + undo.as_ref().map_or(0, |undo| undo.payload.len());
         let refused = |r: Refused| (r.refusal, r.keep_payload);
         self.check_request(effect, held).map_err(refused)?;
-        if let Some((compensate, _)) = &undo {
+        if let Some(Undo {
+            effect: compensate, ..
+        }) = &undo
+        {
             self.check_request(compensate, 0).map_err(refused)?;
             if self.handlers.get(compensate).is_none() {
                 let refusal = Refusal::NotGranted(format!(
@@ -297,5 +321,17 @@ impl EscrowCtx {
             result: result.clone(),
             compensation,
         });
+    }
+}
+
+/// `{"arguments":…}` becomes `{"arguments":…,"answer":…}`, when the answer
+/// is JSON; an answer that is not stays out.
+fn join_answer(payload: &mut Vec<u8>, answer: &[u8]) {
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(answer).is_ok();
+    if is_json && payload.last() == Some(&b'}') {
+        payload.pop();
+        payload.extend_from_slice(b",\"answer\":");
+        payload.extend_from_slice(answer);
+        payload.push(b'}');
     }
 }

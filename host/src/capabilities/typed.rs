@@ -2,9 +2,13 @@
 //! and recorded as `enqueue` (deferred) or `invoke` (immediate) record
 //! theirs, with the arguments as a JSON object for payload.
 
+use std::sync::Arc;
+
 use wasmtime::component::Val;
 
+use crate::bindings::escrow::host::breakers::BreakerError;
 use crate::bindings::escrow::host::intents::Host as _;
+use crate::capabilities::effects::Undo;
 use crate::ctx::EscrowCtx;
 use crate::limits::Limit;
 use crate::outcome::{EffectError, Failure, Refusal};
@@ -56,7 +60,7 @@ impl EscrowCtx {
         params: &[Val],
     ) -> wasmtime::Result<Option<Val>> {
         let performed = match self.typed_payload(function, params)? {
-            Payload::Json(json) => self.perform(function.effect.clone(), json, None).await?,
+            Payload::Json(json) => self.perform_json(function, json).await?,
             Payload::TooLarge(refusal) => match self.next_seq() {
                 Ok(seq) => {
                     let result = Err(EffectError::Refused(refusal));
@@ -126,6 +130,61 @@ impl EscrowCtx {
         })
     }
 
+    /// Performs an immediate typed call whose arguments are `json`: with
+    /// its compensation registered, and through its breaker.
+    async fn perform_json(
+        &mut self,
+        function: &TypedFunction,
+        json: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
+        let effect = function.effect.clone();
+        let undo = function.compensate.as_ref().map(|compensate| {
+            let mut payload = Vec::with_capacity(json.len() + ARGUMENTS.len() + 1);
+            payload.extend_from_slice(ARGUMENTS);
+            payload.extend_from_slice(&json);
+            payload.push(b'}');
+            Undo {
+                effect: compensate.clone(),
+                payload,
+                answer: true,
+            }
+        });
+        let Some(breaker) = &function.breaker else {
+            return self.perform(effect, json, undo).await;
+        };
+        let seq = match self.next_seq() {
+            Ok(seq) => seq,
+            Err(refusal) => return Ok(Err(EffectError::Refused(refusal))),
+        };
+        let breakers = Arc::clone(&self.breakers);
+        let Some(defined) = breakers.defined(breaker) else {
+            // Checked at load against the host's breakers; a plugin given
+            // others since may lack it.
+            let result = Err(EffectError::Failed(format!(
+                "`{effect}` goes through the breaker `{breaker}`, which is not defined"
+            )));
+            let kind = self.handlers.kind(&effect);
+            self.record(seq, effect, json, kind, &result, None);
+            return Ok(result);
+        };
+        Ok(
+            match self
+                .perform_guarded(&breakers, defined, seq, effect, json, undo)
+                .await?
+            {
+                Ok(answer) => Ok(answer),
+                Err(BreakerError::Effect(error)) => Err(error),
+                Err(BreakerError::CircuitOpen(retry_after_ms)) => {
+                    Err(EffectError::Failed(format!(
+                        "the breaker `{breaker}` is open: `{}` was not performed; retry after \
+                         {retry_after_ms} ms",
+                        function.effect
+                    )))
+                }
+            },
+        )
+    }
+
     /// The arguments as JSON, written no further than the payload limits
     /// allow.
     fn typed_payload(
@@ -161,6 +220,10 @@ impl EscrowCtx {
         }
     }
 }
+
+/// How a typed call's compensation payload starts: its arguments come
+/// next, then, once the handler has answered, `,"answer":…}`.
+const ARGUMENTS: &[u8] = b"{\"arguments\":";
 
 /// A refusal as text: its kind and its message.
 fn refusal_text(refusal: &Refusal) -> String {

@@ -275,6 +275,8 @@ struct TypedLine {
     signature: String,
     payload: String,
     answer: Option<String>,
+    compensate: Option<String>,
+    breaker: Option<String>,
     granted_by: Option<String>,
 }
 
@@ -309,6 +311,8 @@ impl TypedLine {
             signature: format!("func({}){result}", params.join(", ")),
             payload: format!("{{{}}}", fields.join(", ")),
             answer,
+            compensate: checked.compensate.clone(),
+            breaker: checked.breaker.as_deref().map(str::to_owned),
             granted_by: granted_by.map(str::to_owned),
         }
     }
@@ -322,8 +326,16 @@ impl TypedLine {
             Some(answer) => format!("; answer {answer}"),
             None => String::new(),
         };
+        let undo = match &self.compensate {
+            Some(effect) => format!("; undone by {effect}"),
+            None => String::new(),
+        };
+        let breaker = match &self.breaker {
+            Some(name) => format!("; through breaker {name}"),
+            None => String::new(),
+        };
         format!(
-            "{} ({}): {}\n    payload {}{answer}; {granted}",
+            "{} ({}): {}\n    payload {}{answer}{undo}{breaker}; {granted}",
             self.effect,
             self.timing.as_str(),
             self.signature,
@@ -338,6 +350,8 @@ impl TypedLine {
             "signature": self.signature,
             "payload": self.payload,
             "answer": self.answer,
+            "compensate": self.compensate,
+            "breaker": self.breaker,
             "granted_by": self.granted_by,
         })
     }

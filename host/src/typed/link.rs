@@ -49,10 +49,10 @@ pub fn imported(
             .filter(|(_, export)| matches!(export.ty, ComponentItem::ComponentFunc(_)))
             .map(|(name, _)| name)
             .collect();
-        if let Some(unknown) = declared.overridden().find(|f| !names.contains(f)) {
+        if let Some(unknown) = declared.configured().find(|f| !names.contains(f)) {
             return Err(format!(
-                "the timing of `{unknown}` is declared for `{import}`, which has no such \
-                 function (it has {})",
+                "`{unknown}` is configured for `{import}`, which has no such function (it \
+                 has {})",
                 names.join(", ")
             ));
         }
@@ -68,7 +68,8 @@ pub fn imported(
                 continue;
             };
             let effect = declared.effect(function);
-            let checked = TypedFunction::check(effect, declared.timing_of(function), func)?;
+            let checked = TypedFunction::check(effect, declared.timing_of(function), func)?
+                .guarded(declared.config_of(function))?;
             functions.push(Imported {
                 interface: import.to_owned(),
                 function: function.to_owned(),

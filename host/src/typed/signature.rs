@@ -1,11 +1,13 @@
 //! Which WIT signatures a typed effect may have, checked when a plugin is
 //! loaded.
 
+use std::sync::Arc;
+
 use wasmtime::component::Type;
 use wasmtime::component::types::ComponentFunc;
 
-use super::Timing;
 use super::values::name;
+use super::{FunctionConfig, Timing};
 
 /// How a typed function tells its guest that the host said no or the
 /// handler failed, without trapping.
@@ -41,6 +43,10 @@ pub struct TypedFunction {
     /// The type a handler's answer is read as: the `ok` of a result with
     /// an error channel, or the whole result; `None` for nothing.
     pub answer: Option<Type>,
+    /// The effect that undoes a call (immediate functions only).
+    pub compensate: Option<String>,
+    /// The circuit breaker calls go through (immediate functions only).
+    pub breaker: Option<Arc<str>>,
 }
 
 impl TypedFunction {
@@ -119,7 +125,47 @@ impl TypedFunction {
             result,
             channel,
             answer,
+            compensate: None,
+            breaker: None,
         })
+    }
+
+    /// With the compensation and breaker `config` names.
+    ///
+    /// # Errors
+    ///
+    /// One line for a compensation or breaker on a deferred function (an
+    /// intent is undone by not dispatching it, and is dispatched after the
+    /// run), and for a breaker on a function that cannot tell its guest the
+    /// circuit is open.
+    pub fn guarded(mut self, config: Option<&FunctionConfig>) -> Result<Self, String> {
+        let Some(config) = config else {
+            return Ok(self);
+        };
+        let effect = &self.effect;
+        if self.timing == Timing::Deferred {
+            let guard = match (&config.compensate, &config.breaker) {
+                (Some(_), _) => "a compensation",
+                (None, Some(_)) => "a breaker",
+                (None, None) => return Ok(self),
+            };
+            return Err(format!(
+                "`{effect}` is deferred and is given {guard}; only immediate functions have \
+                 compensations and breakers (an intent is undone by not dispatching it)"
+            ));
+        }
+        if let Some(breaker) = &config.breaker
+            && matches!(self.channel, Channel::None | Channel::Refusal)
+        {
+            return Err(format!(
+                "`{effect}` goes through the breaker `{breaker}`, so it must be able to tell \
+                 the guest the circuit is open: it must return result<_, string> or \
+                 result<_, effect-error> (escrow:host/effects)"
+            ));
+        }
+        self.compensate.clone_from(&config.compensate);
+        self.breaker = config.breaker.as_deref().map(Arc::from);
+        Ok(self)
     }
 }
 
