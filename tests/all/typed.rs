@@ -913,7 +913,10 @@ mod guarded {
                  dispatching it)",
             ),
         ] {
-            let refused = plugin(catalog, ledger).err().expect("refused").to_string();
+            let Err(refused) = plugin(catalog, ledger) else {
+                panic!("loaded, and should have been refused: {error}");
+            };
+            let refused = refused.to_string();
             assert!(refused.ends_with(error), "{refused}");
         }
     }
