@@ -142,7 +142,9 @@ fn per_call(c: &mut Criterion) {
 
     // escrow: typed effects, each next to the escrow call with the same
     // JSON payload: a deferred call carrying a record of 3 fields
-    // (`ledger.post`) and `enqueue`; an immediate call answered `1` as a u32
+    // (`ledger.post`) and `enqueue`, of the payload ready and of the payload
+    // serialized from the same record in the guest, as a string-effect
+    // plugin makes it; an immediate call answered `1` as a u32
     // (`catalog.stock`) and `invoke`.
     let typed = baseline::typed_plugin();
     let typed_options = RunOptions::new()
@@ -155,6 +157,7 @@ fn per_call(c: &mut Criterion) {
     for (name, mode) in [
         ("typed_deferred", "post"),
         ("enqueue_same_payload", "enqueue"),
+        ("enqueue_serialized_in_guest", "serialize"),
         ("typed_immediate", "stock"),
         ("invoke_same_payload", "invoke"),
     ] {
@@ -772,6 +775,12 @@ fn summary() {
             ours: ("per_call", "typed_deferred", CALLS_PER_RUN),
             baseline_name: "enqueue, same JSON",
             baseline: ("per_call", "enqueue_same_payload", CALLS_PER_RUN),
+        },
+        Row {
+            name: "deferred typed call, record of 3 fields",
+            ours: ("per_call", "typed_deferred", CALLS_PER_RUN),
+            baseline_name: "enqueue, JSON made in guest",
+            baseline: ("per_call", "enqueue_serialized_in_guest", CALLS_PER_RUN),
         },
         Row {
             name: "deferred typed call, record of 3 fields",

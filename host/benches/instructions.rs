@@ -22,10 +22,12 @@
 //! - `lock`: N memory locks taken and released;
 //! - `run` / `instantiate`: N whole runs of 2 committed intents / N bare
 //!   instantiations of the same component;
-//! - `typed-deferred` / `typed-enqueue` / `bare-typed`: N deferred typed
-//!   calls carrying a record of 3 fields / N `enqueue`s of the same JSON /
-//!   N calls of the same function to a wasmtime dynamic host function that
-//!   does nothing (the arguments lifted into `Val`s and dropped);
+//! - `typed-deferred` / `typed-enqueue` / `typed-serialize` / `bare-typed`:
+//!   N deferred typed calls carrying a record of 3 fields / N `enqueue`s of
+//!   the same JSON, ready / serialized from the same record in the guest
+//!   each time / N calls of the same function to a wasmtime dynamic host
+//!   function that does nothing (the arguments lifted into `Val`s and
+//!   dropped);
 //! - `typed-immediate` / `typed-invoke`: N immediate typed calls answered
 //!   as a u32 / N `invoke`s of the same JSON.
 
@@ -59,9 +61,10 @@ fn main() {
     run(scenario, n);
 }
 
-const SCENARIOS: [&str; 16] = [
+const SCENARIOS: [&str; 17] = [
     "typed-deferred",
     "typed-enqueue",
+    "typed-serialize",
     "bare-typed",
     "typed-immediate",
     "typed-invoke",
@@ -193,7 +196,8 @@ fn run(scenario: &str, n: u64) {
                 });
             }
         }
-        "typed-deferred" | "typed-enqueue" | "typed-immediate" | "typed-invoke" => {
+        "typed-deferred" | "typed-enqueue" | "typed-serialize" | "typed-immediate"
+        | "typed-invoke" => {
             let typed = baseline::typed_plugin();
             let options = RunOptions::new()
                 .grants(Grants::new().effects(["ledger.*", "catalog.*"]).unwrap())
@@ -202,6 +206,7 @@ fn run(scenario: &str, n: u64) {
             let mode = match scenario {
                 "typed-deferred" => "post",
                 "typed-enqueue" => "enqueue",
+                "typed-serialize" => "serialize",
                 "typed-immediate" => "stock",
                 _ => "invoke",
             };

@@ -21,7 +21,7 @@ count() {
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(intent bare-call commit invoke bare-invoke bare-async-invoke breaker lock run instantiate typed-deferred typed-enqueue bare-typed typed-immediate typed-invoke)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(intent bare-call commit invoke bare-invoke bare-async-invoke breaker lock run instantiate typed-deferred typed-enqueue typed-serialize bare-typed typed-immediate typed-invoke)
 for scenario in "${scenarios[@]}"; do
     case $scenario in
         run | instantiate) n1=100 n2=300 ;;
