@@ -519,6 +519,34 @@ fn compiled_plugins_are_cached_on_disk_and_reused() {
 }
 
 #[test]
+fn inspect_and_run_share_the_compile_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let escrow_in_cache = |command: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_escrow"))
+            .args([command, fixtures::CHECKOUT, "--config"])
+            .arg(example_config("checkout"))
+            .args(extra)
+            .env("ESCROW_CACHE_DIR", cache.path())
+            .output()
+            .unwrap()
+    };
+
+    let inspected = escrow_in_cache("inspect", &["--no-cache"]);
+    assert_eq!(inspected.status.code(), Some(0), "{}", stderr(&inspected));
+    assert!(walk(cache.path()).is_empty(), "--no-cache leaves it alone");
+    assert_eq!(escrow_in_cache("inspect", &[]).status.code(), Some(0));
+    let cached = walk(cache.path());
+    assert!(!cached.is_empty(), "inspect fills the cache");
+    let ran = escrow_in_cache("run", &[]);
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    assert_eq!(
+        walk(cache.path()),
+        cached,
+        "run reuses what inspect compiled"
+    );
+}
+
+#[test]
 fn no_cache_leaves_the_cache_alone() {
     let cache = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_escrow"))

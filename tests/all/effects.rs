@@ -154,7 +154,7 @@ async fn an_immediate_effect_without_a_grant_is_refused_and_no_handler_runs() {
 }
 
 #[tokio::test]
-async fn an_effect_no_handler_performs_is_refused_not_granted() {
+async fn a_granted_effect_no_handler_performs_is_refused_not_granted_saying_what_to_add() {
     let (_, handlers) = journal_of(&["orders.create"]);
     let steps = json!([
         invoke("orders.unknown"),
@@ -163,12 +163,10 @@ async fn an_effect_no_handler_performs_is_refused_not_granted() {
     let outcome = run_script_with(steps, granted(), &Recorder::new(), handlers).await;
 
     let results = results(&outcome);
-    assert!(
-        results[0]["refused"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no handler performs `orders.unknown`")
-    );
+    assert!(results[0]["refused"]["message"].as_str().unwrap().contains(
+        "`orders.unknown` is granted, but no handler performs it: give it a \
+                 [handlers.\"orders.unknown\"] entry in the config"
+    ));
     assert!(
         results[1]["refused"]["message"]
             .as_str()

@@ -287,10 +287,12 @@ impl State {
     }
 
     fn handler(&self, effect: &str) -> Result<(Kind, FakeHandler), Refusal> {
-        self.handlers
-            .get(effect)
-            .cloned()
-            .ok_or_else(|| Refusal::NotGranted(format!("no handler performs `{effect}`")))
+        self.handlers.get(effect).cloned().ok_or_else(|| {
+            Refusal::NotGranted(format!(
+                "`{effect}` is granted, but no handler performs it: give the sandbox one \
+                     (`Sandbox::query` or `Sandbox::action`)"
+            ))
+        })
     }
 
     fn check_call(

@@ -270,7 +270,10 @@ impl EscrowCtx {
         }
         let Some(registered) = self.handlers.get(effect).cloned() else {
             return Err((
-                Refusal::NotGranted(format!("no handler performs `{effect}`")),
+                Refusal::NotGranted(format!(
+                    "`{effect}` is granted, but no handler performs it: give it a \
+                     [handlers.\"{effect}\"] entry in the config"
+                )),
                 true,
             ));
         };

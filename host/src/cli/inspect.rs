@@ -29,6 +29,10 @@ pub(crate) struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Compile the plugin afresh instead of using the on-disk cache `run`
+    /// shares.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 fn list(items: &[String]) -> String {
@@ -47,13 +51,17 @@ pub(crate) fn main(args: InspectArgs) -> anyhow::Result<u8> {
     config.grants.effects.extend(args.grant.iter().cloned());
     let grants = config.grants().map_err(anyhow::Error::msg)?;
     // The host `escrow run` would build: the same pool, so the same
-    // components fit, and the same verdict.
-    let host = Host::builder()
+    // components fit, and the same verdict; the same engine, so each
+    // compiles a component the other has compiled from the cache.
+    let mut host = Host::builder()
         .max_concurrent_runs(1)
         .max_memory_bytes(config.limits().max_memory_bytes)
         .slot_size(config.slot_size())
-        .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?)
-        .build()?;
+        .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?);
+    if let Some(dir) = super::cache_dir().filter(|_| !args.no_cache) {
+        host = host.cache_dir(dir);
+    }
+    let host = host.build()?;
     let component = match host.compile_file(&args.plugin) {
         Ok(component) => component,
         Err(error @ escrow_host::Error::Limits(_)) => {
