@@ -1578,6 +1578,43 @@ timing = "deferred"
 }
 
 #[test]
+fn a_python_plugin_s_uncaught_exception_shows_its_traceback_under_guest_stderr() {
+    use fixtures::languages::{Language, tour};
+
+    let output = escrow(&[
+        "run",
+        tour(Language::Python).to_str().unwrap(),
+        "--input",
+        r#"{"do": "uncaught-refusal"}"#,
+    ]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("run failed") && text.contains("refused: not granted: `never.granted`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the plugin wrote to stderr: see `guest stderr` below)"),
+        "{text}"
+    );
+    for line in [
+        "  | Traceback (most recent call last):",
+        "  | escrow_guest.Refused: refused: not granted: `never.granted` is not covered by \
+         the plugin's grants",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line `{line}` in\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("  |   File \"")
+            && l.contains("app.py\", line 23, in uncaught_refusal")),
+        "{text}"
+    );
+}
+
+#[test]
 fn inspect_shows_a_starlingmonkey_component_s_http_imports_as_denied_and_that_it_runs_here() {
     use fixtures::languages::{Language, checkout};
 

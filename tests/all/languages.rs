@@ -12,7 +12,7 @@ use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::handlers::{FnHandler, Handlers};
 use escrow_host::limits::MAX_HTTP_FIELDS_BYTES;
 use escrow_host::policy::DropAll;
-use escrow_host::{CallError, Failure, Grants, Outcome, Plugin, RunOptions, Status};
+use escrow_host::{CallError, Dispatch, Failure, Grants, Outcome, Plugin, RunOptions, Status};
 use escrow_tests::fixtures::languages::{self, Language};
 use escrow_tests::{Recorder, fates, fixtures};
 use serde_json::{Value, json};
@@ -140,6 +140,10 @@ fn tour(language: Language) -> Plugin {
 }
 
 async fn run_tour(language: Language, case: Value) -> Outcome {
+    run_tour_with(language, case, Dispatch::Now).await
+}
+
+async fn run_tour_with(language: Language, case: Value, dispatch: Dispatch) -> Outcome {
     let grants = Grants::new()
         .effects([
             "kept.*",
@@ -159,6 +163,7 @@ async fn run_tour(language: Language, case: Value) -> Outcome {
         .run(
             RunOptions::new()
                 .grants(grants)
+                .dispatch(dispatch)
                 .input(serde_json::to_vec(&case).unwrap()),
         )
         .await
@@ -419,4 +424,109 @@ async fn http_headers_past_the_host_s_bound_fail_only_the_run_that_made_them() {
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "a connection reached the listener"
     );
+}
+
+/// The workspace's root directory.
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python of `tests/setup.sh`'s venv, with the helper package and the
+/// tour on its path.
+fn python() -> std::process::Command {
+    let root = workspace();
+    let mut command = std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
+    command.env(
+        "PYTHONPATH",
+        format!(
+            "{}:{}",
+            root.join("guest-sdk/python").display(),
+            root.join("tests/fixtures/python/tour").display()
+        ),
+    );
+    command
+}
+
+/// Every case of the tour.
+const TOUR_CASES: [&str; 9] = [
+    "uncaught-refusal",
+    "handled-refusal",
+    "scopes",
+    "assert-none",
+    "effects",
+    "locks",
+    "breakers",
+    "would-deadlock",
+    "bad-output",
+];
+
+#[tokio::test]
+async fn the_python_sandbox_gives_each_tour_case_the_status_output_and_intents_the_host_gives() {
+    let cases: Vec<String> = TOUR_CASES
+        .iter()
+        .map(|case| json!({ "do": case }).to_string())
+        .collect();
+    let native = python()
+        .arg(workspace().join("tests/fixtures/python/tour/native.py"))
+        .args(&cases)
+        .output()
+        .unwrap();
+    assert!(
+        native.status.success(),
+        "{}",
+        String::from_utf8_lossy(&native.stderr)
+    );
+    let native: Vec<Value> = String::from_utf8(native.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(native.len(), cases.len());
+
+    // A fencing token only rises: the host's lock service has served other
+    // runs before this one, the sandbox none.
+    let comparable = |mut summary: Value| {
+        if let Some(token) = summary.pointer_mut("/output/token") {
+            *token = json!(token.as_u64().is_some_and(|t| t > 0));
+        }
+        summary
+    };
+    for (case, native) in TOUR_CASES.iter().zip(native) {
+        let outcome = run_tour_with(Language::Python, json!({ "do": case }), Dispatch::Hold).await;
+        let host = json!({
+            "status": format!("{:?}", outcome.status()).to_lowercase(),
+            "output": match &outcome.result {
+                Ok(output) => serde_json::from_slice(output).unwrap(),
+                Err(_) => Value::Null,
+            },
+            "intents": outcome.intents.iter().map(|intent| json!([
+                intent.seq,
+                intent.effect,
+                String::from_utf8_lossy(&intent.payload),
+                intent.fate.name(),
+            ])).collect::<Vec<_>>(),
+        });
+        assert_eq!(
+            comparable(native),
+            comparable(host),
+            "the tour's `{case}`, natively and on the host"
+        );
+    }
+}
+
+#[test]
+fn the_python_sandbox_passes_its_own_tests_under_plain_pytest() {
+    let output = python()
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .current_dir(workspace().join("guest-sdk/python"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains(" passed"), "{summary}");
 }

@@ -27,6 +27,13 @@ pub(crate) fn human(outcome: &Outcome, backtrace: bool) -> String {
                 "escrow: run failed in {total:.1?}: {}",
                 printable(&error.unwrap_or_default(), backtrace)
             );
+            if !outcome.guest_stderr.is_empty() {
+                // A guest's traceback or stack, when it wrote one, is there.
+                let _ = writeln!(
+                    out,
+                    "(the plugin wrote to stderr: see `guest stderr` below)"
+                );
+            }
         }
     }
     let _ = writeln!(out, "run id: {}", outcome.run_id);

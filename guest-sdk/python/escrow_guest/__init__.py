@@ -14,19 +14,34 @@ the run with the refusal in its error.
         return {"ok": True}
 
 Build with `componentize-py -d wit -w plugin componentize app -p . -p
-guest-sdk/python -o app.wasm` (docs/guests/python.md).
+guest-sdk/python -o app.wasm` (docs/guests/python.md). Natively, as in a
+unit test, the same calls go to a sandbox that applies the host's rules
+(`escrow_guest.testing.Sandbox`).
 """
 
 import json
 import sys
+import traceback
 
-from componentize_py_types import Err
-from wit_world.imports import breakers as _breakers
-from wit_world.imports import effects as _effects
-from wit_world.imports import intents as _intents
-from wit_world.imports import locks as _locks
-from wit_world.imports import scopes as _scopes
-from wit_world.imports import types as _types
+if sys.platform == "wasi":
+    # Inside a component: the host's imports, as componentize-py binds them.
+    from componentize_py_types import Err
+    from wit_world.imports import breakers as _breakers
+    from wit_world.imports import effects as _effects
+    from wit_world.imports import intents as _intents
+    from wit_world.imports import locks as _locks
+    from wit_world.imports import scopes as _scopes
+    from wit_world.imports import types as _types
+else:
+    # Natively (a unit test): a sandbox stands in for the host
+    # (`escrow_guest.testing`).
+    from escrow_guest._native import Err
+    from escrow_guest._native import breakers as _breakers
+    from escrow_guest._native import effects as _effects
+    from escrow_guest._native import intents as _intents
+    from escrow_guest._native import locks as _locks
+    from escrow_guest._native import scopes as _scopes
+    from escrow_guest._native import types as _types
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT_MS",
@@ -64,23 +79,23 @@ class Refused(EscrowError):
     """The host refused the request; nothing was done.
 
     `kind` is the refusal's case: "not-granted", "forbidden", "limit" or
-    "invalid". A "forbidden" or "limit" refusal fails the run even when the
-    plugin handles it.
+    "invalid", and `reason` the host's words. A "forbidden" or "limit"
+    refusal fails the run even when the plugin handles it.
     """
 
-    def __init__(self, kind, message):
-        super().__init__(f"refused: {kind.replace('-', ' ')}: {message}")
+    def __init__(self, kind, reason):
+        super().__init__(f"refused: {kind.replace('-', ' ')}: {reason}")
         self.kind = kind
-        self.message = message
+        self.reason = reason
 
 
 class Failed(EscrowError):
     """The handler of an immediate effect ran and failed; it may have partly
-    applied."""
+    applied. `reason` is the handler's message."""
 
-    def __init__(self, message):
-        super().__init__(f"failed: {message}")
-        self.message = message
+    def __init__(self, reason):
+        super().__init__(f"failed: {reason}")
+        self.reason = reason
 
 
 class CircuitOpen(EscrowError):
@@ -128,8 +143,20 @@ def _encode(value):
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _decode(answer):
-    return json.loads(answer) if answer else None
+def _decode(answer, effect):
+    if not answer:
+        return None
+    try:
+        return json.loads(answer)
+    except ValueError as error:
+        shown = bytes(answer[:_SHOWN_ANSWER_BYTES]).decode(errors="replace")
+        raise ValueError(
+            f"the answer of `{effect}` is not JSON ({error}): {shown!r}"
+        ) from None
+
+
+#: How much of an answer that is not JSON an error quotes.
+_SHOWN_ANSWER_BYTES = 80
 
 
 # Deferred effects.
@@ -159,7 +186,7 @@ class PendingIntent:
 
     def json(self):
         """The payload, decoded from JSON."""
-        return _decode(self.payload)
+        return _decode(self.payload, self.effect)
 
     def __repr__(self):
         return f"PendingIntent(seq={self.seq}, effect={self.effect!r})"
@@ -176,7 +203,7 @@ def pending():
 def invoke(effect, value=None):
     """Performs `effect` now with `value` (as JSON) and returns the handler's
     answer, decoded from JSON (an empty answer is None)."""
-    return _decode(invoke_bytes(effect, _encode(value)))
+    return _decode(invoke_bytes(effect, _encode(value)), effect)
 
 
 def query(effect, value=None):
@@ -203,7 +230,7 @@ def invoke_reversible(effect, value, compensate, compensate_value):
         )
     except Err as err:
         raise _effect_error(err.value) from None
-    return _decode(bytes(answer))
+    return _decode(bytes(answer), effect)
 
 
 # Scopes.
@@ -331,7 +358,7 @@ class Breaker:
     def invoke(self, effect, value=None):
         """`invoke` through the breaker; raises `CircuitOpen` while it is open."""
         try:
-            return _decode(bytes(self._breaker.invoke(effect, _encode(value))))
+            return _decode(bytes(self._breaker.invoke(effect, _encode(value))), effect)
         except Err as err:
             error = err.value
             if isinstance(error, _breakers.BreakerError_CircuitOpen):
@@ -363,8 +390,9 @@ def plugin(function):
     The input is decoded from JSON (an empty input reads as `{}`) and passed
     to `function`; what it returns is encoded as JSON (bytes go out as they
     are) and the run returns `ok`. An exception it raises makes the run
-    return `err` with the exception's message: a refusal reads
-    "refused: not granted: ...", as in Rust.
+    return `err` with the exception's type and message (a refusal reads
+    "refused: not granted: ...", as in Rust), after its traceback is
+    written to stderr, which the host keeps as the run's `guest_stderr`.
 
     It defines the `WitWorld` class that componentize-py looks for in the
     plugin's module.
@@ -378,6 +406,8 @@ def plugin(function):
         try:
             output = function(value)
         except Exception as error:  # noqa: BLE001 - every failure is the run's result
+            # Where it was raised, for the run's guest_stderr.
+            traceback.print_exc(file=sys.stderr)
             raise Err(_message(error)) from None
         if isinstance(output, (bytes, bytearray)):
             return bytes(output)
