@@ -93,8 +93,19 @@ function encode(value) {
   return encoder.encode(JSON.stringify(value === undefined ? null : value));
 }
 
-function decode(answer) {
-  return answer.length === 0 ? null : JSON.parse(decoder.decode(answer));
+/** How much of an answer that is not JSON an error quotes. */
+const SHOWN_ANSWER_CHARS = 80;
+
+function decode(answer, effect) {
+  if (answer.length === 0) return null;
+  const text = decoder.decode(answer);
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new SyntaxError(
+      `the answer of \`${effect}\` is not JSON (${error.message}): ${JSON.stringify(text.slice(0, SHOWN_ANSWER_CHARS))}`,
+    );
+  }
 }
 
 // Deferred effects.
@@ -126,7 +137,7 @@ export function pending() {
     effect: info.effect,
     payload: info.payload,
     json() {
-      return decode(info.payload);
+      return decode(info.payload, info.effect);
     },
   }));
 }
@@ -138,7 +149,7 @@ export function pending() {
  * answer, parsed (an empty answer is null).
  */
 export function invoke(effect, value) {
-  return decode(invokeBytes(effect, encode(value)));
+  return decode(invokeBytes(effect, encode(value)), effect);
 }
 
 /** `invoke` for reading: the same call, named for what it does. */
@@ -162,7 +173,7 @@ export function invokeBytes(effect, payload) {
  */
 export function invokeReversible(effect, value, compensate, compensateValue) {
   try {
-    return decode(invokeReversibleEffect(effect, encode(value), compensate, encode(compensateValue)));
+    return decode(invokeReversibleEffect(effect, encode(value), compensate, encode(compensateValue)), effect);
   } catch (error) {
     throw effectError(hostError(error));
   }
@@ -282,7 +293,7 @@ export class Breaker {
   /** `invoke` through the breaker; throws `CircuitOpen` while it is open. */
   invoke(effect, value) {
     try {
-      return decode(this.#breaker.invoke(effect, encode(value)));
+      return decode(this.#breaker.invoke(effect, encode(value)), effect);
     } catch (error) {
       const wit = hostError(error);
       if (wit.tag === 'circuit-open') throw new CircuitOpen(wit.val);
@@ -305,10 +316,40 @@ export function breaker(name) {
 function message(error) {
   if (error instanceof EscrowError) return error.message;
   if (error instanceof Error) {
-    return error.name === 'Error' ? error.message : `${error.name}: ${error.message}`;
+    const name = errorName(error);
+    return name === 'Error' ? error.message : `${name}: ${error.message}`;
+  }
+  // A thrown value that is not an Error: as JSON, so `{ code: 42 }` stays
+  // readable.
+  if (typeof error === 'object' && error !== null) {
+    try {
+      return JSON.stringify(error);
+    } catch {
+      // Not JSON either (a cycle, a BigInt): as the language prints it.
+    }
   }
   return String(error);
 }
+
+/** An error's class name: its `name`, or its constructor's where it left `name` alone. */
+function errorName(error) {
+  return error.name !== 'Error' ? error.name : (error.constructor?.name ?? 'Error');
+}
+
+/** Where an error was thrown, for the run's guest_stderr. */
+function where(error) {
+  if (error instanceof Error && typeof error.stack === 'string' && error.stack !== '') {
+    return `${errorName(error)}: ${error.message}\n${error.stack.trimEnd()}`;
+  }
+  return `uncaught: ${message(error)}`;
+}
+
+/**
+ * The key under which a `run` made by `plugin()` keeps the run itself, for
+ * the native sandbox (testing.js): `run[PLUGIN](input, report)` runs it,
+ * handing the stack of an error to `report` instead of stderr.
+ */
+export const PLUGIN = Symbol.for('escrow.plugin');
 
 /**
  * Wraps the plugin's logic as the component's `run` export:
@@ -317,33 +358,40 @@ function message(error) {
  * The input is parsed from JSON (an empty input reads as `{}`) and passed
  * to `body`; what it returns (or, for an async `body`, what its promise
  * resolves to) is encoded as JSON (a Uint8Array goes out as it is) and the
- * run returns `ok`. An error it throws makes the run return
- * `err` with the error's message: a refusal reads "refused: not granted:
- * ...", as in Rust.
+ * run returns `ok`. An error it throws makes the run return `err` with the
+ * error's name and message (a refusal reads "refused: not granted: ...",
+ * as in Rust; a thrown value that is not an Error, as JSON), after its
+ * stack is written to stderr, which the host keeps as the run's
+ * guest_stderr.
  */
 export function plugin(body) {
-  return function run(input) {
+  const runBody = (input, report) => {
     let value;
     try {
       value = input.length === 0 ? {} : JSON.parse(decoder.decode(input));
     } catch (error) {
       throw `the input is not valid for this plugin: ${error.message}`;
     }
+    const failed = (error) => {
+      report(where(error));
+      throw message(error);
+    };
     let output;
     try {
       output = body(value);
     } catch (error) {
-      throw message(error);
+      failed(error);
     }
     // An async plugin (one that awaits `fetch`, say): componentize-js runs
     // the event loop until the promise settles.
     if (output instanceof Promise) {
-      return output.then(encodeOutput, (error) => {
-        throw message(error);
-      });
+      return output.then(encodeOutput, failed);
     }
     return encodeOutput(output);
   };
+  const run = (input) => runBody(input, (stack) => console.error(stack));
+  run[PLUGIN] = runBody;
+  return run;
 }
 
 function encodeOutput(output) {

@@ -1578,40 +1578,48 @@ timing = "deferred"
 }
 
 #[test]
-fn a_python_plugin_s_uncaught_exception_shows_its_traceback_under_guest_stderr() {
+fn a_python_or_javascript_plugin_s_uncaught_error_shows_where_it_was_raised_under_guest_stderr() {
     use fixtures::languages::{Language, tour};
 
-    let output = escrow(&[
-        "run",
-        tour(Language::Python).to_str().unwrap(),
-        "--input",
-        r#"{"do": "uncaught-refusal"}"#,
-    ]);
-    let text = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("run failed") && text.contains("refused: not granted: `never.granted`"),
-        "{text}"
-    );
-    assert!(
-        text.contains("(the plugin wrote to stderr: see `guest stderr` below)"),
-        "{text}"
-    );
-    for line in [
-        "  | Traceback (most recent call last):",
-        "  | escrow_guest.Refused: refused: not granted: `never.granted` is not covered by \
-         the plugin's grants",
-    ] {
+    for language in Language::ALL {
+        let output = escrow(&[
+            "run",
+            tour(language).to_str().unwrap(),
+            "--input",
+            r#"{"do": "uncaught-refusal"}"#,
+        ]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{text}");
         assert!(
-            text.lines().any(|l| l == line),
-            "no line `{line}` in\n{text}"
+            text.contains("run failed") && text.contains("refused: not granted: `never.granted`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(the plugin wrote to stderr: see `guest stderr` below)"),
+            "{text}"
+        );
+        let (first, raised_at) = match language {
+            Language::Python => (
+                "  | Traceback (most recent call last):",
+                "app.py\", line 23, in uncaught_refusal",
+            ),
+            Language::JavaScript => (
+                "  | Refused: refused: not granted: `never.granted` is not covered by the \
+                 plugin's grants",
+                "uncaught-refusal@tests/fixtures/javascript/tour.js:23:",
+            ),
+        };
+        assert!(
+            text.lines().any(|l| l == first),
+            "no line `{first}` in\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("  | ") && l.contains(raised_at)),
+            "{}: no line with `{raised_at}` in\n{text}",
+            language.name()
         );
     }
-    assert!(
-        text.lines().any(|l| l.starts_with("  |   File \"")
-            && l.contains("app.py\", line 23, in uncaught_refusal")),
-        "{text}"
-    );
 }
 
 #[test]

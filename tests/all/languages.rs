@@ -431,20 +431,58 @@ fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The Python of `tests/setup.sh`'s venv, with the helper package and the
-/// tour on its path.
-fn python() -> std::process::Command {
+/// The tour of `language` run natively, in its sandbox, by the toolchain
+/// `tests/setup.sh` installs: the script prints one JSON line per case.
+fn native_tour(language: Language) -> std::process::Command {
     let root = workspace();
-    let mut command = std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
-    command.env(
-        "PYTHONPATH",
-        format!(
-            "{}:{}",
-            root.join("guest-sdk/python").display(),
-            root.join("tests/fixtures/python/tour").display()
-        ),
-    );
-    command
+    match language {
+        Language::Python => {
+            let mut command =
+                std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
+            command
+                .env(
+                    "PYTHONPATH",
+                    format!(
+                        "{}:{}",
+                        root.join("guest-sdk/python").display(),
+                        root.join("tests/fixtures/python/tour").display()
+                    ),
+                )
+                .arg(root.join("tests/fixtures/python/tour/native.py"));
+            command
+        }
+        Language::JavaScript => {
+            let mut command = std::process::Command::new("node");
+            command
+                .arg("--import")
+                .arg(root.join("guest-sdk/js/register.js"))
+                .arg(root.join("tests/fixtures/javascript/native.js"));
+            command
+        }
+    }
+}
+
+/// The sandbox's own tests: pytest in `guest-sdk/python`, node's test
+/// runner in `guest-sdk/js`.
+fn sandbox_tests(language: Language) -> std::process::Command {
+    let root = workspace();
+    match language {
+        Language::Python => {
+            let mut command =
+                std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
+            command
+                .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+                .current_dir(root.join("guest-sdk/python"));
+            command
+        }
+        Language::JavaScript => {
+            let mut command = std::process::Command::new("node");
+            command
+                .args(["--import", "./register.js", "--test", "test/"])
+                .current_dir(root.join("guest-sdk/js"));
+            command
+        }
+    }
 }
 
 /// Every case of the tour.
@@ -461,28 +499,8 @@ const TOUR_CASES: [&str; 9] = [
 ];
 
 #[tokio::test]
-async fn the_python_sandbox_gives_each_tour_case_the_status_output_and_intents_the_host_gives() {
-    let cases: Vec<String> = TOUR_CASES
-        .iter()
-        .map(|case| json!({ "do": case }).to_string())
-        .collect();
-    let native = python()
-        .arg(workspace().join("tests/fixtures/python/tour/native.py"))
-        .args(&cases)
-        .output()
-        .unwrap();
-    assert!(
-        native.status.success(),
-        "{}",
-        String::from_utf8_lossy(&native.stderr)
-    );
-    let native: Vec<Value> = String::from_utf8(native.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(native.len(), cases.len());
-
+async fn each_language_s_sandbox_gives_each_tour_case_the_status_output_and_intents_the_host_gives()
+{
     // A fencing token only rises: the host's lock service has served other
     // runs before this one, the sandbox none.
     let comparable = |mut summary: Value| {
@@ -491,42 +509,64 @@ async fn the_python_sandbox_gives_each_tour_case_the_status_output_and_intents_t
         }
         summary
     };
-    for (case, native) in TOUR_CASES.iter().zip(native) {
-        let outcome = run_tour_with(Language::Python, json!({ "do": case }), Dispatch::Hold).await;
-        let host = json!({
-            "status": format!("{:?}", outcome.status()).to_lowercase(),
-            "output": match &outcome.result {
-                Ok(output) => serde_json::from_slice(output).unwrap(),
-                Err(_) => Value::Null,
-            },
-            "intents": outcome.intents.iter().map(|intent| json!([
-                intent.seq,
-                intent.effect,
-                String::from_utf8_lossy(&intent.payload),
-                intent.fate.name(),
-            ])).collect::<Vec<_>>(),
-        });
-        assert_eq!(
-            comparable(native),
-            comparable(host),
-            "the tour's `{case}`, natively and on the host"
+    let cases: Vec<String> = TOUR_CASES
+        .iter()
+        .map(|case| json!({ "do": case }).to_string())
+        .collect();
+    for language in Language::ALL {
+        let native = native_tour(language).args(&cases).output().unwrap();
+        assert!(
+            native.status.success(),
+            "{}: {}",
+            language.name(),
+            String::from_utf8_lossy(&native.stderr)
         );
+        let native: Vec<Value> = String::from_utf8(native.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(native.len(), cases.len(), "{}", language.name());
+
+        for (case, native) in TOUR_CASES.iter().zip(native) {
+            let outcome = run_tour_with(language, json!({ "do": case }), Dispatch::Hold).await;
+            let host = json!({
+                "status": format!("{:?}", outcome.status()).to_lowercase(),
+                "output": match &outcome.result {
+                    Ok(output) => serde_json::from_slice(output).unwrap(),
+                    Err(_) => Value::Null,
+                },
+                "intents": outcome.intents.iter().map(|intent| json!([
+                    intent.seq,
+                    intent.effect,
+                    String::from_utf8_lossy(&intent.payload),
+                    intent.fate.name(),
+                ])).collect::<Vec<_>>(),
+            });
+            assert_eq!(
+                comparable(native),
+                comparable(host),
+                "the {} tour's `{case}`, natively and on the host",
+                language.name()
+            );
+        }
     }
 }
 
 #[test]
-fn the_python_sandbox_passes_its_own_tests_under_plain_pytest() {
-    let output = python()
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .current_dir(workspace().join("guest-sdk/python"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = String::from_utf8_lossy(&output.stdout);
-    assert!(summary.contains(" passed"), "{summary}");
+fn each_language_s_sandbox_passes_its_own_tests_under_the_language_s_test_runner() {
+    for language in Language::ALL {
+        let output = sandbox_tests(language).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{}: {text}", language.name());
+        let ran = match language {
+            Language::Python => text.contains(" passed") && !text.contains(" failed"),
+            Language::JavaScript => text.contains("# fail 0") && !text.contains("# pass 0"),
+        };
+        assert!(ran, "{}: {text}", language.name());
+    }
 }
