@@ -1293,6 +1293,137 @@ fn escrow_new_writes_a_plugin_that_builds_outside_the_checkout_and_runs_under_it
     assert_eq!(effects, ["orders.save", "email.send"]);
 }
 
+/// Runs `program` in `dir`, expecting success, and returns its stdout and
+/// stderr.
+fn succeed(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{program} {args:?}: {text}");
+    text
+}
+
+/// `escrow new NAME --lang LANG` in `dir`, with the helper package at
+/// `sdk`; the plugin's directory.
+fn new_plugin(dir: &Path, name: &str, lang: &str, sdk: &Path) -> PathBuf {
+    let new = Command::new(env!("CARGO_BIN_EXE_escrow"))
+        .args(["new", name, "--lang", lang, "--sdk-path"])
+        .arg(sdk)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(new.status.code(), Some(0), "{}", stderr(&new));
+    dir.join(name)
+}
+
+/// The run of a template plugin as its README says, and the effects it
+/// committed.
+fn run_template(plugin: &Path) -> Vec<String> {
+    let run = escrow(&[
+        "run",
+        plugin.join("app.wasm").to_str().unwrap(),
+        "--config",
+        plugin.join("escrow.toml").to_str().unwrap(),
+        "--input",
+        r#"{"id": 7, "email": "ada@example.com"}"#,
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    stdout(&run)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["effect"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn escrow_new_python_writes_a_plugin_that_tests_builds_and_runs_outside_the_checkout_from_the_wheel()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The package as a user gets it: a wheel, built from the checkout.
+    succeed(
+        dir.path(),
+        checkout
+            .join("guest-sdk/python/.venv/bin/pip")
+            .to_str()
+            .unwrap(),
+        &[
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            "dist",
+            checkout.join("guest-sdk/python").to_str().unwrap(),
+        ],
+    );
+    let wheel = dir.path().join("dist/escrow_guest-0.1.0-py3-none-any.whl");
+    let plugin = new_plugin(dir.path(), "orders", "python", &wheel);
+
+    // The toolchain pinned as escrow's own tests pin it.
+    let pins = std::fs::read_to_string(checkout.join("guest-sdk/python/requirements.txt")).unwrap();
+    let requirements = std::fs::read_to_string(plugin.join("requirements.txt")).unwrap();
+    for pin in pins.lines() {
+        assert!(
+            requirements.lines().any(|l| l == pin),
+            "{pin} in\n{requirements}"
+        );
+    }
+    let tested = succeed(&plugin, "make", &["test"]);
+    assert!(tested.contains("2 passed"), "{tested}");
+    succeed(&plugin, "make", &[]);
+    assert_eq!(run_template(&plugin), ["orders.save", "email.send"]);
+}
+
+#[test]
+fn escrow_new_javascript_writes_a_plugin_that_tests_builds_and_runs_outside_the_checkout_from_the_tarball()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The package as a user gets it: a tarball, packed from the checkout.
+    succeed(
+        dir.path(),
+        "npm",
+        &[
+            "pack",
+            "--loglevel=error",
+            "--pack-destination",
+            dir.path().to_str().unwrap(),
+            checkout.join("guest-sdk/js").to_str().unwrap(),
+        ],
+    );
+    let tarball = dir.path().join("escrow-guest-0.1.0.tgz");
+    let plugin = new_plugin(dir.path(), "shop", "javascript", &tarball);
+
+    // The toolchain pinned as escrow's own tests pin it.
+    let read = |path: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let pins = read(&checkout.join("guest-sdk/js/package.json"));
+    let package = read(&plugin.join("package.json"));
+    assert_eq!(package["devDependencies"], pins["devDependencies"]);
+
+    succeed(
+        &plugin,
+        "npm",
+        &["install", "--no-audit", "--no-fund", "--loglevel=error"],
+    );
+    let tested = succeed(&plugin, "npm", &["test"]);
+    assert!(
+        tested.contains("# pass 2") && tested.contains("# fail 0"),
+        "{tested}"
+    );
+    succeed(&plugin, "npm", &["run", "build"]);
+    assert_eq!(run_template(&plugin), ["orders.save", "email.send"]);
+}
+
 #[test]
 fn escrow_new_refuses_an_sdk_path_that_does_not_exist_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,13 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-/// Write a new plugin crate in the directory NAME.
+mod templates;
+
+/// Write a new plugin in the directory NAME.
 ///
-/// The crate is a `cdylib` using escrow-guest, with the 64 KiB guest stack
-/// in its own `.cargo/config.toml`, an `escrow.toml` granting exactly what
-/// it requests, and a native test that runs under those grants. Build it
-/// with `cargo build --release --target wasm32-wasip2` and run it with
-/// `escrow run`.
+/// In Rust, a `cdylib` crate using escrow-guest, with the 64 KiB guest
+/// stack in its own `.cargo/config.toml`; in Python, a module with a
+/// Makefile (componentize-py); in JavaScript, a module with a
+/// `package.json` (componentize-js). Each has an `escrow.toml` granting
+/// exactly what it requests and a native test that runs under those grants;
+/// its README says how to build it and run it with `escrow run`.
 #[derive(Debug, Args)]
 pub(crate) struct NewArgs {
     /// The plugin's name, a crate name (`orders`, `fraud-check`); the
@@ -21,15 +24,19 @@ pub(crate) struct NewArgs {
     /// The plugin's language.
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
     lang: Lang,
-    /// Depend on the escrow-guest crate in this directory instead of the
-    /// one this binary was built with.
-    #[arg(long, value_name = "DIR")]
+    /// Depend on this escrow-guest instead of the one this binary was
+    /// built with: the crate's directory (Rust); the package's directory or
+    /// a built wheel (Python) or tarball (JavaScript).
+    #[arg(long, value_name = "PATH")]
     sdk_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Lang {
     Rust,
+    Python,
+    #[value(name = "javascript", alias = "js")]
+    JavaScript,
 }
 
 pub(crate) fn main(args: NewArgs) -> anyhow::Result<u8> {
@@ -45,22 +52,42 @@ pub(crate) fn main(args: NewArgs) -> anyhow::Result<u8> {
     if dir.exists() {
         bail!("`{name}` exists already; choose another name or remove it");
     }
-    let sdk = match &args.sdk_path {
-        Some(path) => Sdk::Path(
+    let sdk_path = match &args.sdk_path {
+        Some(path) => Some(
             path.canonicalize()
                 .with_context(|| format!("--sdk-path `{}`", path.display()))?,
         ),
-        None => Sdk::built_with(),
+        None => None,
     };
-    let Lang::Rust = args.lang;
-    let files = [
-        ("Cargo.toml", cargo_toml(name, &sdk.dependency())),
-        (".cargo/config.toml", CARGO_CONFIG.to_owned()),
-        ("src/lib.rs", lib_rs(name)),
-        ("escrow.toml", ESCROW_TOML.to_owned()),
-        ("README.md", readme(name)),
-        (".gitignore", "/target\n".to_owned()),
-    ];
+    let (files, sdk, build) = match args.lang {
+        Lang::Rust => {
+            let sdk = sdk_path.map_or_else(Sdk::built_with, Sdk::Path);
+            let files = vec![
+                ("Cargo.toml", cargo_toml(name, &sdk.dependency())),
+                (".cargo/config.toml", CARGO_CONFIG.to_owned()),
+                ("src/lib.rs", lib_rs(name)),
+                ("escrow.toml", ESCROW_TOML.to_owned()),
+                ("README.md", readme(name)),
+                (".gitignore", "/target\n".to_owned()),
+            ];
+            let build = "cargo build --release --target wasm32-wasip2";
+            (files, sdk.to_string(), build)
+        }
+        Lang::Python => {
+            let sdk = sdk_path.or_else(|| checkout_sdk("python"));
+            let files = templates::python(name, sdk.as_deref(), ESCROW_TOML);
+            (files, templates::described(sdk.as_deref()), "make")
+        }
+        Lang::JavaScript => {
+            let sdk = sdk_path.or_else(|| checkout_sdk("js"));
+            let files = templates::javascript(name, sdk.as_deref(), ESCROW_TOML);
+            (
+                files,
+                templates::described(sdk.as_deref()),
+                "npm install && npm run build",
+            )
+        }
+    };
     for (file, text) in files {
         let path = dir.join(file);
         std::fs::create_dir_all(path.parent().expect("a file in a directory"))
@@ -69,9 +96,20 @@ pub(crate) fn main(args: NewArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     eprintln!(
-        "escrow: wrote the plugin `{name}`, using {sdk}; build it with\n  cd {name} && cargo build --release --target wasm32-wasip2"
+        "escrow: wrote the plugin `{name}`, using {sdk}; build it with\n  cd {name} && {build}"
     );
     Ok(0)
+}
+
+/// The checkout's helper package for a language (`guest-sdk/python`,
+/// `guest-sdk/js`), while the checkout this binary was built from is still
+/// there.
+fn checkout_sdk(language: &str) -> Option<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guest-sdk")
+        .join(language)
+        .canonicalize()
+        .ok()
 }
 
 /// Where the new crate gets escrow-guest from.
