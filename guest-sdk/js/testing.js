@@ -168,10 +168,39 @@ export class Sandbox {
 
   /**
    * Runs `run`, the plugin's export made by `plugin()`, on `input` (a JSON
-   * value; undefined reads as `{}`) and returns what it did; for an async
-   * plugin, a promise of it. One run at a time.
+   * value; undefined reads as `{}`) and returns what it did. An async
+   * plugin is run by `runAsync`.
    */
   run(run, input = undefined) {
+    const { state, bytes, report, stack } = this.#start(run, input);
+    const previous = install(state);
+    let output;
+    try {
+      output = run[PLUGIN](bytes, report);
+    } catch (error) {
+      return finish(state, { thrown: error, stack: stack(), previous });
+    }
+    if (output instanceof Promise) {
+      install(previous);
+      output.catch(() => {});
+      throw new TypeError('the plugin is async: run it with `await sandbox.runAsync(run, input)`');
+    }
+    return finish(state, { output, previous });
+  }
+
+  /** `run` for an async plugin (or any): a promise of what it did. One run at a time. */
+  async runAsync(run, input = undefined) {
+    const { state, bytes, report, stack } = this.#start(run, input);
+    const previous = install(state);
+    try {
+      const output = await run[PLUGIN](bytes, report);
+      return finish(state, { output, previous });
+    } catch (error) {
+      return finish(state, { thrown: error, stack: stack(), previous });
+    }
+  }
+
+  #start(run, input) {
     if (typeof run !== 'function' || typeof run[PLUGIN] !== 'function') {
       throw new TypeError(
         'Sandbox#run takes the plugin\'s `run` export as plugin() makes it: `export const run = plugin(body);`',
@@ -186,26 +215,15 @@ export class Sandbox {
       breakers: new Map([...this.#breakers].map(([name, threshold]) => [name, { threshold, failures: 0 }])),
     });
     const bytes = input === undefined ? new Uint8Array() : encoder.encode(JSON.stringify(input));
-    let stack = null;
-    const report = (where) => {
-      stack = where;
+    let where = null;
+    return {
+      state,
+      bytes,
+      report: (stack) => {
+        where = stack;
+      },
+      stack: () => where,
     };
-    const previous = install(state);
-    let output;
-    try {
-      output = run[PLUGIN](bytes, report);
-    } catch (error) {
-      install(previous);
-      return finish(state, { thrown: error, stack });
-    }
-    if (output instanceof Promise) {
-      return output.then(
-        (value) => finish(state, { output: value, previous }),
-        (error) => finish(state, { thrown: error, stack, previous }),
-      );
-    }
-    install(previous);
-    return finish(state, { output });
   }
 
   #handler(effect, kind, answer, fail) {
@@ -224,7 +242,7 @@ export class Sandbox {
 
 /** What a run returned and requested, as a host would report it. */
 function finish(state, { output, thrown, stack = null, previous }) {
-  if (previous !== undefined) install(previous);
+  install(previous);
   // plugin() throws the run's error as a string.
   const error = thrown === undefined ? state.violation : String(thrown);
   const failed = thrown !== undefined || state.violation !== null;

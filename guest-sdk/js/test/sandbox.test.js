@@ -333,10 +333,11 @@ test('an async plugin is run to its end', async () => {
     return 'sent';
   });
 
-  const recording = await new Sandbox().grant('*').run(later);
+  const recording = await new Sandbox().grant('*').runAsync(later);
 
   assert.equal(recording.output, 'sent');
   assert.deepEqual(recording.committedEffects(), ['email.send']);
+  assert.throws(() => new Sandbox().grant('*').run(later), /runAsync/);
 });
 
 test('outside a sandbox run nothing is granted', () => {

@@ -22,6 +22,7 @@ unit test, the same calls go to a sandbox that applies the host's rules
 import json
 import sys
 import traceback
+from typing import Literal, Union
 
 if sys.platform == "wasi":
     # Inside a component: the host's imports, as componentize-py binds them.
@@ -69,6 +70,13 @@ __all__ = [
 
 #: How long `lock` waits for its keys unless told otherwise.
 DEFAULT_LOCK_TIMEOUT_MS = 5000
+
+#: A JSON value, as payloads, answers, inputs and outputs are (for
+#: annotations; `__init__.pyi` spells it out).
+Json = Union[None, bool, int, float, str, list, dict]
+
+#: A refusal's case; "forbidden" and "limit" fail the run even when handled.
+RefusalKind = Literal["not-granted", "forbidden", "limit", "invalid"]
 
 
 class EscrowError(Exception):

@@ -23,7 +23,7 @@ import json
 import tomllib
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Literal, Optional, Union
 
 from escrow_guest import _encode, _message, _native
 from escrow_guest._native import HandlerFailed, Limits
@@ -36,6 +36,9 @@ __all__ = [
     "Recording",
     "Sandbox",
 ]
+
+#: The fate of a deferred request at the end of the run.
+Fate = Literal["committed", "dropped", "blocked", "refused", "discarded"]
 
 #: A fake handler's answer: a JSON value (bytes go out as they are), or a
 #: function of the decoded request that returns one (or raises
