@@ -1408,7 +1408,15 @@ fn escrow_new_javascript_writes_a_plugin_that_tests_builds_and_runs_outside_the_
     };
     let pins = read(&checkout.join("guest-sdk/js/package.json"));
     let package = read(&plugin.join("package.json"));
-    assert_eq!(package["devDependencies"], pins["devDependencies"]);
+    for tool in [
+        "@bytecodealliance/componentize-js",
+        "@bytecodealliance/preview2-shim",
+    ] {
+        assert_eq!(
+            package["devDependencies"][tool], pins["devDependencies"][tool],
+            "{tool}"
+        );
+    }
 
     succeed(
         &plugin,
@@ -1422,6 +1430,27 @@ fn escrow_new_javascript_writes_a_plugin_that_tests_builds_and_runs_outside_the_
     );
     succeed(&plugin, "npm", &["run", "build"]);
     assert_eq!(run_template(&plugin), ["orders.save", "email.send"]);
+
+    // A `run` that plugin() did not make is refused before it is built.
+    std::fs::write(
+        plugin.join("app.js"),
+        "export function run(order) { return { order: order.id }; }\n",
+    )
+    .unwrap();
+    let build = Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&plugin)
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
+    assert!(
+        stderr(&build).contains(
+            "app.js does not export a `run` made by plugin(); write \
+             `export const run = plugin(body);`"
+        ),
+        "{}",
+        stderr(&build)
+    );
 }
 
 #[test]

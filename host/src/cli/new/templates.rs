@@ -149,7 +149,7 @@ pub(super) fn javascript(name: &str, sdk: Option<&Path>, grants: &str) -> Files 
         "private": true,
         "type": "module",
         "scripts": {
-            "build": "componentize-js app.js -w wit -n plugin -o app.wasm",
+            "build": "node --import escrow-guest/register node_modules/escrow-guest/check.js app.js && componentize-js app.js -w wit -n plugin -o app.wasm",
             "test": "node --import escrow-guest/register --test",
         },
         "dependencies": { "escrow-guest": helper },
