@@ -6,6 +6,7 @@
 //
 // The module is imported natively (register.js stands in for escrow's
 // imports), so it must not need another component's interfaces to load.
+import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -20,7 +21,10 @@ let module;
 try {
   module = await import(pathToFileURL(resolve(file)).href);
 } catch (error) {
-  console.error(`escrow-guest: cannot load ${file} to check it: ${error.message}`);
+  // A syntax error of a dynamic import says no line: node's own check does.
+  const checked = error instanceof SyntaxError ? spawnSync(process.execPath, ['--check', file]) : null;
+  const where = checked?.status ? `\n${checked.stderr.toString().trimEnd()}` : '';
+  console.error(`escrow-guest: cannot load ${file} to check it: ${error.message}${where}`);
   process.exit(1);
 }
 if (typeof module.run !== 'function' || typeof module.run[PLUGIN] !== 'function') {

@@ -1451,6 +1451,25 @@ fn escrow_new_javascript_writes_a_plugin_that_tests_builds_and_runs_outside_the_
         "{}",
         stderr(&build)
     );
+
+    // A syntax error is refused with its line, which componentize-js does
+    // not give.
+    std::fs::write(
+        plugin.join("app.js"),
+        "export const run = (order) => {\n  return order.;\n};\n",
+    )
+    .unwrap();
+    let build = Command::new("npm")
+        .args(["run", "build"])
+        .current_dir(&plugin)
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
+    assert!(
+        stderr(&build).contains("app.js:2\n  return order.;"),
+        "{}",
+        stderr(&build)
+    );
 }
 
 #[test]
