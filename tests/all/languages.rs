@@ -431,14 +431,18 @@ fn workspace() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The Python of the venv `tests/setup.sh` makes.
+fn venv_python() -> std::process::Command {
+    std::process::Command::new(workspace().join("guest-sdk/python/.venv/bin/python"))
+}
+
 /// The tour of `language` run natively, in its sandbox, by the toolchain
 /// `tests/setup.sh` installs: the script prints one JSON line per case.
 fn native_tour(language: Language) -> std::process::Command {
     let root = workspace();
     match language {
         Language::Python => {
-            let mut command =
-                std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
+            let mut command = venv_python();
             command
                 .env(
                     "PYTHONPATH",
@@ -468,8 +472,7 @@ fn sandbox_tests(language: Language) -> std::process::Command {
     let root = workspace();
     match language {
         Language::Python => {
-            let mut command =
-                std::process::Command::new(root.join("guest-sdk/python/.venv/bin/python"));
+            let mut command = venv_python();
             command
                 .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
                 .current_dir(root.join("guest-sdk/python"));
