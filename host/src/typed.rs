@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 pub(crate) mod link;
+mod shape;
 mod signature;
 pub mod values;
 

@@ -199,7 +199,7 @@ impl EscrowCtx {
             true => (max, Limit::PayloadSize),
             false => (left, Limit::TotalPayload),
         };
-        match params_to_json(&function.params, params, budget) {
+        match params_to_json(&function.payload, params, budget) {
             Ok(json) => Ok(Payload::Json(json)),
             Err(ToJsonError::TooLarge { .. }) => {
                 self.violate(Failure::Limit(limit));

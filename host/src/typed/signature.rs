@@ -6,6 +6,7 @@ use std::sync::Arc;
 use wasmtime::component::Type;
 use wasmtime::component::types::ComponentFunc;
 
+use super::shape::Param;
 use super::values::name;
 use super::{FunctionConfig, Timing};
 
@@ -36,6 +37,9 @@ pub struct TypedFunction {
     pub timing: Timing,
     /// Its parameters, by name.
     pub params: Vec<(String, Type)>,
+    /// How its arguments are written as the payload: each parameter's key
+    /// and shape, worked out once.
+    pub(crate) payload: Vec<Param>,
     /// Its result, if it has one.
     pub result: Option<Type>,
     /// Where a refusal goes.
@@ -118,10 +122,15 @@ impl TypedFunction {
                 _ => ok,
             },
         };
+        let payload = params
+            .iter()
+            .map(|(name, ty)| Param::new(name, ty))
+            .collect();
         Ok(Self {
             effect,
             timing,
             params,
+            payload,
             result,
             channel,
             answer,

@@ -12,6 +12,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 use wasmtime::component::{Type, Val};
 
+use super::shape::{Node, Param, Shape};
+
 /// A float that JSON has no number for, as the string that stands for it.
 const NAN: &str = "NaN";
 const INFINITY: &str = "Infinity";
@@ -39,8 +41,8 @@ pub enum ToJsonError {
 ///
 /// [`ToJsonError::TooLarge`] past `max`; [`ToJsonError::Mismatch`] for a
 /// value that is not of its type.
-pub fn params_to_json(
-    params: &[(String, Type)],
+pub(crate) fn params_to_json(
+    params: &[Param],
     values: &[Val],
     max: usize,
 ) -> Result<Vec<u8>, ToJsonError> {
@@ -53,12 +55,12 @@ pub fn params_to_json(
     }
     let mut out = Bounded::new(max);
     out.put(b"{")?;
-    for (i, ((name, ty), val)) in params.iter().zip(values).enumerate() {
+    for (i, (param, val)) in params.iter().zip(values).enumerate() {
         if i > 0 {
             out.put(b",")?;
         }
-        out.name(name)?;
-        out.value(ty, val)?;
+        out.put(&param.key)?;
+        out.value(&param.shape, val)?;
     }
     out.put(b"}")?;
     Ok(out.bytes)
@@ -72,7 +74,7 @@ pub fn params_to_json(
 /// As [`params_to_json`].
 pub fn value_to_json(ty: &Type, val: &Val, max: usize) -> Result<Vec<u8>, ToJsonError> {
     let mut out = Bounded::new(max);
-    out.value(ty, val)?;
+    out.value(&Shape::of(ty), val)?;
     Ok(out.bytes)
 }
 
@@ -135,15 +137,6 @@ impl Bounded {
         self.bytes.push(b'"');
     }
 
-    /// A parameter's or field's name and its colon: WIT names are ASCII
-    /// letters, digits and hyphens, which need no escapes.
-    fn name(&mut self, name: &str) -> Result<(), ToJsonError> {
-        self.room_for(name.len() + 3)?;
-        self.quoted(name);
-        self.bytes.push(b':');
-        Ok(())
-    }
-
     fn integer(&mut self, n: impl itoa::Integer) -> Result<(), ToJsonError> {
         self.put(itoa::Buffer::new().format(n).as_bytes())
     }
@@ -184,17 +177,18 @@ impl Bounded {
         self.put(b"]")
     }
 
-    /// `{"case":payload}`, with `null` for a case without one.
+    /// `{"case":payload}` (`key` is `{"case":`), with `null` for a case
+    /// without one.
     fn tagged(
         &mut self,
         case: &str,
-        ty: Option<&Type>,
+        key: &[u8],
+        shape: Option<&Shape>,
         payload: Option<&Val>,
     ) -> Result<(), ToJsonError> {
-        self.put(b"{")?;
-        self.name(case)?;
-        match (ty, payload) {
-            (Some(ty), Some(val)) => self.value(ty, val)?,
+        self.put(key)?;
+        match (shape, payload) {
+            (Some(shape), Some(val)) => self.value(shape, val)?,
             (None, None) => self.put(b"null")?,
             _ => {
                 return Err(ToJsonError::Mismatch(format!(
@@ -205,24 +199,13 @@ impl Bounded {
         self.put(b"}")
     }
 
-    /// A value with its type, written as the mapping says.
-    fn value(&mut self, ty: &Type, val: &Val) -> Result<(), ToJsonError> {
-        let mismatch = || ToJsonError::Mismatch(format!("{} is not a {}", kind(val), name(ty)));
-        match (ty, val) {
-            (Type::Bool, Val::Bool(v)) => self.put(if *v { b"true" } else { b"false" }),
-            (Type::S8, Val::S8(v)) => self.integer(*v),
-            (Type::U8, Val::U8(v)) => self.integer(*v),
-            (Type::S16, Val::S16(v)) => self.integer(*v),
-            (Type::U16, Val::U16(v)) => self.integer(*v),
-            (Type::S32, Val::S32(v)) => self.integer(*v),
-            (Type::U32, Val::U32(v)) => self.integer(*v),
-            (Type::S64, Val::S64(v)) => self.integer(*v),
-            (Type::U64, Val::U64(v)) => self.integer(*v),
-            (Type::Float32, Val::Float32(v)) => self.float(f64::from(*v), |out| out.serde(v)),
-            (Type::Float64, Val::Float64(v)) => self.float(*v, |out| out.serde(v)),
-            (Type::Char, Val::Char(c)) => self.string(c.encode_utf8(&mut [0; 4])),
-            (Type::String, Val::String(v)) => self.string(v),
-            (Type::List(list), Val::List(items)) if list.ty() == Type::U8 => {
+    /// A value of a shape, written as the mapping says.
+    fn value(&mut self, shape: &Shape, val: &Val) -> Result<(), ToJsonError> {
+        let mismatch =
+            || ToJsonError::Mismatch(format!("{} is not a {}", kind(val), name(&shape.ty)));
+        match (&shape.node, val) {
+            (Node::Scalar, _) => self.scalar(&shape.ty, val).ok_or_else(mismatch)?,
+            (Node::Bytes, Val::List(items)) => {
                 // The base64 text's length is known before a byte is copied.
                 let len = base64::encoded_len(items.len(), true)
                     .ok_or(ToJsonError::TooLarge { max: self.max })?;
@@ -243,74 +226,83 @@ impl Bounded {
                 self.bytes.push(b'"');
                 Ok(())
             }
-            (Type::List(list), Val::List(items)) => {
-                let ty = list.ty();
-                self.sequence(items, |out, val| out.value(&ty, val))
+            (Node::List(item), Val::List(items) | Val::FixedLengthList(items)) => {
+                self.sequence(items, |out, val| out.value(item, val))
             }
-            (Type::FixedLengthList(list), Val::FixedLengthList(items)) => {
-                let ty = list.ty();
-                self.sequence(items, |out, val| out.value(&ty, val))
-            }
-            (Type::Map(map), Val::Map(entries)) => {
-                let (key, value) = (map.key(), map.value());
-                self.sequence(entries, |out, (k, v)| {
-                    out.put(b"[")?;
-                    out.value(&key, k)?;
-                    out.put(b",")?;
-                    out.value(&value, v)?;
-                    out.put(b"]")
-                })
-            }
-            (Type::Record(record), Val::Record(fields)) => {
+            (Node::Map(key, value), Val::Map(entries)) => self.sequence(entries, |out, (k, v)| {
+                out.put(b"[")?;
+                out.value(key, k)?;
+                out.put(b",")?;
+                out.value(value, v)?;
+                out.put(b"]")
+            }),
+            (Node::Record(fields), Val::Record(vals)) if fields.len() == vals.len() => {
                 self.put(b"{")?;
-                for (i, (field, (name, val))) in record.fields().zip(fields).enumerate() {
-                    if field.name != name {
+                for (i, (field, (name, val))) in fields.iter().zip(vals).enumerate() {
+                    if *field.name != **name {
                         return Err(mismatch());
                     }
                     if i > 0 {
                         self.put(b",")?;
                     }
-                    self.name(name)?;
-                    self.value(&field.ty, val)?;
+                    self.put(&field.key)?;
+                    self.value(&field.shape, val)?;
                 }
                 self.put(b"}")
             }
-            (Type::Tuple(tuple), Val::Tuple(items)) => self
-                .sequence(tuple.types().zip(items), |out, (ty, val)| {
-                    out.value(&ty, val)
+            (Node::Tuple(shapes), Val::Tuple(items)) if shapes.len() == items.len() => self
+                .sequence(shapes.iter().zip(items), |out, (shape, val)| {
+                    out.value(shape, val)
                 }),
-            (Type::Variant(variant), Val::Variant(case, payload)) => {
-                let ty = variant
-                    .cases()
-                    .find(|c| c.name == case)
-                    .ok_or_else(mismatch)?
-                    .ty;
-                self.tagged(case, ty.as_ref(), payload.as_deref())
+            (Node::Variant(cases), Val::Variant(case, payload)) => {
+                let known = cases
+                    .iter()
+                    .find(|c| *c.name == **case)
+                    .ok_or_else(mismatch)?;
+                self.tagged(case, &known.key, known.shape.as_ref(), payload.as_deref())
             }
-            (Type::Enum(_), Val::Enum(case)) => self.string(case),
-            (Type::Option(option), Val::Option(value)) => {
-                let inner = option.ty();
-                match value.as_deref() {
-                    None => self.put(b"null"),
-                    // `null` is taken by this option's none: an option of an
-                    // option wraps its some.
-                    Some(val) if matches!(inner, Type::Option(_)) => {
-                        self.put(b"{\"some\":")?;
-                        self.value(&inner, val)?;
-                        self.put(b"}")
-                    }
-                    Some(val) => self.value(&inner, val),
-                }
+            (Node::Option { .. }, Val::Option(None)) => self.put(b"null"),
+            // `null` is taken by this option's none: an option of an option
+            // wraps its some.
+            (Node::Option { some, nested: true }, Val::Option(Some(val))) => {
+                self.put(b"{\"some\":")?;
+                self.value(some, val)?;
+                self.put(b"}")
             }
-            (Type::Result(result), Val::Result(value)) => match value {
-                Ok(payload) => self.tagged("ok", result.ok().as_ref(), payload.as_deref()),
-                Err(payload) => self.tagged("err", result.err().as_ref(), payload.as_deref()),
-            },
-            (Type::Flags(_), Val::Flags(names)) => {
-                self.sequence(names, |out, name| out.string(name))
+            (Node::Option { some, .. }, Val::Option(Some(val))) => self.value(some, val),
+            (Node::Result { ok, .. }, Val::Result(Ok(payload))) => {
+                self.tagged("ok", b"{\"ok\":", ok.as_deref(), payload.as_deref())
+            }
+            (Node::Result { err, .. }, Val::Result(Err(payload))) => {
+                self.tagged("err", b"{\"err\":", err.as_deref(), payload.as_deref())
             }
             _ => Err(mismatch()),
         }
+    }
+
+    /// A value written from itself alone, if it is of type `ty`: `None`
+    /// when it is not.
+    fn scalar(&mut self, ty: &Type, val: &Val) -> Option<Result<(), ToJsonError>> {
+        Some(match (ty, val) {
+            (Type::Bool, Val::Bool(v)) => self.put(if *v { b"true" } else { b"false" }),
+            (Type::S8, Val::S8(v)) => self.integer(*v),
+            (Type::U8, Val::U8(v)) => self.integer(*v),
+            (Type::S16, Val::S16(v)) => self.integer(*v),
+            (Type::U16, Val::U16(v)) => self.integer(*v),
+            (Type::S32, Val::S32(v)) => self.integer(*v),
+            (Type::U32, Val::U32(v)) => self.integer(*v),
+            (Type::S64, Val::S64(v)) => self.integer(*v),
+            (Type::U64, Val::U64(v)) => self.integer(*v),
+            (Type::Float32, Val::Float32(v)) => self.float(f64::from(*v), |out| out.serde(v)),
+            (Type::Float64, Val::Float64(v)) => self.float(*v, |out| out.serde(v)),
+            (Type::Char, Val::Char(c)) => self.string(c.encode_utf8(&mut [0; 4])),
+            (Type::String, Val::String(v)) => self.string(v),
+            (Type::Enum(_), Val::Enum(case)) => self.string(case),
+            (Type::Flags(_), Val::Flags(names)) => {
+                self.sequence(names, |out, name| out.string(name))
+            }
+            _ => return None,
+        })
     }
 }
 
