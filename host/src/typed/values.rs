@@ -71,7 +71,8 @@ pub(crate) fn params_to_json(
 ///
 /// # Errors
 ///
-/// As [`params_to_json`].
+/// [`ToJsonError::TooLarge`] past `max`; [`ToJsonError::Mismatch`] for a
+/// value that is not of type `ty`.
 pub fn value_to_json(ty: &Type, val: &Val, max: usize) -> Result<Vec<u8>, ToJsonError> {
     let mut out = Bounded::new(max);
     out.value(&Shape::of(ty), val)?;
