@@ -466,8 +466,8 @@ fn native_tour(language: Language) -> std::process::Command {
     }
 }
 
-/// The sandbox's own tests: pytest in `guest-sdk/python`, node's test
-/// runner in `guest-sdk/js`.
+/// The sandbox's own tests and the checkout example's native tests: pytest
+/// in `guest-sdk/python`, node's test runner in `guest-sdk/js`.
 fn sandbox_tests(language: Language) -> std::process::Command {
     let root = workspace();
     match language {
@@ -475,6 +475,7 @@ fn sandbox_tests(language: Language) -> std::process::Command {
             let mut command = venv_python();
             command
                 .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+                .args(["tests", "../../examples/checkout/python"])
                 .current_dir(root.join("guest-sdk/python"));
             command
         }
@@ -482,6 +483,7 @@ fn sandbox_tests(language: Language) -> std::process::Command {
             let mut command = std::process::Command::new("node");
             command
                 .args(["--import", "./register.js", "--test", "test/"])
+                .arg("../../examples/checkout/javascript/")
                 .current_dir(root.join("guest-sdk/js"));
             command
         }
