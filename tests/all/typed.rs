@@ -773,6 +773,24 @@ mod guarded {
     }
 
     #[tokio::test]
+    async fn a_compensated_typed_call_that_failed_is_undone_with_its_arguments_and_no_answer() {
+        let handler = Answering::with(Err("the price list is down"));
+        let plugin =
+            compensated().with_handlers(handler.handlers(&["catalog.quote", "catalog.unquote"]));
+
+        let failed = run(&plugin, "fail-after quote pen 2", granted(&["catalog.*"])).await;
+
+        let [undo] = failed.compensations.as_slice() else {
+            panic!("one compensation: {:?}", failed.compensations);
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&undo.payload),
+            r#"{"arguments":{"sku":"pen","quantity":2}}"#,
+            "the handler may have acted before it failed: undone, with no answer to give"
+        );
+    }
+
+    #[tokio::test]
     async fn a_compensated_typed_call_without_a_grant_for_its_compensation_is_refused_unperformed()
     {
         let handler = Answering::with(Ok(PRICE));

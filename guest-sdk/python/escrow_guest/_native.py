@@ -11,7 +11,7 @@ breakers (`docs/guests/python.md`, "Testing").
 """
 
 import enum
-import re
+import fnmatch
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional
@@ -203,15 +203,19 @@ class Frame:
     policy: Any
 
 
+#: What names and patterns are made of, beyond letters and digits.
+_NAME_PUNCTUATION = "._-"
+
+
 def _check_text(name, pattern, what, max_bytes, extra):
-    allowed = re.compile(r"[A-Za-z0-9._\-" + re.escape(extra) + (r"*" if pattern else "") + "]")
+    allowed = _NAME_PUNCTUATION + extra + ("*" if pattern else "")
     if not name:
         return f"{what} is empty"
     size = len(name.encode())
     if size > max_bytes:
         return f"{what} is {size} bytes long; the limit is {max_bytes}"
     for ch in name:
-        if not allowed.fullmatch(ch):
+        if not ((ch.isascii() and ch.isalnum()) or ch in allowed):
             return f"{what} `{name}` has {ch!r}"
     return None
 
@@ -229,12 +233,9 @@ def check_lock_key(key, pattern=False):
 
 def matches(patterns, name):
     """Whether `name` matches one of `patterns`, where `*` matches any run of
-    characters (and nothing else is special)."""
-    return any(re.fullmatch(_wildcard(p), name) for p in patterns)
-
-
-def _wildcard(pattern):
-    return ".*".join(re.escape(part) for part in pattern.split("*"))
+    characters. Names and patterns are checked first, so no other character
+    `fnmatch` reads specially can be in them."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 @dataclass

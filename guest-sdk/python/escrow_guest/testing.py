@@ -153,11 +153,7 @@ class Sandbox:
         block = config.get("block", [])
         sandbox.policy(config.get("policy", "commit"), block=block or None)
         limits = config.get("limits", {})
-        for name in ("max_intents", "max_payload_bytes", "max_total_payload_bytes"):
-            if name in limits:
-                setattr(sandbox._limits, name, int(limits[name]))
-        if "max_scope_depth" in limits:
-            sandbox._limits.max_scope_depth = int(limits["max_scope_depth"])
+        sandbox.limits(**{name: limits[name] for name in vars(Limits()) if name in limits})
         for name, table in config.get("breakers", {}).items():
             sandbox.breaker(name, table.get("failure_threshold", 5))
         return sandbox

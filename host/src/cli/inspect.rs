@@ -292,8 +292,7 @@ impl TypedLine {
     fn of(function: &Imported, granted_by: Option<&str>) -> Self {
         let checked = &function.checked;
         let params: Vec<String> = checked
-            .params
-            .iter()
+            .params()
             .map(|(param, ty)| format!("{param}: {}", name(ty)))
             .collect();
         let result = checked
@@ -301,8 +300,7 @@ impl TypedLine {
             .as_ref()
             .map_or_else(String::new, |ty| format!(" -> {}", name(ty)));
         let fields: Vec<String> = checked
-            .params
-            .iter()
+            .params()
             .map(|(param, ty)| format!("{param:?}: {}", shape(ty)))
             .collect();
         let answer = match checked.timing {

@@ -67,7 +67,7 @@ impl Shape {
                     .fields()
                     .map(|f| Named {
                         name: f.name.into(),
-                        key: format!("\"{}\":", f.name).into_bytes().into(),
+                        key: key(f.name),
                         shape: Shape::of(&f.ty),
                     })
                     .collect(),
@@ -78,7 +78,7 @@ impl Shape {
                     .cases()
                     .map(|c| Named {
                         name: c.name.into(),
-                        key: format!("{{\"{}\":", c.name).into_bytes().into(),
+                        key: [b"{".as_slice(), &key(c.name)].concat().into(),
                         shape: c.ty.as_ref().map(Shape::of),
                     })
                     .collect(),
@@ -103,9 +103,10 @@ impl Shape {
     }
 }
 
-/// A parameter: its `"name":` and its shape.
+/// A parameter: its name, its `"name":` and its shape.
 #[derive(Debug, Clone)]
 pub(crate) struct Param {
+    pub(crate) name: Box<str>,
     pub(crate) key: Box<[u8]>,
     pub(crate) shape: Shape,
 }
@@ -114,8 +115,15 @@ impl Param {
     /// The parameter `name` of type `ty`.
     pub(crate) fn new(name: &str, ty: &Type) -> Self {
         Param {
-            key: format!("\"{name}\":").into_bytes().into(),
+            name: name.into(),
+            key: key(name),
             shape: Shape::of(ty),
         }
     }
+}
+
+/// `"name":`. WIT names are ASCII letters, digits and hyphens: nothing to
+/// escape.
+fn key(name: &str) -> Box<[u8]> {
+    format!("\"{name}\":").into_bytes().into()
 }

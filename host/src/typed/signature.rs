@@ -35,10 +35,8 @@ pub struct TypedFunction {
     pub effect: String,
     /// When it happens.
     pub timing: Timing,
-    /// Its parameters, by name.
-    pub params: Vec<(String, Type)>,
-    /// How its arguments are written as the payload: each parameter's key
-    /// and shape, worked out once.
+    /// Its parameters, each with how its argument is written into the
+    /// payload, worked out once ([`params`](Self::params) lists them).
     pub(crate) payload: Vec<Param>,
     /// Its result, if it has one.
     pub result: Option<Type>,
@@ -129,7 +127,6 @@ impl TypedFunction {
         Ok(Self {
             effect,
             timing,
-            params,
             payload,
             result,
             channel,
@@ -137,6 +134,11 @@ impl TypedFunction {
             compensate: None,
             breaker: None,
         })
+    }
+
+    /// Its parameters, by name, in order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Type)> {
+        self.payload.iter().map(|p| (&*p.name, &p.shape.ty))
     }
 
     /// With the compensation and breaker `config` names.

@@ -11,10 +11,10 @@ const ESCROW_WIT: &str = include_str!("../../../wit/escrow.wit");
 
 /// The toolchains the templates pin, as `guest-sdk` pins them for escrow's
 /// own tests (a test checks that they agree).
-pub(crate) const COMPONENTIZE_PY: &str = "0.25.1";
-pub(crate) const PYTEST: &str = "9.2.0";
-pub(crate) const COMPONENTIZE_JS: &str = "0.23.0";
-pub(crate) const PREVIEW2_SHIM: &str = "0.25.0";
+const COMPONENTIZE_PY: &str = "0.25.1";
+const PYTEST: &str = "9.2.0";
+const COMPONENTIZE_JS: &str = "0.23.0";
+const PREVIEW2_SHIM: &str = "0.25.0";
 
 /// The version of `escrow-guest` to ask a registry for when no package is
 /// given: this binary's.
