@@ -15,8 +15,11 @@ mod breakers;
 mod inspect;
 mod new;
 mod outbox;
+mod plan;
+mod replay;
 mod report;
 mod run;
+mod setup;
 
 /// Exit code of a run that failed (the guest returned `err`, trapped, or
 /// exceeded a limit).
@@ -51,6 +54,9 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    Plan(plan::PlanArgs),
+    Apply(plan::ApplyArgs),
+    Replay(replay::ReplayArgs),
     Inspect(inspect::InspectArgs),
     Breakers(breakers::BreakersArgs),
     Outbox(outbox::OutboxArgs),
@@ -174,6 +180,9 @@ pub(crate) fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Plan(args) => plan::plan(args),
+        Command::Apply(args) => plan::apply(args),
+        Command::Replay(args) => replay::main(args),
         Command::Inspect(args) => inspect::main(args),
         Command::Breakers(args) => breakers::main(args),
         Command::Outbox(args) => outbox::main(args),
@@ -191,6 +200,11 @@ pub(crate) fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn every_subcommand_s_arguments_are_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 
     #[test]
     fn a_command_returns_without_waiting_for_blocking_work_it_left_behind() {

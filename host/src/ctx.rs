@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::answers::{Answers, Replaying};
 use crate::backends::{Lease, LockBackend, MemoryLocks};
 use crate::breakers::Breakers;
 use crate::grants::Grants;
@@ -92,6 +93,11 @@ pub struct EscrowCtx {
     /// The last rule text turned into a shared string: most intents of a run
     /// share a handful of rules, so equal texts share one allocation.
     last_rule: Option<Arc<str>>,
+    /// Where a run answered from recorded answers is in them; `None` for a
+    /// run that asks the world.
+    pub(crate) replaying: Option<Replaying>,
+    /// Whether actions are refused whatever the policy says (a plan).
+    pub(crate) no_actions: bool,
 }
 
 impl std::fmt::Debug for EscrowCtx {
@@ -189,6 +195,8 @@ impl EscrowCtx {
             payload_bytes: 0,
             violation: None,
             last_rule: None,
+            replaying: None,
+            no_actions: false,
         }
     }
 
@@ -221,6 +229,29 @@ impl EscrowCtx {
     pub(crate) fn hold(mut self) -> Self {
         self.hold = true;
         self
+    }
+
+    /// Answers every immediate effect, lock request and breaker call from
+    /// `answers`, in order, instead of asking the world; see
+    /// [`answers`](crate::answers). Compensations are not performed.
+    pub fn answered_from(mut self, answers: Arc<Answers>) -> Self {
+        self.replaying = Some(Replaying::new(answers));
+        self
+    }
+
+    /// Refuses every action, whatever the policies say, and fails the run
+    /// when one is asked: the run only looks (a plan).
+    pub fn without_actions(mut self) -> Self {
+        self.no_actions = true;
+        self
+    }
+
+    /// Fails the run, answered from recorded answers, because it asked
+    /// something they do not hold: the trap that stops the guest.
+    pub(crate) fn diverge(&mut self, why: String) -> wasmtime::Error {
+        tracing::debug!(%why, "replay diverged");
+        self.violate(Failure::Diverged(why.clone()));
+        wasmtime::format_err!(why)
     }
 
     /// The run's identity.
@@ -423,7 +454,9 @@ impl EscrowCtx {
                 compensation: true,
             };
             let left = until.saturating_duration_since(Instant::now());
-            let result = if left.is_zero() {
+            let result = if self.replaying.is_some() {
+                Err("not performed: a replay calls no handler".to_owned())
+            } else if left.is_zero() {
                 Err("the time for compensations ran out before this one".to_owned())
             } else {
                 let wait = timeout.min(left);

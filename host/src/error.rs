@@ -81,6 +81,9 @@ pub enum Error {
     /// The input could not be encoded as JSON.
     #[error("cannot encode the input as JSON: {0}")]
     Input(String),
+    /// The outbox could not be read or written.
+    #[error("outbox: {0}")]
+    Outbox(String),
     /// The run asked for delivery by a worker, and the host has no outbox.
     #[error("`Dispatch::Later` needs a host with an outbox (`HostBuilder::outbox`)")]
     NoOutbox,

@@ -53,6 +53,7 @@
 //! [`set_deadline`], then [`EscrowCtx::finish`] the run, [`Host::dispatch`]
 //! its committed intents, and release the [`Settled::locks`].
 
+pub mod answers;
 pub mod backends;
 pub mod bindings;
 pub mod breakers;
@@ -60,6 +61,7 @@ mod capabilities;
 pub mod clock;
 pub mod config;
 mod ctx;
+pub mod document;
 mod effect_kind;
 mod error;
 pub mod grants;
@@ -70,8 +72,10 @@ pub mod observe;
 pub mod outbox;
 mod outcome;
 pub mod patterns;
+pub mod plans;
 mod plugin;
 pub mod policy;
+pub mod recording;
 mod run;
 mod run_id;
 pub mod sinks;
@@ -95,7 +99,7 @@ pub use outcome::{
 };
 pub use plugin::Plugin;
 pub use policy::Policy;
-pub use run::{Dispatch, RunOptions};
+pub use run::{Committed, ConfigDigest, Dispatch, RunOptions};
 pub use run_id::RunId;
 pub use store::{MAX_TABLE_ELEMENTS, set_deadline};
 

@@ -345,6 +345,10 @@ pub enum Failure {
         /// The rule that forbade it.
         rule: String,
     },
+    /// The run was answered from recorded [`Answers`](crate::answers::Answers)
+    /// and asked something they do not hold: the message says which request
+    /// and what the recording has instead.
+    Diverged(String),
     /// A typed effect whose signature has no error channel was refused,
     /// failed, or was answered with a value its result type cannot hold.
     TypedEffect {
@@ -369,6 +373,7 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::TypedEffect { effect, reason } => write!(f, "`{effect}`: {reason}"),
+            Failure::Diverged(message) => f.write_str(message),
         }
     }
 }

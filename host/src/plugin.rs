@@ -33,6 +33,8 @@ pub struct Plugin {
     pub(crate) name: Arc<str>,
     /// The keys its runs record metrics under (labelled with its name).
     pub(crate) metric_keys: Arc<RunKeys>,
+    /// The sha256 of the component's bytes, when it was loaded from them.
+    sha256: Option<Arc<str>>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }
@@ -65,9 +67,17 @@ impl Plugin {
             outbox,
             metric_keys: Arc::new(RunKeys::new(&name)),
             name,
+            sha256: None,
             component,
             pre,
         }
+    }
+
+    /// The sha256 of the component's bytes in lowercase hex, when the
+    /// plugin was loaded from them ([`Host::load`], [`Host::load_file`]);
+    /// `None` for one [linked](Host::link) from a compiled component.
+    pub fn sha256(&self) -> Option<&str> {
+        self.sha256.as_deref()
     }
 
     /// This plugin under another name: the name its intents and outcomes
@@ -131,6 +141,17 @@ impl Plugin {
         }
     }
 
+    fn with_sha256(mut self, bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        self.sha256 = Some(Arc::from(format!("{:x}", sha2::Sha256::digest(bytes))));
+        self
+    }
+
+    /// The outbox its runs commit into, if any.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_ref()
+    }
+
     /// The compiled component, for inspecting its imports and exports.
     pub fn component(&self) -> &Component {
         &self.component
@@ -154,7 +175,8 @@ impl Host {
     /// `run: func(input: list<u8>) -> result<list<u8>, string>`.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, Error> {
         let what = "the plugin";
-        self.link_named(what, "plugin", compile(self.engine(), what, bytes)?)
+        let plugin = self.link_named(what, "plugin", compile(self.engine(), what, bytes)?)?;
+        Ok(plugin.with_sha256(bytes))
     }
 
     /// Reads and compiles the component at `path`. See [`Host::load`].
@@ -164,11 +186,18 @@ impl Host {
     /// As [`Host::load`], and if the file cannot be read.
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Plugin, Error> {
         let path = path.as_ref();
-        let component = self.compile_file(path)?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let what = format!("`{}`", path.display());
+        let component = compile(self.engine(), &what, &bytes)?;
         let name = path
             .file_stem()
             .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
-        self.link_named(&format!("`{}`", path.display()), &name, component)
+        Ok(self
+            .link_named(&what, &name, component)?
+            .with_sha256(&bytes))
     }
 
     /// Resolves a compiled component's imports against the host and checks

@@ -1,11 +1,13 @@
 //! One run: a fresh store and instance, the limits, the call, the settling of
 //! every intent and the dispatch of the committed ones.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument as _;
 
+use crate::answers::Answers;
 use crate::ctx::{EscrowCtx, Settled};
 use crate::error::Error;
 use crate::grants::Grants;
@@ -13,10 +15,11 @@ use crate::limits::{
     DEADLINE_GRACE, Limit, LimitExceeded, Limits, MAX_FAILURE_TEXT_BYTES, deadline_after,
     kept_failure,
 };
-use crate::outbox::{Claim, Outbox, Settler};
-use crate::outcome::{Delivery, Failure, Fate, Outcome, Timings};
+use crate::outbox::{Claim, NewEntry, Outbox, Settler, Write};
+use crate::outcome::{Delivery, Failure, Fate, Intent, Outcome, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
+use crate::recording::Recording;
 use crate::run_id::RunId;
 use crate::store::RunState;
 
@@ -31,6 +34,9 @@ pub struct RunOptions {
     policy: Arc<dyn Policy>,
     limits: Limits,
     dispatch: Dispatch,
+    answers: Option<Arc<Answers>>,
+    without_actions: bool,
+    record: Option<Arc<Path>>,
 }
 
 impl Default for RunOptions {
@@ -41,8 +47,53 @@ impl Default for RunOptions {
             policy: Arc::new(Commit),
             limits: Limits::default(),
             dispatch: Dispatch::Now,
+            answers: None,
+            without_actions: false,
+            record: None,
         }
     }
+}
+
+/// The sha256 (lowercase hex) of each part of a run's configuration that
+/// decides its effects: see [`Plugin::config_digest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigDigest {
+    /// The grants.
+    pub grants: String,
+    /// The policy of the run's scope, blocks included.
+    pub policy: String,
+    /// The handlers: the effects they perform, their kinds, their timeout.
+    pub handlers: String,
+    /// The sink routes: the effects each route takes, and the timeout.
+    pub routes: String,
+}
+
+impl ConfigDigest {
+    /// The names of the parts that differ from `other`: `grants`, `policy`,
+    /// `handlers`, `routes`.
+    pub fn changed(&self, other: &ConfigDigest) -> Vec<&'static str> {
+        [
+            ("grants", self.grants == other.grants),
+            ("policy", self.policy == other.policy),
+            ("handlers", self.handlers == other.handlers),
+            ("routes", self.routes == other.routes),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// What [`Plugin::dispatch_committed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The intents were dispatched now (with an outbox: written to it and
+    /// delivered, or left to a worker).
+    Now,
+    /// The outbox already held intents of this run: nothing was written or
+    /// dispatched again.
+    Already,
 }
 
 /// What a successful run does with its committed intents.
@@ -106,9 +157,54 @@ impl RunOptions {
         self.dispatch = dispatch;
         self
     }
+
+    /// Answers every immediate effect, lock request and breaker call from
+    /// `answers`, in order: no handler, lock backend or breaker store is
+    /// asked, and no compensation is performed. A request they do not hold
+    /// fails the run with [`Failure::Diverged`]. See [`crate::answers`].
+    pub fn answered_from(mut self, answers: impl Into<Arc<Answers>>) -> Self {
+        self.answers = Some(answers.into());
+        self
+    }
+
+    /// Refuses every action (`forbidden`), whatever the policies say, and
+    /// fails the run when one is asked: queries are performed, deferred
+    /// effects recorded. What a plan runs under.
+    pub fn without_actions(mut self) -> Self {
+        self.without_actions = true;
+        self
+    }
+
+    /// Writes a [`Recording`] of the run into `dir` (which must exist) when
+    /// it ends, as `{run_id}.json`: its input, every answer it was given,
+    /// and what it requested and returned, for `escrow replay`. A recording
+    /// that cannot be written is logged and does not change the run.
+    pub fn record(mut self, dir: impl AsRef<Path>) -> Self {
+        self.record = Some(Arc::from(dir.as_ref()));
+        self
+    }
+
+    /// The input set by [`input`](Self::input).
+    pub fn input_bytes(&self) -> &[u8] {
+        &self.input
+    }
 }
 
 impl Plugin {
+    /// The sha256 of each part of the configuration that decides the
+    /// effects of this plugin's runs under `options`, besides the component
+    /// and the input. A plan made under one is not applied under another.
+    pub fn config_digest(&self, options: &RunOptions) -> ConfigDigest {
+        use sha2::Digest as _;
+        let digest = |described: String| format!("{:x}", sha2::Sha256::digest(described));
+        ConfigDigest {
+            grants: digest(format!("{:?}", options.grants)),
+            policy: digest(format!("{:?}", options.policy)),
+            handlers: digest(format!("{:?}", self.handlers)),
+            routes: digest(format!("{:?}", self.sinks)),
+        }
+    }
+
     /// Runs the plugin once, in a fresh instance: immediate effects are
     /// performed by the handlers as the guest asks; when it stops, what must
     /// be undone is compensated and, if the run succeeded, its committed
@@ -140,10 +236,20 @@ impl Plugin {
             call_us = tracing::field::Empty,
             dispatch_us = tracing::field::Empty,
         );
+        let record = options
+            .record
+            .clone()
+            .map(|dir| (dir, options.input.clone()));
         let outcome = self
             .run_as(run_id, options)
             .instrument(span.clone())
             .await?;
+        if let Some((dir, input)) = record {
+            let recording = Recording::of(&outcome, &input, self.sha256());
+            if let Err(error) = recording.write_into(&dir) {
+                tracing::warn!(%run_id, %error, "the run could not be recorded");
+            }
+        }
         crate::observe::close_span(&span, &outcome);
         for observer in self.host.observers() {
             observer(&outcome);
@@ -184,6 +290,12 @@ impl Plugin {
         .with_handlers(Arc::clone(&self.handlers))
         .with_locks(Arc::clone(&self.locks))
         .with_breakers(Arc::clone(&self.breakers));
+        if let Some(answers) = options.answers {
+            escrow = escrow.answered_from(answers);
+        }
+        if options.without_actions {
+            escrow = escrow.without_actions();
+        }
         if let Some(outbox) = &self.outbox {
             escrow = escrow.with_outbox(outbox.clone());
             escrow = match options.dispatch {
@@ -229,7 +341,10 @@ impl Plugin {
             match (&self.outbox, options.dispatch) {
                 (_, Dispatch::Hold) => {}
                 (None, _) => self.sinks.dispatch(&mut outcome.intents).await,
-                (Some(outbox), _) => self.deliver_stored(outbox, claim, &mut outcome).await,
+                (Some(outbox), _) => {
+                    self.deliver_stored(outbox, claim, outcome.run_id, &mut outcome.intents)
+                        .await
+                }
             }
         }
         // Locks protect the run's effects, and deferred effects happen at
@@ -254,10 +369,16 @@ impl Plugin {
     /// Delivers the intents a run wrote to the outbox under `claim`, through
     /// the sinks, settling each in the outbox; without a claim (or when the
     /// store cannot be read) they are left to a worker.
-    async fn deliver_stored(&self, outbox: &Outbox, claim: Option<Claim>, outcome: &mut Outcome) {
+    async fn deliver_stored(
+        &self,
+        outbox: &Outbox,
+        claim: Option<Claim>,
+        run_id: RunId,
+        intents: &mut [Intent],
+    ) {
         let deliveries = match claim {
             None => Vec::new(),
-            Some(claim) => match outbox.store().claimed(&claim, outcome.run_id).await {
+            Some(claim) => match outbox.store().claimed(&claim, run_id).await {
                 Ok(entries) => {
                     let (_stop, stopped) = tokio::sync::watch::channel(false);
                     let lease = outbox.delivery_lease_duration();
@@ -280,28 +401,87 @@ impl Plugin {
                             .zip(done.deliveries)
                             .collect(),
                         (Err(error), _) | (_, Err(error)) => {
-                            tracing::warn!(run_id = %outcome.run_id, %error, "settling inline deliveries failed; a worker delivers them again");
+                            tracing::warn!(%run_id, %error, "settling inline deliveries failed; a worker delivers them again");
                             Vec::new()
                         }
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(run_id = %outcome.run_id, %error, "reading back the stored intents failed; a worker delivers them");
+                    tracing::warn!(%run_id, %error, "reading back the stored intents failed; a worker delivers them");
                     Vec::new()
                 }
             },
         };
-        for intent in outcome
-            .intents
-            .iter_mut()
-            .filter(|i| i.fate == Fate::Committed)
-        {
+        for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
             let delivery = deliveries
                 .iter()
                 .find(|(seq, _)| *seq == intent.seq)
                 .map_or(Delivery::Queued, |(_, d)| d.clone());
             intent.fate = Fate::Dispatched(delivery);
         }
+    }
+
+    /// Dispatches intents committed outside a run of this plugin (a plan's)
+    /// as the run `run_id`: their idempotency keys are `{run_id}:{seq}`.
+    ///
+    /// With an outbox they are written to it once: when it already holds
+    /// intents of `run_id`, nothing is written or delivered and the answer is
+    /// [`Committed::Already`]. Otherwise they are written and delivered as a
+    /// run's are, and those a sink fails to take stay there for a worker.
+    /// Without an outbox they are handed to the sinks, every time this is
+    /// called. Only intents whose fate is [`Fate::Committed`] are dispatched;
+    /// each becomes [`Fate::Dispatched`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Outbox`] when the outbox cannot be read or written; nothing
+    /// was delivered.
+    pub async fn dispatch_committed(
+        &self,
+        run_id: RunId,
+        intents: &mut [Intent],
+    ) -> Result<Committed, Error> {
+        let Some(outbox) = &self.outbox else {
+            self.sinks.dispatch(intents).await;
+            return Ok(Committed::Now);
+        };
+        if !intents.iter().any(|i| i.fate == Fate::Committed) {
+            return Ok(Committed::Now);
+        }
+        let store_error = |error: crate::outbox::OutboxError| Error::Outbox(error.to_string());
+        if outbox
+            .store()
+            .committed(run_id)
+            .await
+            .map_err(store_error)?
+        {
+            return Ok(Committed::Already);
+        }
+        let now_ms = outbox.now_ms();
+        let claim = Claim::new(now_ms, outbox.delivery_lease_duration());
+        let write = Write::Commit {
+            run_id,
+            intents: intents
+                .iter()
+                .filter(|i| i.fate == Fate::Committed)
+                .map(NewEntry::intent)
+                .collect(),
+            claim: Some(claim.clone()),
+            now_ms,
+            journaled: false,
+            failed_compensations: Vec::new(),
+        };
+        if let Err(error) = outbox.write(write).await {
+            // Another dispatch of the same run won, or this one landed and
+            // its answer was lost: either way the store holds it once.
+            return match outbox.store().committed(run_id).await {
+                Ok(true) => Ok(Committed::Already),
+                _ => Err(store_error(error)),
+            };
+        }
+        self.deliver_stored(outbox, Some(claim), run_id, intents)
+            .await;
+        Ok(Committed::Now)
     }
 
     /// [`Plugin::run`] with `input` encoded as JSON; read the output with

@@ -51,3 +51,18 @@ impl std::str::FromStr for RunId {
         uuid::Uuid::parse_str(s).map(Self)
     }
 }
+
+impl serde::Serialize for RunId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RunId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|e| D::Error::custom(format!("`{text}` is not a run id: {e}")))
+    }
+}

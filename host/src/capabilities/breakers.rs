@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Resource;
 
+use crate::answers::BreakerReply;
 use crate::backends::{Admission, CallResult};
 use crate::bindings::escrow::host::breakers::{
     Breaker, BreakerError, BreakerState, Host, HostBreaker,
@@ -145,7 +146,22 @@ impl EscrowCtx {
     ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
         let name = Arc::clone(&defined.name);
         let mut transitions = Vec::new();
-        let trial = match breakers.admit(defined).await {
+        let admission = match &mut self.replaying {
+            None => breakers.admit(defined).await,
+            Some(replaying) => match replaying.breaker(&name, &effect) {
+                Ok(BreakerReply::Allowed { trial }) => {
+                    return self
+                        .replayed_breaker_call(name, seq, effect, payload, undo, trial)
+                        .await;
+                }
+                Ok(BreakerReply::Rejected { retry_after_ms }) => Admission::Rejected {
+                    retry_after_ms,
+                    lapsed: None,
+                },
+                Err(why) => return Err(self.diverge(why)),
+            },
+        };
+        let trial = match admission {
             Admission::Rejected {
                 retry_after_ms,
                 lapsed,
@@ -194,6 +210,34 @@ impl EscrowCtx {
             transitions,
         });
         Ok(performed?.map_err(BreakerError::Effect))
+    }
+
+    /// A call a replayed run's recording let through breaker `name`: its
+    /// answer comes from the recording too, and the breaker's shared state
+    /// is left alone.
+    async fn replayed_breaker_call(
+        &mut self,
+        name: Arc<str>,
+        seq: u64,
+        effect: String,
+        payload: Vec<u8>,
+        undo: Option<Undo>,
+        trial: bool,
+    ) -> wasmtime::Result<Result<Vec<u8>, BreakerError>> {
+        let performed = self.perform_as(seq, effect.clone(), payload, undo).await?;
+        let counted = match &performed {
+            Ok(_) => CallResult::Success,
+            Err(EffectError::Refused(_)) => CallResult::NotCalled,
+            Err(EffectError::Failed(_)) => CallResult::Failure,
+        };
+        self.breaker_decisions.push(BreakerDecision {
+            seq,
+            breaker: name,
+            effect,
+            verdict: BreakerVerdict::Allowed { trial, counted },
+            transitions: Vec::new(),
+        });
+        Ok(performed.map_err(BreakerError::Effect))
     }
 
     fn opened(&self, breaker: &Resource<Breaker>) -> wasmtime::Result<&Defined> {

@@ -39,6 +39,9 @@ impl Host for EscrowCtx {
     }
 }
 
+/// The rule of a run without actions, as its failure names it.
+pub(crate) const NO_ACTIONS_RULE: &str = "a run that performs no action (a plan)";
+
 /// What a call will undo with, once its handler has run.
 pub(crate) struct Undo {
     /// The compensation's effect.
@@ -83,6 +86,15 @@ impl EscrowCtx {
         payload: Vec<u8>,
         undo: Option<Undo>,
     ) -> wasmtime::Result<Result<Vec<u8>, EffectError>> {
+        // A replayed run is matched against its recording first, whatever
+        // its grants say now: a different request is a divergence.
+        let recorded = match &mut self.replaying {
+            None => None,
+            Some(replaying) => match replaying.call(&effect) {
+                Ok(recorded) => Some(recorded.reply.to_result()),
+                Err(why) => return Err(self.diverge(why)),
+            },
+        };
         let (registered, undo) = match self.admit(&effect, &payload, undo) {
             Ok(admitted) => admitted,
             Err((refusal, keep_payload)) => {
@@ -100,6 +112,20 @@ impl EscrowCtx {
                 return Ok(result);
             }
         };
+
+        if let Some(result) = recorded {
+            let answer = result.as_ref().ok().map(Vec::as_slice);
+            let compensation = undo.map(|undo| self.register_undo(seq, undo, answer));
+            self.record(
+                seq,
+                effect,
+                payload,
+                Some(registered.kind),
+                &result,
+                compensation,
+            );
+            return Ok(result);
+        }
 
         if let Some(undo) = &undo
             && let Err(error) = self.journal(seq, &undo.effect, &undo.payload).await
@@ -142,29 +168,11 @@ impl EscrowCtx {
             self.limits.max_payload_bytes,
             self.limits.max_total_payload_bytes,
         );
-        let compensation = undo.map(|undo| {
-            let handler = self
-                .handlers
-                .get(&undo.effect)
-                .expect("checked by admit")
-                .handler
-                .clone();
-            let mut payload = undo.payload;
-            if undo.answer
-                && let Called::Answered(Ok(answer)) = &called
-                && answer.len() <= max
-            {
-                join_answer(&mut payload, answer);
-            }
-            self.payload_bytes += payload.len();
-            self.compensations.push(PendingCompensation {
-                seq,
-                effect: undo.effect.clone(),
-                payload,
-                handler,
-            });
-            undo.effect
-        });
+        let answer = match &called {
+            Called::Answered(Ok(answer)) => Some(answer.as_slice()),
+            _ => None,
+        };
+        let compensation = undo.map(|undo| self.register_undo(seq, undo, answer));
         // The answer is kept in the outcome like a payload, so it counts
         // towards the run's total; one that does not fit is not kept.
         let total = self.payload_bytes + payload.len();
@@ -208,6 +216,32 @@ impl EscrowCtx {
             return Err(LimitExceeded(Limit::Deadline).into());
         }
         Ok(result)
+    }
+
+    /// Registers the undo of call `seq`, whose handler was called (and gave
+    /// `answer`, if it answered); returns the compensation's effect.
+    fn register_undo(&mut self, seq: u64, undo: Undo, answer: Option<&[u8]>) -> String {
+        let handler = self
+            .handlers
+            .get(&undo.effect)
+            .expect("checked by admit")
+            .handler
+            .clone();
+        let mut payload = undo.payload;
+        if undo.answer
+            && let Some(answer) = answer
+            && answer.len() <= self.limits.max_payload_bytes
+        {
+            join_answer(&mut payload, answer);
+        }
+        self.payload_bytes += payload.len();
+        self.compensations.push(PendingCompensation {
+            seq,
+            effect: undo.effect.clone(),
+            payload,
+            handler,
+        });
+        undo.effect
     }
 
     /// With an outbox, writes the compensation of call `seq` durably before
@@ -277,6 +311,16 @@ impl EscrowCtx {
                 true,
             ));
         };
+        if registered.kind == EffectKind::Action && self.no_actions {
+            self.violate(Failure::Forbidden {
+                effect: effect.to_owned(),
+                rule: NO_ACTIONS_RULE.to_owned(),
+            });
+            let refusal = Refusal::Forbidden(format!(
+                "`{effect}` is an action, and this run performs none (a plan)"
+            ));
+            return Err((refusal, true));
+        }
         if registered.kind == EffectKind::Action {
             let rule = match self.decide(effect, payload) {
                 Decision::Commit => None,

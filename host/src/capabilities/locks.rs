@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
+use crate::answers::LockReply;
 use crate::backends::LockError as BackendError;
 use crate::bindings::escrow::host::locks::{Guard, Host, HostGuard, LockError};
 use crate::ctx::{EscrowCtx, next_id};
@@ -34,6 +35,14 @@ impl Host for EscrowCtx {
                 Limit::LockAcquisitions
             )))));
         }
+        // A replayed run is matched against its recording first.
+        let recorded = match &mut self.replaying {
+            None => None,
+            Some(replaying) => match replaying.lock(&keys) {
+                Ok(recorded) => Some(recorded.reply.clone()),
+                Err(why) => return Err(self.diverge(why)),
+            },
+        };
         let keys = match self.check_keys(keys) {
             Ok(keys) => keys,
             Err((error, asked)) => {
@@ -41,6 +50,9 @@ impl Host for EscrowCtx {
                 return Ok(Err(self.refuse_lock(asked, error)));
             }
         };
+        if let Some(reply) = recorded {
+            return self.replayed_lock(keys, reply);
+        }
         let keys = match self.held.backend.try_acquire_now(keys) {
             Ok(lease) => return Ok(Ok(self.keep_lease(lease))),
             Err(keys) => keys,
@@ -51,11 +63,7 @@ impl Host for EscrowCtx {
         let lease = match self.held.backend.acquire(&keys, asked_for.min(left)).await {
             Ok(lease) => lease,
             Err(BackendError::Timeout) if left < asked_for => {
-                self.lock_records.push(LockRecord {
-                    keys,
-                    result: Err("the run's deadline passed while waiting".into()),
-                });
-                return Err(LimitExceeded(Limit::Deadline).into());
+                return Err(self.deadline_while_waiting(keys));
             }
             Err(BackendError::Timeout) => {
                 return Ok(Err(self.refuse_lock(keys, LockError::Timeout)));
@@ -82,13 +90,20 @@ fn recorded_keys(keys: Vec<String>, max: usize) -> Vec<String> {
     recorded
 }
 
+/// What the outcome says of a lock request the deadline cut off.
+const DEADLINE_WHILE_WAITING: &str = "the run's deadline passed while waiting";
+/// What the outcome says of a lock request that timed out.
+const TIMED_OUT: &str = "timed out";
+/// How the outcome's text of an unavailable backend starts.
+const UNAVAILABLE: &str = "unavailable: ";
+
 /// What a lock error says, for the outcome.
 fn lock_error_text(error: &LockError) -> String {
     match error {
         LockError::Refused(refusal) => format!("refused {}: {}", refusal.kind(), refusal.message()),
-        LockError::Timeout => "timed out".into(),
+        LockError::Timeout => TIMED_OUT.into(),
         LockError::WouldDeadlock(why) => format!("would deadlock: {why}"),
-        LockError::Unavailable(why) => format!("unavailable: {why}"),
+        LockError::Unavailable(why) => format!("{UNAVAILABLE}{why}"),
     }
 }
 
@@ -126,6 +141,47 @@ impl HostGuard for EscrowCtx {
 }
 
 impl EscrowCtx {
+    /// Answers a lock request of a replayed run, whose checks passed, as the
+    /// recording says: the backend is not asked.
+    fn replayed_lock(
+        &mut self,
+        keys: Vec<String>,
+        reply: LockReply,
+    ) -> wasmtime::Result<Result<Resource<Guard>, LockError>> {
+        let error = match reply {
+            LockReply::Token(token) => {
+                // No backend holds it: its release finds no holder 0.
+                let lease = crate::backends::Lease {
+                    keys,
+                    token,
+                    holder: 0,
+                    keepalive: None,
+                };
+                return Ok(Ok(self.keep_lease(lease)));
+            }
+            LockReply::Error(text) if text == DEADLINE_WHILE_WAITING => {
+                return Err(self.deadline_while_waiting(keys));
+            }
+            LockReply::Error(text) if text == TIMED_OUT => LockError::Timeout,
+            LockReply::Error(text) => match text.strip_prefix(UNAVAILABLE) {
+                Some(why) => LockError::Unavailable(why.to_owned()),
+                // Refused by the recorded run's checks, which this run's pass.
+                None => LockError::Unavailable(format!("the recording has: {text}")),
+            },
+        };
+        Ok(Err(self.refuse_lock(keys, error)))
+    }
+
+    /// Records that the run's deadline passed while the request waited, and
+    /// gives the trap that stops the guest.
+    fn deadline_while_waiting(&mut self, keys: Vec<String>) -> wasmtime::Error {
+        self.lock_records.push(LockRecord {
+            keys,
+            result: Err(DEADLINE_WHILE_WAITING.into()),
+        });
+        LimitExceeded(Limit::Deadline).into()
+    }
+
     /// Records a lease taken and keeps it until its guard is dropped or the
     /// run ends; returns the guard.
     fn keep_lease(&mut self, lease: crate::backends::Lease) -> Resource<Guard> {
