@@ -259,6 +259,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The durable outbox, if commit is durable.
     pub outbox: Option<OutboxConfig>,
+    /// Which runs wait for a person's approval.
+    pub approval: Option<ApprovalConfig>,
     /// What each instance slot holds.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -463,6 +465,38 @@ pub struct OutboxConfig {
     pub compensation_grace_ms: Option<u64>,
 }
 
+/// The `[approval]` table: runs whose committed intents match `require`
+/// wait in the outbox for an approval.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Effect patterns (`payments.*`): a committed run with an intent
+    /// matching one is held.
+    #[serde(default)]
+    pub require: Vec<String>,
+    /// How long a run stays held before it is rejected with reason
+    /// `expired`, as a duration (`"7d"`, `"12h"`; default 7 days).
+    pub expire_after: Option<String>,
+}
+
+impl ApprovalConfig {
+    /// `expire_after`, parsed; `None` when not given.
+    ///
+    /// # Errors
+    ///
+    /// When it is not a duration.
+    pub fn expires_after(&self) -> Result<Option<Duration>, String> {
+        self.expire_after
+            .as_deref()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| {
+                    format!("approval.expire_after `{text}` is not a duration (\"7d\", \"12h\"): {e}")
+                })
+            })
+            .transpose()
+    }
+}
+
 impl OutboxConfig {
     /// `retain_delivered`, parsed; `None` when not given.
     ///
@@ -571,6 +605,10 @@ impl Config {
         self.breaker_configs()?;
         self.handlers()?;
         self.run_policy()?;
+        self.approval()?;
+        if let Some(approval) = &self.approval {
+            approval.expires_after()?;
+        }
         if let Some(sink) = &self.sink {
             sink.parse::<SinkSpec>()?;
         }
@@ -913,7 +951,32 @@ impl Config {
         if let Some(ms) = table.compensation_grace_ms {
             outbox = outbox.compensation_grace(Duration::from_millis(ms));
         }
+        let expiry = self.approval.as_ref().map(ApprovalConfig::expires_after);
+        if let Some(expiry) = expiry.transpose().map_err(|message| {
+            crate::outbox::OutboxError::Open {
+                what: "[approval] expire_after".into(),
+                message,
+            }
+        })?
+        .flatten()
+        {
+            outbox = outbox.approval_expiry(expiry);
+        }
         Ok(Some(outbox))
+    }
+
+    /// The patterns of `[approval] require`, compiled; `None` without any.
+    ///
+    /// # Errors
+    ///
+    /// A malformed pattern.
+    pub fn approval(&self) -> Result<Option<crate::patterns::Patterns>, String> {
+        let Some(table) = self.approval.as_ref().filter(|t| !t.require.is_empty()) else {
+            return Ok(None);
+        };
+        crate::patterns::Patterns::effects(table.require.iter().cloned())
+            .map(Some)
+            .map_err(|e| format!("approval.require: {e}"))
     }
 
     /// The policy named by `policy` and `block`.

@@ -17,12 +17,12 @@ use crate::grants::Grants;
 use crate::handlers::Call;
 use crate::handlers::{Handler, Handlers};
 use crate::limits::{Limit, Limits, MAX_ERROR_TEXT_BYTES, deadline_after, kept_failure};
-use crate::outbox::{Claim, NewEntry, Outbox, OutboxError, Write};
+use crate::outbox::{Claim, Hold, NewEntry, Outbox, OutboxError, Write};
 use crate::outcome::{
-    BreakerDecision, Compensation, Failure, Fate, Fence, Intent, Invocation, LockRecord, Outcome,
-    Refusal,
+    BreakerDecision, Compensation, Delivery, Failure, Fate, Fence, Intent, Invocation, LockRecord,
+    Outcome, Refusal,
 };
-use crate::patterns::check_effect_name;
+use crate::patterns::{Patterns, check_effect_name};
 use crate::policy::{Decision, Policy};
 use crate::run_id::RunId;
 
@@ -98,6 +98,8 @@ pub struct EscrowCtx {
     pub(crate) replaying: Option<Replaying>,
     /// Whether actions are refused whatever the policy says (a plan).
     pub(crate) no_actions: bool,
+    /// The effects whose committed intents hold the run for approval.
+    approval: Option<Arc<Patterns>>,
 }
 
 impl std::fmt::Debug for EscrowCtx {
@@ -197,6 +199,7 @@ impl EscrowCtx {
             last_rule: None,
             replaying: None,
             no_actions: false,
+            approval: None,
         }
     }
 
@@ -243,6 +246,14 @@ impl EscrowCtx {
     /// when one is asked: the run only looks (a plan).
     pub fn without_actions(mut self) -> Self {
         self.no_actions = true;
+        self
+    }
+
+    /// With an outbox: holds the run for approval when one of its committed
+    /// intents matches `patterns`. Its intents are written `held`, and
+    /// reported [`Delivery::Held`].
+    pub fn require_approval(mut self, patterns: Option<Arc<Patterns>>) -> Self {
+        self.approval = patterns.filter(|p| !p.is_empty());
         self
     }
 
@@ -591,18 +602,38 @@ impl EscrowCtx {
             return Ok(None);
         }
         let now_ms = outbox.now_ms();
-        let claim = (self.deliver_inline && !intents.is_empty())
+        let held = self
+            .approval
+            .as_ref()
+            .is_some_and(|p| intents.iter().any(|i| p.is_match(&i.effect)));
+        let claim = (self.deliver_inline && !intents.is_empty() && !held)
             .then(|| Claim::new(now_ms, outbox.delivery_lease_duration()));
         let has_intents = !intents.is_empty();
-        let write = Write::Commit {
-            run_id: self.run_id,
-            intents,
-            claim: claim.clone(),
-            now_ms,
-            journaled: self.journaled,
-            failed_compensations: std::mem::take(&mut self.failed_compensations),
+        let failed_compensations = std::mem::take(&mut self.failed_compensations);
+        let written = if held {
+            let hold = Hold {
+                run_id: self.run_id,
+                intents,
+                now_ms,
+                journaled: self.journaled,
+                failed_compensations,
+            };
+            outbox.hold(hold).await
+        } else {
+            let write = Write::Commit {
+                run_id: self.run_id,
+                intents,
+                claim: claim.clone(),
+                now_ms,
+                journaled: self.journaled,
+                failed_compensations,
+            };
+            outbox.write(write).await.map(drop)
         };
-        let Err(error) = outbox.write(write).await else {
+        if held && written.is_ok() {
+            self.mark_held();
+        }
+        let Err(error) = written else {
             return Ok(claim);
         };
         // The answer may have been lost after the transaction committed: ask.
@@ -618,7 +649,12 @@ impl EscrowCtx {
             other => other.to_string(),
         };
         match landed {
-            Ok(true) => Ok(claim),
+            Ok(true) => {
+                if held {
+                    self.mark_held();
+                }
+                Ok(claim)
+            }
             Ok(false) => Err((
                 Failure::Outbox(format!(
                     "the committed intents could not be stored: {error}"
@@ -632,6 +668,13 @@ impl EscrowCtx {
                 )),
                 true,
             )),
+        }
+    }
+
+    /// Reports the committed intents held for approval in the outbox.
+    fn mark_held(&mut self) {
+        for intent in self.records.iter_mut().filter(|i| i.fate == Fate::Committed) {
+            intent.fate = Fate::Dispatched(Delivery::Held);
         }
     }
 

@@ -81,6 +81,10 @@ pub enum Error {
     /// The input could not be encoded as JSON.
     #[error("cannot encode the input as JSON: {0}")]
     Input(String),
+    /// Approval was asked for where it cannot hold runs (no outbox, or a
+    /// run that leaves its intents to the embedder).
+    #[error("approval: {0}")]
+    Approval(String),
     /// The outbox could not be read or written.
     #[error("outbox: {0}")]
     Outbox(String),

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::handlers::Handlers;
 use crate::limits::DEFAULT_MAX_MEMORY_BYTES;
 use crate::outbox::Outbox;
+use crate::patterns::Patterns;
 use crate::outcome::Intent;
 use crate::sinks::Sinks;
 use crate::store::RunState;
@@ -90,6 +91,7 @@ struct Inner {
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
+    approval: Option<Arc<Patterns>>,
     observers: crate::observe::Observers,
     typed: TypedEffects,
     max_memory_bytes: usize,
@@ -125,6 +127,7 @@ pub struct HostBuilder {
     locks: Arc<dyn LockBackend>,
     breakers: Arc<Breakers>,
     outbox: Option<Outbox>,
+    approval: Option<Arc<Patterns>>,
     observers: crate::observe::Observers,
     typed: TypedEffects,
     max_concurrent_runs: u32,
@@ -143,6 +146,7 @@ impl Default for HostBuilder {
             locks: Arc::new(MemoryLocks::new()),
             breakers: Arc::default(),
             outbox: None,
+            approval: None,
             observers: Default::default(),
             typed: TypedEffects::new(),
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
@@ -206,6 +210,17 @@ impl HostBuilder {
     /// default) intents live in memory until dispatched, with one attempt.
     pub fn outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// Holds for approval every committed run with at least one intent
+    /// whose effect matches `patterns` (`payments.*`): its intents are
+    /// written to the outbox `held`, and none is delivered until someone
+    /// approves the run ([`Outbox::approve`]); a rejected run's intents
+    /// never are. Needs an [outbox](Self::outbox). A run may say otherwise
+    /// ([`RunOptions::require_approval`](crate::RunOptions::require_approval)).
+    pub fn require_approval(mut self, patterns: Patterns) -> Self {
+        self.approval = (!patterns.is_empty()).then(|| Arc::new(patterns));
         self
     }
 
@@ -295,6 +310,13 @@ impl HostBuilder {
                  HostBuilder::route, or deliver from workers that have sinks"
             );
         }
+        if self.approval.is_some() && self.outbox.is_none() {
+            return Err(Error::Approval(
+                "runs held for approval wait in the outbox: give the host one \
+                 (HostBuilder::outbox)"
+                    .into(),
+            ));
+        }
         if self.max_memory_bytes < WASM_PAGE {
             return Err(Error::Limits(format!(
                 "max_memory_bytes is {}; it must be at least {WASM_PAGE} (one wasm page)",
@@ -362,6 +384,7 @@ impl HostBuilder {
                 locks: self.locks,
                 breakers: self.breakers,
                 outbox: self.outbox,
+                approval: self.approval,
                 observers: self.observers,
                 typed: self.typed,
                 max_memory_bytes: self.max_memory_bytes,
@@ -441,6 +464,11 @@ impl Host {
     /// The host's handlers.
     pub fn handlers(&self) -> &Arc<Handlers> {
         &self.inner.handlers
+    }
+
+    /// The patterns of effects whose runs are held for approval, if any.
+    pub fn approval(&self) -> Option<&Arc<Patterns>> {
+        self.inner.approval.as_ref()
     }
 
     /// The host's outbox, if commit is durable.

@@ -64,11 +64,17 @@ static METADATA: metrics::Metadata<'static> =
 
 /// Run statuses, intent fates and refusal kinds, in the order of the keys
 /// of [`RunKeys`].
-const STATUSES: [Status; 3] = [Status::Committed, Status::Dropped, Status::Failed];
-const FATES: [&str; 7] = [
+const STATUSES: [Status; 4] = [
+    Status::Committed,
+    Status::Dropped,
+    Status::Held,
+    Status::Failed,
+];
+const FATES: [&str; 8] = [
     "committed",
     "dispatched",
     "queued",
+    "held",
     "dropped",
     "blocked",
     "refused",
@@ -126,6 +132,7 @@ pub(crate) fn record_run(keys: &RunKeys, outcome: &Outcome, pool_wait: Duration,
     for intent in &outcome.intents {
         let fate = match &intent.fate {
             Fate::Dispatched(Delivery::Queued) => "queued",
+            Fate::Dispatched(Delivery::Held) => "held",
             other => other.name(),
         };
         count(&mut fates, &FATES, fate);
@@ -193,7 +200,7 @@ pub(crate) fn close_span(span: &tracing::Span, outcome: &Outcome) {
         (Err(failure), _) => {
             tracing::info!(parent: span, error = %failure, "run failed");
         }
-        (Ok(_), Status::Committed | Status::Dropped) => {
+        (Ok(_), Status::Committed | Status::Dropped | Status::Held) => {
             tracing::info!(parent: span, status = outcome.status().as_str(), "run ended");
         }
         (Ok(_), Status::Failed) => {}

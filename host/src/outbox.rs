@@ -33,6 +33,7 @@ use crate::limits::{MAX_ERROR_TEXT_BYTES, kept_failure};
 use crate::outcome::{Fence, Intent};
 use crate::run_id::RunId;
 
+mod approval;
 mod sqlite;
 mod worker;
 
@@ -44,6 +45,11 @@ pub use postgres::{
     POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
     POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
 };
+pub use approval::{
+    DEFAULT_APPROVAL_EXPIRY, Decide, DecidedIntent, Decision, DecisionCounts, EXPIRED,
+    EXPIRY_DECIDER, Hold, MAX_DECIDER_BYTES, MAX_REASON_BYTES, Verdict,
+};
+pub(crate) use approval::{intents_from_json, intents_json};
 pub use sqlite::{
     SQLITE_BUSY_PAUSE, SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox,
 };
@@ -122,12 +128,39 @@ pub enum OutboxError {
         message: String,
     },
     /// A retry named entries that cannot be retried; nothing was changed.
-    #[error("{}", not_retriable(unknown, delivered))]
+    #[error("{}", not_retriable(unknown, delivered, decided))]
     NotRetriable {
         /// Ids the outbox does not hold.
         unknown: Vec<i64>,
         /// Ids of entries delivered already.
         delivered: Vec<i64>,
+        /// Ids of entries of runs held for approval or rejected: a decision
+        /// moves those, not a retry.
+        decided: Vec<i64>,
+    },
+    /// A decision named a run that holds nothing: it was never held, or
+    /// is unknown. Nothing was changed.
+    #[error("run {run_id} is not held for approval: nothing was changed")]
+    NotHeld {
+        /// The run.
+        run_id: RunId,
+    },
+    /// A decision named a run decided already. Nothing was changed.
+    #[error(
+        "run {run_id} was already {verdict} by {by} at {}: nothing was changed",
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis((*at_ms).max(0) as u64)
+        )
+    )]
+    AlreadyDecided {
+        /// The run.
+        run_id: RunId,
+        /// What was decided.
+        verdict: Verdict,
+        /// By whom.
+        by: String,
+        /// When (ms since the Unix epoch).
+        at_ms: i64,
     },
     /// An operation failed.
     #[error("outbox: {0}")]
@@ -165,7 +198,7 @@ const ENTRY_COLUMN_COUNT: usize = {
 };
 
 /// The message of [`OutboxError::NotRetriable`].
-fn not_retriable(unknown: &[i64], delivered: &[i64]) -> String {
+fn not_retriable(unknown: &[i64], delivered: &[i64], decided: &[i64]) -> String {
     let ids = |ids: &[i64]| {
         ids.iter()
             .map(i64::to_string)
@@ -179,6 +212,12 @@ fn not_retriable(unknown: &[i64], delivered: &[i64]) -> String {
     if !delivered.is_empty() {
         parts.push(format!("{} delivered already", ids(delivered)));
     }
+    if !decided.is_empty() {
+        parts.push(format!(
+            "{} held for approval or rejected (approve the run instead)",
+            ids(decided)
+        ));
+    }
     format!("nothing retried: {}", parts.join("; "))
 }
 
@@ -189,17 +228,22 @@ fn retriable(ids: &[i64], found: &HashMap<i64, String>) -> Result<Vec<i64>, Outb
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let (mut unknown, mut delivered) = (Vec::new(), Vec::new());
+    let (mut unknown, mut delivered, mut decided) = (Vec::new(), Vec::new(), Vec::new());
     for &id in &ids {
         match found.get(&id).map(String::as_str) {
             None => unknown.push(id),
             Some("delivered") => delivered.push(id),
+            Some("held" | "rejected") => decided.push(id),
             Some(_) => {}
         }
     }
-    match unknown.is_empty() && delivered.is_empty() {
+    match unknown.is_empty() && delivered.is_empty() && decided.is_empty() {
         true => Ok(ids),
-        false => Err(OutboxError::NotRetriable { unknown, delivered }),
+        false => Err(OutboxError::NotRetriable {
+            unknown,
+            delivered,
+            decided,
+        }),
     }
 }
 
@@ -250,15 +294,21 @@ pub enum EntryStatus {
     /// Given up after the configured number of attempts; kept with its last
     /// error until retried by hand.
     Dead,
+    /// Of a run held for approval: not due until the run is approved.
+    Held,
+    /// Of a run rejected: never delivered.
+    Rejected,
 }
 
 impl EntryStatus {
-    /// `pending`, `delivered` or `dead`, as stored.
+    /// `pending`, `delivered`, `dead`, `held` or `rejected`, as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             EntryStatus::Pending => "pending",
             EntryStatus::Delivered => "delivered",
             EntryStatus::Dead => "dead",
+            EntryStatus::Held => "held",
+            EntryStatus::Rejected => "rejected",
         }
     }
 }
@@ -271,8 +321,10 @@ impl std::str::FromStr for EntryStatus {
             "pending" => Ok(EntryStatus::Pending),
             "delivered" => Ok(EntryStatus::Delivered),
             "dead" => Ok(EntryStatus::Dead),
+            "held" => Ok(EntryStatus::Held),
+            "rejected" => Ok(EntryStatus::Rejected),
             other => Err(OutboxError::Store(format!(
-                "unknown status `{other}`; use pending, delivered or dead"
+                "unknown status `{other}`; use pending, delivered, dead, held or rejected"
             ))),
         }
     }
@@ -523,6 +575,12 @@ pub struct Stats {
     /// When the last of those leases ends (ms since the Unix epoch), unless
     /// renewed; it may have ended already if its holder died.
     pub claimed_until_ms: Option<i64>,
+    /// Entries of runs held for approval.
+    pub held: u64,
+    /// Entries of rejected runs.
+    pub rejected: u64,
+    /// The held runs decided so far.
+    pub decisions: DecisionCounts,
 }
 
 /// Which entries to bring back to `pending`.
@@ -612,6 +670,31 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
         limit: u32,
     ) -> Result<u64, OutboxError>;
 
+    /// Writes a committed run held for approval, in one transaction: its
+    /// intents `held`; its journaled compensations `held` too, but for those
+    /// in `failed_compensations`, which stay owed as a commit leaves them.
+    async fn hold(&self, hold: &Hold) -> Result<(), OutboxError>;
+
+    /// Decides the held run `decide.run_id` in one transaction: keeps the
+    /// decision with the run's intents as they are, then, approved, makes
+    /// its held intents pending, due now, and forgets its held
+    /// compensations; rejected, makes its held intents `rejected` and its
+    /// held compensations pending, due now. Of two decisions of one run,
+    /// from any processes, exactly one is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::AlreadyDecided`] when the run was decided already,
+    /// [`OutboxError::NotHeld`] when it holds no entry; nothing changed.
+    async fn decide(&self, decide: &Decide) -> Result<Decision, OutboxError>;
+
+    /// The decisions kept, newest first, at most `limit`.
+    async fn decisions(&self, limit: u32) -> Result<Vec<Decision>, OutboxError>;
+
+    /// At most `limit` runs held since before `held_before_ms`, oldest
+    /// first.
+    async fn held_runs(&self, held_before_ms: i64, limit: u32) -> Result<Vec<RunId>, OutboxError>;
+
     /// A watch on what other processes write, so that a waiting worker
     /// wakes when they commit instead of at its next poll; `None` (the
     /// default) when the store cannot tell, and workers poll. Writes made
@@ -624,21 +707,26 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
 /// Which ended entries to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prune {
-    /// Delivered entries.
+    /// Delivered entries, and those of rejected runs (their decisions are
+    /// kept).
     Delivered,
-    /// Delivered and dead entries (dead ones are otherwise kept until
-    /// retried).
+    /// Those, and dead entries (which are otherwise kept until retried).
     DeliveredAndDead,
 }
 
 impl Prune {
     /// Each status deleted, as the stores write it, with the column that
-    /// says when its entries ended: delivered ones when delivered, dead
-    /// ones when their last attempt was due.
+    /// says when its entries ended: delivered ones when delivered, those
+    /// of rejected runs when rejected, dead ones when their last attempt
+    /// was due.
     pub(crate) fn statuses(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Prune::Delivered => &[("delivered", "delivered_at")],
-            Prune::DeliveredAndDead => &[("delivered", "delivered_at"), ("dead", "due_at")],
+            Prune::Delivered => &[("delivered", "delivered_at"), ("rejected", "due_at")],
+            Prune::DeliveredAndDead => &[
+                ("delivered", "delivered_at"),
+                ("rejected", "due_at"),
+                ("dead", "due_at"),
+            ],
         }
     }
 }
@@ -728,7 +816,10 @@ impl Stats {
                 self.retrying = retrying;
             }
             "delivered" => self.delivered = count,
-            _ => self.dead = count,
+            "dead" => self.dead = count,
+            "held" => self.held = count,
+            "rejected" => self.rejected = count,
+            _ => {}
         }
     }
 }
@@ -777,6 +868,7 @@ struct Inner {
     lease: Duration,
     delivery_lease: Duration,
     retain_delivered: Duration,
+    approval_expiry: Duration,
     compensation_grace: Duration,
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
@@ -840,6 +932,7 @@ impl Outbox {
                 lease,
                 delivery_lease: DEFAULT_DELIVERY_LEASE,
                 retain_delivered: DEFAULT_RETAIN_DELIVERED,
+                approval_expiry: DEFAULT_APPROVAL_EXPIRY,
                 compensation_grace,
                 clock,
                 groups,
@@ -866,6 +959,14 @@ impl Outbox {
     /// kept until retried or pruned by hand.
     pub fn retain_delivered(mut self, retain: Duration) -> Self {
         Arc::make_mut(&mut self.inner).retain_delivered = retain;
+        self
+    }
+
+    /// This outbox rejecting runs held for approval this long after they
+    /// were held, with reason [`EXPIRED`] (default
+    /// [`DEFAULT_APPROVAL_EXPIRY`]); its workers do it as they prune.
+    pub fn approval_expiry(mut self, expiry: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).approval_expiry = expiry;
         self
     }
 
@@ -958,6 +1059,11 @@ impl Outbox {
     /// How long delivered entries are kept.
     pub fn retained_for(&self) -> Duration {
         self.inner.retain_delivered
+    }
+
+    /// How long a run stays held before it expires.
+    pub fn approval_expires_after(&self) -> Duration {
+        self.inner.approval_expiry
     }
 
     /// Deletes every entry of `which` that ended before `ended_before_ms`,

@@ -63,6 +63,13 @@ impl Outcome {
         if self.result.is_err() {
             return Status::Failed;
         }
+        if self
+            .intents
+            .iter()
+            .any(|i| i.fate == Fate::Dispatched(Delivery::Held))
+        {
+            return Status::Held;
+        }
         let withheld = |i: &Intent| matches!(i.fate, Fate::Dropped);
         let released = |i: &Intent| matches!(i.fate, Fate::Committed | Fate::Dispatched(_));
         if self.intents.iter().any(withheld) && !self.intents.iter().any(released) {
@@ -103,7 +110,7 @@ impl Outcome {
         self.dispatched().filter(|i| {
             !matches!(
                 i.fate,
-                Fate::Dispatched(Delivery::Delivered | Delivery::Queued)
+                Fate::Dispatched(Delivery::Delivered | Delivery::Queued | Delivery::Held)
             )
         })
     }
@@ -117,16 +124,19 @@ pub enum Status {
     /// The run succeeded and its policy dropped what it requested: nothing was
     /// dispatched.
     Dropped,
+    /// The run succeeded and its intents wait in the outbox for approval.
+    Held,
     /// The run failed; every intent was discarded.
     Failed,
 }
 
 impl Status {
-    /// `committed`, `dropped` or `failed`.
+    /// `committed`, `dropped`, `held` or `failed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Committed => "committed",
             Status::Dropped => "dropped",
+            Status::Held => "held",
             Status::Failed => "failed",
         }
     }
@@ -289,6 +299,9 @@ pub enum Delivery {
     /// delivers it (after the run's earlier intents, where one of them must
     /// be retried first).
     Queued,
+    /// Stored in the durable outbox, held for approval: delivered once the
+    /// run is approved, never if it is rejected.
+    Held,
 }
 
 /// One immediate effect the run requested.

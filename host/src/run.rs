@@ -15,7 +15,8 @@ use crate::limits::{
     DEADLINE_GRACE, Limit, LimitExceeded, Limits, MAX_FAILURE_TEXT_BYTES, deadline_after,
     kept_failure,
 };
-use crate::outbox::{Claim, NewEntry, Outbox, Settler, Write};
+use crate::outbox::{Claim, Hold, NewEntry, Outbox, Settler, Write};
+use crate::patterns::Patterns;
 use crate::outcome::{Delivery, Failure, Fate, Intent, Outcome, Timings};
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
@@ -37,6 +38,7 @@ pub struct RunOptions {
     answers: Option<Arc<Answers>>,
     without_actions: bool,
     record: Option<Arc<Path>>,
+    approval: Option<Arc<Patterns>>,
 }
 
 impl Default for RunOptions {
@@ -50,6 +52,7 @@ impl Default for RunOptions {
             answers: None,
             without_actions: false,
             record: None,
+            approval: None,
         }
     }
 }
@@ -184,6 +187,25 @@ impl RunOptions {
         self
     }
 
+    /// Holds the run for approval when one of its committed intents
+    /// matches `patterns`, instead of the host's patterns
+    /// ([`HostBuilder::require_approval`](crate::HostBuilder::require_approval));
+    /// empty patterns hold no run. A held run needs an outbox, and a
+    /// dispatch other than [`Dispatch::Hold`].
+    pub fn require_approval(mut self, patterns: Patterns) -> Self {
+        self.approval = Some(Arc::new(patterns));
+        self
+    }
+
+    /// The patterns that hold a run for approval: the run's own, else the
+    /// host's.
+    fn approval(&self, host: &crate::Host) -> Option<Arc<Patterns>> {
+        match &self.approval {
+            Some(own) => (!own.is_empty()).then(|| Arc::clone(own)),
+            None => host.approval().cloned(),
+        }
+    }
+
     /// The input set by [`input`](Self::input).
     pub fn input_bytes(&self) -> &[u8] {
         &self.input
@@ -268,6 +290,21 @@ impl Plugin {
         if options.dispatch == Dispatch::Later && self.outbox.is_none() {
             return Err(Error::NoOutbox);
         }
+        let approval = options.approval(&self.host);
+        if approval.is_some() {
+            if self.outbox.is_none() {
+                return Err(Error::Approval(
+                    "runs held for approval wait in the outbox, and this plugin has none".into(),
+                ));
+            }
+            if options.dispatch == Dispatch::Hold {
+                return Err(Error::Approval(
+                    "a run whose intents the embedder stages (`Dispatch::Hold`) cannot be held \
+                     for approval"
+                        .into(),
+                ));
+            }
+        }
         // Slots bound the instances alive at once; the permit is given back
         // as soon as the store is gone, before delivery.
         let waiting = Instant::now();
@@ -289,7 +326,8 @@ impl Plugin {
         )
         .with_handlers(Arc::clone(&self.handlers))
         .with_locks(Arc::clone(&self.locks))
-        .with_breakers(Arc::clone(&self.breakers));
+        .with_breakers(Arc::clone(&self.breakers))
+        .require_approval(approval);
         if let Some(answers) = options.answers {
             escrow = escrow.answered_from(answers);
         }
@@ -440,6 +478,7 @@ impl Plugin {
         &self,
         run_id: RunId,
         intents: &mut [Intent],
+        options: &RunOptions,
     ) -> Result<Committed, Error> {
         let Some(outbox) = &self.outbox else {
             self.sinks.dispatch(intents).await;
@@ -458,20 +497,36 @@ impl Plugin {
             return Ok(Committed::Already);
         }
         let now_ms = outbox.now_ms();
+        let entries: Vec<NewEntry> = intents
+            .iter()
+            .filter(|i| i.fate == Fate::Committed)
+            .map(NewEntry::intent)
+            .collect();
+        let held = options
+            .approval(&self.host)
+            .is_some_and(|p| entries.iter().any(|e| p.is_match(&e.effect)));
         let claim = Claim::new(now_ms, outbox.delivery_lease_duration());
-        let write = Write::Commit {
-            run_id,
-            intents: intents
-                .iter()
-                .filter(|i| i.fate == Fate::Committed)
-                .map(NewEntry::intent)
-                .collect(),
-            claim: Some(claim.clone()),
-            now_ms,
-            journaled: false,
-            failed_compensations: Vec::new(),
+        let written = if held {
+            let hold = Hold {
+                run_id,
+                intents: entries,
+                now_ms,
+                journaled: false,
+                failed_compensations: Vec::new(),
+            };
+            outbox.hold(hold).await
+        } else {
+            let write = Write::Commit {
+                run_id,
+                intents: entries,
+                claim: Some(claim.clone()),
+                now_ms,
+                journaled: false,
+                failed_compensations: Vec::new(),
+            };
+            outbox.write(write).await.map(drop)
         };
-        if let Err(error) = outbox.write(write).await {
+        if let Err(error) = written {
             // Another dispatch of the same run won, or this one landed and
             // its answer was lost: either way the store holds it once.
             return match outbox.store().committed(run_id).await {
@@ -479,8 +534,14 @@ impl Plugin {
                 _ => Err(store_error(error)),
             };
         }
-        self.deliver_stored(outbox, Some(claim), run_id, intents)
-            .await;
+        if held {
+            for intent in intents.iter_mut().filter(|i| i.fate == Fate::Committed) {
+                intent.fate = Fate::Dispatched(Delivery::Held);
+            }
+        } else {
+            self.deliver_stored(outbox, Some(claim), run_id, intents)
+                .await;
+        }
         Ok(Committed::Now)
     }
 

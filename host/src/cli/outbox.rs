@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 
 use super::EXIT_UNDELIVERED;
 
+mod decide;
+
 /// Work with a durable outbox: deliver what is due, list entries, retry dead
-/// ones, and count them.
+/// ones, approve or reject held runs, and count them.
 #[derive(Debug, Args)]
 pub(crate) struct OutboxArgs {
     #[command(subcommand)]
@@ -28,6 +30,8 @@ enum OutboxCommand {
     Deliver(DeliverArgs),
     List(ListArgs),
     Retry(RetryArgs),
+    Approve(decide::ApproveArgs),
+    Reject(decide::RejectArgs),
     Prune(PruneArgs),
     Stats(StatsArgs),
 }
@@ -92,14 +96,20 @@ struct DeliverArgs {
     poll_ms: u64,
 }
 
-/// List entries, oldest first.
+/// List entries, oldest first; or, with --decisions, the decisions about
+/// held runs, newest first.
 #[derive(Debug, Args)]
 struct ListArgs {
     #[command(flatten)]
     store: Store,
-    /// Only entries with this status: pending, delivered or dead.
-    #[arg(long, value_name = "STATUS")]
+    /// Only entries with this status: pending, delivered, dead, held or
+    /// rejected.
+    #[arg(long, value_name = "STATUS", conflicts_with = "decisions")]
     status: Option<String>,
+    /// List the decisions about held runs (who, when, why, and the run's
+    /// intents as decided) instead of entries.
+    #[arg(long)]
+    decisions: bool,
     /// At most this many.
     #[arg(long, value_name = "N", default_value_t = 100)]
     limit: u32,
@@ -160,6 +170,8 @@ pub(crate) fn main(args: OutboxArgs) -> anyhow::Result<u8> {
             OutboxCommand::Deliver(args) => deliver(args).await,
             OutboxCommand::List(args) => list(args).await,
             OutboxCommand::Retry(args) => retry(args).await,
+            OutboxCommand::Approve(args) => decide::approve(args).await,
+            OutboxCommand::Reject(args) => decide::reject(args).await,
             OutboxCommand::Prune(args) => prune(args).await,
             OutboxCommand::Stats(args) => stats(args).await,
         }
@@ -260,6 +272,18 @@ fn entry_value(entry: &Entry) -> Value {
 async fn list(args: ListArgs) -> anyhow::Result<u8> {
     let config = args.store.config()?;
     let outbox = args.store.open(&config).await?;
+    if args.decisions {
+        let decisions = outbox.decisions(args.limit).await?;
+        if args.json {
+            let values: Vec<Value> = decisions.iter().map(decide::decision_value).collect();
+            println!("{}", serde_json::to_string_pretty(&values)?);
+        } else {
+            for decision in &decisions {
+                print!("{}", decide::decision_lines(decision));
+            }
+        }
+        return Ok(0);
+    }
     let status = args
         .status
         .as_deref()
@@ -288,8 +312,19 @@ async fn list(args: ListArgs) -> anyhow::Result<u8> {
             0 => String::new(),
             n => format!(" (+{n} before a retry)"),
         };
+        let expires = match entry.status {
+            EntryStatus::Held => {
+                let expiry = outbox.approval_expires_after().as_millis() as i64;
+                format!(
+                    "  held since {}, expires {}",
+                    time_text(entry.created_at_ms),
+                    time_text(entry.created_at_ms.saturating_add(expiry))
+                )
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:>6}  {:<9} {:<12} {}  {}  attempts {}{earlier}{error}",
+            "{:>6}  {:<9} {:<12} {}  {}  attempts {}{earlier}{error}{expires}",
             entry.id,
             entry.status.as_str(),
             e.kind.as_str(),
@@ -347,6 +382,13 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
             "oldest_pending_age_ms": lag_ms,
             "claimed": stats.claimed,
             "claimed_until": stats.claimed_until_ms.map(time_text),
+            "held": stats.held,
+            "rejected": stats.rejected,
+            "decisions": {
+                "approved": stats.decisions.approved,
+                "rejected": stats.decisions.rejected,
+                "expired": stats.decisions.expired,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(0);
@@ -354,6 +396,13 @@ async fn stats(args: StatsArgs) -> anyhow::Result<u8> {
     println!("pending    {} ({} retrying)", stats.pending, stats.retrying);
     println!("delivered  {}", stats.delivered);
     println!("dead       {}", stats.dead);
+    println!("held       {}", stats.held);
+    println!("rejected   {}", stats.rejected);
+    let decided = &stats.decisions;
+    println!(
+        "decisions  {} approved, {} rejected ({} expired)",
+        decided.approved, decided.rejected, decided.expired
+    );
     println!("attempts   {}", stats.attempts);
     match lag_ms {
         Some(ms) => println!("lag        {:.1?}", Duration::from_millis(ms as u64)),

@@ -226,6 +226,7 @@ fn fate_text(intent: &Intent) -> String {
     match &intent.fate {
         Fate::Dispatched(Delivery::Delivered) => "delivered".into(),
         Fate::Dispatched(Delivery::Queued) => "queued in the outbox".into(),
+        Fate::Dispatched(Delivery::Held) => "held for approval in the outbox".into(),
         Fate::Dispatched(Delivery::Failed(why)) => format!("failed: {why}"),
         Fate::Dispatched(Delivery::NoSink) => "no sink".into(),
         Fate::Dispatched(Delivery::NotAttempted(why)) => format!("not attempted: {why}"),

@@ -14,7 +14,11 @@ pub(crate) fn human(outcome: &Outcome, backtrace: bool) -> String {
     let total = outcome.timings.total();
     match (&outcome.result, outcome.error_text()) {
         (Ok(output), _) => {
-            let _ = writeln!(out, "escrow: run {} in {total:.1?}", outcome.status());
+            let status = match outcome.status() {
+                escrow_host::Status::Held => "held for approval".to_owned(),
+                status => status.to_string(),
+            };
+            let _ = writeln!(out, "escrow: run {status} in {total:.1?}");
             let _ = writeln!(
                 out,
                 "result: {}",
@@ -56,6 +60,7 @@ pub(crate) fn human(outcome: &Outcome, backtrace: bool) -> String {
                 format!("dispatched, not attempted: {why}")
             }
             Fate::Dispatched(Delivery::Queued) => "queued in the outbox".to_owned(),
+            Fate::Dispatched(Delivery::Held) => "held for approval in the outbox".to_owned(),
             Fate::Refused(refusal) => format!("refused {}", refusal.kind()),
             other => other.name().to_owned(),
         };

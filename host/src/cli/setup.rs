@@ -110,7 +110,14 @@ impl ConfigArgs {
         let handlers = config.handlers().map_err(anyhow::Error::msg)?;
         let policy = config.run_policy().map_err(anyhow::Error::msg)?;
         let limits = config.limits();
+        let approval = config.approval().map_err(anyhow::Error::msg)?;
         let outbox = config.outbox(how.outbox, OpenMode::Create).await?;
+        if approval.is_some() && outbox.is_none() {
+            bail!(
+                "[approval] require holds runs in the outbox: give --outbox or [outbox] url in \
+                 the config"
+            );
+        }
         let breakers = Arc::new(config.breakers().await.map_err(anyhow::Error::msg)?);
         let routing = super::routing(config, how.sink, how.json, &breakers)?;
         let no_sinks = routing.sinks.is_empty();
@@ -126,6 +133,9 @@ impl ConfigArgs {
         }
         if let Some(outbox) = outbox {
             host = host.outbox(outbox);
+        }
+        if let Some(approval) = approval {
+            host = host.require_approval(approval);
         }
         let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
         let host = host

@@ -26,13 +26,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Changes, Claim, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry, OpenMode, OutboxError,
-    OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Write, fences_from_json,
-    fences_json, retriable,
+    Changes, Claim, Decide, Decision, ENTRY_COLUMNS, EXPIRED, EXPIRY_DECIDER, Entry, EntryKind,
+    Filter, Hold, NewEntry, OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, Retry,
+    Settlement, Stats, Write, fences_from_json, fences_json, retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
 
+mod approval;
 mod statistics;
 mod wake;
 
@@ -161,6 +162,26 @@ DROP TRIGGER escrow_outbox_counted_insert ON escrow_outbox;
 DROP TRIGGER escrow_outbox_counted_update ON escrow_outbox;
 DROP TRIGGER escrow_outbox_counted_delete ON escrow_outbox;
 DROP FUNCTION escrow_outbox_count();
+",
+    // Runs held for approval, and the decisions about them, one row a run.
+    r"
+ALTER TABLE escrow_outbox DROP CONSTRAINT escrow_outbox_status_check;
+ALTER TABLE escrow_outbox ADD CONSTRAINT escrow_outbox_status_check
+    CHECK (status IN ('pending', 'delivered', 'dead', 'held', 'rejected'));
+CREATE INDEX escrow_outbox_held ON escrow_outbox (run_id, ord) WHERE status = 'held';
+CREATE INDEX escrow_outbox_held_age ON escrow_outbox (created_at, run_id) WHERE status = 'held';
+CREATE INDEX escrow_outbox_rejected ON escrow_outbox (due_at) WHERE status = 'rejected';
+CREATE TABLE escrow_decisions (
+    run_id     TEXT   PRIMARY KEY,
+    plugin     TEXT   NOT NULL,
+    verdict    TEXT   NOT NULL CHECK (verdict IN ('approved', 'rejected')),
+    decided_by TEXT   NOT NULL,
+    reason     TEXT,
+    decided_at BIGINT NOT NULL,
+    held_at    BIGINT NOT NULL,
+    intents    TEXT   NOT NULL
+);
+CREATE INDEX escrow_decisions_decided ON escrow_decisions (decided_at);
 ",
 ];
 
@@ -512,19 +533,27 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
     tx.commit().await.map_err(text)
 }
 
-/// Inserts new entries, each row from the arrays' same index, and counts
-/// them: pending, never attempted.
-const INSERT: &str = "\
-WITH counted AS (INSERT INTO escrow_outbox_counts \
-                 SELECT 'pending', cardinality($1::TEXT[]), 0, 0) \
-INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, status, \
-                           attempts, due_at, claim_token, lease_until, created_at) \
-SELECT kind, run_id, seq, ord, plugin, effect, payload, fences, 'pending', 0, due_at, \
-       claim_token, lease_until, created_at \
-FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], \
-            $7::BYTEA[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], $11::BIGINT[], $12::BIGINT[]) \
-     AS n(kind, run_id, seq, ord, plugin, effect, payload, fences, due_at, claim_token, \
-          lease_until, created_at)";
+/// Inserts new entries with the status `status`, each row from the
+/// arrays' same index, and counts them: never attempted.
+fn insert_as(status: &str) -> String {
+    format!(
+        "WITH counted AS (INSERT INTO escrow_outbox_counts \
+                          SELECT '{status}', cardinality($1::TEXT[]), 0, 0) \
+         INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
+                                    status, attempts, due_at, claim_token, lease_until, \
+                                    created_at) \
+         SELECT kind, run_id, seq, ord, plugin, effect, payload, fences, '{status}', 0, due_at, \
+                claim_token, lease_until, created_at \
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], \
+                     $6::TEXT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[], $10::TEXT[], \
+                     $11::BIGINT[], $12::BIGINT[]) \
+              AS n(kind, run_id, seq, ord, plugin, effect, payload, fences, due_at, \
+                   claim_token, lease_until, created_at)"
+    )
+}
+
+/// Inserts new pending entries: see [`insert_as`].
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_as("pending"));
 
 /// Compensations that failed during their run stay owed: an attempt
 /// counted, their error kept, due again.
@@ -756,34 +785,10 @@ impl<'a> Group<'a> {
     fn statements(&self) -> Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> {
         let mut statements: Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !self.kinds.is_empty() {
-            statements.push((
-                INSERT,
-                vec![
-                    &self.kinds,
-                    &self.runs,
-                    &self.seqs,
-                    &self.ords,
-                    &self.plugins,
-                    &self.effects,
-                    &self.payloads,
-                    &self.fences,
-                    &self.due_at,
-                    &self.claims,
-                    &self.leases,
-                    &self.created_at,
-                ],
-            ));
+            statements.push((INSERT.as_str(), self.new_entries()));
         }
         if !self.failed_runs.is_empty() {
-            statements.push((
-                FAIL_COMPENSATIONS.as_str(),
-                vec![
-                    &self.failed_runs,
-                    &self.failed_seqs,
-                    &self.failed_errors,
-                    &self.failed_due_at,
-                ],
-            ));
+            statements.push((FAIL_COMPENSATIONS.as_str(), self.failed()));
         }
         if !self.resolved_runs.is_empty() {
             statements.push((FORGET_COMPENSATIONS.as_str(), vec![&self.resolved_runs]));
@@ -817,6 +822,34 @@ impl<'a> Group<'a> {
         }
         debug_assert!(statements.len() <= Self::MAX_STATEMENTS);
         statements
+    }
+
+    /// The parameters of [`insert_as`]: the new entries' columns.
+    fn new_entries(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.kinds,
+            &self.runs,
+            &self.seqs,
+            &self.ords,
+            &self.plugins,
+            &self.effects,
+            &self.payloads,
+            &self.fences,
+            &self.due_at,
+            &self.claims,
+            &self.leases,
+            &self.created_at,
+        ]
+    }
+
+    /// The parameters of [`FAIL_COMPENSATIONS`].
+    fn failed(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.failed_runs,
+            &self.failed_seqs,
+            &self.failed_errors,
+            &self.failed_due_at,
+        ]
     }
 
     /// Each write's answer: for a settlement, how many of its entries its
@@ -1088,15 +1121,18 @@ impl OutboxStore for PostgresOutbox {
     }
 
     async fn stats(&self) -> Result<Stats, OutboxError> {
-        let (counts, pending) = self
+        let (counts, pending, decisions) = self
             .with(async |client| {
                 let tx = client.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FOLD_LOCK])
                     .await?;
                 let counts = tx.query(FOLD_COUNTS, &[]).await?;
                 let pending = tx.query_one(PENDING_STATS, &[]).await?;
+                let decisions = tx
+                    .query(approval::DECISION_COUNTS, &[&EXPIRED, &EXPIRY_DECIDER])
+                    .await?;
                 tx.commit().await?;
-                Ok((counts, pending))
+                Ok((counts, pending, decisions))
             })
             .await?;
         let mut stats = Stats::default();
@@ -1111,7 +1147,85 @@ impl OutboxStore for PostgresOutbox {
         stats.oldest_pending_ms = pending.get(0);
         stats.claimed = pending.get::<_, i64>(1) as u64;
         stats.claimed_until_ms = pending.get(2);
+        for row in decisions {
+            let count = row.get::<_, i64>(1) as u64;
+            match row.get::<_, &str>(0) {
+                "approved" => stats.decisions.approved = count,
+                _ => {
+                    stats.decisions.rejected = count;
+                    stats.decisions.expired = row.get::<_, i64>(2) as u64;
+                }
+            }
+        }
         Ok(stats)
+    }
+
+    async fn hold(&self, hold: &Hold) -> Result<(), OutboxError> {
+        let mut group = Group::default();
+        for intent in &hold.intents {
+            group.add_entry(intent, hold.now_ms, None, hold.now_ms);
+        }
+        if hold.journaled {
+            group.resolve(hold.run_id, &hold.failed_compensations, hold.now_ms);
+        }
+        let held = approval::INSERT_HELD.as_str();
+        self.with(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute(held, &group.new_entries()).await?;
+            if !group.failed_runs.is_empty() {
+                tx.execute(FAIL_COMPENSATIONS.as_str(), &group.failed())
+                    .await?;
+            }
+            if hold.journaled {
+                tx.execute(
+                    approval::HOLD_COMPENSATIONS.as_str(),
+                    &[&hold.run_id.to_string()],
+                )
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn decide(&self, decide: &Decide) -> Result<Decision, OutboxError> {
+        let decided = self
+            .with(async |client| approval::decide(client, decide).await)
+            .await??;
+        self.throttle.notify(&self.pool);
+        Ok(decided)
+    }
+
+    async fn decisions(&self, limit: u32) -> Result<Vec<Decision>, OutboxError> {
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(approval::DECISIONS, &[&i64::from(limit)])
+                    .await
+            })
+            .await?;
+        rows.iter().map(approval::decision_from_row).collect()
+    }
+
+    async fn held_runs(&self, held_before_ms: i64, limit: u32) -> Result<Vec<RunId>, OutboxError> {
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(
+                        "SELECT run_id FROM escrow_outbox WHERE status = 'held' \
+                         AND created_at < $1 GROUP BY run_id ORDER BY MIN(created_at) LIMIT $2",
+                        &[&held_before_ms, &i64::from(limit)],
+                    )
+                    .await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                row.get::<_, &str>(0)
+                    .parse()
+                    .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))
+            })
+            .collect()
     }
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {

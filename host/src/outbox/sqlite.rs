@@ -12,9 +12,10 @@ use rusqlite::{
 };
 
 use super::{
-    Changes, Claim, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, Entry, EntryKind, Filter, NewEntry,
-    OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Write,
-    fences_from_json, fences_json, retriable,
+    Changes, Claim, Decide, DecidedIntent, Decision, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, EXPIRED,
+    EXPIRY_DECIDER, Entry, EntryKind, EntryStatus, Filter, Hold, NewEntry, OpenMode, OutboxError,
+    OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Verdict, Write, fences_from_json,
+    fences_json, intents_from_json, intents_json, retriable,
 };
 use crate::run_id::RunId;
 
@@ -134,6 +135,93 @@ BEGIN
     WHERE status = NEW.status;
 END;
 ",
+    // Runs held for approval, and the decisions about them: two statuses
+    // more (a CHECK constraint SQLite only changes by rebuilding the
+    // table, its ids and sequence kept) and a table of decisions, one row
+    // a run.
+    r"
+CREATE TABLE escrow_outbox_next (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT    NOT NULL CHECK (kind IN ('intent', 'compensation')),
+    run_id      TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    ord         INTEGER NOT NULL,
+    plugin      TEXT    NOT NULL,
+    effect      TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    fences      TEXT    NOT NULL,
+    status      TEXT    NOT NULL
+                CHECK (status IN ('pending', 'delivered', 'dead', 'held', 'rejected')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    due_at      INTEGER NOT NULL,
+    claim_token TEXT,
+    lease_until INTEGER,
+    last_error  TEXT,
+    created_at  INTEGER NOT NULL,
+    delivered_at INTEGER,
+    attempts_before_retry INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, kind, seq)
+);
+INSERT INTO escrow_outbox_next (id, kind, run_id, seq, ord, plugin, effect, payload, fences,
+    status, attempts, due_at, claim_token, lease_until, last_error, created_at, delivered_at,
+    attempts_before_retry)
+SELECT id, kind, run_id, seq, ord, plugin, effect, payload, fences, status, attempts, due_at,
+    claim_token, lease_until, last_error, created_at, delivered_at, attempts_before_retry
+FROM escrow_outbox;
+DELETE FROM sqlite_sequence WHERE name = 'escrow_outbox_next';
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'escrow_outbox_next', seq FROM sqlite_sequence WHERE name = 'escrow_outbox';
+DROP TABLE escrow_outbox;
+ALTER TABLE escrow_outbox_next RENAME TO escrow_outbox;
+CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_token IS NOT NULL;
+CREATE INDEX escrow_outbox_pending_runs ON escrow_outbox (run_id, ord) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_pending_due ON escrow_outbox (due_at, id) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_pending_age ON escrow_outbox (created_at) WHERE status = 'pending';
+CREATE INDEX escrow_outbox_delivered ON escrow_outbox (delivered_at) WHERE status = 'delivered';
+CREATE INDEX escrow_outbox_dead ON escrow_outbox (due_at) WHERE status = 'dead';
+CREATE INDEX escrow_outbox_held ON escrow_outbox (run_id, ord) WHERE status = 'held';
+CREATE INDEX escrow_outbox_held_age ON escrow_outbox (created_at, run_id) WHERE status = 'held';
+CREATE INDEX escrow_outbox_rejected ON escrow_outbox (due_at) WHERE status = 'rejected';
+CREATE TRIGGER escrow_outbox_counted_insert AFTER INSERT ON escrow_outbox BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries + 1,
+        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
+        retrying = retrying + (NEW.attempts > 0)
+    WHERE status = NEW.status;
+END;
+CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries - 1,
+        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
+        retrying = retrying - (OLD.attempts > 0)
+    WHERE status = OLD.status;
+END;
+CREATE TRIGGER escrow_outbox_counted_update
+AFTER UPDATE OF status, attempts, attempts_before_retry ON escrow_outbox
+WHEN OLD.status <> NEW.status OR OLD.attempts <> NEW.attempts
+  OR OLD.attempts_before_retry <> NEW.attempts_before_retry
+BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries - 1,
+        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
+        retrying = retrying - (OLD.attempts > 0)
+    WHERE status = OLD.status;
+    UPDATE escrow_outbox_counts SET entries = entries + 1,
+        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
+        retrying = retrying + (NEW.attempts > 0)
+    WHERE status = NEW.status;
+END;
+INSERT INTO escrow_outbox_counts (status, entries, attempts, retrying)
+VALUES ('held', 0, 0, 0), ('rejected', 0, 0, 0);
+CREATE TABLE escrow_decisions (
+    run_id     TEXT    PRIMARY KEY,
+    plugin     TEXT    NOT NULL,
+    verdict    TEXT    NOT NULL CHECK (verdict IN ('approved', 'rejected')),
+    decided_by TEXT    NOT NULL,
+    reason     TEXT,
+    decided_at INTEGER NOT NULL,
+    held_at    INTEGER NOT NULL,
+    intents    TEXT    NOT NULL
+);
+CREATE INDEX escrow_decisions_decided ON escrow_decisions (decided_at);
+",
 ];
 
 /// An outbox in a SQLite file.
@@ -246,6 +334,12 @@ impl SqliteOutbox {
     }
 }
 
+/// How many runs were decided, by verdict, and of the rejected how many
+/// expired (`?1` the reason and `?2` the decider of an expiry).
+const DECISION_COUNTS: &str = "SELECT verdict, COUNT(*), \
+                               COALESCE(SUM(reason IS ?1 AND decided_by IS ?2), 0) \
+                               FROM escrow_decisions GROUP BY verdict";
+
 /// Claims up to `?2` runs whose first pending entry is due at `?1` and not
 /// held by a live claim, with their pending entries in delivery order, at
 /// most `?5` in all, under the token `?3` until `?4`: one statement.
@@ -349,10 +443,21 @@ fn insert(
     claim: Option<&Claim>,
     now: i64,
 ) -> rusqlite::Result<()> {
+    insert_as(tx, EntryStatus::Pending, entry, due_at, claim, now)
+}
+
+fn insert_as(
+    tx: &Transaction<'_>,
+    status: EntryStatus,
+    entry: &NewEntry,
+    due_at: i64,
+    claim: Option<&Claim>,
+    now: i64,
+) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO escrow_outbox (kind, run_id, seq, ord, plugin, effect, payload, fences, \
          status, attempts, due_at, claim_token, lease_until, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?13, 0, ?9, ?10, ?11, ?12)",
     )?;
     insert.execute(params![
         entry.kind.as_str(),
@@ -367,6 +472,7 @@ fn insert(
         claim.map(|c| c.token.as_str()),
         claim.map(|c| c.lease_until_ms),
         now,
+        status.as_str(),
     ])?;
     Ok(())
 }
@@ -379,6 +485,23 @@ fn resolve(
     failed: &[(u64, String)],
     due_at: i64,
 ) -> rusqlite::Result<()> {
+    owe(tx, run, failed, due_at)?;
+    tx.prepare_cached(
+        "DELETE FROM escrow_outbox WHERE run_id = ?1 AND kind = 'compensation' \
+         AND status = 'pending' AND attempts = 0",
+    )?
+    .execute([run])?;
+    Ok(())
+}
+
+/// Keeps the failed compensations of `run` owed: an attempt counted, due
+/// at `due_at`.
+fn owe(
+    tx: &Transaction<'_>,
+    run: &str,
+    failed: &[(u64, String)],
+    due_at: i64,
+) -> rusqlite::Result<()> {
     let mut owe = tx.prepare_cached(
         "UPDATE escrow_outbox SET attempts = attempts + 1, last_error = ?3, due_at = ?4 \
          WHERE run_id = ?1 AND kind = 'compensation' AND seq = ?2 AND status = 'pending'",
@@ -386,12 +509,139 @@ fn resolve(
     for (seq, error) in failed {
         owe.execute(params![run, *seq as i64, error, due_at])?;
     }
-    tx.prepare_cached(
-        "DELETE FROM escrow_outbox WHERE run_id = ?1 AND kind = 'compensation' \
-         AND status = 'pending' AND attempts = 0",
-    )?
-    .execute([run])?;
     Ok(())
+}
+
+/// Writes a held run: see [`OutboxStore::hold`].
+fn hold(tx: &Transaction<'_>, hold: &Hold) -> rusqlite::Result<()> {
+    for intent in &hold.intents {
+        insert_as(tx, EntryStatus::Held, intent, hold.now_ms, None, hold.now_ms)?;
+    }
+    if hold.journaled {
+        let run = hold.run_id.to_string();
+        owe(tx, &run, &hold.failed_compensations, hold.now_ms)?;
+        tx.prepare_cached(
+            "UPDATE escrow_outbox SET status = 'held' WHERE run_id = ?1 \
+             AND kind = 'compensation' AND status = 'pending' AND attempts = 0",
+        )?
+        .execute([run])?;
+    }
+    Ok(())
+}
+
+/// Decides a held run: see [`OutboxStore::decide`]. The transaction is
+/// immediate, so the check and the decision see no other writer between.
+fn decide(tx: &Transaction<'_>, decide: &Decide) -> rusqlite::Result<Result<Decision, OutboxError>> {
+    let run = decide.run_id.to_string();
+    let decided = tx
+        .prepare_cached(
+            "SELECT verdict, decided_by, decided_at FROM escrow_decisions WHERE run_id = ?1",
+        )?
+        .query_row([&run], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })
+        .optional()?;
+    if let Some((verdict, by, at_ms)) = decided {
+        return Ok(Err(match Verdict::parse(&verdict) {
+            Ok(verdict) => OutboxError::AlreadyDecided {
+                run_id: decide.run_id,
+                verdict,
+                by,
+                at_ms,
+            },
+            Err(error) => error,
+        }));
+    }
+    let mut plugin = String::new();
+    let mut held_at = i64::MAX;
+    let intents: Vec<DecidedIntent> = tx
+        .prepare_cached(
+            "SELECT seq, effect, payload, plugin, created_at FROM escrow_outbox \
+             WHERE run_id = ?1 AND kind = 'intent' AND status = 'held' ORDER BY ord",
+        )?
+        .query_map([&run], |r| {
+            plugin = r.get(3)?;
+            held_at = held_at.min(r.get(4)?);
+            Ok(DecidedIntent {
+                seq: r.get::<_, i64>(0)? as u64,
+                effect: r.get(1)?,
+                payload: crate::answers::Bytes(r.get(2)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if intents.is_empty() {
+        return Ok(Err(OutboxError::NotHeld {
+            run_id: decide.run_id,
+        }));
+    }
+    tx.prepare_cached(
+        "INSERT INTO escrow_decisions (run_id, plugin, verdict, decided_by, reason, decided_at, \
+         held_at, intents) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        run,
+        plugin,
+        decide.verdict.as_str(),
+        decide.by,
+        decide.reason,
+        decide.now_ms,
+        held_at,
+        intents_json(&intents),
+    ])?;
+    let intents_become = match decide.verdict {
+        Verdict::Approved => "pending",
+        Verdict::Rejected => "rejected",
+    };
+    tx.prepare_cached(&format!(
+        "UPDATE escrow_outbox SET status = '{intents_become}', due_at = ?2 \
+         WHERE run_id = ?1 AND kind = 'intent' AND status = 'held'"
+    ))?
+    .execute(params![run, decide.now_ms])?;
+    match decide.verdict {
+        Verdict::Approved => tx
+            .prepare_cached(
+                "DELETE FROM escrow_outbox WHERE run_id = ?1 AND kind = 'compensation' \
+                 AND status = 'held'",
+            )?
+            .execute([&run])?,
+        Verdict::Rejected => tx
+            .prepare_cached(
+                "UPDATE escrow_outbox SET status = 'pending', due_at = ?2 WHERE run_id = ?1 \
+                 AND kind = 'compensation' AND status = 'held'",
+            )?
+            .execute(params![run, decide.now_ms])?,
+    };
+    Ok(Ok(Decision {
+        run_id: decide.run_id,
+        plugin,
+        verdict: decide.verdict,
+        by: decide.by.clone(),
+        reason: decide.reason.clone(),
+        decided_at_ms: decide.now_ms,
+        held_at_ms: held_at,
+        intents,
+    }))
+}
+
+fn decision_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Decision, OutboxError>> {
+    let run_id: String = row.get(0)?;
+    let verdict: String = row.get(2)?;
+    let intents: String = row.get(7)?;
+    let read = || -> Result<Decision, OutboxError> {
+        Ok(Decision {
+            run_id: run_id
+                .parse()
+                .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))?,
+            plugin: row.get(1).map_err(|e| OutboxError::Store(e.to_string()))?,
+            verdict: Verdict::parse(&verdict)?,
+            by: row.get(3).map_err(|e| OutboxError::Store(e.to_string()))?,
+            reason: row.get(4).map_err(|e| OutboxError::Store(e.to_string()))?,
+            decided_at_ms: row.get(5).map_err(|e| OutboxError::Store(e.to_string()))?,
+            held_at_ms: row.get(6).map_err(|e| OutboxError::Store(e.to_string()))?,
+            intents: intents_from_json(&intents)?,
+        })
+    };
+    Ok(read())
 }
 
 /// Applies `settlements` for entries `claim` holds and extends the entries
@@ -660,9 +910,79 @@ impl OutboxStore for SqliteOutbox {
             ) = conn.prepare_cached(PENDING_STATS)?.query_row([], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
             })?;
+            let mut decisions = conn.prepare_cached(DECISION_COUNTS)?;
+            let rows = decisions.query_map(params![EXPIRED, EXPIRY_DECIDER], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            for row in rows {
+                let (verdict, count, expired) = row?;
+                match verdict.as_str() {
+                    "approved" => stats.decisions.approved = count as u64,
+                    _ => {
+                        stats.decisions.rejected = count as u64;
+                        stats.decisions.expired = expired as u64;
+                    }
+                }
+            }
             Ok(stats)
         })
         .await
+    }
+
+    async fn hold(&self, held: &Hold) -> Result<(), OutboxError> {
+        let held = held.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            hold(&tx, &held)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn decide(&self, which: &Decide) -> Result<Decision, OutboxError> {
+        let which = which.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let decided = decide(&tx, &which)?;
+            if decided.is_ok() {
+                tx.commit()?;
+            }
+            Ok(decided)
+        })
+        .await?
+    }
+
+    async fn decisions(&self, limit: u32) -> Result<Vec<Decision>, OutboxError> {
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT run_id, plugin, verdict, decided_by, reason, decided_at, held_at, \
+                 intents FROM escrow_decisions ORDER BY decided_at DESC, rowid DESC LIMIT ?1",
+            )?
+            .query_map([limit], decision_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await?
+        .into_iter()
+        .collect()
+    }
+
+    async fn held_runs(&self, held_before_ms: i64, limit: u32) -> Result<Vec<RunId>, OutboxError> {
+        let runs: Vec<String> = self
+            .with(move |conn| {
+                conn.prepare_cached(
+                    "SELECT run_id FROM escrow_outbox WHERE status = 'held' AND created_at < ?1 \
+                     GROUP BY run_id ORDER BY MIN(created_at) LIMIT ?2",
+                )?
+                .query_map(params![held_before_ms, limit], |r| r.get(0))?
+                .collect()
+            })
+            .await?;
+        runs.iter()
+            .map(|run| {
+                run.parse()
+                    .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))
+            })
+            .collect()
     }
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {

@@ -168,17 +168,25 @@ impl Worker {
     }
 
     async fn drain(&self, stopped: &watch::Receiver<bool>) -> Result<Report, OutboxError> {
-        let report = self.drain_claims(stopped).await?;
         let now = self.outbox.now_ms();
         let last = self.pruned_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64 {
+        let maintain = now.saturating_sub(last) >= PRUNE_EVERY.as_millis() as i64;
+        if maintain {
             self.pruned_at.store(now, Ordering::Relaxed);
-            if self.prune_delivered(now).await {
-                // A backlog is left: the next round comes with the next
-                // drain, not a minute later, so that retention keeps up
-                // with any delivery rate.
-                self.pruned_at.store(i64::MIN, Ordering::Relaxed);
+            // First, so that the compensations of runs it rejects are
+            // performed in this drain.
+            match self.outbox.expire_held().await {
+                Ok(0) => {}
+                Ok(expired) => tracing::info!(expired, "held runs expired and were rejected"),
+                Err(error) => tracing::warn!(%error, "expiring held runs failed"),
             }
+        }
+        let report = self.drain_claims(stopped).await?;
+        if maintain && self.prune_delivered(now).await {
+            // A backlog is left: the next round comes with the next drain,
+            // not a minute later, so that retention keeps up with any
+            // delivery rate.
+            self.pruned_at.store(i64::MIN, Ordering::Relaxed);
         }
         let last = self.counted_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= STATS_EVERY.as_millis() as i64 {

@@ -224,5 +224,6 @@ fn delivery_value(delivery: &Delivery) -> Value {
         Delivery::NoSink => json!("no-sink"),
         Delivery::NotAttempted(why) => json!({ "not_attempted": why }),
         Delivery::Queued => json!("queued"),
+        Delivery::Held => json!("held"),
     }
 }

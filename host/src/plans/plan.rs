@@ -11,6 +11,7 @@ use super::diff::{self, Difference};
 use crate::answers::{Answers, Bytes};
 use crate::document::{self, Document, DocumentError};
 use crate::handlers::EffectKind;
+use crate::patterns::Patterns;
 use crate::outcome::{EffectError, Failure, Fate, Intent, Outcome, Refusal};
 use crate::recording::RecordedIntent;
 use crate::{Committed, ConfigDigest, Dispatch, Plugin, RunId, RunOptions};
@@ -181,11 +182,14 @@ impl Plugin {
         })
     }
 
-    /// Runs the plugin without actions, dispatching nothing.
-    async fn look(&self, options: RunOptions) -> Result<Outcome, crate::Error> {
-        self.with_outbox(None)
-            .run(options.without_actions().dispatch(Dispatch::Hold))
-            .await
+    /// Runs the plugin without actions, dispatching nothing (so holding
+    /// nothing for approval either).
+    pub(super) async fn look(&self, options: RunOptions) -> Result<Outcome, crate::Error> {
+        let options = options
+            .without_actions()
+            .dispatch(Dispatch::Hold)
+            .require_approval(Patterns::default());
+        self.with_outbox(None).run(options).await
     }
 }
 
@@ -369,7 +373,9 @@ impl Plan {
                 fences: Arc::from([]),
             })
             .collect();
-        let committed = plugin.dispatch_committed(self.id, &mut intents).await?;
+        let committed = plugin
+            .dispatch_committed(self.id, &mut intents, options)
+            .await?;
         Ok(Applied { intents, committed })
     }
 }

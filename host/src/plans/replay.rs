@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::diff::{self, Difference};
 use crate::answers::Answers;
 use crate::backends::MemoryLocks;
+use crate::patterns::Patterns;
 use crate::recording::{RecordedIntent, RecordedResult, Recording};
 use crate::{Dispatch, Failure, Plugin, RunId, RunOptions};
 
@@ -117,7 +118,8 @@ impl Plugin {
                 .clone()
                 .input(recording.input.0.clone())
                 .answered_from(recording.answers.clone())
-                .dispatch(Dispatch::Hold);
+                .dispatch(Dispatch::Hold)
+                .require_approval(Patterns::default());
             let outcome = replaying.run(options).await?;
             let verdict = match &outcome.result {
                 Err(Failure::Diverged(why)) => Verdict::Diverged { why: why.clone() },
