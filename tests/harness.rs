@@ -180,6 +180,8 @@ pub struct Delivered {
     pub effect: String,
     /// The payload.
     pub payload: Vec<u8>,
+    /// Its idempotency key.
+    pub idempotency_key: String,
     /// When it was delivered.
     pub at: Instant,
 }
@@ -225,6 +227,7 @@ impl Sink for Recorder {
             seq: intent.seq,
             effect: intent.effect.clone(),
             payload: intent.payload.clone(),
+            idempotency_key: intent.idempotency_key(),
             at: Instant::now(),
         });
         Ok(())

@@ -490,7 +490,9 @@ impl ApprovalConfig {
             .as_deref()
             .map(|text| {
                 humantime::parse_duration(text).map_err(|e| {
-                    format!("approval.expire_after `{text}` is not a duration (\"7d\", \"12h\"): {e}")
+                    format!(
+                        "approval.expire_after `{text}` is not a duration (\"7d\", \"12h\"): {e}"
+                    )
                 })
             })
             .transpose()
@@ -952,13 +954,13 @@ impl Config {
             outbox = outbox.compensation_grace(Duration::from_millis(ms));
         }
         let expiry = self.approval.as_ref().map(ApprovalConfig::expires_after);
-        if let Some(expiry) = expiry.transpose().map_err(|message| {
-            crate::outbox::OutboxError::Open {
+        if let Some(expiry) = expiry
+            .transpose()
+            .map_err(|message| crate::outbox::OutboxError::Open {
                 what: "[approval] expire_after".into(),
                 message,
-            }
-        })?
-        .flatten()
+            })?
+            .flatten()
         {
             outbox = outbox.approval_expiry(expiry);
         }

@@ -673,7 +673,11 @@ impl EscrowCtx {
 
     /// Reports the committed intents held for approval in the outbox.
     fn mark_held(&mut self) {
-        for intent in self.records.iter_mut().filter(|i| i.fate == Fate::Committed) {
+        for intent in self
+            .records
+            .iter_mut()
+            .filter(|i| i.fate == Fate::Committed)
+        {
             intent.fate = Fate::Dispatched(Delivery::Held);
         }
     }

@@ -40,16 +40,16 @@ mod worker;
 #[cfg(feature = "postgres")]
 mod postgres;
 
-#[cfg(feature = "postgres")]
-pub use postgres::{
-    POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
-    POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
-};
 pub use approval::{
     DEFAULT_APPROVAL_EXPIRY, Decide, DecidedIntent, Decision, DecisionCounts, EXPIRED,
     EXPIRY_DECIDER, Hold, MAX_DECIDER_BYTES, MAX_REASON_BYTES, Verdict,
 };
 pub(crate) use approval::{intents_from_json, intents_json};
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
+    POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
+};
 pub use sqlite::{
     SQLITE_BUSY_PAUSE, SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox,
 };

@@ -16,8 +16,8 @@ use crate::limits::{
     kept_failure,
 };
 use crate::outbox::{Claim, Hold, NewEntry, Outbox, Settler, Write};
-use crate::patterns::Patterns;
 use crate::outcome::{Delivery, Failure, Fate, Intent, Outcome, Timings};
+use crate::patterns::Patterns;
 use crate::plugin::Plugin;
 use crate::policy::{Commit, Policy};
 use crate::recording::Recording;

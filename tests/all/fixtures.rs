@@ -403,3 +403,34 @@ pub mod typed_refused {
         assert!(host.load_file(fixtures::TYPED_REFUSED).is_err());
     }
 }
+
+pub mod checkout_next {
+    //! The next version of the checkout example, for replays: the same
+    //! intents, the charge with a service fee.
+
+    use escrow_host::{Grants, RunOptions, Status};
+    use escrow_tests::{Recorder, fixtures, plugin};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn charges_the_order_with_its_service_fee() {
+        let recorder = Recorder::new();
+        let options = RunOptions::new()
+            .grants(Grants::new().effects(["*"]).unwrap())
+            .input(br#"{"id": 42}"#);
+        let outcome = plugin(fixtures::CHECKOUT_NEXT)
+            .with_sinks(recorder.sinks())
+            .run(options)
+            .await
+            .unwrap();
+
+        assert_eq!(outcome.status(), Status::Committed);
+        let charge: serde_json::Value =
+            serde_json::from_slice(&recorder.seen()[0].payload).unwrap();
+        assert_eq!(charge, json!({ "order": 42, "amount": 2099 }));
+        assert_eq!(
+            recorder.effects(),
+            ["payments.charge", "orders.save", "email.send"]
+        );
+    }
+}

@@ -17,6 +17,7 @@ mod loading;
 mod locks;
 mod observe;
 mod outbox;
+mod plans;
 mod policies;
 mod queue_sinks;
 mod scopes;

@@ -1195,6 +1195,8 @@ async fn recount(outbox: &Outbox) -> Stats {
             }
             EntryStatus::Delivered => stats.delivered += 1,
             EntryStatus::Dead => stats.dead += 1,
+            EntryStatus::Held => stats.held += 1,
+            EntryStatus::Rejected => stats.rejected += 1,
         }
     }
     stats

@@ -515,7 +515,14 @@ fn owe(
 /// Writes a held run: see [`OutboxStore::hold`].
 fn hold(tx: &Transaction<'_>, hold: &Hold) -> rusqlite::Result<()> {
     for intent in &hold.intents {
-        insert_as(tx, EntryStatus::Held, intent, hold.now_ms, None, hold.now_ms)?;
+        insert_as(
+            tx,
+            EntryStatus::Held,
+            intent,
+            hold.now_ms,
+            None,
+            hold.now_ms,
+        )?;
     }
     if hold.journaled {
         let run = hold.run_id.to_string();
@@ -531,7 +538,10 @@ fn hold(tx: &Transaction<'_>, hold: &Hold) -> rusqlite::Result<()> {
 
 /// Decides a held run: see [`OutboxStore::decide`]. The transaction is
 /// immediate, so the check and the decision see no other writer between.
-fn decide(tx: &Transaction<'_>, decide: &Decide) -> rusqlite::Result<Result<Decision, OutboxError>> {
+fn decide(
+    tx: &Transaction<'_>,
+    decide: &Decide,
+) -> rusqlite::Result<Result<Decision, OutboxError>> {
     let run = decide.run_id.to_string();
     let decided = tx
         .prepare_cached(
@@ -912,7 +922,11 @@ impl OutboxStore for SqliteOutbox {
             })?;
             let mut decisions = conn.prepare_cached(DECISION_COUNTS)?;
             let rows = decisions.query_map(params![EXPIRED, EXPIRY_DECIDER], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             for row in rows {
                 let (verdict, count, expired) = row?;

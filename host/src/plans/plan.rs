@@ -11,8 +11,8 @@ use super::diff::{self, Difference};
 use crate::answers::{Answers, Bytes};
 use crate::document::{self, Document, DocumentError};
 use crate::handlers::EffectKind;
-use crate::patterns::Patterns;
 use crate::outcome::{EffectError, Failure, Fate, Intent, Outcome, Refusal};
+use crate::patterns::Patterns;
 use crate::recording::RecordedIntent;
 use crate::{Committed, ConfigDigest, Dispatch, Plugin, RunId, RunOptions};
 
