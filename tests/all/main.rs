@@ -3,6 +3,7 @@
 //!
 //! One binary, one module per area, one shared harness (`harness.rs`).
 
+mod approvals;
 mod breakers;
 mod commit;
 mod containment;
@@ -20,6 +21,7 @@ mod outbox;
 mod plans;
 mod policies;
 mod queue_sinks;
+mod replay;
 mod scopes;
 mod sinks;
 mod store_faults;

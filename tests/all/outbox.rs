@@ -24,20 +24,20 @@ use escrow_tests::{all_effects, scripted};
 use serde_json::{Value, json};
 
 /// Where an outbox lives for a test.
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(tempfile::TempDir),
     Postgres(PostgresServer),
 }
 
 impl Backend {
-    fn both() -> Vec<Backend> {
+    pub(crate) fn both() -> Vec<Backend> {
         vec![
             Backend::Sqlite(tempfile::tempdir().unwrap()),
             Backend::Postgres(PostgresServer::start()),
         ]
     }
 
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
@@ -45,7 +45,7 @@ impl Backend {
     }
 
     /// A new connection to the same store, as another process would open.
-    async fn open(&self) -> Outbox {
+    pub(crate) async fn open(&self) -> Outbox {
         match self {
             Backend::Sqlite(dir) => {
                 Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap())
@@ -117,7 +117,7 @@ impl Sink for Flaky {
     }
 }
 
-fn script(steps: Value) -> RunOptions {
+pub(crate) fn script(steps: Value) -> RunOptions {
     RunOptions::new()
         .grants(all_effects())
         .input(serde_json::to_vec(&json!({ "steps": steps })).unwrap())
@@ -509,8 +509,8 @@ async fn two_workers_never_deliver_one_intent_at_the_same_time() {
 
 /// A handler that counts the calls it gets by idempotency key.
 #[derive(Clone, Default)]
-struct Booking {
-    calls: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Booking {
+    pub(crate) calls: Arc<Mutex<Vec<String>>>,
     /// Whether the outbox held the compensation when the action ran.
     journaled: Arc<Mutex<Vec<bool>>>,
     outbox: Option<Outbox>,
@@ -537,7 +537,7 @@ impl Handler for Booking {
     }
 }
 
-fn booking_handlers(booking: &Booking) -> Handlers {
+pub(crate) fn booking_handlers(booking: &Booking) -> Handlers {
     let mut handlers = Handlers::new();
     for effect in ["flight.book", "flight.cancel", "hotel.fail"] {
         handlers
@@ -547,7 +547,7 @@ fn booking_handlers(booking: &Booking) -> Handlers {
     handlers
 }
 
-fn book_flight() -> Value {
+pub(crate) fn book_flight() -> Value {
     json!({ "invoke_reversible": "flight.book", "payload": 1, "compensate": "flight.cancel", "compensate_payload": 1 })
 }
 

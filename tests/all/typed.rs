@@ -345,6 +345,28 @@ async fn an_immediate_answer_feeds_a_deferred_call_in_one_run() {
 }
 
 #[tokio::test]
+async fn a_recorded_typed_run_replays_identically_told_the_recorded_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let handler = Answering::with(Ok(r#"{"cents": 250, "currency": "EUR"}"#));
+    let plugin = typed_plugin().with_handlers(handler.handlers(&["catalog.price-of"]));
+    let options = granted(&["catalog.*", "ledger.*"]).input("checkout pen");
+    plugin
+        .run(options.clone().record(dir.path()))
+        .await
+        .unwrap();
+    let recordings = escrow_host::recording::Recording::read_dir(dir.path()).unwrap();
+    assert_eq!(recordings[0].answers.calls[0].effect, "catalog.price-of");
+
+    // The price changed since: the replay is told the recorded one.
+    let cheaper = Answering::with(Ok(r#"{"cents": 100, "currency": "EUR"}"#));
+    let replayed = typed_plugin().with_handlers(cheaper.handlers(&["catalog.price-of"]));
+    let report = replayed.replay(&recordings, options).await.unwrap();
+
+    assert!(report.all_identical(), "{report:?}");
+    assert!(cheaper.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_rust_handler_takes_the_arguments_and_gives_the_answer_as_serde_types() {
     #[derive(serde::Deserialize)]
     struct Quote {

@@ -30,8 +30,18 @@ use serde_json::value::RawValue;
 /// assert_eq!(serde_json::to_string(&Bytes(b"plain".to_vec()))?, r#"{"$text":"plain"}"#);
 /// # Ok::<_, serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Bytes(pub Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    /// As text where the bytes are UTF-8, else as bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => f.debug_tuple("Bytes").field(&text).finish(),
+            Err(_) => f.debug_tuple("Bytes").field(&self.0).finish(),
+        }
+    }
+}
 
 const TEXT: &str = "$text";
 const BASE64: &str = "$bytes_base64";
