@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 use escrow_fixtures as fixtures;
 use serde_json::Value;
 
+#[path = "cli/plans.rs"]
+mod plans;
+
 fn escrow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escrow"))
         .args(args)

@@ -131,7 +131,7 @@ async fn an_approved_run_is_delivered_in_order_and_its_decision_is_kept() {
             backend.name()
         );
         let kept = outbox.decisions(10).await.unwrap();
-        assert_eq!(kept, [decision.clone()]);
+        assert_eq!(kept, std::slice::from_ref(&decision));
         assert_eq!(decision.verdict, Verdict::Approved);
         assert_eq!(decision.by, "ana");
         assert_eq!(decision.reason.as_deref(), Some("the customer called"));

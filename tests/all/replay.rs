@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use escrow_host::answers::LockReply;
-use escrow_host::backends::{LockBackend as _, MemoryBreakers};
+use escrow_host::backends::MemoryBreakers;
 use escrow_host::breakers::{BreakerConfig, Breakers, Forced};
 use escrow_host::handlers::FnHandler;
 use escrow_host::plans::Verdict;

@@ -105,6 +105,8 @@ async fn run(State(app): State<Arc<App>>, Path(tenant): Path<String>, input: Byt
             let status = match outcome.status() {
                 Status::Failed => StatusCode::UNPROCESSABLE_ENTITY,
                 Status::Committed | Status::Dropped => StatusCode::OK,
+                // Its intents wait in the outbox for a person's approval.
+                Status::Held => StatusCode::ACCEPTED,
             };
             (status, axum::Json(outcome.to_json())).into_response()
         }
