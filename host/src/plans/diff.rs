@@ -163,9 +163,9 @@ fn removed(intent: &RecordedIntent) -> Difference {
 }
 
 /// Bytes as a JSON value: the JSON they are, else the text or base64 that
-/// [`bytes_json`](crate::bytes_json) shows.
+/// [`bytes_json`](crate::outcome::bytes_json) shows.
 fn shown(bytes: &Bytes) -> Value {
-    crate::bytes_json(&bytes.0)
+    crate::outcome::bytes_json(&bytes.0)
 }
 
 /// The pairs `(old index, new index)` of intents with the same effect, in

@@ -14,7 +14,9 @@ use crate::handlers::EffectKind;
 use crate::outcome::{EffectError, Failure, Fate, Intent, Outcome, Refusal};
 use crate::patterns::Patterns;
 use crate::recording::RecordedIntent;
-use crate::{Committed, ConfigDigest, Dispatch, Plugin, RunId, RunOptions};
+use crate::plugin::Plugin;
+use crate::run::{Committed, ConfigDigest, Dispatch, RunOptions};
+use crate::run_id::RunId;
 
 /// The plan format version this escrow writes, and the newest it reads.
 pub const PLAN_VERSION: u32 = 1;
@@ -117,7 +119,7 @@ pub enum PlanError {
     Diverged(String),
     /// The plugin could not be run.
     #[error(transparent)]
-    Run(#[from] crate::Error),
+    Run(#[from] crate::error::Error),
     /// The plan file could not be read or written.
     #[error(transparent)]
     Document(#[from] DocumentError),
@@ -184,7 +186,7 @@ impl Plugin {
 
     /// Runs the plugin without actions, dispatching nothing (so holding
     /// nothing for approval either).
-    pub(super) async fn look(&self, options: RunOptions) -> Result<Outcome, crate::Error> {
+    pub(super) async fn look(&self, options: RunOptions) -> Result<Outcome, crate::error::Error> {
         let options = options
             .without_actions()
             .dispatch(Dispatch::Hold)

@@ -11,7 +11,10 @@ use crate::answers::Answers;
 use crate::backends::MemoryLocks;
 use crate::patterns::Patterns;
 use crate::recording::{RecordedIntent, RecordedResult, Recording};
-use crate::{Dispatch, Failure, Plugin, RunId, RunOptions};
+use crate::outcome::Failure;
+use crate::plugin::Plugin;
+use crate::run::{Dispatch, RunOptions};
+use crate::run_id::RunId;
 
 /// What one recorded run does when replayed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,7 +109,7 @@ impl Plugin {
         &self,
         recordings: &[Recording],
         options: RunOptions,
-    ) -> Result<ReplayReport, crate::Error> {
+    ) -> Result<ReplayReport, crate::error::Error> {
         // Locks are answered from the recording; a table of its own keeps
         // every release away from the host's backend.
         let replaying = self
