@@ -199,7 +199,7 @@ impl RunOptions {
 
     /// The patterns that hold a run for approval: the run's own, else the
     /// host's.
-    fn approval(&self, host: &crate::Host) -> Option<Arc<Patterns>> {
+    fn approval(&self, host: &crate::host::Host) -> Option<Arc<Patterns>> {
         match &self.approval {
             Some(own) => (!own.is_empty()).then(|| Arc::clone(own)),
             None => host.approval().cloned(),
