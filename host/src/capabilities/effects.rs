@@ -39,8 +39,8 @@ impl Host for EscrowCtx {
     }
 }
 
-/// The rule of a run without actions, as its failure names it.
-pub(crate) const NO_ACTIONS_RULE: &str = "a run that performs no action (a plan)";
+/// The rule that refuses every action of a run without actions (a plan).
+const NO_ACTIONS_RULE: &str = "a plan, which performs no action,";
 
 /// What a call will undo with, once its handler has run.
 pub(crate) struct Undo {
@@ -311,18 +311,9 @@ impl EscrowCtx {
                 true,
             ));
         };
-        if registered.kind == EffectKind::Action && self.no_actions {
-            self.violate(Failure::Forbidden {
-                effect: effect.to_owned(),
-                rule: NO_ACTIONS_RULE.to_owned(),
-            });
-            let refusal = Refusal::Forbidden(format!(
-                "`{effect}` is an action, and this run performs none (a plan)"
-            ));
-            return Err((refusal, true));
-        }
         if registered.kind == EffectKind::Action {
             let rule = match self.decide(effect, payload) {
+                _ if self.no_actions => Some(std::borrow::Cow::Borrowed(NO_ACTIONS_RULE)),
                 Decision::Commit => None,
                 Decision::Drop(rule) | Decision::Block(rule) | Decision::Forbid(rule) => Some(rule),
             };

@@ -52,6 +52,43 @@ pub const SQLITE_WATCH_MIN: Duration = Duration::from_millis(1);
 /// The longest pause between two looks of a waiting worker at the file.
 pub const SQLITE_WATCH_MAX: Duration = Duration::from_millis(25);
 
+/// The triggers that keep `escrow_outbox_counts`: one row a status, so
+/// that stats read a handful of rows whatever the table holds. Created by
+/// the migration to version 3, and again by version 4, which rebuilds the
+/// table.
+macro_rules! counted_triggers {
+    () => {
+        r"
+CREATE TRIGGER escrow_outbox_counted_insert AFTER INSERT ON escrow_outbox BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries + 1,
+        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
+        retrying = retrying + (NEW.attempts > 0)
+    WHERE status = NEW.status;
+END;
+CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries - 1,
+        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
+        retrying = retrying - (OLD.attempts > 0)
+    WHERE status = OLD.status;
+END;
+CREATE TRIGGER escrow_outbox_counted_update
+AFTER UPDATE OF status, attempts, attempts_before_retry ON escrow_outbox
+WHEN OLD.status <> NEW.status OR OLD.attempts <> NEW.attempts
+  OR OLD.attempts_before_retry <> NEW.attempts_before_retry
+BEGIN
+    UPDATE escrow_outbox_counts SET entries = entries - 1,
+        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
+        retrying = retrying - (OLD.attempts > 0)
+    WHERE status = OLD.status;
+    UPDATE escrow_outbox_counts SET entries = entries + 1,
+        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
+        retrying = retrying + (NEW.attempts > 0)
+    WHERE status = NEW.status;
+END;
+"
+    };
+}
+
 /// The schema, one migration per version; `escrow_schema` records the last
 /// one applied.
 const MIGRATIONS: &[&str] = &[
@@ -87,7 +124,8 @@ CREATE INDEX escrow_outbox_claims ON escrow_outbox (claim_token) WHERE claim_tok
     // Indexes over the rows their queries read (a settled entry leaves the
     // pending ones), and counts kept by triggers, so that stats read three
     // rows whatever the table holds.
-    r"
+    concat!(
+        r"
 DROP INDEX escrow_outbox_runs;
 DROP INDEX escrow_outbox_due;
 DROP INDEX escrow_outbox_ended;
@@ -108,38 +146,16 @@ SELECT s.status, COUNT(o.id), COALESCE(SUM(o.attempts + o.attempts_before_retry)
 FROM (SELECT 'pending' AS status UNION ALL SELECT 'delivered' UNION ALL SELECT 'dead') AS s
 LEFT JOIN escrow_outbox o ON o.status = s.status
 GROUP BY s.status;
-CREATE TRIGGER escrow_outbox_counted_insert AFTER INSERT ON escrow_outbox BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries + 1,
-        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
-        retrying = retrying + (NEW.attempts > 0)
-    WHERE status = NEW.status;
-END;
-CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries - 1,
-        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
-        retrying = retrying - (OLD.attempts > 0)
-    WHERE status = OLD.status;
-END;
-CREATE TRIGGER escrow_outbox_counted_update
-AFTER UPDATE OF status, attempts, attempts_before_retry ON escrow_outbox
-WHEN OLD.status <> NEW.status OR OLD.attempts <> NEW.attempts
-  OR OLD.attempts_before_retry <> NEW.attempts_before_retry
-BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries - 1,
-        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
-        retrying = retrying - (OLD.attempts > 0)
-    WHERE status = OLD.status;
-    UPDATE escrow_outbox_counts SET entries = entries + 1,
-        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
-        retrying = retrying + (NEW.attempts > 0)
-    WHERE status = NEW.status;
-END;
 ",
+        counted_triggers!(),
+        r""
+    ),
     // Runs held for approval, and the decisions about them: two statuses
     // more (a CHECK constraint SQLite only changes by rebuilding the
     // table, its ids and sequence kept) and a table of decisions, one row
     // a run.
-    r"
+    concat!(
+        r"
 CREATE TABLE escrow_outbox_next (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     kind        TEXT    NOT NULL CHECK (kind IN ('intent', 'compensation')),
@@ -182,33 +198,9 @@ CREATE INDEX escrow_outbox_dead ON escrow_outbox (due_at) WHERE status = 'dead';
 CREATE INDEX escrow_outbox_held ON escrow_outbox (run_id, ord) WHERE status = 'held';
 CREATE INDEX escrow_outbox_held_age ON escrow_outbox (created_at, run_id) WHERE status = 'held';
 CREATE INDEX escrow_outbox_rejected ON escrow_outbox (due_at) WHERE status = 'rejected';
-CREATE TRIGGER escrow_outbox_counted_insert AFTER INSERT ON escrow_outbox BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries + 1,
-        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
-        retrying = retrying + (NEW.attempts > 0)
-    WHERE status = NEW.status;
-END;
-CREATE TRIGGER escrow_outbox_counted_delete AFTER DELETE ON escrow_outbox BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries - 1,
-        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
-        retrying = retrying - (OLD.attempts > 0)
-    WHERE status = OLD.status;
-END;
-CREATE TRIGGER escrow_outbox_counted_update
-AFTER UPDATE OF status, attempts, attempts_before_retry ON escrow_outbox
-WHEN OLD.status <> NEW.status OR OLD.attempts <> NEW.attempts
-  OR OLD.attempts_before_retry <> NEW.attempts_before_retry
-BEGIN
-    UPDATE escrow_outbox_counts SET entries = entries - 1,
-        attempts = attempts - OLD.attempts - OLD.attempts_before_retry,
-        retrying = retrying - (OLD.attempts > 0)
-    WHERE status = OLD.status;
-    UPDATE escrow_outbox_counts SET entries = entries + 1,
-        attempts = attempts + NEW.attempts + NEW.attempts_before_retry,
-        retrying = retrying + (NEW.attempts > 0)
-    WHERE status = NEW.status;
-END;
-INSERT INTO escrow_outbox_counts (status, entries, attempts, retrying)
+",
+        counted_triggers!(),
+        r"INSERT INTO escrow_outbox_counts (status, entries, attempts, retrying)
 VALUES ('held', 0, 0, 0), ('rejected', 0, 0, 0);
 CREATE TABLE escrow_decisions (
     run_id     TEXT    PRIMARY KEY,
@@ -221,7 +213,8 @@ CREATE TABLE escrow_decisions (
     intents    TEXT    NOT NULL
 );
 CREATE INDEX escrow_decisions_decided ON escrow_decisions (decided_at);
-",
+"
+    ),
 ];
 
 /// An outbox in a SQLite file.

@@ -13,8 +13,8 @@ use crate::document::{self, Document, DocumentError};
 use crate::handlers::EffectKind;
 use crate::outcome::{EffectError, Failure, Fate, Intent, Outcome, Refusal};
 use crate::patterns::Patterns;
-use crate::recording::RecordedIntent;
 use crate::plugin::Plugin;
+use crate::recording::RecordedIntent;
 use crate::run::{Committed, ConfigDigest, Dispatch, RunOptions};
 use crate::run_id::RunId;
 

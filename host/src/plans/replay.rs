@@ -9,10 +9,10 @@ use serde::Serialize;
 use super::diff::{self, Difference};
 use crate::answers::Answers;
 use crate::backends::MemoryLocks;
-use crate::patterns::Patterns;
-use crate::recording::{RecordedIntent, RecordedResult, Recording};
 use crate::outcome::Failure;
+use crate::patterns::Patterns;
 use crate::plugin::Plugin;
+use crate::recording::{RecordedIntent, RecordedResult, Recording};
 use crate::run::{Dispatch, RunOptions};
 use crate::run_id::RunId;
 
