@@ -571,6 +571,7 @@ impl EscrowCtx {
         let outcome = Outcome {
             run_id: self.run_id,
             plugin: self.plugin,
+            component_sha256: None,
             result,
             intents: self.records,
             invocations: self.invocations,

@@ -25,6 +25,9 @@ pub struct Outcome {
     pub run_id: RunId,
     /// The plugin's name (its file name, or what the embedder called it).
     pub plugin: Arc<str>,
+    /// The sha256 of the component that ran, when it was loaded from its
+    /// bytes: which version of the plugin this outcome is of.
+    pub component_sha256: Option<Arc<str>>,
     /// The guest's output if the run succeeded, otherwise why it failed.
     pub result: Result<Vec<u8>, Failure>,
     /// Every deferred effect the run requested, in request order, with its

@@ -34,7 +34,7 @@ pub struct Plugin {
     /// The keys its runs record metrics under (labelled with its name).
     pub(crate) metric_keys: Arc<RunKeys>,
     /// The sha256 of the component's bytes, when it was loaded from them.
-    sha256: Option<Arc<str>>,
+    pub(crate) sha256: Option<Arc<str>>,
     component: Component,
     pub(crate) pre: PluginPre<RunState>,
 }

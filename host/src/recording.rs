@@ -105,13 +105,12 @@ impl RecordedResult {
 }
 
 impl Recording {
-    /// The recording of `outcome`'s run, which was given `input`, of the
-    /// component whose sha256 is `component_sha256`.
-    pub fn of(outcome: &Outcome, input: &[u8], component_sha256: Option<&str>) -> Self {
+    /// The recording of `outcome`'s run, which was given `input`.
+    pub fn of(outcome: &Outcome, input: &[u8]) -> Self {
         Recording {
             run_id: outcome.run_id,
             plugin: outcome.plugin.to_string(),
-            component_sha256: component_sha256.map(str::to_owned),
+            component_sha256: outcome.component_sha256.as_deref().map(str::to_owned),
             recorded_at: SystemTime::now(),
             input: Bytes(input.to_vec()),
             answers: Answers::of(outcome),

@@ -267,7 +267,7 @@ impl Plugin {
             .instrument(span.clone())
             .await?;
         if let Some((dir, input)) = record {
-            let recording = Recording::of(&outcome, &input, self.sha256());
+            let recording = Recording::of(&outcome, &input);
             if let Err(error) = recording.write_into(&dir) {
                 tracing::warn!(%run_id, %error, "the run could not be recorded");
             }
@@ -389,6 +389,7 @@ impl Plugin {
         // dispatch: they are released only now.
         locks.release().await;
         outcome.guest_stderr = guest_stderr;
+        outcome.component_sha256 = self.sha256.clone();
         outcome.timings = Timings {
             instantiate: instantiated - started,
             call: called - instantiated,

@@ -173,6 +173,9 @@ fn to_json(outcome: &Outcome) -> Value {
     if !outcome.guest_stderr.is_empty() {
         report["guest_stderr"] = bytes_json(&outcome.guest_stderr);
     }
+    if let Some(sha256) = &outcome.component_sha256 {
+        report["component_sha256"] = json!(&**sha256);
+    }
     report
 }
 
