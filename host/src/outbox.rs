@@ -34,6 +34,7 @@ use crate::outcome::{Fence, Intent};
 use crate::run_id::RunId;
 
 mod approval;
+mod history;
 mod sqlite;
 mod worker;
 
@@ -45,6 +46,9 @@ pub use approval::{
     EXPIRY_DECIDER, Hold, MAX_DECIDER_BYTES, MAX_REASON_BYTES, Verdict,
 };
 pub(crate) use approval::{intents_from_json, intents_json};
+pub use history::{
+    HISTORY_QUEUE, MAX_RUNS_PAGE, RunFilter, RunRecord, RunSummary, first_run_id_at,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
@@ -695,6 +699,24 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// first.
     async fn held_runs(&self, held_before_ms: i64, limit: u32) -> Result<Vec<RunId>, OutboxError>;
 
+    /// Keeps finished runs in the history; a run kept already is left as
+    /// it is.
+    async fn record_runs(&self, runs: &[RunRecord]) -> Result<(), OutboxError>;
+
+    /// Runs by `filter`, newest first.
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, OutboxError>;
+
+    /// The run `run_id` as the history keeps it.
+    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>, OutboxError>;
+
+    /// Every entry of `run_id`, intents in seq order then compensations:
+    /// where each of its intents stands.
+    async fn run_entries(&self, run_id: RunId) -> Result<Vec<Entry>, OutboxError>;
+
+    /// Deletes at most `limit` runs of the history that ended before
+    /// `ended_before_ms`. Returns how many.
+    async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError>;
+
     /// A watch on what other processes write, so that a waiting worker
     /// wakes when they commit instead of at its next poll; `None` (the
     /// default) when the store cannot tell, and workers poll. Writes made
@@ -873,6 +895,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
     groups: Arc<(AtomicU64, AtomicU64)>,
+    /// Where finished runs go, when the outbox keeps their history.
+    history: Option<history::HistoryWriter>,
     /// Notified when a group made entries due that no claim holds.
     work: Arc<Notify>,
 }
@@ -937,6 +961,7 @@ impl Outbox {
                 clock,
                 groups,
                 work,
+                history: None,
             }),
         }
     }

@@ -273,6 +273,9 @@ impl Plugin {
             }
         }
         crate::observe::close_span(&span, &outcome);
+        if let Some(outbox) = &self.outbox {
+            outbox.remember(&outcome);
+        }
         for observer in self.host.observers() {
             observer(&outcome);
         }

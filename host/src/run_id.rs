@@ -19,6 +19,11 @@ impl RunId {
         self.0
     }
 
+    /// The run id `uuid` is.
+    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
+        Self(uuid)
+    }
+
     /// The idempotency key of the request `seq` of this run:
     /// `{run_id}:{seq}`. It is the same on every retry and redelivery.
     pub fn idempotency_key(&self, seq: u64) -> String {

@@ -11,6 +11,7 @@ mod effects;
 mod fixtures;
 mod fuzz;
 mod grants;
+mod history;
 mod isolation;
 mod languages;
 mod limits;

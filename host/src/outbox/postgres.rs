@@ -28,12 +28,14 @@ use tokio_postgres::{NoTls, Row};
 use super::{
     Changes, Claim, Decide, Decision, ENTRY_COLUMNS, EXPIRED, EXPIRY_DECIDER, Entry, EntryKind,
     Filter, Hold, NewEntry, OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, Retry,
-    Settlement, Stats, Write, fences_from_json, fences_json, retriable,
+    RunFilter, RunRecord, RunSummary, Settlement, Stats, Write, fences_from_json, fences_json,
+    retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
 
 mod approval;
+mod history;
 mod statistics;
 mod wake;
 
@@ -182,6 +184,28 @@ CREATE TABLE escrow_decisions (
     intents    TEXT   NOT NULL
 );
 CREATE INDEX escrow_decisions_decided ON escrow_decisions (decided_at);
+",
+    // The run history (`outbox/history.rs`): one row a run, and one an
+    // effect it requested, for lists filtered by effect.
+    r"
+CREATE TABLE escrow_runs (
+    run_id           TEXT   PRIMARY KEY,
+    plugin           TEXT   NOT NULL,
+    status           TEXT   NOT NULL,
+    component_sha256 TEXT,
+    ended_at         BIGINT NOT NULL,
+    effects          TEXT   NOT NULL,
+    outcome          TEXT   NOT NULL
+);
+CREATE INDEX escrow_runs_status ON escrow_runs (status, run_id);
+CREATE INDEX escrow_runs_plugin ON escrow_runs (plugin, run_id);
+CREATE INDEX escrow_runs_ended ON escrow_runs (ended_at);
+CREATE TABLE escrow_run_effects (
+    effect TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (effect, run_id)
+);
+CREATE INDEX escrow_run_effects_run ON escrow_run_effects (run_id);
 ",
 ];
 
@@ -1226,6 +1250,56 @@ impl OutboxStore for PostgresOutbox {
                     .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))
             })
             .collect()
+    }
+
+    async fn record_runs(&self, runs: &[RunRecord]) -> Result<(), OutboxError> {
+        let columns = history::Columns::of(runs);
+        self.with(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute(history::RECORD_RUNS, &columns.runs()).await?;
+            tx.execute(history::RECORD_EFFECTS, &columns.effects())
+                .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, OutboxError> {
+        let (sql, values) = history::list(filter);
+        let rows = self
+            .with(async |client| {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+                client.query(&sql, &params).await
+            })
+            .await?;
+        rows.iter().map(history::summary).collect()
+    }
+
+    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>, OutboxError> {
+        let row = self
+            .with(async |client| client.query_opt(history::ONE, &[&run_id.to_string()]).await)
+            .await?;
+        Ok(row.map(|row| history::record(run_id, &row)))
+    }
+
+    async fn run_entries(&self, run_id: RunId) -> Result<Vec<Entry>, OutboxError> {
+        let sql = history::run_entries_sql();
+        let rows = self
+            .with(async |client| client.query(&sql, &[&run_id.to_string()]).await)
+            .await?;
+        entries(&rows)
+    }
+
+    async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError> {
+        let row = self
+            .with(async |client| {
+                client
+                    .query_one(history::PRUNE, &[&ended_before_ms, &i64::from(limit)])
+                    .await
+            })
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {

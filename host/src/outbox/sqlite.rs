@@ -14,10 +14,12 @@ use rusqlite::{
 use super::{
     Changes, Claim, Decide, DecidedIntent, Decision, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, EXPIRED,
     EXPIRY_DECIDER, Entry, EntryKind, EntryStatus, Filter, Hold, NewEntry, OpenMode, OutboxError,
-    OutboxStore, PENDING_STATS, Prune, Retry, Settlement, Stats, Verdict, Write, fences_from_json,
-    fences_json, intents_from_json, intents_json, retriable,
+    OutboxStore, PENDING_STATS, Prune, Retry, RunFilter, RunRecord, RunSummary, Settlement, Stats,
+    Verdict, Write, fences_from_json, fences_json, intents_from_json, intents_json, retriable,
 };
 use crate::run_id::RunId;
+
+mod history;
 
 /// How long an operation waits for another process's transaction on the
 /// same file before it fails.
@@ -215,6 +217,28 @@ CREATE TABLE escrow_decisions (
 CREATE INDEX escrow_decisions_decided ON escrow_decisions (decided_at);
 "
     ),
+    // The run history (`outbox/history.rs`): one row a run, and one an
+    // effect it requested, for lists filtered by effect.
+    r"
+CREATE TABLE escrow_runs (
+    run_id           TEXT    PRIMARY KEY,
+    plugin           TEXT    NOT NULL,
+    status           TEXT    NOT NULL,
+    component_sha256 TEXT,
+    ended_at         INTEGER NOT NULL,
+    effects          TEXT    NOT NULL,
+    outcome          TEXT    NOT NULL
+);
+CREATE INDEX escrow_runs_status ON escrow_runs (status, run_id);
+CREATE INDEX escrow_runs_plugin ON escrow_runs (plugin, run_id);
+CREATE INDEX escrow_runs_ended ON escrow_runs (ended_at);
+CREATE TABLE escrow_run_effects (
+    effect TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (effect, run_id)
+) WITHOUT ROWID;
+CREATE INDEX escrow_run_effects_run ON escrow_run_effects (run_id);
+",
 ];
 
 /// An outbox in a SQLite file.
@@ -990,6 +1014,29 @@ impl OutboxStore for SqliteOutbox {
                     .map_err(|e: uuid::Error| OutboxError::Store(e.to_string()))
             })
             .collect()
+    }
+
+    async fn record_runs(&self, runs: &[RunRecord]) -> Result<(), OutboxError> {
+        let runs = runs.to_vec();
+        self.with(move |conn| history::record(conn, &runs)).await
+    }
+
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, OutboxError> {
+        let filter = filter.clone();
+        self.with(move |conn| history::list(conn, &filter)).await
+    }
+
+    async fn run(&self, run_id: RunId) -> Result<Option<RunRecord>, OutboxError> {
+        self.with(move |conn| history::one(conn, run_id)).await
+    }
+
+    async fn run_entries(&self, run_id: RunId) -> Result<Vec<Entry>, OutboxError> {
+        self.with(move |conn| history::entries(conn, run_id)).await
+    }
+
+    async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError> {
+        self.with(move |conn| history::prune(conn, ended_before_ms, limit))
+            .await
     }
 
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {

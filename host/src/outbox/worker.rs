@@ -202,27 +202,34 @@ impl Worker {
         Ok(report)
     }
 
-    /// Deletes delivered entries older than the outbox's retention, at most
-    /// [`PRUNE_BATCHES_PER_ROUND`] batches. Returns whether more are left.
+    /// Deletes delivered entries, and runs of the history, older than the
+    /// outbox's retention, at most [`PRUNE_BATCHES_PER_ROUND`] batches of
+    /// each. Returns whether more are left.
     async fn prune_delivered(&self, now: i64) -> bool {
         let retain = i64::try_from(self.outbox.retained_for().as_millis()).unwrap_or(i64::MAX);
         let before = now.saturating_sub(retain);
-        for _ in 0..PRUNE_BATCHES_PER_ROUND {
-            match self
-                .outbox
-                .store()
-                .prune(Prune::Delivered, before, PRUNE_BATCH)
-                .await
-            {
-                Ok(deleted) if deleted == u64::from(PRUNE_BATCH) => {}
-                Ok(_) => return false,
-                Err(error) => {
-                    tracing::warn!(%error, "deleting delivered entries past their retention failed");
-                    return false;
+        let store = self.outbox.store();
+        let mut left = false;
+        for (what, which) in [("delivered entries", true), ("runs of the history", false)] {
+            left |= 'rounds: {
+                for _ in 0..PRUNE_BATCHES_PER_ROUND {
+                    let deleted = match which {
+                        true => store.prune(Prune::Delivered, before, PRUNE_BATCH).await,
+                        false => store.prune_runs(before, PRUNE_BATCH).await,
+                    };
+                    match deleted {
+                        Ok(deleted) if deleted == u64::from(PRUNE_BATCH) => {}
+                        Ok(_) => break 'rounds false,
+                        Err(error) => {
+                            tracing::warn!(%error, "deleting {what} past their retention failed");
+                            break 'rounds false;
+                        }
+                    }
                 }
-            }
+                true
+            };
         }
-        true
+        left
     }
 
     /// Claims and delivers until nothing is due. A claim's last
