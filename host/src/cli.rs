@@ -19,6 +19,7 @@ mod plan;
 mod replay;
 mod report;
 mod run;
+mod serve;
 mod setup;
 
 /// Exit code of a run that failed (the guest returned `err`, trapped, or
@@ -57,6 +58,7 @@ enum Command {
     Plan(plan::PlanArgs),
     Apply(plan::ApplyArgs),
     Replay(replay::ReplayArgs),
+    Serve(serve::ServeArgs),
     Inspect(inspect::InspectArgs),
     Breakers(breakers::BreakersArgs),
     Outbox(outbox::OutboxArgs),
@@ -183,6 +185,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Plan(args) => plan::plan(args),
         Command::Apply(args) => plan::apply(args),
         Command::Replay(args) => replay::main(args),
+        Command::Serve(args) => serve::main(args),
         Command::Inspect(args) => inspect::main(args),
         Command::Breakers(args) => breakers::main(args),
         Command::Outbox(args) => outbox::main(args),

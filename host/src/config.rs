@@ -261,6 +261,11 @@ pub struct Config {
     pub outbox: Option<OutboxConfig>,
     /// Which runs wait for a person's approval.
     pub approval: Option<ApprovalConfig>,
+    /// The plugins `escrow serve` loads, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// `escrow serve`'s own settings.
+    pub serve: Option<ServeConfig>,
     /// What each instance slot holds.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -465,6 +470,34 @@ pub struct OutboxConfig {
     pub compensation_grace_ms: Option<u64>,
 }
 
+/// One `[plugins.NAME]` table: a plugin `escrow serve` loads, and what it
+/// sets for its runs instead of the top-level tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component, relative to the config's directory.
+    pub path: PathBuf,
+    /// Its grants, instead of `[grants]`.
+    pub grants: Option<GrantsConfig>,
+    /// Its policy, instead of `policy`.
+    pub policy: Option<PolicyName>,
+    /// Its blocks, instead of `block`.
+    pub block: Option<Vec<String>>,
+    /// Its limits, instead of `[limits]`.
+    pub limits: Option<LimitsConfig>,
+    /// Its approval, instead of `[approval]`.
+    pub approval: Option<ApprovalConfig>,
+}
+
+/// The `[serve]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// A file of `ROLE:TOKEN` lines (relative to the config's directory),
+    /// read besides the `ESCROW_TOKENS` environment variable.
+    pub tokens_file: Option<PathBuf>,
+}
+
 /// The `[approval]` table: runs whose committed intents match `require`
 /// wait in the outbox for an approval.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -608,6 +641,15 @@ impl Config {
         self.handlers()?;
         self.run_policy()?;
         self.approval()?;
+        for name in self.plugins.keys() {
+            crate::patterns::check_effect_name(name)
+                .map_err(|e| format!("plugins.{name}: not a plugin name: {e}"))?;
+            let (_, plugin) = self.for_plugin(name).expect("listed");
+            let at = |message: String| format!("plugins.{name}: {message}");
+            plugin.grants().map_err(at)?;
+            plugin.run_policy().map_err(at)?;
+            plugin.approval().map_err(at)?;
+        }
         if let Some(approval) = &self.approval {
             approval.expires_after()?;
         }
@@ -965,6 +1007,30 @@ impl Config {
             outbox = outbox.approval_expiry(expiry);
         }
         Ok(Some(outbox))
+    }
+
+    /// The configuration of the plugin `name` of `[plugins]`: this one with
+    /// the plugin's own tables instead of the top-level ones, and its
+    /// component's path resolved. `None` when there is no such plugin.
+    pub fn for_plugin(&self, name: &str) -> Option<(PathBuf, Config)> {
+        let plugin = self.plugins.get(name)?;
+        let mut config = self.clone();
+        if let Some(grants) = &plugin.grants {
+            config.grants = grants.clone();
+        }
+        if let Some(policy) = plugin.policy {
+            config.policy = policy;
+        }
+        if let Some(block) = &plugin.block {
+            config.block = block.clone();
+        }
+        if let Some(limits) = &plugin.limits {
+            config.limits = limits.clone();
+        }
+        if let Some(approval) = &plugin.approval {
+            config.approval = Some(approval.clone());
+        }
+        Some((self.base.join(&plugin.path), config))
     }
 
     /// The patterns of `[approval] require`, compiled; `None` without any.

@@ -78,6 +78,8 @@ pub mod policy;
 pub mod recording;
 mod run;
 mod run_id;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod sinks;
 mod store;
 pub mod text;

@@ -93,6 +93,7 @@ async fn make(args: PlanArgs) -> anyhow::Result<u8> {
         outbox: None,
         sink: args.sink.clone(),
         json: false,
+        keep_history: false,
     };
     let loaded = args.setup.load(&config, &args.plugin, how).await?;
     let plan = match loaded.plugin.plan(loaded.options.input(input)).await {
@@ -141,6 +142,7 @@ async fn dispatch(args: ApplyArgs) -> anyhow::Result<u8> {
         outbox: args.outbox.as_deref(),
         sink: args.sink.clone(),
         json: false,
+        keep_history: false,
     };
     let loaded = args.setup.load(&config, &args.plugin, how).await?;
     let (plugin, options) = (loaded.plugin, loaded.options);

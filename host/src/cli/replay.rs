@@ -46,6 +46,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         outbox: None,
         sink: None,
         json: true,
+        keep_history: false,
     };
     let loaded = args.setup.load(&config, &args.plugin, how).await?;
     let report = loaded.plugin.replay(&recordings, loaded.options).await?;

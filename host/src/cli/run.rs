@@ -70,6 +70,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 outbox: args.outbox.as_deref(),
                 sink: args.sink.clone(),
                 json: args.json,
+                keep_history: false,
             },
         )
         .await?;

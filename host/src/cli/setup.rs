@@ -51,6 +51,8 @@ pub(crate) struct HostArgs<'a> {
     pub sink: Option<SinkSpec>,
     /// `--json`: the report is the output, so nothing may go to stdout.
     pub json: bool,
+    /// Whether the outbox keeps every run's outcome (`escrow serve`).
+    pub keep_history: bool,
 }
 
 /// A plugin loaded as the config says, with the options of its runs.
@@ -106,55 +108,88 @@ impl ConfigArgs {
         plugin: &Path,
         how: HostArgs<'_>,
     ) -> anyhow::Result<Loaded> {
-        let grants = config.grants().map_err(anyhow::Error::msg)?;
-        let handlers = config.handlers().map_err(anyhow::Error::msg)?;
-        let policy = config.run_policy().map_err(anyhow::Error::msg)?;
-        let limits = config.limits();
-        let approval = config.approval().map_err(anyhow::Error::msg)?;
-        let outbox = config.outbox(how.outbox, OpenMode::Create).await?;
-        if approval.is_some() && outbox.is_none() {
-            bail!(
-                "[approval] require holds runs in the outbox: give --outbox or [outbox] url in \
-                 the config"
-            );
-        }
-        let breakers = Arc::new(config.breakers().await.map_err(anyhow::Error::msg)?);
-        let routing = super::routing(config, how.sink, how.json, &breakers)?;
-        let no_sinks = routing.sinks.is_empty();
-        let mut host = Host::builder()
-            .max_concurrent_runs(1)
-            .max_memory_bytes(limits.max_memory_bytes)
-            .slot_size(config.slot_size())
-            .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?)
-            .backtraces(self.backtrace)
-            .sinks(routing.sinks);
-        if let Some(dir) = super::cache_dir().filter(|_| !self.no_cache) {
-            host = host.cache_dir(dir);
-        }
-        if let Some(outbox) = outbox {
-            host = host.outbox(outbox);
-        }
-        if let Some(approval) = approval {
-            host = host.require_approval(approval);
-        }
-        let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
-        let host = host
-            .handlers(handlers)
-            .locks(locks)
-            .breakers(breakers)
-            .build()?;
-        let plugin = host.load_file(plugin)?;
-        let options = RunOptions::new()
-            .grants(grants)
-            .shared_policy(policy)
-            .limits(limits);
+        let built = build_host(config, how, 1, !self.no_cache, self.backtrace).await?;
+        let plugin = built.host.load_file(plugin)?;
         Ok(Loaded {
             plugin,
-            options,
-            writes_stdout: routing.writes_stdout,
-            no_sinks,
+            options: run_options(config)?,
+            writes_stdout: built.writes_stdout,
+            no_sinks: built.no_sinks,
         })
     }
+}
+
+/// A host built as a config says.
+pub(crate) struct Built {
+    pub host: Host,
+    /// Whether some route writes to stdout.
+    pub writes_stdout: bool,
+    /// Whether no route takes intents.
+    pub no_sinks: bool,
+}
+
+/// The host `config` describes: its handlers, locks, breakers, routes,
+/// outbox and approval, running at most `runs` plugins at once.
+pub(crate) async fn build_host(
+    config: &Config,
+    how: HostArgs<'_>,
+    runs: u32,
+    cache: bool,
+    backtraces: bool,
+) -> anyhow::Result<Built> {
+    let handlers = config.handlers().map_err(anyhow::Error::msg)?;
+    let limits = config.limits();
+    let approval = config.approval().map_err(anyhow::Error::msg)?;
+    let outbox = config.outbox(how.outbox, OpenMode::Create).await?;
+    if approval.is_some() && outbox.is_none() {
+        bail!(
+            "[approval] require holds runs in the outbox: give --outbox or [outbox] url in \
+             the config"
+        );
+    }
+    let outbox = match how.keep_history {
+        true => outbox.map(escrow_host::outbox::Outbox::keep_history),
+        false => outbox,
+    };
+    let breakers = Arc::new(config.breakers().await.map_err(anyhow::Error::msg)?);
+    let routing = super::routing(config, how.sink, how.json, &breakers)?;
+    let no_sinks = routing.sinks.is_empty();
+    let mut host = Host::builder()
+        .max_concurrent_runs(runs)
+        .max_memory_bytes(limits.max_memory_bytes)
+        .slot_size(config.slot_size())
+        .typed_effects(config.typed_effects().map_err(anyhow::Error::msg)?)
+        .backtraces(backtraces)
+        .sinks(routing.sinks);
+    if let Some(dir) = super::cache_dir().filter(|_| cache) {
+        host = host.cache_dir(dir);
+    }
+    if let Some(outbox) = outbox {
+        host = host.outbox(outbox);
+    }
+    if let Some(approval) = approval {
+        host = host.require_approval(approval);
+    }
+    let locks = config.lock_backend().await.map_err(anyhow::Error::msg)?;
+    let host = host
+        .handlers(handlers)
+        .locks(locks)
+        .breakers(breakers)
+        .build()?;
+    Ok(Built {
+        host,
+        writes_stdout: routing.writes_stdout,
+        no_sinks,
+    })
+}
+
+/// The options of runs under `config`: its grants, policy and limits (no
+/// input yet).
+pub(crate) fn run_options(config: &Config) -> anyhow::Result<RunOptions> {
+    Ok(RunOptions::new()
+        .grants(config.grants().map_err(anyhow::Error::msg)?)
+        .shared_policy(config.run_policy().map_err(anyhow::Error::msg)?)
+        .limits(config.limits()))
 }
 
 /// `--input` and `--input-file`: the plugin's input, as JSON.
