@@ -24,6 +24,7 @@ mod policies;
 mod queue_sinks;
 mod replay;
 mod scopes;
+mod serve;
 mod sinks;
 mod store_faults;
 mod typed;
