@@ -39,12 +39,14 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/plugins/{name}/reload", post(api::reload))
         .route("/v1/runs", get(api::runs))
         .route("/v1/runs/{run_id}", get(api::one_run))
-        .route("/v1/runs/{run_id}/{verdict}", post(api::decide))
+        .route("/v1/runs/{run_id}/approve", post(api::approve))
+        .route("/v1/runs/{run_id}/reject", post(api::reject))
         .route("/v1/intents", get(api::intents))
         .route("/v1/outbox/stats", get(api::stats))
         .route("/v1/outbox/retry", post(api::retry))
         .route("/v1/breakers", get(api::breakers))
-        .route("/v1/breakers/{name}/{action}", post(api::force_breaker))
+        .route("/v1/breakers/{name}/open", post(api::open_breaker))
+        .route("/v1/breakers/{name}/reset", post(api::reset_breaker))
         .route("/metrics", get(api::metrics))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&service),

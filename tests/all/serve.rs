@@ -608,3 +608,68 @@ async fn a_reload_under_load_drops_no_run_and_each_names_the_version_it_ran() {
     let after = api.run("checkout", 1).await;
     assert_eq!(after["component_sha256"], new.as_str());
 }
+
+/// The routes `serve.rs` declares: `(METHOD, path)`.
+fn declared_routes() -> Vec<(String, String)> {
+    let source = include_str!("../../host/src/serve.rs");
+    source
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| {
+            let (path, rest) = rest.split_once('"').unwrap();
+            let method = rest.trim_start_matches([',', ' ', '\n']);
+            let method = method.split('(').next().unwrap().trim().to_uppercase();
+            (method, path.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_openapi_file_documents_exactly_the_routes_served_and_each_answers() {
+    let doc: Value =
+        serde_json::from_str(include_str!("../../docs/serve.openapi.json")).unwrap();
+    let mut documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, methods)| {
+            methods
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut declared = declared_routes();
+    documented.sort();
+    declared.sort();
+    assert_eq!(documented, declared);
+
+    let api = Api::start().await;
+    let run = escrow_host::RunId::new().to_string();
+    for (method, path) in &documented {
+        let path = path
+            .replace("{name}", "checkout")
+            .replace("{run_id}", &run);
+        let path = match path.as_str() {
+            "/v1/intents" => format!("/v1/intents?idempotency_key={run}:1"),
+            "/v1/breakers/checkout/open" | "/v1/breakers/checkout/reset" => {
+                path.replace("checkout", "payments")
+            }
+            _ => path,
+        };
+        let request = match method.as_str() {
+            "GET" => api.get(Some(OPERATOR), &path),
+            _ => api.post(Some(OPERATOR), &path, r#"{"by": "ana", "dead": true}"#),
+        };
+        let answer = request.send().await.unwrap();
+        let status = answer.status();
+        let body = answer.text().await.unwrap();
+        // A route that is not served answers 404 or 405 with no JSON body.
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if status == StatusCode::NOT_FOUND {
+            assert!(body.contains("\"error\""), "{method} {path} is not served");
+        }
+    }
+}

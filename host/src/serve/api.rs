@@ -14,11 +14,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{Role, Verdict};
+use super::auth::{Role, Verdict as Judged};
 use super::service::Service;
 use crate::breakers::Forced;
 use crate::config::{PolicyName, build_policy};
-use crate::outbox::{Entry, EntryKind, Outbox, OutboxError, Retry, RunFilter, RunSummary};
+use crate::outbox::{
+    Entry, EntryKind, Outbox, OutboxError, Retry, RunFilter, RunSummary, Verdict,
+};
 use crate::run::Dispatch;
 use crate::run_id::RunId;
 
@@ -82,11 +84,11 @@ pub(super) async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match service.tokens.judge(presented, client, Instant::now()) {
-        Verdict::Allowed(role) => {
+        Judged::Allowed(role) => {
             request.extensions_mut().insert(Caller(role));
             next.run(request).await
         }
-        Verdict::Unknown => {
+        Judged::Unknown => {
             let mut answer = Problem(
                 StatusCode::UNAUTHORIZED,
                 "a valid token is needed: Authorization: Bearer TOKEN".into(),
@@ -98,7 +100,7 @@ pub(super) async fn authenticate(
             );
             answer
         }
-        Verdict::Limited => Problem(
+        Judged::Limited => Problem(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed attempts from this client; try again in a minute".into(),
         )
@@ -437,25 +439,44 @@ pub(super) struct DecisionBody {
     reason: Option<String>,
 }
 
-/// `POST /v1/runs/{run_id}/approve` and `…/reject`.
-pub(super) async fn decide(
+/// `POST /v1/runs/{run_id}/approve`.
+pub(super) async fn approve(
     State(service): State<Arc<Service>>,
     caller: axum::Extension<Caller>,
-    Path((id, verdict)): Path<(String, String)>,
+    Path(id): Path<String>,
     body: Bytes,
 ) -> Answer {
-    require(caller.0, Role::Operator)?;
-    let body: DecisionBody = parse(&body)?;
+    decide(&service, caller.0, &id, Verdict::Approved, &body).await
+}
+
+/// `POST /v1/runs/{run_id}/reject`.
+pub(super) async fn reject(
+    State(service): State<Arc<Service>>,
+    caller: axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    decide(&service, caller.0, &id, Verdict::Rejected, &body).await
+}
+
+async fn decide(
+    service: &Service,
+    caller: Caller,
+    id: &str,
+    verdict: Verdict,
+    body: &[u8],
+) -> Answer {
+    require(caller, Role::Operator)?;
+    let body: DecisionBody = parse(body)?;
     if body.by.trim().is_empty() {
         return Err(Problem::bad("`by` names who decides"));
     }
-    let outbox = outbox(&service)?;
-    let id = run_id(&id)?;
+    let outbox = outbox(service)?;
+    let id = run_id(id)?;
     let reason = body.reason.as_deref();
-    let decision = match verdict.as_str() {
-        "approve" => outbox.approve(id, &body.by, reason).await?,
-        "reject" => outbox.reject(id, &body.by, reason).await?,
-        other => return Err(Problem::missing(format!("no decision `{other}`"))),
+    let decision = match verdict {
+        Verdict::Approved => outbox.approve(id, &body.by, reason).await?,
+        Verdict::Rejected => outbox.reject(id, &body.by, reason).await?,
     };
     Ok(Json(json!({
         "run_id": decision.run_id.to_string(),
@@ -481,18 +502,26 @@ pub(super) async fn breakers(State(service): State<Arc<Service>>) -> Answer {
     Ok(Json(json!({ "breakers": breakers })).into_response())
 }
 
-/// `POST /v1/breakers/{name}/open` and `…/reset`.
-pub(super) async fn force_breaker(
+/// `POST /v1/breakers/{name}/open`.
+pub(super) async fn open_breaker(
     State(service): State<Arc<Service>>,
     caller: axum::Extension<Caller>,
-    Path((name, action)): Path<(String, String)>,
+    Path(name): Path<String>,
 ) -> Answer {
-    require(caller.0, Role::Operator)?;
-    let to = match action.as_str() {
-        "open" => Forced::Open,
-        "reset" => Forced::Closed,
-        other => return Err(Problem::missing(format!("no breaker action `{other}`"))),
-    };
+    force_breaker(&service, caller.0, name, Forced::Open).await
+}
+
+/// `POST /v1/breakers/{name}/reset`.
+pub(super) async fn reset_breaker(
+    State(service): State<Arc<Service>>,
+    caller: axum::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Answer {
+    force_breaker(&service, caller.0, name, Forced::Closed).await
+}
+
+async fn force_breaker(service: &Service, caller: Caller, name: String, to: Forced) -> Answer {
+    require(caller, Role::Operator)?;
     if !service.breakers.is_defined(&name) {
         return Err(Problem::missing(format!("no breaker `{name}` is defined")));
     }
