@@ -9,11 +9,14 @@ use serde_json::Value;
 
 #[path = "cli/plans.rs"]
 mod plans;
+#[path = "cli/serve.rs"]
+mod serve;
 
 fn escrow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_escrow"))
         .args(args)
         .env_remove("ESCROW_LOG")
+        .env_remove("ESCROW_TOKENS")
         // A cache of the tests' own, kept between test runs.
         .env(
             "ESCROW_CACHE_DIR",

@@ -626,8 +626,7 @@ fn declared_routes() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn the_openapi_file_documents_exactly_the_routes_served_and_each_answers() {
-    let doc: Value =
-        serde_json::from_str(include_str!("../../docs/serve.openapi.json")).unwrap();
+    let doc: Value = serde_json::from_str(include_str!("../../docs/serve.openapi.json")).unwrap();
     let mut documented: Vec<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -649,9 +648,7 @@ async fn the_openapi_file_documents_exactly_the_routes_served_and_each_answers()
     let api = Api::start().await;
     let run = escrow_host::RunId::new().to_string();
     for (method, path) in &documented {
-        let path = path
-            .replace("{name}", "checkout")
-            .replace("{run_id}", &run);
+        let path = path.replace("{name}", "checkout").replace("{run_id}", &run);
         let path = match path.as_str() {
             "/v1/intents" => format!("/v1/intents?idempotency_key={run}:1"),
             "/v1/breakers/checkout/open" | "/v1/breakers/checkout/reset" => {

@@ -18,9 +18,7 @@ use super::auth::{Role, Verdict as Judged};
 use super::service::Service;
 use crate::breakers::Forced;
 use crate::config::{PolicyName, build_policy};
-use crate::outbox::{
-    Entry, EntryKind, Outbox, OutboxError, Retry, RunFilter, RunSummary, Verdict,
-};
+use crate::outbox::{Entry, EntryKind, Outbox, OutboxError, Retry, RunFilter, RunSummary, Verdict};
 use crate::run::Dispatch;
 use crate::run_id::RunId;
 
