@@ -1,10 +1,14 @@
-//! An HTTP service embedding escrow: `POST /run/{tenant}` runs the plugin
-//! once with the request body as input, under the tenant's grants and
-//! policy, and answers the outcome as JSON; `GET /metrics` serves
-//! Prometheus metrics; every run is logged as one `escrow.run` span.
+//! An HTTP service embedding escrow: the plugin is served once per tenant,
+//! under the tenant's grants and policy from `tenants.toml`, through
+//! escrow's own router (`escrow_host::serve::router`): `POST
+//! /v1/plugins/{tenant}/runs` runs it with the request body as input and
+//! answers the outcome as JSON; the API lists runs and breakers, and
+//! `GET /metrics` serves Prometheus metrics. Requests need a token from
+//! `ESCROW_TOKENS` (`operator:…,viewer:…`).
 //!
 //! ```sh
-//! escrow-service --plugin checkout.wasm --tenants tenants.toml --listen 127.0.0.1:8080
+//! ESCROW_TOKENS=operator:$(openssl rand -hex 16) \
+//!     escrow-service --plugin checkout.wasm --tenants tenants.toml --listen 127.0.0.1:8080
 //! ```
 
 use std::collections::HashMap;
@@ -13,19 +17,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use clap::Parser;
 use escrow_host::config::{PolicyName, build_policy};
+use escrow_host::serve::{Served, Service, TOKENS_VAR, Tokens, router};
 use escrow_host::sinks::FnSink;
-use escrow_host::{CallError, Grants, Host, Intent, Plugin, Policy, RunOptions, Status};
+use escrow_host::{CallError, Grants, Host, Intent, Plugin, RunOptions};
 use serde::Deserialize;
 
-/// Serve a plugin over HTTP, one run per request.
+/// Serve a plugin over HTTP, one run per request, per tenant.
 #[derive(Debug, Parser)]
 struct Args {
     /// The plugin to run: a component built for wasm32-wasip2.
@@ -56,19 +55,13 @@ struct TenantsFile {
     tenants: HashMap<String, TenantConfig>,
 }
 
-/// What a tenant's runs get, built once.
-struct Tenant {
-    grants: Arc<Grants>,
-    policy: Arc<dyn Policy>,
-}
-
-struct App {
-    plugin: Plugin,
-    tenants: HashMap<String, Tenant>,
-    metrics: escrow_host::observe::PrometheusHandle,
-}
-
-fn tenants(path: &std::path::Path) -> anyhow::Result<HashMap<String, Tenant>> {
+/// The plugin served once per tenant of `path`, under its grants and
+/// policy.
+fn tenants(
+    path: &std::path::Path,
+    plugin: &Plugin,
+    source: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Served)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read `{}`", path.display()))?;
     let file: TenantsFile =
@@ -80,43 +73,14 @@ fn tenants(path: &std::path::Path) -> anyhow::Result<HashMap<String, Tenant>> {
                 .effects(tenant.effects)
                 .with_context(|| format!("tenant `{name}`"))?;
             let policy = build_policy(tenant.policy, &[]).map_err(anyhow::Error::msg)?;
-            Ok((
-                name,
-                Tenant {
-                    grants: Arc::new(grants),
-                    policy,
-                },
-            ))
+            let served = Served {
+                plugin: plugin.clone(),
+                options: RunOptions::new().grants(grants).shared_policy(policy),
+                path: Some(source.to_owned()),
+            };
+            Ok((name, served))
         })
         .collect()
-}
-
-/// `POST /run/{tenant}`: the body is the plugin's input.
-async fn run(State(app): State<Arc<App>>, Path(tenant): Path<String>, input: Bytes) -> Response {
-    let Some(grants) = app.tenants.get(&tenant) else {
-        return (StatusCode::NOT_FOUND, format!("no tenant `{tenant}`\n")).into_response();
-    };
-    let options = RunOptions::new()
-        .input(input.to_vec())
-        .grants(Arc::clone(&grants.grants))
-        .shared_policy(Arc::clone(&grants.policy));
-    match app.plugin.run(options).await {
-        Ok(outcome) => {
-            let status = match outcome.status() {
-                Status::Failed => StatusCode::UNPROCESSABLE_ENTITY,
-                Status::Committed | Status::Dropped => StatusCode::OK,
-                // Its intents wait in the outbox for a person's approval.
-                Status::Held => StatusCode::ACCEPTED,
-            };
-            (status, axum::Json(outcome.to_json())).into_response()
-        }
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
-    }
-}
-
-/// `GET /metrics`: Prometheus's text format.
-async fn metrics_page(State(app): State<Arc<App>>) -> String {
-    app.metrics.render()
 }
 
 #[tokio::main]
@@ -130,9 +94,15 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let mut tokens = Tokens::new();
+    let pairs = std::env::var(TOKENS_VAR)
+        .with_context(|| format!("set {TOKENS_VAR}=operator:TOKEN: every request needs one"))?;
+    tokens
+        .parse(TOKENS_VAR, &pairs)
+        .map_err(anyhow::Error::msg)?;
     let metrics = escrow_host::observe::prometheus().map_err(anyhow::Error::msg)?;
     // Committed intents are logged here; a real service routes them to its
-    // queue, or to a durable outbox (docs/delivery.md).
+    // queue, or commits them to a durable outbox (docs/delivery.md).
     let host = Host::builder()
         .route(
             "*",
@@ -143,22 +113,25 @@ async fn main() -> anyhow::Result<()> {
         )?
         .build()?;
     let plugin = host.load_file(&args.plugin)?;
-    let app = Arc::new(App {
-        plugin,
-        tenants: tenants(&args.tenants)?,
-        metrics,
-    });
-    let router = Router::new()
-        .route("/run/{tenant}", post(run))
-        .route("/metrics", get(metrics_page))
-        .with_state(app);
+    let mut service = Service::new(tokens).metrics(metrics);
+    for (tenant, served) in tenants(&args.tenants, &plugin, &args.plugin)? {
+        service = service.plugin(&tenant, served);
+    }
+    let service = Arc::new(service);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop_asked())
-        .await?;
+    let stopping = Arc::clone(&service);
+    axum::serve(
+        listener,
+        router(service).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop_asked().await;
+        stopping.stop_accepting();
+    })
+    .await?;
     tracing::info!("stopped: the runs in flight were answered");
     Ok(())
 }

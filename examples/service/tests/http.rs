@@ -1,5 +1,6 @@
 //! The service over real HTTP: runs per tenant with their grants and
-//! policies, the outcome as JSON, 100 concurrent requests, and metrics.
+//! policies through escrow's router, the outcome as JSON, 100 concurrent
+//! requests, tokens, and metrics.
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -7,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+const TOKEN: &str = "operator-token-for-the-example";
 
 /// The service, killed when dropped.
 struct Service {
@@ -35,6 +38,7 @@ async fn start() -> Service {
         ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("ESCROW_LOG", "warn")
+        .env("ESCROW_TOKENS", format!("operator:{TOKEN}"))
         .stdout(Stdio::null())
         .spawn()
         .expect("starting the service");
@@ -43,7 +47,7 @@ async fn start() -> Service {
         base: format!("http://127.0.0.1:{port}"),
     };
     let started = Instant::now();
-    while reqwest::get(format!("{}/metrics", service.base))
+    while reqwest::get(format!("{}/healthz", service.base))
         .await
         .is_err()
     {
@@ -58,7 +62,8 @@ async fn start() -> Service {
 
 async fn run(client: &reqwest::Client, base: &str, tenant: &str, body: &str) -> (u16, Value) {
     let response = client
-        .post(format!("{base}/run/{tenant}"))
+        .post(format!("{base}/v1/plugins/{tenant}/runs"))
+        .bearer_auth(TOKEN)
         .body(body.to_owned())
         .send()
         .await
@@ -90,8 +95,17 @@ async fn each_tenant_runs_under_its_grants_and_policy_and_gets_the_outcome_as_js
     assert_eq!((status, refused["status"].as_str()), (422, Some("failed")));
     assert_eq!(refused["intents"][0]["refusal"], "not-granted");
 
-    let (status, _) = run(&client, base, "nobody", "{}").await;
+    let (status, unknown) = run(&client, base, "nobody", "{}").await;
     assert_eq!(status, 404);
+    assert_eq!(unknown["error"], "no plugin `nobody` is served");
+
+    let anonymous = client
+        .post(format!("{base}/v1/plugins/acme/runs"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +129,10 @@ async fn a_hundred_concurrent_requests_each_get_a_run_of_their_own_and_are_count
     }
     assert_eq!(run_ids.len(), 100);
 
-    let metrics = reqwest::get(format!("{}/metrics", service.base))
+    let metrics = client
+        .get(format!("{}/metrics", service.base))
+        .bearer_auth(TOKEN)
+        .send()
         .await
         .unwrap()
         .text()
