@@ -713,6 +713,10 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     /// where each of its intents stands.
     async fn run_entries(&self, run_id: RunId) -> Result<Vec<Entry>, OutboxError>;
 
+    /// How many runs started at or after `since_ms` the history keeps, by
+    /// status.
+    async fn run_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, OutboxError>;
+
     /// Deletes at most `limit` runs of the history that ended before
     /// `ended_before_ms`. Returns how many.
     async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError>;

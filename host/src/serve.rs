@@ -19,16 +19,21 @@ use axum::routing::{get, post};
 
 mod api;
 mod auth;
+mod console;
 mod service;
+mod session;
 
 pub use api::MAX_REQUEST_BYTES;
 pub use auth::{
     FAILURE_WINDOW, MAX_FAILED_ATTEMPTS, MAX_TRACKED_CLIENTS, MIN_TOKEN_BYTES, Role, TOKENS_VAR,
     Tokens, Verdict,
 };
+pub use console::MAX_LISTED_ENTRIES;
 pub use service::{Served, Service};
+pub use session::{MAX_SESSIONS, SESSION_LIFETIME};
 
-/// The API and health checks over `service`, to serve as they are or to
+/// The API, the console and the health checks over `service`, to serve as
+/// they are or to
 /// nest under a prefix of your own (`Router::new().nest("/escrow", …)`).
 /// For failed attempts to be limited per client, serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -56,6 +61,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .merge(api)
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(service)
 }

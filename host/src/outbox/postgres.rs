@@ -1291,6 +1291,25 @@ impl OutboxStore for PostgresOutbox {
         entries(&rows)
     }
 
+    async fn run_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, OutboxError> {
+        let since = crate::outbox::first_run_id_at(since_ms).to_string();
+        let rows = self
+            .with(async |client| {
+                client
+                    .query(
+                        "SELECT status, COUNT(*) FROM escrow_runs WHERE run_id >= $1 \
+                         GROUP BY status ORDER BY status",
+                        &[&since],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
     async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError> {
         let row = self
             .with(async |client| {

@@ -1034,6 +1034,10 @@ impl OutboxStore for SqliteOutbox {
         self.with(move |conn| history::entries(conn, run_id)).await
     }
 
+    async fn run_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, OutboxError> {
+        self.with(move |conn| history::counts(conn, since_ms)).await
+    }
+
     async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError> {
         self.with(move |conn| history::prune(conn, ended_before_ms, limit))
             .await

@@ -12,6 +12,7 @@ use crate::plugin::Plugin;
 use crate::run::RunOptions;
 
 use super::auth::Tokens;
+use super::session::Sessions;
 
 /// One plugin a service runs: the compiled component, the options of its
 /// runs, and where it was loaded from (to load it again).
@@ -34,6 +35,8 @@ pub struct Service {
     pub(crate) breakers: Arc<Breakers>,
     pub(crate) tokens: Tokens,
     pub(crate) metrics: Option<crate::observe::PrometheusHandle>,
+    /// The console's open sessions.
+    pub(crate) sessions: Sessions,
     stopping: AtomicBool,
 }
 
@@ -55,6 +58,7 @@ impl Service {
             breakers: Arc::default(),
             tokens,
             metrics: None,
+            sessions: Sessions::default(),
             stopping: AtomicBool::new(false),
         }
     }

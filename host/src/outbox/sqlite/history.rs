@@ -99,6 +99,18 @@ fn run_id(text: String) -> rusqlite::Result<RunId> {
     })
 }
 
+/// How many runs started at or after `since_ms`, by status.
+pub(super) fn counts(conn: &Connection, since_ms: i64) -> rusqlite::Result<Vec<(String, u64)>> {
+    conn.prepare_cached(
+        "SELECT status, COUNT(*) FROM escrow_runs WHERE run_id >= ?1 GROUP BY status \
+         ORDER BY status",
+    )?
+    .query_map([first_run_id_at(since_ms).to_string()], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?
+    .collect()
+}
+
 /// The run `run_id`, as kept.
 pub(super) fn one(conn: &Connection, run_id: RunId) -> rusqlite::Result<Option<RunRecord>> {
     conn.prepare_cached(
