@@ -73,7 +73,7 @@ fn page(
     original: &Uri,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Page, Response> {
+) -> Result<Page, Redirect> {
     let base = base(original, uri);
     match service.sessions.of(headers, Instant::now()) {
         Some(session) => Ok(Page {
@@ -81,7 +81,7 @@ fn page(
             base,
             session,
         }),
-        None => Err(Redirect::to(&format!("{base}/login")).into_response()),
+        None => Err(Redirect::to(&format!("{base}/login"))),
     }
 }
 
@@ -136,29 +136,23 @@ impl Page {
     }
 
     /// The fields of a form posted by this session, checked: its own token
-    /// and, for a change, the operator role.
-    fn form(&self, body: &[u8], back: &str) -> Result<Vec<(String, String)>, Response> {
+    /// and, for a change, the operator role; else the refusal's page, with
+    /// a link back to `back`.
+    fn form(&self, body: &[u8], back: &str) -> Result<Vec<(String, String)>, Box<Response>> {
         let fields: Vec<(String, String)> =
             url::form_urlencoded::parse(body).into_owned().collect();
         let csrf = fields
             .iter()
             .find(|(k, _)| k == "csrf")
             .map(|(_, v)| v.as_str());
-        if csrf != Some(self.session.csrf.as_str()) {
-            return Err(self.refuse(
-                StatusCode::FORBIDDEN,
-                "the form did not come from this session's page",
-                back,
-            ));
-        }
-        if self.session.role < Role::Operator {
-            return Err(self.refuse(
-                StatusCode::FORBIDDEN,
-                "a viewer may not change anything: sign in with an operator token",
-                back,
-            ));
-        }
-        Ok(fields)
+        let refusal = if csrf != Some(self.session.csrf.as_str()) {
+            "the form did not come from this session's page"
+        } else if self.session.role < Role::Operator {
+            "a viewer may not change anything: sign in with an operator token"
+        } else {
+            return Ok(fields);
+        };
+        Err(Box::new(self.refuse(StatusCode::FORBIDDEN, refusal, back)))
     }
 
     fn redirect(&self, to: &str) -> Response {
@@ -260,7 +254,7 @@ async fn overview(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let service = &page.service;
     let (mut counts, mut stats, mut lag) = (Vec::new(), None, None);
@@ -326,7 +320,7 @@ async fn runs(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     // A run id, or a key `RUN:SEQ[:compensate]`, opens that run.
     let q = query.q.trim().to_owned();
@@ -384,7 +378,7 @@ async fn one_run(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let (Some(outbox), Ok(run_id)) = (&page.service.outbox, id.parse::<RunId>()) else {
         return page.refuse(StatusCode::NOT_FOUND, "no such run", "/runs/");
@@ -413,7 +407,7 @@ async fn dead(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let Some(outbox) = &page.service.outbox else {
         return page.refuse(StatusCode::NOT_FOUND, "the service has no outbox", "/");
@@ -448,11 +442,11 @@ async fn retry(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let fields = match page.form(&body, "/dead/") {
         Ok(fields) => fields,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(outbox) = &page.service.outbox else {
         return page.refuse(StatusCode::NOT_FOUND, "the service has no outbox", "/");
@@ -508,7 +502,7 @@ async fn held(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let Some(outbox) = &page.service.outbox else {
         return page.refuse(StatusCode::NOT_FOUND, "the service has no outbox", "/");
@@ -553,11 +547,11 @@ async fn decide(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let fields = match page.form(&body, "/held/") {
         Ok(fields) => fields,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let (Some(outbox), Ok(run_id)) = (&page.service.outbox, id.parse::<RunId>()) else {
         return page.refuse(StatusCode::NOT_FOUND, "no such run", "/held/");
@@ -593,7 +587,7 @@ async fn breakers(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let states = breaker_states(&page.service).await;
     let body = pages::breakers(&page.base, &page.session.csrf, &states);
@@ -611,11 +605,11 @@ async fn force_breaker(
 ) -> Response {
     let page = match page(service, &original, &uri, &headers) {
         Ok(page) => page,
-        Err(login) => return login,
+        Err(login) => return login.into_response(),
     };
     let fields = match page.form(&body, "/breakers/") {
         Ok(fields) => fields,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let to = match action.as_str() {
         "open" => Forced::Open,

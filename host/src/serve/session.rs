@@ -119,7 +119,7 @@ mod tests {
         let id = sessions.open(Role::Viewer, now);
         let mut headers = HeaderMap::new();
         headers.insert(
-            axum::http::header::COOKIE,
+            http::header::COOKIE,
             format!("theme=dark; {COOKIE}={id}").parse().unwrap(),
         );
         assert_eq!(sessions.of(&headers, now).unwrap().role, Role::Viewer);
