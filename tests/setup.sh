@@ -3,7 +3,8 @@
 # nothing that is already there:
 #   - the wasm32-wasip2 target, for the Rust guests;
 #   - redis-server, nats-server and PostgreSQL (the tests start their own
-#     servers);
+#     servers), and Chromium with its chromedriver (the console's browser
+#     test drives them);
 #   - the Python and JavaScript guest toolchains, pinned:
 #     componentize-py (guest-sdk/python/requirements.txt) in
 #     guest-sdk/python/.venv, componentize-js (guest-sdk/js/package-lock.json)
@@ -13,9 +14,10 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2
 
-if ! { command -v redis-server && command -v nats-server && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
+if ! { command -v redis-server && command -v nats-server && ls /usr/lib/postgresql/*/bin/initdb \
+    && command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
     apt-get update -qq
-    apt-get install -y -qq redis-server nats-server postgresql
+    apt-get install -y -qq redis-server nats-server postgresql chromium chromium-driver
 fi
 
 python=guest-sdk/python

@@ -6,6 +6,7 @@
 mod approvals;
 mod breakers;
 mod commit;
+mod console;
 mod containment;
 mod effects;
 mod fixtures;

@@ -16,21 +16,21 @@ use escrow_tests::{Recorder, fixtures, host};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const OPERATOR: &str = "operator-token-for-tests";
-const VIEWER: &str = "viewer-token-for-tests";
+pub(crate) const OPERATOR: &str = "operator-token-for-tests";
+pub(crate) const VIEWER: &str = "viewer-token-for-tests";
 
 /// A service of the checkout example (`checkout`, and `held`, whose
 /// charges wait for approval) on a free loopback port, its outbox in `dir`.
-struct Api {
-    base: String,
+pub(crate) struct Api {
+    pub(crate) base: String,
     client: reqwest::Client,
-    recorder: Recorder,
-    outbox: Outbox,
-    service: Arc<Service>,
+    pub(crate) recorder: Recorder,
+    pub(crate) outbox: Outbox,
+    pub(crate) service: Arc<Service>,
     _dir: tempfile::TempDir,
 }
 
-fn options() -> RunOptions {
+pub(crate) fn options() -> RunOptions {
     RunOptions::new().grants(
         Grants::new()
             .effects(["payments.charge", "orders.save", "email.send", "a.*"])
@@ -39,7 +39,7 @@ fn options() -> RunOptions {
 }
 
 impl Api {
-    async fn start() -> Api {
+    pub(crate) async fn start() -> Api {
         let dir = tempfile::tempdir().unwrap();
         let outbox =
             Outbox::new(SqliteOutbox::open(dir.path().join("o.db")).unwrap()).keep_history();
@@ -118,7 +118,7 @@ impl Api {
     }
 
     /// Runs `plugin` for `order` as the operator; the outcome.
-    async fn run(&self, plugin: &str, order: u64) -> Value {
+    pub(crate) async fn run(&self, plugin: &str, order: u64) -> Value {
         let answer = self
             .post(
                 Some(OPERATOR),
@@ -132,8 +132,55 @@ impl Api {
         answer.json().await.unwrap()
     }
 
+    /// A checkout of `order` whose intents no sink takes, delivered by a
+    /// worker that gives up after one attempt: three dead letters.
+    pub(crate) async fn dead_letters(&self, order: u64) -> escrow_host::Outcome {
+        let input = json!({ "id": order }).to_string().into_bytes();
+        let outcome = self
+            .service
+            .served("checkout")
+            .unwrap()
+            .plugin
+            .with_sinks(escrow_host::sinks::Sinks::new())
+            .run(
+                options()
+                    .input(input)
+                    .dispatch(escrow_host::Dispatch::Later),
+            )
+            .await
+            .unwrap();
+        let impatient = self
+            .outbox
+            .clone()
+            .retry_policy(escrow_host::outbox::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            });
+        escrow_host::outbox::Worker::new(
+            impatient,
+            escrow_host::sinks::Sinks::new(),
+            escrow_host::handlers::Handlers::new(),
+        )
+        .run_once()
+        .await
+        .unwrap();
+        outcome
+    }
+
+    /// Delivers what is due to the recorder.
+    pub(crate) async fn deliver(&self) {
+        escrow_host::outbox::Worker::new(
+            self.outbox.clone(),
+            self.recorder.sinks(),
+            escrow_host::handlers::Handlers::new(),
+        )
+        .run_once()
+        .await
+        .unwrap();
+    }
+
     /// Waits for the history to list `run_id` (it is written after the run).
-    async fn kept(&self, run_id: &str) -> Value {
+    pub(crate) async fn kept(&self, run_id: &str) -> Value {
         for _ in 0..500 {
             let answer = self
                 .get(Some(VIEWER), &format!("/v1/runs/{run_id}"))
@@ -429,37 +476,7 @@ async fn a_held_run_is_approved_over_http_and_delivered() {
 #[tokio::test]
 async fn a_dead_letter_found_by_its_key_is_retried_over_http_and_delivered() {
     let api = Api::start().await;
-    // A run whose intents no sink takes, delivered by a worker that gives
-    // up after one attempt: dead letters.
-    let outcome = api
-        .service
-        .served("checkout")
-        .unwrap()
-        .plugin
-        .with_sinks(escrow_host::sinks::Sinks::new())
-        .run(
-            options()
-                .input(br#"{"id": 3}"#.to_vec())
-                .dispatch(escrow_host::Dispatch::Later),
-        )
-        .await
-        .unwrap();
-    let impatient = api
-        .outbox
-        .clone()
-        .retry_policy(escrow_host::outbox::RetryPolicy {
-            max_attempts: 1,
-            ..Default::default()
-        });
-    let handlers = escrow_host::handlers::Handlers::new();
-    escrow_host::outbox::Worker::new(
-        impatient,
-        escrow_host::sinks::Sinks::new(),
-        handlers.clone(),
-    )
-    .run_once()
-    .await
-    .unwrap();
+    let outcome = api.dead_letters(3).await;
     let key = format!("{}:1", outcome.run_id);
     let dead: Value = api
         .get(Some(VIEWER), &format!("/v1/intents?idempotency_key={key}"))
@@ -482,10 +499,7 @@ async fn a_dead_letter_found_by_its_key_is_retried_over_http_and_delivered() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(answer.json::<Value>().await.unwrap()["retried"], 1);
-    escrow_host::outbox::Worker::new(api.outbox.clone(), api.recorder.sinks(), handlers)
-        .run_once()
-        .await
-        .unwrap();
+    api.deliver().await;
 
     let delivered: Value = api
         .get(Some(VIEWER), &format!("/v1/intents?idempotency_key={key}"))

@@ -51,12 +51,13 @@ pub(super) fn routes() -> axum::Router<Arc<Service>> {
 /// Where the console is mounted: what the application's router stripped
 /// from the path before it reached this one.
 fn base(original: &Uri, uri: &Uri) -> String {
-    original
-        .path()
-        .strip_suffix(uri.path())
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_owned()
+    let (whole, own) = (original.path(), uri.path());
+    // A nested router's root is the prefix itself, without a final `/`.
+    let prefix = match own == "/" && !whole.ends_with('/') {
+        true => whole,
+        false => whole.strip_suffix(own).unwrap_or(""),
+    };
+    prefix.trim_end_matches('/').to_owned()
 }
 
 /// What every page handler gets: the service, where it is mounted, and the
@@ -121,7 +122,7 @@ impl Page {
             role: self.session.role.as_str(),
             csrf: &self.session.csrf,
         };
-        let back = format!("{}{back}", self.base);
+        let back = pages::link(&self.base, back);
         html(
             status,
             pages::layout(
@@ -156,7 +157,7 @@ impl Page {
     }
 
     fn redirect(&self, to: &str) -> Response {
-        Redirect::to(&format!("{}{to}", self.base)).into_response()
+        Redirect::to(&pages::link(&self.base, to)).into_response()
     }
 }
 
@@ -200,7 +201,7 @@ async fn login(
             let path = if base.is_empty() { "/" } else { &base };
             (
                 [(header::SET_COOKIE, session::set_cookie(&id, path))],
-                Redirect::to(&format!("{base}/")),
+                Redirect::to(&pages::link(&base, "/")),
             )
                 .into_response()
         }
@@ -289,7 +290,7 @@ async fn overview(
         &breakers,
         &plugins,
     );
-    page.render("Overview", "", None, body)
+    page.render("Overview", "/", None, body)
 }
 
 /// The query of `GET /runs/`.
@@ -365,7 +366,7 @@ async fn runs(
     let notice =
         (!q.is_empty()).then(|| format!("`{q}` is neither a run id nor an idempotency key"));
     let body = pages::runs(&page.base, &form, &found, next.as_deref());
-    page.render("Runs", "/runs", notice.as_deref(), body)
+    page.render("Runs", "/runs/", notice.as_deref(), body)
 }
 
 /// `GET /runs/{run_id}`.
@@ -394,7 +395,7 @@ async fn one_run(
     }
     let outcome = kept.and_then(|k| serde_json::from_str(&k.outcome).ok());
     let body = pages::run(&run_id.to_string(), outcome.as_ref(), &entries);
-    page.render(&format!("Run {run_id}"), "/runs", None, body)
+    page.render(&format!("Run {run_id}"), "/runs/", None, body)
 }
 
 /// `GET /dead/`.
@@ -419,7 +420,7 @@ async fn dead(
     let entries = outbox.store().list(&filter).await.unwrap_or_default();
     let total = outbox.store().stats().await.map_or(0, |s| s.dead);
     let body = pages::dead(&page.base, &page.session.csrf, &entries, total);
-    page.render("Dead letters", "/dead", done.done.as_deref(), body)
+    page.render("Dead letters", "/dead/", done.done.as_deref(), body)
 }
 
 /// A notice carried to the page an action leads back to.
@@ -483,7 +484,7 @@ async fn retry(
             &hidden,
             &format!("Retry {count}"),
         );
-        return page.render("Confirm", "/dead", None, body);
+        return page.render("Confirm", "/dead/", None, body);
     }
     let which = if all { Retry::Dead } else { Retry::Ids(ids) };
     match outbox.store().retry(&which, outbox.now_ms()).await {
@@ -533,7 +534,7 @@ async fn held(
         }
     }
     let body = pages::held(&page.base, &page.session.csrf, &runs);
-    page.render("Held runs", "/held", done.done.as_deref(), body)
+    page.render("Held runs", "/held/", done.done.as_deref(), body)
 }
 
 /// `POST /held/{run_id}`: approve or reject, with who and why.
@@ -591,7 +592,7 @@ async fn breakers(
     };
     let states = breaker_states(&page.service).await;
     let body = pages::breakers(&page.base, &page.session.csrf, &states);
-    page.render("Breakers", "/breakers", done.done.as_deref(), body)
+    page.render("Breakers", "/breakers/", done.done.as_deref(), body)
 }
 
 /// `POST /breakers/{name}/{open|reset}`: confirmed first.
@@ -641,13 +642,18 @@ async fn force_breaker(
                 if to == Forced::Open { "Open" } else { "Reset" }
             ),
         );
-        return page.render("Confirm", "/breakers", None, body);
+        return page.render("Confirm", "/breakers/", None, body);
     }
     match page.service.breakers.force(&name, to).await {
-        Ok(_) => page.redirect(&format!(
-            "/breakers/?done={}",
-            done(&format!("{name}: {action} done"))
-        )),
+        Ok(_) => {
+            let what = match to {
+                Forced::Open => {
+                    format!("{name} is open: calls through it fail fast until it is reset")
+                }
+                Forced::Closed => format!("{name} is reset: closed, its counts cleared"),
+            };
+            page.redirect(&format!("/breakers/?done={}", done(&what)))
+        }
         Err(error) => page.refuse(StatusCode::SERVICE_UNAVAILABLE, &error, "/breakers/"),
     }
 }

@@ -51,6 +51,16 @@ button.danger { background: var(--bad); border-color: var(--bad); }
 .login input { width: 100%; margin: 8px 0 16px; }
 "#;
 
+/// The address of the console's page `path` (`/`, `/runs/`) where it is
+/// mounted at `base`: a nested router serves its root at the prefix itself,
+/// without a final `/`.
+pub(crate) fn link(base: &str, path: &str) -> String {
+    match (base.is_empty(), path) {
+        (false, "/") => base.to_owned(),
+        _ => format!("{base}{path}"),
+    }
+}
+
 /// Who is looking, for the header.
 pub(crate) struct Viewer<'a> {
     pub role: &'a str,
@@ -67,11 +77,11 @@ pub(crate) fn layout(
     body: Markup,
 ) -> Markup {
     let tabs = [
-        ("", "Overview"),
-        ("/runs", "Runs"),
-        ("/dead", "Dead letters"),
-        ("/held", "Held runs"),
-        ("/breakers", "Breakers"),
+        ("/", "Overview"),
+        ("/runs/", "Runs"),
+        ("/dead/", "Dead letters"),
+        ("/held/", "Held runs"),
+        ("/breakers/", "Breakers"),
     ];
     html! {
         (DOCTYPE)
@@ -87,7 +97,7 @@ pub(crate) fn layout(
                     span.brand { "escrow" }
                     nav {
                         @for (path, name) in tabs {
-                            a class=@if path == active { "active" } href={ (base) (path) "/" } { (name) }
+                            a class=@if path == active { "active" } href=(link(base, path)) { (name) }
                         }
                     }
                     div.who {
