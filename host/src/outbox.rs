@@ -35,6 +35,7 @@ use crate::run_id::RunId;
 
 mod approval;
 mod history;
+mod requests;
 mod sqlite;
 mod worker;
 
@@ -53,6 +54,9 @@ pub use history::{
 pub use postgres::{
     POSTGRES_CONNECT_TIMEOUT, POSTGRES_IDLE_TRANSACTION_TIMEOUT, POSTGRES_NOTIFY_INTERVAL,
     POSTGRES_POOL_SIZE, POSTGRES_STATEMENT_TIMEOUT, PostgresOutbox,
+};
+pub use requests::{
+    MAX_REQUEST_KEY_BYTES, REQUEST_CLAIM_TIMEOUT, RequestClaim, RequestKey, check_request_key,
 };
 pub use sqlite::{
     SQLITE_BUSY_PAUSE, SQLITE_BUSY_TIMEOUT, SQLITE_WATCH_MAX, SQLITE_WATCH_MIN, SqliteOutbox,
@@ -593,8 +597,18 @@ pub enum Retry {
     /// These ids, dead or pending ones. All or nothing: if one is unknown
     /// or delivered, none is changed ([`OutboxError::NotRetriable`]).
     Ids(Vec<i64>),
-    /// Every dead entry.
-    Dead,
+    /// Every dead entry the filter matches (every one, by default).
+    Dead(DeadFilter),
+}
+
+/// Which dead entries a [`Retry::Dead`] brings back: those of a plugin, of
+/// an effect, or both; every one when neither is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Only entries of this plugin.
+    pub plugin: Option<String>,
+    /// Only entries of this effect.
+    pub effect: Option<String>,
 }
 
 /// A watch on the writes other processes make to a store, for a worker
@@ -718,8 +732,30 @@ pub trait OutboxStore: fmt::Debug + Send + Sync + 'static {
     async fn run_counts(&self, since_ms: i64) -> Result<Vec<(String, u64)>, OutboxError>;
 
     /// Deletes at most `limit` runs of the history that ended before
-    /// `ended_before_ms`. Returns how many.
+    /// `ended_before_ms`, and as many request keys made before it. Returns
+    /// how many runs.
     async fn prune_runs(&self, ended_before_ms: i64, limit: u32) -> Result<u64, OutboxError>;
+
+    /// Claims `key` for a request at `now_ms`, unless a request holds it or
+    /// answered it: a claim made before `stale_before_ms` and never
+    /// answered is taken over.
+    async fn claim_request(
+        &self,
+        key: &RequestKey,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<RequestClaim, OutboxError>;
+
+    /// Keeps the answer of the request that claimed `key`.
+    async fn answer_request(
+        &self,
+        key: &RequestKey,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), OutboxError>;
+
+    /// Gives `key` back, unanswered: the request did not run.
+    async fn release_request(&self, key: &RequestKey) -> Result<(), OutboxError>;
 
     /// A watch on what other processes write, so that a waiting worker
     /// wakes when they commit instead of at its next poll; `None` (the

@@ -1537,8 +1537,14 @@ fn inspect_and_run_refuse_a_component_larger_than_a_slot_alike() {
 fn comparable(mut report: Value) -> Value {
     let object = report.as_object_mut().unwrap();
     // A Python or JavaScript guest writes where it failed to stderr; a Rust
-    // one does not.
-    for key in ["run_id", "plugin", "timings_us", "guest_stderr"] {
+    // one does not. Each is its own component.
+    for key in [
+        "run_id",
+        "plugin",
+        "timings_us",
+        "guest_stderr",
+        "component_sha256",
+    ] {
         object.remove(key);
     }
     for intent in object["intents"].as_array_mut().unwrap() {

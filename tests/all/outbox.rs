@@ -15,8 +15,8 @@ use escrow_host::breakers::{BreakerConfig, Breakers};
 use escrow_host::clock::ManualClock;
 use escrow_host::handlers::{Call, EffectKind, Handler, Handlers};
 use escrow_host::outbox::{
-    Claim, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry, RetryPolicy,
-    Settlement, SqliteOutbox, Stats, Worker, Write,
+    Claim, DeadFilter, EntryKind, EntryStatus, Filter, NewEntry, Outbox, PostgresOutbox, Retry,
+    RetryPolicy, Settlement, SqliteOutbox, Stats, Worker, Write,
 };
 use escrow_host::sinks::{Sink, Sinks};
 use escrow_host::{CallError, Delivery, Dispatch, Fate, Intent, RunId, RunOptions, Status};
@@ -293,7 +293,7 @@ async fn an_intent_is_dead_after_its_last_attempt_and_retry_dead_brings_it_back_
         sink.failures.store(0, Ordering::SeqCst);
         let back = outbox
             .store()
-            .retry(&Retry::Dead, outbox.now_ms())
+            .retry(&Retry::Dead(DeadFilter::default()), outbox.now_ms())
             .await
             .unwrap();
         assert_eq!(back, 1);
@@ -1267,7 +1267,7 @@ async fn stats_kept_by_the_store_agree_with_a_count_of_every_entry_after_every_k
         // Brought back, expedited, delivered, pruned.
         outbox
             .store()
-            .retry(&Retry::Dead, outbox.now_ms())
+            .retry(&Retry::Dead(DeadFilter::default()), outbox.now_ms())
             .await
             .unwrap();
         assert_eq!(

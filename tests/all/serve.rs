@@ -517,6 +517,19 @@ async fn a_dead_letter_found_by_its_key_is_retried_over_http_and_delivered() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::CONFLICT);
+
+    // The other two are dead still: only the one of an effect is retried.
+    let filtered = api
+        .post(
+            Some(OPERATOR),
+            "/v1/outbox/retry",
+            r#"{"dead": true, "effect": "email.send"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filtered.json::<Value>().await.unwrap()["retried"], 1);
+    assert_eq!(api.outbox.store().stats().await.unwrap().dead, 1);
 }
 
 #[tokio::test]
@@ -683,4 +696,31 @@ async fn the_openapi_file_documents_exactly_the_routes_served_and_each_answers()
             assert!(body.contains("\"error\""), "{method} {path} is not served");
         }
     }
+}
+
+#[tokio::test]
+async fn a_retried_request_with_an_idempotency_key_gets_the_first_answer_and_runs_once() {
+    let api = Api::start().await;
+    let send = |body: &'static str, key: &str| {
+        api.post(Some(OPERATOR), "/v1/plugins/checkout/runs", body)
+            .header("Idempotency-Key", key)
+            .send()
+    };
+
+    let first = send(r#"{"id": 42}"#, "order-42").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    let again = send(r#"{"id": 42}"#, "order-42").await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+
+    assert_eq!(again["run_id"], first["run_id"]);
+    assert_eq!(api.recorder.seen().len(), 3, "the plugin ran once");
+    let other = send(r#"{"id": 43}"#, "order-42").await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let long = "k".repeat(escrow_host::outbox::MAX_REQUEST_KEY_BYTES + 1);
+    let refused = send(r#"{"id": 44}"#, &long).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(api.recorder.seen().len(), 3);
 }

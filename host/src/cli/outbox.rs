@@ -9,7 +9,8 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use escrow_host::config::{Config, SinkSpec};
 use escrow_host::outbox::{
-    Entry, EntryStatus, Filter, OpenMode, Outbox, Prune, Retry, RetryPolicy, Stats, Worker,
+    DeadFilter, Entry, EntryStatus, Filter, OpenMode, Outbox, Prune, Retry, RetryPolicy, Stats,
+    Worker,
 };
 use serde_json::{Value, json};
 
@@ -340,7 +341,7 @@ async fn retry(args: RetryArgs) -> anyhow::Result<u8> {
     let config = args.store.config()?;
     let outbox = args.store.open(&config).await?;
     let which = if args.dead {
-        Retry::Dead
+        Retry::Dead(DeadFilter::default())
     } else {
         Retry::Ids(args.ids)
     };

@@ -27,15 +27,16 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     Changes, Claim, Decide, Decision, ENTRY_COLUMNS, EXPIRED, EXPIRY_DECIDER, Entry, EntryKind,
-    Filter, Hold, NewEntry, OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, Retry,
-    RunFilter, RunRecord, RunSummary, Settlement, Stats, Write, fences_from_json, fences_json,
-    retriable,
+    Filter, Hold, NewEntry, OpenMode, OutboxError, OutboxStore, PENDING_STATS, Prune, RequestClaim,
+    RequestKey, Retry, RunFilter, RunRecord, RunSummary, Settlement, Stats, Write,
+    fences_from_json, fences_json, retriable,
 };
 use crate::outcome::{Fate, Outcome};
 use crate::run_id::RunId;
 
 mod approval;
 mod history;
+mod requests;
 mod statistics;
 mod wake;
 
@@ -206,6 +207,19 @@ CREATE TABLE escrow_run_effects (
     PRIMARY KEY (effect, run_id)
 );
 CREATE INDEX escrow_run_effects_run ON escrow_run_effects (run_id);
+",
+    // Idempotency keys of requests that run plugins (`outbox/requests.rs`).
+    r"
+CREATE TABLE escrow_requests (
+    plugin       TEXT   NOT NULL,
+    key          TEXT   NOT NULL,
+    input_sha256 TEXT   NOT NULL,
+    status       INT,
+    answer       TEXT,
+    created_at   BIGINT NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+CREATE INDEX escrow_requests_created ON escrow_requests (created_at);
 ",
 ];
 
@@ -1321,13 +1335,51 @@ impl OutboxStore for PostgresOutbox {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    async fn claim_request(
+        &self,
+        key: &RequestKey,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<RequestClaim, OutboxError> {
+        self.with(async |client| requests::claim(client, key, now_ms, stale_before_ms).await)
+            .await
+    }
+
+    async fn answer_request(
+        &self,
+        key: &RequestKey,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), OutboxError> {
+        let status = i32::from(status);
+        self.with(async |client| {
+            client
+                .execute(requests::ANSWER, &[&key.plugin, &key.key, &status, &answer])
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn release_request(&self, key: &RequestKey) -> Result<(), OutboxError> {
+        self.with(async |client| {
+            client
+                .execute(requests::RELEASE, &[&key.plugin, &key.key])
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
         let changed = self
             .with(async |client| {
                 let tx = client.transaction().await?;
                 let changed = match which {
-                    Retry::Dead => {
-                        tx.query_one(&retried("status = 'dead'"), &[&now_ms])
+                    Retry::Dead(filter) => {
+                        let which = "status = 'dead' AND ($2::TEXT IS NULL OR plugin = $2) \
+                                     AND ($3::TEXT IS NULL OR effect = $3)";
+                        tx.query_one(&retried(which), &[&now_ms, &filter.plugin, &filter.effect])
                             .await?
                     }
                     Retry::Ids(ids) => {

@@ -14,12 +14,14 @@ use rusqlite::{
 use super::{
     Changes, Claim, Decide, DecidedIntent, Decision, ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, EXPIRED,
     EXPIRY_DECIDER, Entry, EntryKind, EntryStatus, Filter, Hold, NewEntry, OpenMode, OutboxError,
-    OutboxStore, PENDING_STATS, Prune, Retry, RunFilter, RunRecord, RunSummary, Settlement, Stats,
-    Verdict, Write, fences_from_json, fences_json, intents_from_json, intents_json, retriable,
+    OutboxStore, PENDING_STATS, Prune, RequestClaim, RequestKey, Retry, RunFilter, RunRecord,
+    RunSummary, Settlement, Stats, Verdict, Write, fences_from_json, fences_json,
+    intents_from_json, intents_json, retriable,
 };
 use crate::run_id::RunId;
 
 mod history;
+mod requests;
 
 /// How long an operation waits for another process's transaction on the
 /// same file before it fails.
@@ -238,6 +240,19 @@ CREATE TABLE escrow_run_effects (
     PRIMARY KEY (effect, run_id)
 ) WITHOUT ROWID;
 CREATE INDEX escrow_run_effects_run ON escrow_run_effects (run_id);
+",
+    // Idempotency keys of requests that run plugins (`outbox/requests.rs`).
+    r"
+CREATE TABLE escrow_requests (
+    plugin       TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    input_sha256 TEXT    NOT NULL,
+    status       INTEGER,
+    answer       TEXT,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+CREATE INDEX escrow_requests_created ON escrow_requests (created_at);
 ",
 ];
 
@@ -1043,6 +1058,33 @@ impl OutboxStore for SqliteOutbox {
             .await
     }
 
+    async fn claim_request(
+        &self,
+        key: &RequestKey,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<RequestClaim, OutboxError> {
+        let key = key.clone();
+        self.with(move |conn| requests::claim(conn, &key, now_ms, stale_before_ms))
+            .await
+    }
+
+    async fn answer_request(
+        &self,
+        key: &RequestKey,
+        status: u16,
+        answer: &str,
+    ) -> Result<(), OutboxError> {
+        let (key, answer) = (key.clone(), answer.to_owned());
+        self.with(move |conn| requests::answer(conn, &key, status, &answer))
+            .await
+    }
+
+    async fn release_request(&self, key: &RequestKey) -> Result<(), OutboxError> {
+        let key = key.clone();
+        self.with(move |conn| requests::release(conn, &key)).await
+    }
+
     async fn retry(&self, which: &Retry, now_ms: i64) -> Result<u64, OutboxError> {
         let which = which.clone();
         self.with(move |conn| {
@@ -1051,7 +1093,13 @@ impl OutboxStore for SqliteOutbox {
                        attempts_before_retry = attempts_before_retry + attempts, attempts = 0, \
                        due_at = ?1, claim_token = NULL, lease_until = NULL";
             let changed = match &which {
-                Retry::Dead => tx.execute(&format!("{set} WHERE status = 'dead'"), [now_ms])?,
+                Retry::Dead(filter) => tx.execute(
+                    &format!(
+                        "{set} WHERE status = 'dead' AND (?2 IS NULL OR plugin = ?2) \
+                         AND (?3 IS NULL OR effect = ?3)"
+                    ),
+                    params![now_ms, filter.plugin, filter.effect],
+                )?,
                 Retry::Ids(ids) => {
                     let mut found = HashMap::new();
                     let mut status =

@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -18,7 +18,10 @@ use super::auth::{Role, Verdict as Judged};
 use super::service::Service;
 use crate::breakers::Forced;
 use crate::config::{PolicyName, build_policy};
-use crate::outbox::{Entry, EntryKind, Outbox, OutboxError, Retry, RunFilter, RunSummary, Verdict};
+use crate::outbox::{
+    DeadFilter, Entry, EntryKind, Outbox, OutboxError, REQUEST_CLAIM_TIMEOUT, RequestClaim,
+    RequestKey, Retry, RunFilter, RunSummary, Verdict, check_request_key,
+};
 use crate::run::Dispatch;
 use crate::run_id::RunId;
 
@@ -173,13 +176,90 @@ pub(super) struct RunQuery {
     dispatch: Option<String>,
 }
 
+/// The request header that makes a run at most once.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header of an answer given again for a retried request.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// The key of a request that carries `Idempotency-Key`, claimed in the
+/// outbox; `Ok(None)` without the header, `Err` with the answer to give at
+/// once (the first request's, or a refusal).
+async fn claim_key(
+    service: &Service,
+    plugin: &str,
+    headers: &HeaderMap,
+    query: &RunQuery,
+    input: &[u8],
+) -> Result<Option<(Outbox, RequestKey)>, Box<Response>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let problem = |p: Problem| Box::new(p.into_response());
+    let key = value
+        .to_str()
+        .map_err(|_| problem(Problem::bad("an idempotency key is printable ASCII")))?;
+    check_request_key(key).map_err(|e| problem(Problem::bad(e)))?;
+    let outbox = service.outbox.clone().ok_or_else(|| {
+        problem(Problem::bad(
+            "idempotency keys are kept in the outbox, and the service has none",
+        ))
+    })?;
+    let input_sha256 = {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        digest.update(format!("{:?}|{:?}|", query.policy, query.dispatch));
+        digest.update(input);
+        format!("{:x}", digest.finalize())
+    };
+    let key = RequestKey {
+        plugin: plugin.to_owned(),
+        key: key.to_owned(),
+        input_sha256,
+    };
+    let now = outbox.now_ms();
+    let stale = now.saturating_sub(REQUEST_CLAIM_TIMEOUT.as_millis() as i64);
+    let claim = outbox
+        .store()
+        .claim_request(&key, now, stale)
+        .await
+        .map_err(|e| problem(e.into()))?;
+    match claim {
+        RequestClaim::New => Ok(Some((outbox, key))),
+        RequestClaim::Done { status, answer } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Err(Box::new(
+                (
+                    status,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::HeaderName::from_static(REPLAYED), "true"),
+                    ],
+                    answer,
+                )
+                    .into_response(),
+            ))
+        }
+        RequestClaim::InProgress => Err(problem(Problem(
+            StatusCode::CONFLICT,
+            "a request with this idempotency key is running; retry when it has answered".into(),
+        ))),
+        RequestClaim::OtherInput => Err(problem(Problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this idempotency key was used for another request".into(),
+        ))),
+    }
+}
+
 /// `POST /v1/plugins/{name}/runs`: runs the plugin with the body as its
-/// input; answers the outcome (200, or 422 when the run failed).
+/// input; answers the outcome (200, or 422 when the run failed). With an
+/// `Idempotency-Key`, a retried request gets the first one's answer.
 pub(super) async fn run(
     State(service): State<Arc<Service>>,
     caller: axum::Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<RunQuery>,
+    headers: HeaderMap,
     input: Bytes,
 ) -> Answer {
     require(caller.0, Role::Operator)?;
@@ -192,6 +272,35 @@ pub(super) async fn run(
     let served = service
         .served(&name)
         .ok_or_else(|| Problem::missing(format!("no plugin `{name}` is served")))?;
+    let key = match claim_key(&service, &name, &headers, &query, &input).await {
+        Ok(key) => key,
+        Err(answer) => return Ok(*answer),
+    };
+    let answer = run_once(&served, query, input).await;
+    if let Some((outbox, key)) = key {
+        let kept = match &answer {
+            Ok((status, body)) => {
+                outbox
+                    .store()
+                    .answer_request(&key, status.as_u16(), body)
+                    .await
+            }
+            Err(_) => outbox.store().release_request(&key).await,
+        };
+        if let Err(error) = kept {
+            tracing::warn!(%error, "the answer of an idempotent request could not be kept");
+        }
+    }
+    let (status, body) = answer?;
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Runs `served` once for a request; the status and the outcome as JSON.
+async fn run_once(
+    served: &super::service::Served,
+    query: RunQuery,
+    input: Bytes,
+) -> Result<(StatusCode, String), Problem> {
     let mut options = served.options.clone().input(input.to_vec());
     if let Some(policy) = query.policy {
         options = options.shared_policy(build_policy(policy, &[]).map_err(Problem::bad)?);
@@ -214,7 +323,7 @@ pub(super) async fn run(
         Ok(_) => StatusCode::OK,
         Err(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    Ok((status, Json(outcome.to_json())).into_response())
+    Ok((status, outcome.to_json().to_string()))
 }
 
 /// `POST /v1/plugins/{name}/reload`: serves the plugin's file anew.
@@ -394,13 +503,16 @@ pub(super) async fn stats(State(service): State<Arc<Service>>) -> Answer {
     .into_response())
 }
 
-/// The body of `POST /v1/outbox/retry`: ids, or every dead entry.
+/// The body of `POST /v1/outbox/retry`: ids, or every dead entry, of a
+/// plugin or an effect if given.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RetryBody {
     ids: Option<Vec<i64>>,
     #[serde(default)]
     dead: bool,
+    plugin: Option<String>,
+    effect: Option<String>,
 }
 
 /// `POST /v1/outbox/retry`.
@@ -411,12 +523,17 @@ pub(super) async fn retry(
 ) -> Answer {
     require(caller.0, Role::Operator)?;
     let body: RetryBody = parse(&body)?;
+    let filtered = body.plugin.is_some() || body.effect.is_some();
     let which = match (body.ids, body.dead) {
-        (Some(ids), false) if !ids.is_empty() => Retry::Ids(ids),
-        (None, true) => Retry::Dead,
+        (Some(ids), false) if !ids.is_empty() && !filtered => Retry::Ids(ids),
+        (None, true) => Retry::Dead(DeadFilter {
+            plugin: body.plugin,
+            effect: body.effect,
+        }),
         _ => {
             return Err(Problem::bad(
-                "give either {\"ids\": [...]} or {\"dead\": true}",
+                "give either {\"ids\": [...]} or {\"dead\": true}, with \"plugin\" or \"effect\" \
+                 to retry only the dead entries of those",
             ));
         }
     };

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::auth::{Role, Verdict};
 use super::service::Service;
 use crate::breakers::Forced;
-use crate::outbox::{EntryStatus, Filter, Retry, RunFilter};
+use crate::outbox::{DeadFilter, EntryStatus, Filter, Retry, RunFilter};
 use crate::run_id::RunId;
 
 mod pages;
@@ -486,7 +486,10 @@ async fn retry(
         );
         return page.render("Confirm", "/dead/", None, body);
     }
-    let which = if all { Retry::Dead } else { Retry::Ids(ids) };
+    let which = match all {
+        true => Retry::Dead(DeadFilter::default()),
+        false => Retry::Ids(ids),
+    };
     match outbox.store().retry(&which, outbox.now_ms()).await {
         Ok(n) => page.redirect(&format!("/dead/?done={}", done(&format!("{n} retried")))),
         Err(error) => page.refuse(StatusCode::CONFLICT, &error.to_string(), "/dead/"),

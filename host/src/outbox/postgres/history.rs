@@ -173,5 +173,8 @@ WITH gone AS ( \
   RETURNING run_id \
 ), effects AS ( \
   DELETE FROM escrow_run_effects e USING gone WHERE e.run_id = gone.run_id \
+), requests AS ( \
+  DELETE FROM escrow_requests WHERE ctid IN ( \
+    SELECT ctid FROM escrow_requests WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) \
 ) \
 SELECT COUNT(*) FROM gone";

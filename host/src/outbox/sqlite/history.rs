@@ -162,6 +162,11 @@ pub(super) fn prune(
             effects.execute([run])?;
         }
     }
+    tx.prepare_cached(
+        "DELETE FROM escrow_requests WHERE rowid IN (SELECT rowid FROM escrow_requests \
+         WHERE created_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![ended_before_ms, limit])?;
     tx.commit()?;
     Ok(gone.len() as u64)
 }
