@@ -422,3 +422,19 @@ async fn an_operator_finds_retries_approves_and_controls_breakers_in_a_browser()
     }
     browser.client.clone().close().await.unwrap();
 }
+
+#[tokio::test]
+async fn runs_are_filtered_by_how_long_ago_they_started() {
+    let api = Api::start().await;
+    let ran = api.run("checkout", 3).await;
+    let run_id = ran["run_id"].as_str().unwrap();
+    api.kept(run_id).await;
+    let cookie = sign_in(&api.base, VIEWER).await;
+
+    let (status, recent) = page(&api.base, &cookie, "/runs/?since=1h").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(recent.contains(run_id));
+    let (status, refused) = page(&api.base, &cookie, "/runs/?since=lately").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.contains("is not a duration"));
+}

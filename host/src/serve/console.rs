@@ -304,6 +304,9 @@ pub(super) struct RunsQuery {
     plugin: String,
     #[serde(default)]
     effect: String,
+    /// How far back: `1h`, `24h`, `7d`; any time when empty.
+    #[serde(default)]
+    since: String,
     cursor: Option<String>,
 }
 
@@ -340,11 +343,22 @@ async fn runs(
             "/",
         );
     };
+    let since_ms = match some(&query.since).map(|s| humantime::parse_duration(&s)) {
+        None => None,
+        Some(Ok(back)) => Some(outbox.now_ms().saturating_sub(back.as_millis() as i64)),
+        Some(Err(_)) => {
+            return page.refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("`{}` is not a duration (1h, 24h, 7d)", query.since),
+                "/runs/",
+            );
+        }
+    };
     let filter = RunFilter {
         status: some(&query.status),
         plugin: some(&query.plugin),
         effect: some(&query.effect),
-        since_ms: None,
+        since_ms,
         before: query.cursor.as_deref().and_then(|c| c.parse().ok()),
         limit: 50,
     };
@@ -361,6 +375,7 @@ async fn runs(
         status: query.status,
         plugin: query.plugin,
         effect: query.effect,
+        since: query.since,
         q: query.q,
     };
     let notice =

@@ -162,7 +162,7 @@ pub(crate) fn overview(
         div.cards {
             @if counts.is_empty() { div.card { div.n { "0" } div.l { "runs" } } }
             @for (status, n) in counts {
-                a.card href={ (base) "/runs/?status=" (status) } style="text-decoration:none;color:inherit" {
+                a.card href={ (base) "/runs/?since=1h&status=" (status) } style="text-decoration:none;color:inherit" {
                     div.n { (n) } div.l { (status) }
                 }
             }
@@ -202,6 +202,7 @@ pub(crate) struct RunsForm {
     pub status: String,
     pub plugin: String,
     pub effect: String,
+    pub since: String,
     pub q: String,
 }
 
@@ -219,6 +220,11 @@ pub(crate) fn runs(base: &str, form: &RunsForm, runs: &[RunSummary], next: Optio
             }
             input name="plugin" placeholder="plugin" value=(form.plugin);
             input name="effect" placeholder="effect" value=(form.effect);
+            select name="since" {
+                @for (value, name) in [("", "any time"), ("1h", "last hour"), ("24h", "last day"), ("7d", "last week")] {
+                    option value=(value) selected[form.since == value] { (name) }
+                }
+            }
             button type="submit" { "Search" }
         }
         @if runs.is_empty() { p.muted { "No run matches." } }
@@ -237,7 +243,14 @@ pub(crate) fn runs(base: &str, form: &RunsForm, runs: &[RunSummary], next: Optio
             }
         }
         @if let Some(cursor) = next {
-            p { a href={ (base) "/runs/?cursor=" (cursor) "&status=" (form.status) "&plugin=" (form.plugin) "&effect=" (form.effect) } { "Older runs →" } }
+            @let older = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("cursor", cursor)
+                .append_pair("status", &form.status)
+                .append_pair("plugin", &form.plugin)
+                .append_pair("effect", &form.effect)
+                .append_pair("since", &form.since)
+                .finish();
+            p { a href={ (base) "/runs/?" (older) } { "Older runs →" } }
         }
     }
 }
