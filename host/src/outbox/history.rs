@@ -172,8 +172,9 @@ impl HistoryWriter {
 }
 
 impl Outbox {
-    /// This outbox keeping every finished run's outcome of the hosts that
-    /// commit into it (see the [module](self)). `escrow serve` keeps it.
+    /// This outbox keeping the outcome of every run that ends on a host
+    /// committing into it, written after the run by a task of its own
+    /// (`docs/serve.md`, "Run history"). `escrow serve` keeps it.
     pub fn keep_history(mut self) -> Self {
         let writer = HistoryWriter::start(Arc::clone(self.store()));
         Arc::make_mut(&mut self.inner).history = Some(writer);
