@@ -61,28 +61,36 @@ fn base(original: &Uri, uri: &Uri) -> String {
 }
 
 /// What every page handler gets: the service, where it is mounted, and the
-/// request's session.
+/// request's session (an extractor: a request without one is sent to the
+/// login page).
 struct Page {
     service: Arc<Service>,
     base: String,
     session: Session,
 }
 
-/// Answers a request without a session with the login page's address.
-fn page(
-    service: Arc<Service>,
-    original: &Uri,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Page, Redirect> {
-    let base = base(original, uri);
-    match service.sessions.of(headers, Instant::now()) {
-        Some(session) => Ok(Page {
-            service,
-            base,
-            session,
-        }),
-        None => Err(Redirect::to(&format!("{base}/login"))),
+impl axum::extract::FromRequestParts<Arc<Service>> for Page {
+    type Rejection = Redirect;
+
+    /// The request's session and where the console is mounted; without a
+    /// session, the login page's address.
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let original = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let base = base(&original, &parts.uri);
+        match service.sessions.of(&parts.headers, Instant::now()) {
+            Some(session) => Ok(Page {
+                service: Arc::clone(service),
+                base,
+                session,
+            }),
+            None => Err(Redirect::to(&format!("{base}/login"))),
+        }
     }
 }
 
@@ -247,16 +255,7 @@ async fn breaker_states(service: &Service) -> Vec<(String, String)> {
 }
 
 /// `GET /`: the overview.
-async fn overview(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn overview(page: Page) -> Response {
     let service = &page.service;
     let (mut counts, mut stats, mut lag) = (Vec::new(), None, None);
     if let Some(outbox) = &service.outbox {
@@ -315,17 +314,7 @@ fn some(text: &str) -> Option<String> {
 }
 
 /// `GET /runs/`: filters, search by run id or idempotency key.
-async fn runs(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(query): Query<RunsQuery>,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn runs(page: Page, Query(query): Query<RunsQuery>) -> Response {
     // A run id, or a key `RUN:SEQ[:compensate]`, opens that run.
     let q = query.q.trim().to_owned();
     if let Some(run) = q.split(':').next().and_then(|r| r.parse::<RunId>().ok()) {
@@ -385,17 +374,7 @@ async fn runs(
 }
 
 /// `GET /runs/{run_id}`.
-async fn one_run(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn one_run(page: Page, Path(id): Path<String>) -> Response {
     let (Some(outbox), Ok(run_id)) = (&page.service.outbox, id.parse::<RunId>()) else {
         return page.refuse(StatusCode::NOT_FOUND, "no such run", "/runs/");
     };
@@ -414,17 +393,7 @@ async fn one_run(
 }
 
 /// `GET /dead/`.
-async fn dead(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(done): Query<Done>,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn dead(page: Page, Query(done): Query<Done>) -> Response {
     let Some(outbox) = &page.service.outbox else {
         return page.refuse(StatusCode::NOT_FOUND, "the service has no outbox", "/");
     };
@@ -449,17 +418,7 @@ fn done(message: &str) -> String {
 }
 
 /// `POST /dead/retry`: the selected dead letters, or all; confirmed first.
-async fn retry(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn retry(page: Page, body: Bytes) -> Response {
     let fields = match page.form(&body, "/dead/") {
         Ok(fields) => fields,
         Err(refused) => return *refused,
@@ -512,17 +471,7 @@ async fn retry(
 }
 
 /// `GET /held/`: runs waiting for approval.
-async fn held(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(done): Query<Done>,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn held(page: Page, Query(done): Query<Done>) -> Response {
     let Some(outbox) = &page.service.outbox else {
         return page.refuse(StatusCode::NOT_FOUND, "the service has no outbox", "/");
     };
@@ -556,18 +505,7 @@ async fn held(
 }
 
 /// `POST /held/{run_id}`: approve or reject, with who and why.
-async fn decide(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn decide(page: Page, Path(id): Path<String>, body: Bytes) -> Response {
     let fields = match page.form(&body, "/held/") {
         Ok(fields) => fields,
         Err(refused) => return *refused,
@@ -597,17 +535,7 @@ async fn decide(
 }
 
 /// `GET /breakers/`.
-async fn breakers(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(done): Query<Done>,
-) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
+async fn breakers(page: Page, Query(done): Query<Done>) -> Response {
     let states = breaker_states(&page.service).await;
     let body = pages::breakers(&page.base, &page.session.csrf, &states);
     page.render("Breakers", "/breakers/", done.done.as_deref(), body)
@@ -615,17 +543,10 @@ async fn breakers(
 
 /// `POST /breakers/{name}/{open|reset}`: confirmed first.
 async fn force_breaker(
-    State(service): State<Arc<Service>>,
-    original: OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
+    page: Page,
     Path((name, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let page = match page(service, &original, &uri, &headers) {
-        Ok(page) => page,
-        Err(login) => return login.into_response(),
-    };
     let fields = match page.form(&body, "/breakers/") {
         Ok(fields) => fields,
         Err(refused) => return *refused,
