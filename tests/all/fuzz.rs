@@ -619,6 +619,10 @@ where
     let config = Config {
         cases,
         failure_persistence: None,
+        // A case can take a run's whole deadline (a guest that spins):
+        // shrinking a failure for ever would hold the suite for hours, so
+        // it stops after a minute and reports what it has.
+        max_shrink_time: 60_000,
         ..Config::default()
     };
     let ran = std::cell::Cell::new((0u32, 0u64));
