@@ -191,11 +191,6 @@ impl Answers {
                 .collect(),
         }
     }
-
-    /// Whether no answer is held.
-    pub fn is_empty(&self) -> bool {
-        self.calls.is_empty() && self.locks.is_empty() && self.breakers.is_empty()
-    }
 }
 
 /// A run's place in the answers it is given: the next answer of each kind.

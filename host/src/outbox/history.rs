@@ -68,18 +68,6 @@ impl RunRecord {
             outcome: outcome.to_json().to_string(),
         }
     }
-
-    /// The record without its outcome: what a list shows.
-    pub fn summary(&self) -> RunSummary {
-        RunSummary {
-            run_id: self.run_id,
-            plugin: self.plugin.clone(),
-            status: self.status.clone(),
-            component_sha256: self.component_sha256.clone(),
-            ended_at_ms: self.ended_at_ms,
-            effects: self.effects.clone(),
-        }
-    }
 }
 
 /// A run of a list: its record without the outcome.
