@@ -117,19 +117,30 @@ impl Api {
         }
     }
 
+    /// `GET path` as a viewer: the answer's JSON, which must be a 200's.
+    pub(crate) async fn read(&self, path: &str) -> Value {
+        let answer = self.get(Some(VIEWER), path).send().await.unwrap();
+        let status = answer.status();
+        let body = answer.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// `POST path` with `body` as an operator: the status and the answer's
+    /// JSON (every answer of the API is JSON, errors included).
+    pub(crate) async fn act(&self, path: &str, body: &str) -> (StatusCode, Value) {
+        let answer = self.post(Some(OPERATOR), path, body).send().await.unwrap();
+        (answer.status(), answer.json().await.unwrap())
+    }
+
     /// Runs `plugin` for `order` as the operator; the outcome.
     pub(crate) async fn run(&self, plugin: &str, order: u64) -> Value {
-        let answer = self
-            .post(
-                Some(OPERATOR),
-                &format!("/v1/plugins/{plugin}/runs"),
-                &json!({ "id": order }).to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), StatusCode::OK);
-        answer.json().await.unwrap()
+        let input = json!({ "id": order }).to_string();
+        let (status, outcome) = self
+            .act(&format!("/v1/plugins/{plugin}/runs"), &input)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{outcome}");
+        outcome
     }
 
     /// A checkout of `order` whose intents no sink takes, delivered by a
@@ -187,6 +198,8 @@ impl Api {
                 .send()
                 .await
                 .unwrap();
+            // `outcome` is null (or the run unknown) until the history's
+            // writer has kept it.
             let body: Value = answer.json().await.unwrap();
             if !body["outcome"].is_null() {
                 return body;
@@ -303,28 +316,15 @@ async fn an_operator_runs_a_plugin_and_finds_the_run_and_its_intents() {
         .collect();
     assert_eq!(statuses, ["delivered", "delivered", "delivered"]);
 
-    let listed: Value = api
-        .get(
-            Some(VIEWER),
-            "/v1/runs?plugin=checkout&effect=payments.charge",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = api
+        .read("/v1/runs?plugin=checkout&effect=payments.charge")
+        .await;
     assert_eq!(listed["runs"][0]["run_id"], run_id);
 
     let key = format!("{run_id}:1");
-    let intent: Value = api
-        .get(Some(VIEWER), &format!("/v1/intents?idempotency_key={key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let intent = api
+        .read(&format!("/v1/intents?idempotency_key={key}"))
+        .await;
     assert_eq!(intent["effect"], "payments.charge");
     assert_eq!(intent["status"], "delivered");
     assert_eq!(intent["payload"], json!({ "order": 42, "amount": 1999 }));
@@ -348,14 +348,7 @@ async fn runs_are_listed_a_page_at_a_time_with_a_cursor() {
     let mut seen = Vec::new();
     let mut path = "/v1/runs?limit=2".to_owned();
     loop {
-        let page: Value = api
-            .get(Some(VIEWER), &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = api.read(&path).await;
         for run in page["runs"].as_array().unwrap() {
             seen.push(run["run_id"].as_str().unwrap().to_owned());
         }
@@ -432,44 +425,28 @@ async fn a_held_run_is_approved_over_http_and_delivered() {
     assert_eq!(outcome["status"], "held");
     let run_id = outcome["run_id"].as_str().unwrap();
 
-    let answer = api
-        .post(
-            Some(OPERATOR),
+    let (status, _) = api
+        .act(
             &format!("/v1/runs/{run_id}/approve"),
             r#"{"by": "ana", "reason": "ok"}"#,
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let again = api
-        .post(
-            Some(OPERATOR),
-            &format!("/v1/runs/{run_id}/reject"),
-            r#"{"by": "bob"}"#,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::CONFLICT);
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) = api
+        .act(&format!("/v1/runs/{run_id}/reject"), r#"{"by": "bob"}"#)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("already approved by ana"),
+        "{refused}"
+    );
 
-    escrow_host::outbox::Worker::new(
-        api.outbox.clone(),
-        api.recorder.sinks(),
-        escrow_host::handlers::Handlers::new(),
-    )
-    .run_once()
-    .await
-    .unwrap();
+    api.deliver().await;
     assert_eq!(api.recorder.seen().len(), 3);
-    let stats: Value = api
-        .get(Some(VIEWER), "/v1/outbox/stats")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = api.read("/v1/outbox/stats").await;
     assert_eq!(stats["decisions"]["approved"], 1);
 }
 
@@ -478,57 +455,29 @@ async fn a_dead_letter_found_by_its_key_is_retried_over_http_and_delivered() {
     let api = Api::start().await;
     let outcome = api.dead_letters(3).await;
     let key = format!("{}:1", outcome.run_id);
-    let dead: Value = api
-        .get(Some(VIEWER), &format!("/v1/intents?idempotency_key={key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_key = format!("/v1/intents?idempotency_key={key}");
+    let dead = api.read(&by_key).await;
     assert_eq!(dead["status"], "dead");
 
-    let answer = api
-        .post(
-            Some(OPERATOR),
-            "/v1/outbox/retry",
-            &json!({ "ids": [dead["id"]] }).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    assert_eq!(answer.json::<Value>().await.unwrap()["retried"], 1);
+    let ids = json!({ "ids": [dead["id"]] }).to_string();
+    let (status, retried) = api.act("/v1/outbox/retry", &ids).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retried["retried"], 1);
     api.deliver().await;
 
-    let delivered: Value = api
-        .get(Some(VIEWER), &format!("/v1/intents?idempotency_key={key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(delivered["status"], "delivered");
+    assert_eq!(api.read(&by_key).await["status"], "delivered");
     assert_eq!(api.recorder.effects()[0], "payments.charge");
-    let unknown = api
-        .post(Some(OPERATOR), "/v1/outbox/retry", r#"{"ids": [999999]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), StatusCode::CONFLICT);
+    let (status, _) = api.act("/v1/outbox/retry", r#"{"ids": [999999]}"#).await;
+    assert_eq!(status, StatusCode::CONFLICT);
 
     // The other two are dead still: only the one of an effect is retried.
-    let filtered = api
-        .post(
-            Some(OPERATOR),
+    let (_, filtered) = api
+        .act(
             "/v1/outbox/retry",
             r#"{"dead": true, "effect": "email.send"}"#,
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(filtered.json::<Value>().await.unwrap()["retried"], 1);
+        .await;
+    assert_eq!(filtered["retried"], 1);
     assert_eq!(api.outbox.store().stats().await.unwrap().dead, 1);
 }
 
@@ -536,27 +485,12 @@ async fn a_dead_letter_found_by_its_key_is_retried_over_http_and_delivered() {
 async fn an_operator_opens_and_resets_a_breaker() {
     let api = Api::start().await;
     for (action, state) in [("open", "open"), ("reset", "closed")] {
-        let answer: Value = api
-            .post(
-                Some(OPERATOR),
-                &format!("/v1/breakers/payments/{action}"),
-                "",
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (status, answer) = api
+            .act(&format!("/v1/breakers/payments/{action}"), "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(answer["state"], state);
-        let listed: Value = api
-            .get(Some(VIEWER), "/v1/breakers")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = api.read("/v1/breakers").await;
         assert_eq!(listed["breakers"][0]["state"], state);
     }
 }
@@ -612,14 +546,8 @@ async fn a_reload_under_load_drops_no_run_and_each_names_the_version_it_ran() {
         .collect();
     // The next version replaces the file, and is served from now on.
     std::fs::copy(fixtures::CHECKOUT_NEXT, &path).unwrap();
-    let reloaded: Value = api
-        .post(Some(OPERATOR), "/v1/plugins/checkout/reload", "")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, reloaded) = api.act("/v1/plugins/checkout/reload", "").await;
+    assert_eq!(status, StatusCode::OK);
     let new = reloaded["component_sha256"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
 
