@@ -207,5 +207,8 @@ fn serve_runs(c: &mut Criterion) {
     );
 }
 
-criterion::criterion_group!(benches, serve_runs);
-criterion::criterion_main!(benches);
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    serve_runs(&mut criterion);
+    criterion.final_summary();
+}
