@@ -420,6 +420,37 @@ impl Entry {
             fences: Arc::from(e.fences.clone()),
         }
     }
+
+    /// The entry as JSON, as `escrow outbox list --json` and `escrow serve`'s
+    /// API show it: times in RFC 3339 ([`time_text`]), the payload as
+    /// [`bytes_json`](crate::outcome::bytes_json) writes it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let e = &self.entry;
+        serde_json::json!({
+            "id": self.id,
+            "kind": e.kind.as_str(),
+            "status": self.status.as_str(),
+            "run_id": e.run_id.to_string(),
+            "seq": e.seq,
+            "idempotency_key": self.idempotency_key(),
+            "plugin": e.plugin,
+            "effect": e.effect,
+            "payload": crate::outcome::bytes_json(&e.payload),
+            "attempts": self.attempts,
+            "attempts_before_retry": self.attempts_before_retry,
+            "due_at": time_text(self.due_at_ms),
+            "created_at": time_text(self.created_at_ms),
+            "last_error": self.last_error,
+        })
+    }
+}
+
+/// `ms` since the Unix epoch in RFC 3339, to the millisecond
+/// (`2026-12-07T10:50:06.123Z`): how the outbox's times are shown. A time
+/// before the epoch is shown as the epoch.
+pub fn time_text(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// A claim on entries: only its holder can settle them, and only until its

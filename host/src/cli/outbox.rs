@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use escrow_host::config::{Config, SinkSpec};
 use escrow_host::outbox::{
     DeadFilter, Entry, EntryStatus, Filter, OpenMode, Outbox, Prune, Retry, RetryPolicy, Stats,
-    Worker,
+    Worker, time_text,
 };
 use serde_json::{Value, json};
 
@@ -245,31 +245,6 @@ fn claimed_text(stats: &Stats, now_ms: i64) -> Option<String> {
     ))
 }
 
-fn time_text(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-fn entry_value(entry: &Entry) -> Value {
-    let e = &entry.entry;
-    json!({
-        "id": entry.id,
-        "kind": e.kind.as_str(),
-        "status": entry.status.as_str(),
-        "run_id": e.run_id.to_string(),
-        "seq": e.seq,
-        "idempotency_key": entry.idempotency_key(),
-        "plugin": e.plugin,
-        "effect": e.effect,
-        "payload": escrow_host::bytes_json(&e.payload),
-        "attempts": entry.attempts,
-        "attempts_before_retry": entry.attempts_before_retry,
-        "due_at": time_text(entry.due_at_ms),
-        "created_at": time_text(entry.created_at_ms),
-        "last_error": entry.last_error,
-    })
-}
-
 async fn list(args: ListArgs) -> anyhow::Result<u8> {
     let config = args.store.config()?;
     let outbox = args.store.open(&config).await?;
@@ -298,7 +273,7 @@ async fn list(args: ListArgs) -> anyhow::Result<u8> {
         })
         .await?;
     if args.json {
-        let values: Vec<Value> = entries.iter().map(entry_value).collect();
+        let values: Vec<Value> = entries.iter().map(Entry::to_json).collect();
         println!("{}", serde_json::to_string_pretty(&values)?);
         return Ok(0);
     }

@@ -20,7 +20,7 @@ use crate::breakers::Forced;
 use crate::config::{PolicyName, build_policy};
 use crate::outbox::{
     DeadFilter, Entry, EntryKind, Outbox, OutboxError, REQUEST_CLAIM_TIMEOUT, RequestClaim,
-    RequestKey, Retry, RunFilter, RunSummary, Verdict, check_request_key,
+    RequestKey, Retry, RunFilter, RunSummary, Verdict, check_request_key, time_text,
 };
 use crate::run::Dispatch;
 use crate::run_id::RunId;
@@ -367,11 +367,6 @@ fn summary_value(run: &RunSummary) -> Value {
     })
 }
 
-pub(super) fn time_text(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 fn since_ms(text: &str) -> Result<i64, Problem> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
@@ -409,21 +404,6 @@ pub(super) async fn runs(
     Ok(Json(json!({ "runs": runs, "next_cursor": next })).into_response())
 }
 
-pub(super) fn entry_value(entry: &Entry) -> Value {
-    json!({
-        "id": entry.id,
-        "kind": entry.entry.kind.as_str(),
-        "seq": entry.entry.seq,
-        "idempotency_key": entry.idempotency_key(),
-        "effect": entry.entry.effect,
-        "status": entry.status.as_str(),
-        "attempts": entry.attempts,
-        "attempts_before_retry": entry.attempts_before_retry,
-        "due_at": time_text(entry.due_at_ms),
-        "last_error": entry.last_error,
-    })
-}
-
 /// `GET /v1/runs/{run_id}`: the outcome, and where each of its entries
 /// stands in the outbox.
 pub(super) async fn one_run(State(service): State<Arc<Service>>, Path(id): Path<String>) -> Answer {
@@ -435,7 +415,7 @@ pub(super) async fn one_run(State(service): State<Arc<Service>>, Path(id): Path<
         return Err(Problem::missing(format!("no run {id} is kept")));
     }
     let outcome: Option<Value> = kept.and_then(|k| serde_json::from_str(&k.outcome).ok());
-    let entries: Vec<Value> = entries.iter().map(entry_value).collect();
+    let entries: Vec<Value> = entries.iter().map(Entry::to_json).collect();
     Ok(
         Json(json!({ "run_id": id.to_string(), "outcome": outcome, "entries": entries }))
             .into_response(),
@@ -473,10 +453,7 @@ pub(super) async fn intents(
         .iter()
         .find(|e| e.entry.seq == seq && e.entry.kind == kind)
         .ok_or_else(|| Problem::missing(format!("no entry has the key `{key}`")))?;
-    let mut value = entry_value(entry);
-    value["run_id"] = json!(run);
-    value["payload"] = crate::outcome::bytes_json(&entry.entry.payload);
-    Ok(Json(value).into_response())
+    Ok(Json(entry.to_json()).into_response())
 }
 
 /// `GET /v1/outbox/stats`.

@@ -490,7 +490,7 @@ async fn held(page: Page, Query(done): Query<Done>) -> Response {
             runs.push(HeldRun {
                 run_id,
                 plugin: entry.entry.plugin.clone(),
-                held_at: super::api::time_text(entry.created_at_ms),
+                held_at: crate::outbox::time_text(entry.created_at_ms),
                 intents: Vec::new(),
             });
         }
