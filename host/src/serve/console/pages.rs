@@ -294,7 +294,7 @@ pub(crate) fn run(run_id: &str, outcome: Option<&Value>, entries: &[Entry]) -> M
                                 @match entry_of(seq) {
                                     Some(entry) => {
                                         (badge(entry.status.as_str()))
-                                        " " span.muted { (entry.attempts) " attempts" }
+                                        " " span.muted { (entry.attempts) @if entry.attempts == 1 { " attempt" } @else { " attempts" } }
                                         @if let Some(error) = &entry.last_error { br; span.muted { (error) } }
                                     }
                                     None => { span.muted { "not in the outbox" } }
