@@ -315,6 +315,10 @@ async fn an_operator_runs_a_plugin_and_finds_the_run_and_its_intents() {
         .map(|e| e["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["delivered", "delivered", "delivered"]);
+    let first = &kept["entries"][0];
+    assert_eq!(first["run_id"], run_id);
+    assert_eq!(first["plugin"], "checkout");
+    assert_eq!(first["payload"], json!({ "order": 42, "amount": 1999 }));
 
     let listed = api
         .read("/v1/runs?plugin=checkout&effect=payments.charge")
