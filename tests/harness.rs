@@ -42,6 +42,21 @@ struct EmbeddingDocs;
 #[doc = include_str!("../docs/effects.md")]
 struct EffectsDocs;
 
+/// The Rust examples of `docs/serve.md` compile.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/serve.md")]
+struct ServeDocs;
+
+/// The Rust examples of `docs/plans.md` compile.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/plans.md")]
+struct PlansDocs;
+
+/// The Rust examples of `docs/replay.md` compile.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/replay.md")]
+struct ReplayDocs;
+
 /// The host every test shares: compiling a fixture once per test binary
 /// keeps the suite fast.
 pub fn host() -> &'static Host {
