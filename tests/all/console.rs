@@ -201,11 +201,9 @@ async fn the_console_nested_under_a_prefix_links_and_redirects_under_it() {
 }
 
 /// Headless Chromium, driven through a chromedriver of its own on a free
-/// port; both end with the test.
-/// Chromium driven through chromedriver. chromedriver leads a process
-/// group of its own, which the Chromium it starts joins: dropping the
-/// browser kills the whole group, so no Chromium outlives its test, even
-/// one whose session could not be closed.
+/// port. chromedriver leads a process group of its own, which the Chromium
+/// it starts joins: dropping the browser kills the whole group, so no
+/// Chromium outlives its test, even one whose session could not be closed.
 struct Browser {
     driver: Child,
     client: Client,

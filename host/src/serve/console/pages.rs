@@ -5,8 +5,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
-use crate::outbox::time_text;
-use crate::outbox::{Entry, RunSummary, Stats};
+use crate::outbox::{Entry, RunSummary, Stats, time_text};
 
 /// The console's style sheet, embedded: the console asks no other host for
 /// anything.
