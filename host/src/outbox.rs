@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -34,6 +34,7 @@ use crate::outcome::{Fence, Intent};
 use crate::run_id::RunId;
 
 mod approval;
+mod committer;
 mod history;
 mod requests;
 mod sqlite;
@@ -47,6 +48,7 @@ pub use approval::{
     EXPIRY_DECIDER, Hold, MAX_DECIDER_BYTES, MAX_REASON_BYTES, Verdict,
 };
 pub(crate) use approval::{intents_from_json, intents_json};
+pub use committer::GROUP_LINGER;
 pub use history::{
     HISTORY_QUEUE, MAX_RUNS_PAGE, RunFilter, RunRecord, RunSummary, first_run_id_at,
 };
@@ -89,8 +91,6 @@ pub const PRUNE_BATCH: u32 = 1000;
 /// Default time, after a run's deadline, before the compensations it
 /// journaled and never resolved are owed (its host is presumed dead).
 pub const DEFAULT_COMPENSATION_GRACE: Duration = Duration::from_secs(60);
-/// Most writes one group commit takes at once.
-const MAX_GROUP: usize = 256;
 
 /// What an outbox's group committer has done so far
 /// ([`Outbox::group_commits`]).
@@ -956,7 +956,7 @@ pub struct Outbox {
 #[derive(Clone)]
 struct Inner {
     store: Arc<dyn OutboxStore>,
-    writes: mpsc::UnboundedSender<Pending>,
+    writes: mpsc::UnboundedSender<committer::Pending>,
     retry: RetryPolicy,
     lease: Duration,
     delivery_lease: Duration,
@@ -965,14 +965,12 @@ struct Inner {
     compensation_grace: Duration,
     clock: Arc<dyn Clock>,
     /// Transactions the group committer made, and the writes they held.
-    groups: Arc<(AtomicU64, AtomicU64)>,
+    groups: Arc<committer::Counters>,
     /// Where finished runs go, when the outbox keeps their history.
     history: Option<history::HistoryWriter>,
     /// Notified when a group made entries due that no claim holds.
     work: Arc<Notify>,
 }
-
-type Pending = (Write, oneshot::Sender<Result<u64, OutboxError>>);
 
 impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1011,9 +1009,9 @@ impl Outbox {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
-        let groups: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+        let groups: Arc<committer::Counters> = Arc::default();
         let work = Arc::new(Notify::new());
-        spawn_committer(
+        committer::spawn(
             Arc::clone(&store),
             queue,
             Arc::clone(&groups),
@@ -1118,10 +1116,9 @@ impl Outbox {
     /// How many transactions the group committer made, and how many writes
     /// they held: with concurrent runs, fewer transactions than writes.
     pub fn group_commits(&self) -> GroupCommits {
-        let (transactions, writes) = &*self.inner.groups;
         GroupCommits {
-            transactions: transactions.load(Ordering::Relaxed),
-            writes: writes.load(Ordering::Relaxed),
+            transactions: self.inner.groups.transactions.load(Ordering::Relaxed),
+            writes: self.inner.groups.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -1192,76 +1189,6 @@ impl Outbox {
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms() as i64
     }
-}
-
-/// Starts the thread that applies writes in groups: it takes every write
-/// that is waiting, applies them in one transaction, answers each, and
-/// starts over, with up to [`OutboxStore::concurrent_writes`] groups in
-/// flight; writes that arrive while every writer is busy wait and form the
-/// next group. It ends when the last `Outbox` sharing its queue is gone and
-/// the groups in flight are applied.
-///
-/// Groups in flight at once may commit in any order: each write's caller
-/// waits for its answer before it writes again, so a run's own writes are
-/// applied in the order it made them.
-fn spawn_committer(
-    store: Arc<dyn OutboxStore>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
-    groups: Arc<(AtomicU64, AtomicU64)>,
-    work: Arc<Notify>,
-) {
-    on_own_thread("escrow-outbox", async move {
-        let writers = store.concurrent_writes().max(1);
-        let slots = Arc::new(tokio::sync::Semaphore::new(writers));
-        while let Some(first) = queue.recv().await {
-            let slot = Arc::clone(&slots)
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
-            let store = Arc::clone(&store);
-            let groups = Arc::clone(&groups);
-            let work = Arc::clone(&work);
-            tokio::spawn(async move {
-                if apply_group(&*store, group, &groups).await {
-                    work.notify_waiters();
-                }
-                drop(slot);
-            });
-        }
-        let _ = slots.acquire_many(writers as u32).await;
-    })
-    .expect("spawning the outbox writer thread");
-}
-
-/// Applies one group of writes and answers each of its writers. Returns
-/// whether it made entries due that no claim holds.
-async fn apply_group(
-    store: &dyn OutboxStore,
-    group: Vec<Pending>,
-    groups: &(AtomicU64, AtomicU64),
-) -> bool {
-    let (writes, answers): (Vec<Write>, Vec<_>) = group.into_iter().unzip();
-    let result = store.write(&writes).await;
-    let wakes = result.is_ok() && writes.iter().any(Write::wakes_workers);
-    groups.0.fetch_add(1, Ordering::Relaxed);
-    groups.1.fetch_add(writes.len() as u64, Ordering::Relaxed);
-    if let Err(error) = &result {
-        tracing::warn!(%error, writes = writes.len(), "outbox write failed");
-    }
-    for (i, answer) in answers.into_iter().enumerate() {
-        let _ = answer.send(match &result {
-            Ok(held) => Ok(held.get(i).copied().unwrap_or(0)),
-            Err(error) => Err(error.clone()),
-        });
-    }
-    wakes
 }
 
 #[cfg(test)]
