@@ -252,24 +252,18 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_after_a_burst_waits_out_one_linger_for_callers_that_left_then_forgets_them() {
+    async fn a_write_waits_out_one_linger_for_awaited_callers_that_do_not_come_then_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::new(SqliteOutbox::open(dir.path().join("outbox.db")).unwrap());
-        let burst: Vec<_> = (0..8)
-            .map(|_| {
-                let outbox = outbox.clone();
-                tokio::spawn(async move { outbox.write(commit()).await.unwrap() })
-            })
-            .collect();
-        for caller in burst {
-            caller.await.unwrap();
-        }
         let awaited = || outbox.inner.groups.awaited.load(Ordering::Acquire);
-        assert_eq!(awaited(), 8, "the burst's callers are awaited");
+        // As after a burst of eight runs whose callers then left. (How
+        // many a real burst leaves awaited depends on how its writes fell
+        // into groups.)
+        outbox.inner.groups.awaited.store(8, Ordering::Release);
         let started = std::time::Instant::now();
         outbox.write(commit()).await.unwrap();
-        assert!(started.elapsed() >= GROUP_LINGER);
-        // They did not come back: only the last caller answered is awaited.
+        assert!(started.elapsed() >= GROUP_LINGER, "{:?}", started.elapsed());
+        // They did not come: only the caller just answered is awaited.
         assert_eq!(awaited(), 1);
     }
 }
